@@ -1,0 +1,415 @@
+"""Wire models: the one contract between the client and the server.
+
+The server imports these models; nothing else defines the shape of a request or a
+response, so the two sides cannot drift apart.
+
+A study's tuner configuration is *resolved* when it is validated: every field left out
+is filled from the chosen preset, and the resolved values are what the server stores.
+A later change to a preset's defaults therefore never changes a stored study, which is
+what keeps replay and crash recovery exact.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "PRESETS",
+    "Acquisition",
+    "CandidateView",
+    "CompleteRequest",
+    "DivergedPolicy",
+    "FailRequest",
+    "ForecastModel",
+    "ForecastView",
+    "Metric",
+    "ObservationBatch",
+    "ObservationIn",
+    "NextSegment",
+    "ObservationsAccepted",
+    "PosteriorPoint",
+    "Problem",
+    "SegmentKind",
+    "SegmentStatus",
+    "SegmentView",
+    "Selection",
+    "StageDetail",
+    "StageSummary",
+    "StudyConfig",
+    "StudyCreate",
+    "StudyList",
+    "StudyStatus",
+    "StudyView",
+]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class StudyStatus(str, Enum):
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    stopped = "stopped"
+
+
+class SegmentKind(str, Enum):
+    explore = "explore"
+    exploit = "exploit"
+
+
+class SegmentStatus(str, Enum):
+    open = "open"
+    completed = "completed"
+    diverged = "diverged"
+    failed = "failed"
+
+
+class Metric(str, Enum):
+    val_loss = "val_loss"
+    train_loss = "train_loss"
+
+
+class Acquisition(str, Enum):
+    lcb = "lcb"
+    log_ei = "log_ei"
+
+
+class ForecastModel(str, Enum):
+    # the reference: a*exp(-exp(beta)*x)+c, linear least squares for (a, c), 1-D search on beta
+    exp_reference = "exp_reference"
+    # bounded, outlier-robust fit with an uncertainty estimate and a fallback
+    robust = "robust"
+
+
+class DivergedPolicy(str, Enum):
+    # the reference: a large constant in place of the loss
+    penalty = "penalty"
+    # the worst finite forecast of the stage plus the observed spread
+    worst_plus_spread = "worst_plus_spread"
+
+
+class Selection(str, Enum):
+    min_forecast = "min_forecast"
+    min_posterior_mean = "min_posterior_mean"
+
+
+# --------------------------------------------------------------------------- config
+
+#: Preset defaults. A study names a preset and may override any field.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published AutoLRS method (ICLR 2021), as its reference implementation runs it.
+    "autolrs": {
+        "tau0": 1000,
+        "tau_max": 8000,
+        "tau_growth": 2.0,
+        "explore_ratio": 0.1,
+        "k": 10,
+        "acquisition": Acquisition.lcb,
+        "kappa": 1000.0,
+        "forecast": ForecastModel.exp_reference,
+        "noise_aware": False,
+        "diverged_policy": DivergedPolicy.penalty,
+        "divergence_stop": False,
+        "divergence_factor": 3.0,
+        "carry_over": False,
+        "selection": Selection.min_forecast,
+        "metric_schedule": "reference",
+        "reports_per_explore": 10,
+        "reports_per_exploit": 10,
+    },
+    # stagelr's own: a real acquisition, a robust forecast with uncertainty fed to a
+    # noise-aware GP, divergence stop, and carry-over of the previous stage's best LR.
+    "default": {
+        "tau0": 1000,
+        "tau_max": 8000,
+        "tau_growth": 2.0,
+        "explore_ratio": 0.1,
+        "k": 10,
+        "acquisition": Acquisition.log_ei,
+        "kappa": 2.0,
+        "forecast": ForecastModel.robust,
+        "noise_aware": True,
+        "diverged_policy": DivergedPolicy.worst_plus_spread,
+        "divergence_stop": True,
+        "divergence_factor": 3.0,
+        "carry_over": True,
+        "selection": Selection.min_forecast,
+        "metric_schedule": "val_loss",
+        "reports_per_explore": 10,
+        "reports_per_exploit": 10,
+    },
+}
+
+
+class StudyConfig(_Wire):
+    """How a study is tuned. Fields left out come from ``preset``.
+
+    Sizes are in optimizer steps. Stage ``i`` trains ``tau_i = min(tau0 * tau_growth**i,
+    tau_max)`` steps with its chosen LR; before that, ``k`` candidate LRs are each tried for
+    ``tau'_i = round(tau_i * explore_ratio)`` steps from the stage-start checkpoint, their
+    losses forecast to ``tau_i`` steps, and a Gaussian process over log-LR picks where to try
+    next.
+    """
+
+    preset: Literal["autolrs", "default"] = "default"
+    lr_min: float = Field(gt=0, description="Lower bound of the LR search (exclusive of 0).")
+    lr_max: float = Field(gt=0, description="Upper bound of the LR search.")
+    total_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training steps the job will run (its trajectory, search excluded). "
+        "None: no end; the job stops the study when it is done.",
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    tau0: int | None = Field(default=None, ge=2)
+    tau_max: int | None = Field(default=None, ge=2)
+    tau_growth: float | None = Field(default=None, ge=1.0, le=16.0)
+    explore_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
+    k: int | None = Field(default=None, ge=1, le=100)
+    acquisition: Acquisition | None = None
+    kappa: float | None = Field(default=None, ge=0.0, le=1e6)
+    forecast: ForecastModel | None = None
+    noise_aware: bool | None = None
+    diverged_policy: DivergedPolicy | None = None
+    divergence_stop: bool | None = None
+    divergence_factor: float | None = Field(default=None, gt=1.0, le=1e6)
+    carry_over: bool | None = None
+    selection: Selection | None = None
+    metric_schedule: Literal["reference", "val_loss", "train_loss"] | None = Field(
+        default=None,
+        description="Which loss the job reports: 'reference' is AutoLRS's (per-step "
+        "training loss until tau reaches tau_max, then validation loss every tau'/16 "
+        "steps); otherwise that metric throughout at the preset's cadence.",
+    )
+    reports_per_explore: int | None = Field(default=None, ge=2, le=1000)
+    reports_per_exploit: int | None = Field(default=None, ge=1, le=1000)
+
+    @field_validator("lr_min", "lr_max")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite positive number")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "default")
+        if preset not in PRESETS:
+            raise ValueError(
+                f"unknown preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}"
+            )
+        filled = dict(data)
+        for key, value in PRESETS[preset].items():
+            if filled.get(key) is None:
+                filled[key] = value
+        return filled
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if self.lr_min >= self.lr_max:
+            raise ValueError(
+                f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g}): "
+                "swap them or widen the range"
+            )
+        if self.lr_max / self.lr_min > 1e12:
+            raise ValueError("the LR range spans more than 12 decades: narrow it")
+        assert self.tau0 is not None and self.tau_max is not None
+        if self.tau_max < self.tau0:
+            raise ValueError(f"tau_max ({self.tau_max}) must be at least tau0 ({self.tau0})")
+        assert self.explore_ratio is not None
+        if round(self.tau0 * self.explore_ratio) < 1:
+            raise ValueError(
+                f"tau0 * explore_ratio = {self.tau0 * self.explore_ratio:g} rounds to 0 "
+                "explore steps: raise tau0 or explore_ratio"
+            )
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The JSON form of the resolved config (what the server stores and compares)."""
+        return self.model_dump(mode="json")
+
+
+class StudyCreate(_Wire):
+    """Create a study, or get the existing one of the same project and name."""
+
+    project: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+    config: StudyConfig
+
+
+# --------------------------------------------------------------------------- segments
+
+
+class SegmentView(_Wire):
+    """One stretch of training the service hands out.
+
+    Before training: if ``restore`` is set, load that checkpoint; then if ``save_start``
+    is set, save the current state under that name; then set the LR to ``lr`` on every
+    param group (after the restore, always). Train ``steps`` steps, reporting ``metric``
+    every ``report_every`` steps and at the last step, with ``step`` counted from 1 within
+    the segment. A report whose value is NaN, infinite or above ``stop_above`` ends an
+    explore segment at once (divergence stop). After training, save ``save_end`` if set,
+    and drop the checkpoints named in ``discard``.
+    """
+
+    id: int
+    study_id: int
+    seq: int = Field(description="Position of the segment in its study, from 0.")
+    stage: int
+    index: int = Field(description="Candidate index within the stage (exploit: k).")
+    kind: SegmentKind
+    status: SegmentStatus
+    lr: float
+    steps: int
+    start_step: int = Field(description="Trajectory step at which the segment starts.")
+    horizon: int = Field(description="Stage length tau the forecast is made for.")
+    metric: Metric
+    report_every: int
+    restore: str | None = None
+    save_start: str | None = None
+    save_end: str | None = None
+    discard: list[str] = Field(default_factory=list)
+    stop_above: float | None = None
+    data_seed: int
+    steps_done: int | None = None
+
+
+class ObservationIn(_Wire):
+    step: int = Field(ge=0, le=10**9, description="Steps done within the segment.")
+    value: float = Field(description="The loss; NaN or inf marks divergence.")
+    metric: Metric | None = Field(default=None, description="Defaults to the segment's.")
+
+
+class ObservationBatch(_Wire):
+    observations: list[ObservationIn] = Field(min_length=1, max_length=10_000)
+
+
+class ObservationsAccepted(_Wire):
+    accepted: int = Field(description="New observations stored.")
+    duplicates: int = Field(description="Already stored with the same value (no-ops).")
+    stop: bool = Field(description="True when the segment should end now (divergence).")
+
+
+class CompleteRequest(_Wire):
+    steps_done: int | None = Field(
+        default=None, ge=0, description="Steps actually trained; less than asked = stopped."
+    )
+
+
+class FailRequest(_Wire):
+    reason: str = Field(default="", max_length=2000)
+
+
+# --------------------------------------------------------------------------- studies
+
+
+class StageSummary(_Wire):
+    index: int
+    tau: int
+    tau_explore: int
+    start_step: int
+    status: Literal["searching", "training", "completed"]
+    chosen_lr: float | None = None
+    candidates: int
+
+
+class StudyView(_Wire):
+    id: int
+    project: str
+    name: str
+    status: StudyStatus
+    config: StudyConfig
+    created_at: datetime
+    updated_at: datetime
+    trajectory_steps: int = Field(description="Steps trained on the kept trajectory.")
+    charged_steps: int = Field(description="Every step trained, search included.")
+    best_loss: float | None = None
+    stages: list[StageSummary] = Field(default_factory=list)
+    schedule: list[tuple[int, float]] = Field(
+        default_factory=list, description="(start_step, lr) of each exploit segment."
+    )
+    open_segment: SegmentView | None = None
+
+
+class NextSegment(_Wire):
+    """The answer to ``POST /v1/studies/{id}/next``: the segment to train, or none when
+    the study has ended (``status`` says how)."""
+
+    status: StudyStatus
+    segment: SegmentView | None = None
+
+
+class StudyList(_Wire):
+    studies: list[StudyView]
+    total: int
+
+
+# --------------------------------------------------------------------------- stage detail
+
+
+class ForecastView(_Wire):
+    prediction: float | None = Field(description="Loss predicted at the horizon; None: none.")
+    std: float | None
+    status: str
+    model: str
+    params: dict[str, float] = Field(default_factory=dict)
+    n_points: int
+
+
+class CandidateView(_Wire):
+    segment_id: int
+    index: int
+    lr: float
+    status: SegmentStatus
+    steps_done: int | None
+    forecast: ForecastView | None = None
+    objective: float | None = Field(
+        default=None, description="The value the GP was fitted to (diverged: replaced)."
+    )
+    observations: list[tuple[int, float]] = Field(default_factory=list)
+
+
+class PosteriorPoint(_Wire):
+    lr: float
+    mean: float
+    std: float
+
+
+class StageDetail(_Wire):
+    study_id: int
+    index: int
+    tau: int
+    tau_explore: int
+    start_step: int
+    chosen_lr: float | None
+    candidates: list[CandidateView]
+    posterior: list[PosteriorPoint] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    instance: str | None = None

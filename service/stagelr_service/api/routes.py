@@ -1,0 +1,134 @@
+"""HTTP routes under /v1. They translate only: parse, call the study service, answer.
+
+Handlers are plain ``def``: FastAPI runs them in its thread pool, so a decision (a GP fit
+and a store transaction) never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from stagelr.models import (
+    CompleteRequest,
+    FailRequest,
+    NextSegment,
+    ObservationBatch,
+    ObservationsAccepted,
+    Problem,
+    SegmentView,
+    StageDetail,
+    StudyCreate,
+    StudyList,
+    StudyStatus,
+    StudyView,
+)
+
+from ..studies import StudyService
+
+
+def _service(request: Request) -> StudyService:
+    service: StudyService = request.app.state.studies
+    return service
+
+
+ServiceDep = Annotated[StudyService, Depends(_service)]
+
+_PROBLEMS: dict[int | str, dict[str, object]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (404, 409, 422, 503)
+}
+
+router = APIRouter(prefix="/v1", responses=_PROBLEMS)
+
+
+@router.post(
+    "/studies",
+    response_model=StudyView,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a study, or get the one of the same project and name",
+    responses={200: {"model": StudyView, "description": "The study already existed."}},
+)
+def create_study(body: StudyCreate, service: ServiceDep, response: Response) -> StudyView:
+    study, created = service.create_study(body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return study
+
+
+@router.get("/studies", response_model=StudyList, summary="List studies")
+def list_studies(
+    service: ServiceDep,
+    project: str | None = None,
+    status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> StudyList:
+    return service.list_studies(project=project, status=status_, limit=limit, offset=offset)
+
+
+@router.get("/studies/{study_id}", response_model=StudyView, summary="Get a study")
+def get_study(study_id: int, service: ServiceDep) -> StudyView:
+    return service.get_study(study_id)
+
+
+@router.post(
+    "/studies/{study_id}/next",
+    response_model=NextSegment,
+    summary="The segment to train now (the open one again, if there is one)",
+)
+def next_segment(study_id: int, service: ServiceDep) -> NextSegment:
+    return service.next_segment(study_id)
+
+
+@router.post("/studies/{study_id}/stop", response_model=StudyView, summary="Stop a study")
+def stop_study(study_id: int, service: ServiceDep) -> StudyView:
+    return service.stop_study(study_id)
+
+
+@router.get(
+    "/studies/{study_id}/stages/{index}",
+    response_model=StageDetail,
+    summary="A stage's search: candidates, forecasts and the GP posterior over LR",
+)
+def stage_detail(study_id: int, index: int, service: ServiceDep) -> StageDetail:
+    return service.stage_detail(study_id, index)
+
+
+@router.get("/segments/{segment_id}", response_model=SegmentView, summary="Get a segment")
+def get_segment(segment_id: int, service: ServiceDep) -> SegmentView:
+    return service.get_segment(segment_id)
+
+
+@router.post(
+    "/segments/{segment_id}/observations",
+    response_model=ObservationsAccepted,
+    summary="Report losses (batched, idempotent)",
+)
+def add_observations(
+    segment_id: int, body: ObservationBatch, service: ServiceDep
+) -> ObservationsAccepted:
+    return service.add_observations(segment_id, body)
+
+
+@router.post(
+    "/segments/{segment_id}/complete",
+    response_model=SegmentView,
+    summary="Mark a segment trained (idempotent)",
+)
+def complete_segment(
+    segment_id: int, service: ServiceDep, body: CompleteRequest | None = None
+) -> SegmentView:
+    return service.complete_segment(segment_id, body or CompleteRequest())
+
+
+@router.post(
+    "/segments/{segment_id}/fail",
+    response_model=SegmentView,
+    summary="Mark a segment failed (idempotent)",
+)
+def fail_segment(
+    segment_id: int, service: ServiceDep, body: FailRequest | None = None
+) -> SegmentView:
+    return service.fail_segment(segment_id, body or FailRequest())

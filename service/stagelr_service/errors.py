@@ -1,0 +1,88 @@
+"""Domain errors: small classes the service raises and the API maps to HTTP in one place.
+
+Every error carries a stable ``slug`` (the last part of the problem ``type``) and a short
+``title``; the instance message says what happened and what to do about it::
+
+    StagelrError
+     +-- NotFoundError            not-found
+     +-- ConflictError            config-mismatch
+     +-- ObservationConflictError observation-conflict
+     +-- SegmentClosedError       segment-closed
+     +-- InvalidStateError        invalid-state
+     +-- DuplicateSegmentError    concurrent-update
+     +-- SchemaOutdatedError      schema-outdated
+     +-- InputError               validation-error
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictError",
+    "DuplicateSegmentError",
+    "InputError",
+    "InvalidStateError",
+    "NotFoundError",
+    "ObservationConflictError",
+    "SchemaOutdatedError",
+    "SegmentClosedError",
+    "StagelrError",
+]
+
+
+class StagelrError(Exception):
+    """Base of every stagelr domain error. The message tells the user what to fix."""
+
+    slug: str = "error"
+    title: str = "stagelr error"
+
+
+class NotFoundError(StagelrError):
+    slug = "not-found"
+    title = "Not found"
+
+
+class ConflictError(StagelrError):
+    """A study of that project and name exists with another config."""
+
+    slug = "config-mismatch"
+    title = "Study exists with a different config"
+
+
+class ObservationConflictError(StagelrError):
+    """An observation was already stored with a different value."""
+
+    slug = "observation-conflict"
+    title = "Observation conflicts with a stored one"
+
+
+class SegmentClosedError(StagelrError):
+    slug = "segment-closed"
+    title = "Segment is closed"
+
+
+class InvalidStateError(StagelrError):
+    slug = "invalid-state"
+    title = "Invalid state for this operation"
+
+
+class DuplicateSegmentError(StagelrError):
+    """Another request (or replica) issued this segment of the study first.
+
+    The store raises it on the (study, seq) unique key; the caller re-reads the study and
+    answers from what is stored.
+    """
+
+    slug = "concurrent-update"
+    title = "Concurrent update"
+
+
+class SchemaOutdatedError(StagelrError):
+    """The database schema is missing or not the one this version needs."""
+
+    slug = "schema-outdated"
+    title = "Database schema is outdated"
+
+
+class InputError(StagelrError):
+    slug = "validation-error"
+    title = "Invalid input"

@@ -1,0 +1,477 @@
+"""The study service: applies the tuner's decisions to the store.
+
+This is the one place where the pure tuner meets the database. Every public method is
+one use case of the HTTP API; the API layer only translates to and from HTTP.
+
+Concurrency: a decision is computed outside any write transaction (the tuner is pure and
+deterministic) and then inserted as segment ``seq = last + 1``. The unique key
+``(study_id, seq)`` makes a second, racing insert fail; the loser returns the winner's
+segment, which is the same decision anyway. This holds across threads, processes and
+replicas, on SQLite and PostgreSQL alike, without holding a lock during the GP fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from stagelr.models import (
+    CandidateView,
+    CompleteRequest,
+    FailRequest,
+    ForecastView,
+    NextSegment,
+    ObservationBatch,
+    ObservationsAccepted,
+    PosteriorPoint,
+    SegmentKind,
+    SegmentStatus,
+    SegmentView,
+    StageDetail,
+    StageSummary,
+    StudyConfig,
+    StudyCreate,
+    StudyList,
+    StudyStatus,
+    StudyView,
+)
+
+from . import tuner
+from .forecast import Forecast
+from .errors import (
+    ConflictError,
+    InputError,
+    InvalidStateError,
+    NotFoundError,
+    SegmentClosedError,
+)
+from .store import DuplicateSegmentError, Repository, Store
+from .store.records import ObservationRecord, SegmentRecord, StudyHistory, StudyRecord
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def segment_view(seg: SegmentRecord) -> SegmentView:
+    return SegmentView(
+        id=seg.id,
+        study_id=seg.study_id,
+        seq=seg.seq,
+        stage=seg.stage,
+        index=seg.index,
+        kind=seg.kind,
+        status=seg.status,
+        lr=seg.lr,
+        steps=seg.steps,
+        start_step=seg.start_step,
+        horizon=seg.horizon,
+        metric=seg.metric,
+        report_every=seg.report_every,
+        restore=seg.restore,
+        save_start=seg.save_start,
+        save_end=seg.save_end,
+        discard=list(seg.discard),
+        stop_above=seg.stop_above,
+        data_seed=seg.data_seed,
+        steps_done=seg.steps_done,
+    )
+
+
+def trials_of(history: StudyHistory) -> list[tuner.Trial]:
+    """The study's segments as the tuner sees them (each with its own metric's losses)."""
+    trials = []
+    for seg in history.segments:
+        obs = tuple(
+            (o.step, o.value)
+            for o in history.observations.get(seg.id, ())
+            if o.metric is seg.metric
+        )
+        trials.append(
+            tuner.Trial(
+                seq=seg.seq,
+                stage=seg.stage,
+                index=seg.index,
+                kind=seg.kind,
+                lr=seg.lr,
+                steps=seg.steps,
+                status=seg.status,
+                steps_done=seg.steps_done,
+                metric=seg.metric,
+                observations=obs,
+            )
+        )
+    return trials
+
+
+class StudyService:
+    """The use cases of the API, over one store and one optimizer."""
+
+    def __init__(self, store: Store, optimizer: tuner.Optimizer, *, max_batch: int = 10_000):
+        self.store = store
+        self.optimizer = optimizer
+        self.max_batch = max_batch
+
+    # ------------------------------------------------------------------ studies
+
+    def create_study(self, request: StudyCreate) -> tuple[StudyView, bool]:
+        """Create the study, or return the one of the same project and name."""
+        config = request.config.resolved()
+        with self.store.transaction() as repo:
+            project = repo.get_or_create_project(request.project)
+            study, created = repo.create_study(project.id, request.name, config)
+            if not created and study.config != config:
+                changed = sorted(
+                    k for k in set(config) | set(study.config)
+                    if config.get(k) != study.config.get(k)
+                )
+                raise ConflictError(
+                    f"study {request.name!r} of project {request.project!r} exists with "
+                    f"another config (differs in: {', '.join(changed)}); use a new name, "
+                    "or the stored config"
+                )
+            history = repo.history(study.id)
+        return self._study_view(history), created
+
+    def get_study(self, study_id: int) -> StudyView:
+        with self.store.transaction() as repo:
+            return self._study_view(self._history(repo, study_id))
+
+    def list_studies(
+        self,
+        *,
+        project: str | None = None,
+        status: StudyStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> StudyList:
+        with self.store.transaction() as repo:
+            records, total = repo.list_studies(
+                project=project, status=status, limit=limit, offset=offset
+            )
+            views = [self._study_view(repo.history(r.id)) for r in records]
+        return StudyList(studies=views, total=total)
+
+    def stop_study(self, study_id: int) -> StudyView:
+        with self.store.transaction() as repo:
+            study = self._study(repo, study_id)
+            if study.status is StudyStatus.running:
+                repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
+            return self._study_view(repo.history(study_id))
+
+    # ------------------------------------------------------------------ segments
+
+    def next_segment(self, study_id: int) -> NextSegment:
+        """The segment to train now: the open one again, or a fresh decision."""
+        with self.store.transaction() as repo:
+            history = self._history(repo, study_id)
+        study = history.study
+        if study.status is not StudyStatus.running:
+            return NextSegment(status=study.status, segment=None)
+        open_seg = next((s for s in history.segments if s.status is SegmentStatus.open), None)
+        if open_seg is not None:
+            return NextSegment(status=study.status, segment=segment_view(open_seg))
+
+        config = StudyConfig.model_validate(study.config)
+        plan = tuner.next_segment(config, trials_of(history), self.optimizer)
+        next_seq = history.segments[-1].seq + 1 if history.segments else 0
+
+        with self.store.transaction() as repo:
+            repo.lock_study(study_id)
+            current = self._study(repo, study_id)
+            if current.status is not StudyStatus.running:
+                return NextSegment(status=current.status, segment=None)
+            if isinstance(plan, tuner.StudyEnd):
+                existing = repo.segment_by_seq(study_id, next_seq)
+                if existing is not None:  # another request decided first: keep its answer
+                    return NextSegment(status=current.status, segment=segment_view(existing))
+                repo.set_study_status(study_id, plan.status, plan.reason)
+                return NextSegment(status=plan.status, segment=None)
+            geometry = plan.stage
+            stage = repo.get_or_create_stage(
+                study_id, geometry.index, geometry.tau, geometry.tau_explore, geometry.start_step
+            )
+            try:
+                segment = repo.insert_segment(
+                    study_id=study_id,
+                    stage_id=stage.id,
+                    seq=next_seq,
+                    index=plan.index,
+                    kind=plan.kind,
+                    lr=plan.lr,
+                    steps=plan.steps,
+                    start_step=plan.start_step,
+                    horizon=plan.horizon,
+                    metric=plan.metric,
+                    report_every=plan.report_every,
+                    restore=plan.restore,
+                    save_start=plan.save_start,
+                    save_end=plan.save_end,
+                    discard=list(plan.discard),
+                    stop_above=plan.stop_above,
+                    data_seed=plan.data_seed,
+                )
+            except DuplicateSegmentError:
+                existing = repo.segment_by_seq(study_id, next_seq)
+                assert existing is not None
+                return NextSegment(status=current.status, segment=segment_view(existing))
+            if plan.kind is SegmentKind.exploit:
+                repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
+            return NextSegment(status=current.status, segment=segment_view(segment))
+
+    def get_segment(self, segment_id: int) -> SegmentView:
+        with self.store.transaction() as repo:
+            return segment_view(self._segment(repo, segment_id))
+
+    def add_observations(self, segment_id: int, batch: ObservationBatch) -> ObservationsAccepted:
+        """Store a batch of losses; a retried batch is a no-op."""
+        if len(batch.observations) > self.max_batch:
+            raise InputError(
+                f"{len(batch.observations)} observations in one request; send at most "
+                f"{self.max_batch} per batch"
+            )
+        with self.store.transaction() as repo:
+            segment = self._segment(repo, segment_id)
+            rows = []
+            for obs in batch.observations:
+                if obs.step > segment.steps:
+                    raise InputError(
+                        f"step {obs.step} is beyond segment {segment_id}'s {segment.steps} "
+                        "steps: report steps counted from 1 within the segment"
+                    )
+                rows.append((obs.step, obs.metric or segment.metric, obs.value))
+            if segment.status is not SegmentStatus.open:
+                accepted, duplicates = repo.count_existing(segment_id, rows)
+                if accepted:
+                    raise SegmentClosedError(
+                        f"segment {segment_id} is {segment.status.value}; it takes no new "
+                        "observations (ask /next for the open segment)"
+                    )
+                return ObservationsAccepted(accepted=0, duplicates=duplicates, stop=False)
+            accepted, duplicates = repo.add_observations(segment_id, rows)
+            repo.touch_study(segment.study_id)
+        stop = segment.kind is SegmentKind.explore and any(
+            value_diverged(value, segment.stop_above)
+            for _, metric, value in rows
+            if metric is segment.metric
+        )
+        return ObservationsAccepted(accepted=accepted, duplicates=duplicates, stop=stop)
+
+    def complete_segment(self, segment_id: int, request: CompleteRequest) -> SegmentView:
+        """Close a trained segment (idempotent). An explore segment gets its forecast."""
+        with self.store.transaction() as repo:
+            segment = self._segment(repo, segment_id)
+            if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
+                return segment_view(segment)
+            if segment.status is SegmentStatus.failed:
+                raise InvalidStateError(
+                    f"segment {segment_id} has failed and cannot be completed; ask /next"
+                )
+            steps_done = segment.steps if request.steps_done is None else request.steps_done
+            if steps_done > segment.steps:
+                raise InputError(
+                    f"steps_done {steps_done} exceeds segment {segment_id}'s "
+                    f"{segment.steps} steps"
+                )
+            status = SegmentStatus.completed
+            observations = repo.observations_of_segment(segment_id)
+            if segment.kind is SegmentKind.explore and any(
+                value_diverged(o.value, segment.stop_above)
+                for o in observations
+                if o.metric is segment.metric
+            ):
+                status = SegmentStatus.diverged
+            updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
+            if segment.kind is SegmentKind.explore:
+                self._store_forecast(repo, updated, observations)
+            else:
+                repo.set_stage(segment.stage_id, status="completed")
+            repo.touch_study(segment.study_id)
+            return segment_view(updated)
+
+    def fail_segment(self, segment_id: int, request: FailRequest) -> SegmentView:
+        """The job could not train the segment (idempotent)."""
+        with self.store.transaction() as repo:
+            segment = self._segment(repo, segment_id)
+            if segment.status is SegmentStatus.failed:
+                return segment_view(segment)
+            if segment.status is not SegmentStatus.open:
+                raise InvalidStateError(
+                    f"segment {segment_id} is already {segment.status.value}; only an open "
+                    "segment can fail"
+                )
+            updated = repo.update_segment_status(
+                segment_id, SegmentStatus.failed, fail_reason=request.reason or "failed"
+            )
+            repo.touch_study(segment.study_id)
+            return segment_view(updated)
+
+    # ------------------------------------------------------------------ stages
+
+    def stage_detail(self, study_id: int, index: int) -> StageDetail:
+        """A stage's search: each candidate's losses and forecast, and the GP posterior."""
+        with self.store.transaction() as repo:
+            history = self._history(repo, study_id)
+        config = StudyConfig.model_validate(history.study.config)
+        trials = trials_of(history)
+        geometries = tuner.stage_geometries(config, trials)
+        if not 0 <= index < len(geometries):
+            raise NotFoundError(
+                f"study {study_id} has no stage {index} yet (it has {len(geometries)})"
+            )
+        geometry = geometries[index]
+        stage_trials = [t for t in trials if t.stage == index]
+        analysis = tuner.analyze_stage(config, geometry, stage_trials)
+        posterior = (
+            tuner.stage_posterior(config, analysis, self.optimizer)
+            if geometry.search
+            else []
+        )
+        segments = {s.seq: s for s in history.segments}
+        candidates = []
+        analysed = {c.trial.seq: c for c in analysis.candidates}
+        for trial in stage_trials:
+            if trial.kind is not SegmentKind.explore:
+                continue
+            seg = segments[trial.seq]
+            cand = analysed.get(trial.seq)
+            candidates.append(
+                CandidateView(
+                    segment_id=seg.id,
+                    index=trial.index,
+                    lr=trial.lr,
+                    status=trial.status,
+                    steps_done=trial.steps_done,
+                    forecast=_forecast_view(cand.forecast) if cand else None,
+                    objective=_finite(cand.objective) if cand else None,
+                    observations=[(s, v) for s, v in trial.observations if math.isfinite(v)],
+                )
+            )
+        return StageDetail(
+            study_id=study_id,
+            index=index,
+            tau=geometry.tau,
+            tau_explore=geometry.tau_explore,
+            start_step=geometry.start_step,
+            chosen_lr=analysis.chosen_lr,
+            candidates=candidates,
+            posterior=[PosteriorPoint(lr=lr, mean=m, std=s) for lr, m, s in posterior],
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _study(self, repo: Repository, study_id: int) -> StudyRecord:
+        study = repo.get_study(study_id)
+        if study is None:
+            raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
+        return study
+
+    def _history(self, repo: Repository, study_id: int) -> StudyHistory:
+        self._study(repo, study_id)
+        return repo.history(study_id)
+
+    def _segment(self, repo: Repository, segment_id: int) -> SegmentRecord:
+        segment = repo.get_segment(segment_id)
+        if segment is None:
+            raise NotFoundError(
+                f"no segment {segment_id}: ask POST /v1/studies/{{id}}/next for the open one"
+            )
+        return segment
+
+    def _store_forecast(
+        self, repo: Repository, segment: SegmentRecord, observations: Sequence[ObservationRecord]
+    ) -> None:
+        config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
+        trial = tuner.Trial(
+            seq=segment.seq,
+            stage=segment.stage,
+            index=segment.index,
+            kind=segment.kind,
+            lr=segment.lr,
+            steps=segment.steps,
+            status=segment.status,
+            steps_done=segment.steps_done,
+            metric=segment.metric,
+            observations=tuple(
+                (o.step, o.value) for o in observations if o.metric is segment.metric
+            ),
+        )
+        fc = tuner.forecast_trial(config, trial, segment.horizon)
+        repo.upsert_forecast(
+            segment.id,
+            model=fc.model,
+            prediction=_finite(fc.prediction),
+            std=_finite(fc.std),
+            status=fc.status,
+            params=dict(fc.params),
+            n_points=fc.n_points,
+            objective=None,
+        )
+
+    def _study_view(self, history: StudyHistory) -> StudyView:
+        study = history.study
+        trajectory = charged = 0
+        best: float | None = None
+        schedule: list[tuple[int, float]] = []
+        for seg in history.segments:
+            done = 0 if seg.status is SegmentStatus.open else (seg.steps_done or 0)
+            if seg.status is not SegmentStatus.open and seg.steps_done is None:
+                done = seg.steps
+            charged += done
+            if seg.kind is SegmentKind.exploit:
+                schedule.append((seg.start_step, seg.lr))
+                if seg.status is SegmentStatus.completed:
+                    trajectory += done
+                for o in history.observations.get(seg.id, ()):
+                    if o.metric is seg.metric and math.isfinite(o.value):
+                        best = o.value if best is None else min(best, o.value)
+        counts: dict[int, int] = {}
+        for seg in history.segments:
+            if seg.kind is SegmentKind.explore:
+                counts[seg.stage] = counts.get(seg.stage, 0) + 1
+        stages = [
+            StageSummary(
+                index=st.index,
+                tau=st.tau,
+                tau_explore=st.tau_explore,
+                start_step=st.start_step,
+                status=st.status,
+                chosen_lr=st.chosen_lr,
+                candidates=counts.get(st.index, 0),
+            )
+            for st in history.stages
+        ]
+        open_seg = next((s for s in history.segments if s.status is SegmentStatus.open), None)
+        return StudyView(
+            id=study.id,
+            project=study.project,
+            name=study.name,
+            status=study.status,
+            config=StudyConfig.model_validate(study.config),
+            created_at=study.created_at,
+            updated_at=study.updated_at,
+            trajectory_steps=trajectory,
+            charged_steps=charged,
+            best_loss=best,
+            stages=stages,
+            schedule=schedule,
+            open_segment=segment_view(open_seg) if open_seg else None,
+        )
+
+
+def value_diverged(value: float, stop_above: float | None) -> bool:
+    """A reported loss that ends an explore segment: NaN, inf, or above its threshold."""
+    if not math.isfinite(value):
+        return True
+    return stop_above is not None and value > stop_above
+
+
+def _forecast_view(fc: Forecast) -> ForecastView:
+    return ForecastView(
+        prediction=_finite(fc.prediction),
+        std=_finite(fc.std),
+        status=fc.status,
+        model=fc.model,
+        params={k: float(v) for k, v in fc.params.items() if math.isfinite(v)},
+        n_points=fc.n_points,
+    )

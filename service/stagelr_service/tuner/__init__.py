@@ -1,0 +1,51 @@
+"""The tuner: the pure, deterministic AutoLRS state machine.
+
+No HTTP, no database, no clock. Given a study's config and its recorded history it says
+what to train next (:func:`next_segment`); replay and tests call it directly.
+"""
+
+from ._tuner import (
+    REFERENCE_PENALTY,
+    analyze_stage,
+    checkpoint_name,
+    data_seed,
+    forecast_trial,
+    from_unit,
+    next_segment,
+    nominal_tau,
+    stage_geometries,
+    stage_geometry,
+    stage_posterior,
+    to_unit,
+)
+from ._types import (
+    CandidateAnalysis,
+    Optimizer,
+    SegmentPlan,
+    StageAnalysis,
+    StageGeometry,
+    StudyEnd,
+    Trial,
+)
+
+__all__ = [
+    "REFERENCE_PENALTY",
+    "CandidateAnalysis",
+    "Optimizer",
+    "SegmentPlan",
+    "StageAnalysis",
+    "StageGeometry",
+    "StudyEnd",
+    "Trial",
+    "analyze_stage",
+    "checkpoint_name",
+    "data_seed",
+    "forecast_trial",
+    "from_unit",
+    "next_segment",
+    "nominal_tau",
+    "stage_geometries",
+    "stage_geometry",
+    "stage_posterior",
+    "to_unit",
+]

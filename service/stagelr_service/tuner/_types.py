@@ -1,0 +1,128 @@
+"""Plain data the tuner reads and writes. No ORM objects, no HTTP models with ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One segment of a study's history, as the tuner needs it.
+
+    ``observations`` holds ``(step, value)`` of the segment's own metric, sorted by step,
+    ``step`` counted from 1 within the segment.
+    """
+
+    seq: int
+    stage: int
+    index: int
+    kind: SegmentKind
+    lr: float
+    steps: int
+    status: SegmentStatus
+    steps_done: int | None = None
+    metric: Metric = Metric.val_loss
+    observations: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def trained(self) -> int:
+        """Steps this segment actually trained (its charge)."""
+        if self.status is SegmentStatus.open:
+            return 0
+        return self.steps if self.steps_done is None else min(self.steps_done, self.steps)
+
+
+@dataclass(frozen=True)
+class StageGeometry:
+    """The size of one stage: tau steps of training, tau' steps per candidate."""
+
+    index: int
+    start_step: int
+    tau: int
+    tau_explore: int
+    search: bool
+    explore_metric: Metric
+    explore_report_every: int
+    exploit_metric: Metric
+    exploit_report_every: int
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The next segment the tuner wants trained (the service gives it an id and a seq)."""
+
+    stage: StageGeometry
+    index: int
+    kind: SegmentKind
+    lr: float
+    steps: int
+    start_step: int
+    horizon: int
+    metric: Metric
+    report_every: int
+    data_seed: int
+    restore: str | None = None
+    save_start: str | None = None
+    save_end: str | None = None
+    discard: tuple[str, ...] = ()
+    stop_above: float | None = None
+    why: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyEnd:
+    """The study is over: nothing more to train."""
+
+    status: StudyStatus
+    reason: str
+
+
+@dataclass(frozen=True)
+class CandidateAnalysis:
+    """A candidate of a stage: its forecast and the value the GP sees."""
+
+    trial: Trial
+    x: float
+    forecast: Any  # stagelr_service.forecast.Forecast
+    objective: float
+    objective_var: float | None
+    diverged: bool
+
+
+@dataclass(frozen=True)
+class StageAnalysis:
+    """Everything the tuner knows about one stage's search."""
+
+    geometry: StageGeometry
+    candidates: tuple[CandidateAnalysis, ...]
+    chosen_lr: float | None
+
+
+class Optimizer(Protocol):
+    """The Bayesian optimizer the tuner asks (``stagelr_service.optimizer.GPOptimizer``).
+
+    x is the normalized log-LR in [0, 1]; y is minimized.
+    """
+
+    def propose(
+        self,
+        x: Sequence[float],
+        y: Sequence[float],
+        yvar: Sequence[float] | None,
+        *,
+        acquisition: str,
+        kappa: float,
+        exclude_radius: float = ...,
+    ) -> Any: ...
+
+    def posterior(
+        self,
+        x: Sequence[float],
+        y: Sequence[float],
+        yvar: Sequence[float] | None,
+        grid: Sequence[float],
+    ) -> Any: ...
