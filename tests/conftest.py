@@ -16,3 +16,14 @@ def optimizer():  # type: ignore[no-untyped-def]
     opt = GPOptimizer()
     opt.warm_up()
     return opt
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A migrated SQLite file and a real `stagelr serve` on it, for one test module."""
+    from .live import start_server
+
+    root = tmp_path_factory.mktemp("server")
+    server = start_server(f"sqlite:///{root / 'stagelr.db'}", root / "server.log")
+    yield server
+    server.stop()

@@ -28,9 +28,9 @@ __all__ = [
     "ForecastModel",
     "ForecastView",
     "Metric",
+    "NextSegment",
     "ObservationBatch",
     "ObservationIn",
-    "NextSegment",
     "ObservationsAccepted",
     "PosteriorPoint",
     "Problem",
@@ -49,7 +49,8 @@ __all__ = [
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities travel as the strings "NaN" / "Infinity": valid JSON both ways.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
 # --------------------------------------------------------------------------- enums
@@ -246,7 +247,9 @@ class StudyConfig(_Wire):
 class StudyCreate(_Wire):
     """Create a study, or get the existing one of the same project and name."""
 
-    project: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    project: str = Field(
+        default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
     config: StudyConfig
 

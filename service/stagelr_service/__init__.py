@@ -1,3 +1,5 @@
 """stagelr server: REST API, AutoLRS tuner, optimizer, forecaster and SQL store."""
 
-__version__ = "0.1.0"
+from stagelr._version import __version__
+
+__all__ = ["__version__"]

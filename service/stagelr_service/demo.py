@@ -109,7 +109,7 @@ def train_digits(
         checkpoints.end(segment)
         segment.complete()
         if segment.kind == "exploit":
-            result.stages.append((segment.stage, segment.steps, segment.lr))
+            result.stages.append((segment.stage, segment.planned_steps, segment.lr))
         if on_segment is not None:
             on_segment(segment)
     model.eval()
@@ -160,7 +160,7 @@ def run_demo(args: object, settings: object) -> int:
         def show(segment: stagelr.Segment) -> None:
             if segment.kind == "exploit":
                 print(
-                    f"  stage {segment.stage}: trained {segment.steps:5d} steps "
+                    f"  stage {segment.stage}: trained {segment.planned_steps:5d} steps "
                     f"at lr={segment.lr:.4g} (from step {segment.start_step})",
                     flush=True,
                 )

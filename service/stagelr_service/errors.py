@@ -35,6 +35,11 @@ class StagelrError(Exception):
     slug: str = "error"
     title: str = "stagelr error"
 
+    @property
+    def message(self) -> str:
+        """The human message: what happened and what to do."""
+        return str(self.args[0]) if self.args else self.title
+
 
 class NotFoundError(StagelrError):
     slug = "not-found"

@@ -130,11 +130,11 @@ class StudyService:
                     f"another config (differs in: {', '.join(changed)}); use a new name, "
                     "or the stored config"
                 )
-            history = repo.history(study.id)
+            history = self._history(repo, study.id)
         return self._study_view(history), created
 
     def get_study(self, study_id: int) -> StudyView:
-        with self.store.transaction() as repo:
+        with self.store.transaction(read_only=True) as repo:
             return self._study_view(self._history(repo, study_id))
 
     def list_studies(
@@ -145,11 +145,11 @@ class StudyService:
         limit: int = 50,
         offset: int = 0,
     ) -> StudyList:
-        with self.store.transaction() as repo:
+        with self.store.transaction(read_only=True) as repo:
             records, total = repo.list_studies(
                 project=project, status=status, limit=limit, offset=offset
             )
-            views = [self._study_view(repo.history(r.id)) for r in records]
+            views = [self._study_view(self._history(repo, r.id)) for r in records]
         return StudyList(studies=views, total=total)
 
     def stop_study(self, study_id: int) -> StudyView:
@@ -157,13 +157,13 @@ class StudyService:
             study = self._study(repo, study_id)
             if study.status is StudyStatus.running:
                 repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
-            return self._study_view(repo.history(study_id))
+            return self._study_view(self._history(repo, study_id))
 
     # ------------------------------------------------------------------ segments
 
     def next_segment(self, study_id: int) -> NextSegment:
         """The segment to train now: the open one again, or a fresh decision."""
-        with self.store.transaction() as repo:
+        with self.store.transaction(read_only=True) as repo:
             history = self._history(repo, study_id)
         study = history.study
         if study.status is not StudyStatus.running:
@@ -220,7 +220,7 @@ class StudyService:
             return NextSegment(status=current.status, segment=segment_view(segment))
 
     def get_segment(self, segment_id: int) -> SegmentView:
-        with self.store.transaction() as repo:
+        with self.store.transaction(read_only=True) as repo:
             return segment_view(self._segment(repo, segment_id))
 
     def add_observations(self, segment_id: int, batch: ObservationBatch) -> ObservationsAccepted:
@@ -232,14 +232,7 @@ class StudyService:
             )
         with self.store.transaction() as repo:
             segment = self._segment(repo, segment_id)
-            rows = []
-            for obs in batch.observations:
-                if obs.step > segment.steps:
-                    raise InputError(
-                        f"step {obs.step} is beyond segment {segment_id}'s {segment.steps} "
-                        "steps: report steps counted from 1 within the segment"
-                    )
-                rows.append((obs.step, obs.metric or segment.metric, obs.value))
+            rows = [(o.step, o.metric or segment.metric, o.value) for o in batch.observations]
             if segment.status is not SegmentStatus.open:
                 accepted, duplicates = repo.count_existing(segment_id, rows)
                 if accepted:
@@ -248,6 +241,12 @@ class StudyService:
                         "observations (ask /next for the open segment)"
                     )
                 return ObservationsAccepted(accepted=0, duplicates=duplicates, stop=False)
+            beyond = [step for step, _, _ in rows if step > segment.steps]
+            if beyond:
+                raise InputError(
+                    f"step {beyond[0]} is beyond segment {segment_id}'s {segment.steps} "
+                    "steps: report steps counted from 1 within the segment"
+                )
             accepted, duplicates = repo.add_observations(segment_id, rows)
             repo.touch_study(segment.study_id)
         stop = segment.kind is SegmentKind.explore and any(
@@ -260,7 +259,7 @@ class StudyService:
     def complete_segment(self, segment_id: int, request: CompleteRequest) -> SegmentView:
         """Close a trained segment (idempotent). An explore segment gets its forecast."""
         with self.store.transaction() as repo:
-            segment = self._segment(repo, segment_id)
+            segment = self._locked_segment(repo, segment_id)
             if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
                 return segment_view(segment)
             if segment.status is SegmentStatus.failed:
@@ -292,7 +291,7 @@ class StudyService:
     def fail_segment(self, segment_id: int, request: FailRequest) -> SegmentView:
         """The job could not train the segment (idempotent)."""
         with self.store.transaction() as repo:
-            segment = self._segment(repo, segment_id)
+            segment = self._locked_segment(repo, segment_id)
             if segment.status is SegmentStatus.failed:
                 return segment_view(segment)
             if segment.status is not SegmentStatus.open:
@@ -310,7 +309,7 @@ class StudyService:
 
     def stage_detail(self, study_id: int, index: int) -> StageDetail:
         """A stage's search: each candidate's losses and forecast, and the GP posterior."""
-        with self.store.transaction() as repo:
+        with self.store.transaction(read_only=True) as repo:
             history = self._history(repo, study_id)
         config = StudyConfig.model_validate(history.study.config)
         trials = trials_of(history)
@@ -367,8 +366,10 @@ class StudyService:
         return study
 
     def _history(self, repo: Repository, study_id: int) -> StudyHistory:
-        self._study(repo, study_id)
-        return repo.history(study_id)
+        history = repo.history(study_id)
+        if history is None:
+            raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
+        return history
 
     def _segment(self, repo: Repository, segment_id: int) -> SegmentRecord:
         segment = repo.get_segment(segment_id)
@@ -377,6 +378,12 @@ class StudyService:
                 f"no segment {segment_id}: ask POST /v1/studies/{{id}}/next for the open one"
             )
         return segment
+
+    def _locked_segment(self, repo: Repository, segment_id: int) -> SegmentRecord:
+        """The segment, read after its study is locked (status changes are atomic)."""
+        segment = self._segment(repo, segment_id)
+        repo.lock_study(segment.study_id)
+        return self._segment(repo, segment_id)
 
     def _store_forecast(
         self, repo: Repository, segment: SegmentRecord, observations: Sequence[ObservationRecord]

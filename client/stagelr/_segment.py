@@ -1,0 +1,173 @@
+"""A segment as the training loop sees it: the plan, plus reporting and completion."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, SupportsFloat
+
+from .models import Metric, SegmentKind, SegmentStatus, SegmentView
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._sender import ObservationSender
+
+__all__ = ["Segment"]
+
+
+class Segment:
+    """One stretch of training handed out by the service.
+
+    The fields of :class:`stagelr.models.SegmentView` read as attributes (``segment.lr``,
+    ``segment.kind``, ``segment.restore``...), except its ``steps``: that name is the step
+    iterator here, and the planned count is :attr:`planned_steps`.
+
+    A training loop::
+
+        checkpointer.begin(segment)        # restore, save_start, apply segment.lr
+        for step in segment.steps():       # 1..planned_steps, ends early on a stop
+            train_one_step()
+            if segment.report_due(step):
+                segment.report(step, evaluate())
+        checkpointer.end(segment)          # save_end, discard
+        segment.complete()
+
+    ``report()`` only queues the point; a background thread sends it. An explore
+    segment whose reported value is NaN, infinite or above ``stop_above`` sets
+    :attr:`should_stop` at once (divergence stop), and so does the service's ``stop``
+    answer when it arrives.
+    """
+
+    if TYPE_CHECKING:
+        # SegmentView's fields, served by __getattr__.
+        id: int
+        study_id: int
+        seq: int
+        stage: int
+        index: int
+        kind: SegmentKind
+        status: SegmentStatus
+        lr: float
+        start_step: int
+        horizon: int
+        metric: Metric
+        report_every: int
+        restore: str | None
+        save_start: str | None
+        save_end: str | None
+        discard: list[str]
+        stop_above: float | None
+        data_seed: int
+
+    def __init__(
+        self,
+        view: SegmentView,
+        *,
+        client: Client,
+        sender: ObservationSender,
+        flush_timeout: float | None = None,
+    ) -> None:
+        self.view = view
+        #: True once the segment should end early; :meth:`steps` then stops yielding.
+        self.should_stop = False
+        self._client = client
+        self._sender = sender
+        self._flush_timeout = flush_timeout
+        self._checks_divergence = view.kind is SegmentKind.explore
+        self._trained = 0
+        self._tracked = False
+        self._closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not found on the Segment itself.
+        view = self.__dict__.get("view")
+        if view is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(view, name)
+
+    def __repr__(self) -> str:
+        v = self.view
+        return (
+            f"<Segment id={v.id} stage={v.stage} {v.kind.value} #{v.index} "
+            f"lr={v.lr:.3g} steps={v.steps}>"
+        )
+
+    @property
+    def planned_steps(self) -> int:
+        """The steps the service asks for (``SegmentView.steps``)."""
+        return self.view.steps
+
+    @property
+    def steps_done(self) -> int:
+        """Steps trained so far, as tracked by :meth:`steps` and :meth:`report`."""
+        return self._trained
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`complete` or :meth:`fail` has gone through."""
+        return self._closed
+
+    def steps(self) -> Iterator[int]:
+        """Yield the step numbers 1..planned_steps; stop early once :attr:`should_stop`."""
+        self._tracked = True
+        for step in range(1, self.view.steps + 1):
+            if self.should_stop:
+                return
+            # Counted as trained when handed out: a loop that breaks after training
+            # this step never resumes the iterator.
+            self._trained = max(self._trained, step)
+            yield step
+
+    def report_due(self, step: int) -> bool:
+        """Whether the service wants the metric at this step (1-based in the segment)."""
+        return step % self.view.report_every == 0 or step == self.view.steps
+
+    def report(self, step: int, value: SupportsFloat, metric: Metric | str | None = None) -> None:
+        """Queue an observation of this segment; returns at once, never touches the network.
+
+        Args:
+            step: Steps done within the segment (1-based; 0 = before the first step).
+            value: The loss. A tensor works too (``float()`` is applied, which waits for
+                a GPU tensor). NaN or infinite means diverged.
+            metric: Which loss this is; the segment's ``metric`` by default.
+        """
+        number = float(value)
+        if metric is not None:
+            metric = Metric(metric)
+        if self._closed:
+            raise RuntimeError(f"segment {self.view.id} is already {self.view.status.value}")
+        if self._checks_divergence and (metric is None or metric == self.view.metric):
+            limit = self.view.stop_above
+            if not math.isfinite(number) or (limit is not None and number > limit):
+                self.should_stop = True
+        self._tracked = True
+        self._trained = max(self._trained, step)
+        self._sender.put(self, step, number, metric)
+
+    def complete(self, steps_done: int | None = None) -> SegmentView:
+        """Send this segment's queued observations, then mark it completed.
+
+        ``steps_done`` defaults to the steps tracked by :meth:`steps` and :meth:`report`
+        (or, if neither was used, to the service's own assumption that all were trained).
+        Calling it again returns the same answer without a request.
+
+        Raises :class:`stagelr.TransportError` if the observations or the completion
+        cannot be delivered; the observations stay buffered and the call can be repeated.
+        """
+        if self._closed:
+            return self.view
+        if steps_done is None and self._tracked:
+            steps_done = self._trained
+        self._sender.flush(self.view.id, self._flush_timeout)
+        self.view = self._client.complete_segment(self.view.id, steps_done)
+        self._closed = True
+        return self.view
+
+    def fail(self, reason: str = "") -> SegmentView:
+        """Send this segment's queued observations, then mark it failed."""
+        if self._closed:
+            return self.view
+        self._sender.flush(self.view.id, self._flush_timeout)
+        self.view = self._client.fail_segment(self.view.id, reason)
+        self._closed = True
+        return self.view

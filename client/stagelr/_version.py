@@ -1,0 +1,3 @@
+"""The client version (the distribution version in pyproject.toml)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""Engines for SQLite and PostgreSQL, set up the one way the store needs them.
+
+SQLite: a file in WAL mode (readers never block the writer), foreign keys enforced, a
+busy timeout so that concurrent writers wait instead of failing, and BEGIN emitted by
+SQLAlchemy rather than by the ``sqlite3`` module (whose legacy mode defers BEGIN past
+SELECTs and SAVEPOINTs). Write transactions start with ``BEGIN IMMEDIATE``: they take the
+write lock up front, so two read-then-write transactions on one study run one after the
+other instead of one failing with "database is locked" when it tries to upgrade its lock.
+This is SQLAlchemy's documented pysqlite recipe for serializable isolation and
+transactional DDL.
+
+PostgreSQL: psycopg 3; ``postgresql://`` and ``postgres://`` URLs are rewritten to it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from stagelr_service.errors import InputError
+
+__all__ = ["SQLITE_BEGIN_OPTION", "make_engine", "mask_url", "normalize_url"]
+
+#: Execution option read by the SQLite ``begin`` hook: "IMMEDIATE" (default) or "DEFERRED".
+SQLITE_BEGIN_OPTION = "stagelr_sqlite_begin"
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick the driver the store uses for its backend.
+
+    Raises InputError for anything but a SQLite file or a PostgreSQL URL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InputError(
+            f"cannot parse database URL {str(url)!r}: use sqlite:///path/to/stagelr.db "
+            "or postgresql://user:password@host/dbname"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or parsed.database.startswith("file:"):
+            raise InputError(
+                f"{mask_url(parsed)} is not a SQLite file: use a file URL such as "
+                "sqlite:///stagelr.db (relative) or sqlite:////var/lib/stagelr/stagelr.db"
+            )
+        return parsed.set(drivername="sqlite+pysqlite")
+    raise InputError(
+        f"unsupported database {backend!r} in {mask_url(parsed)}: stagelr runs on SQLite "
+        "(sqlite:///stagelr.db) or PostgreSQL (postgresql://user:password@host/dbname)"
+    )
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL as text with any password replaced by ``***``, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(value: Any) -> str:
+    # Strict JSON on both backends: PostgreSQL rejects NaN in json columns, so SQLite
+    # must too, or a store that works on one would fail on the other.
+    return json.dumps(value, allow_nan=False, default=_json_default)
+
+
+def make_engine(url: str | URL, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
+    """Create the engine for ``url`` (see the module docstring for what is set up).
+
+    ``foreign_keys=False`` is for migrations only: Alembic's batch mode on SQLite copies a
+    table and drops the old one, and with foreign keys on, that drop would cascade.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, foreign_keys=foreign_keys, **kwargs)
+    return create_engine(parsed, pool_pre_ping=True, json_serializer=_dumps, **kwargs)
+
+
+def _sqlite_engine(url: URL, *, foreign_keys: bool, **kwargs: Any) -> Engine:
+    assert url.database is not None
+    Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        # The server calls the store from a thread pool; each connection is still used
+        # by one thread at a time (the pool hands it out).
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        json_serializer=_dumps,
+        **kwargs,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module; the "begin" hook below emits it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL is durable against application crashes and much faster.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        if mode not in ("IMMEDIATE", "DEFERRED"):
+            raise ValueError(f"{SQLITE_BEGIN_OPTION} must be IMMEDIATE or DEFERRED, not {mode!r}")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine

@@ -1,0 +1,135 @@
+"""Plain, frozen records the repository returns.
+
+Records carry no session and no lazy loading, so they can cross thread and transaction
+boundaries freely. Enum columns come back as the wire enums of :mod:`stagelr.models`;
+datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
+
+__all__ = [
+    "ForecastRecord",
+    "ObservationRecord",
+    "ProjectRecord",
+    "SegmentRecord",
+    "StageRecord",
+    "StageStatus",
+    "StudyHistory",
+    "StudyRecord",
+]
+
+StageStatus = Literal["searching", "training", "completed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRecord:
+    id: int
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRecord:
+    """A study. ``config`` is the resolved StudyConfig as stored (JSON form)."""
+
+    id: int
+    project_id: int
+    project: str
+    name: str
+    config: dict[str, Any]
+    status: StudyStatus
+    status_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    id: int
+    study_id: int
+    index: int
+    tau: int
+    tau_explore: int
+    start_step: int
+    status: StageStatus
+    chosen_lr: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRecord:
+    """One segment; ``stage`` is its stage's index (``stage_id`` the stage's row id)."""
+
+    id: int
+    study_id: int
+    stage_id: int
+    stage: int
+    seq: int
+    index: int
+    kind: SegmentKind
+    status: SegmentStatus
+    lr: float
+    steps: int
+    start_step: int
+    horizon: int
+    metric: Metric
+    report_every: int
+    restore: str | None
+    save_start: str | None
+    save_end: str | None
+    discard: tuple[str, ...]
+    stop_above: float | None
+    data_seed: int
+    steps_done: int | None
+    fail_reason: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class ObservationRecord(NamedTuple):
+    """(step, metric, value); a tuple, so it compares equal to a plain 3-tuple.
+
+    ``value`` may be NaN or +/-inf: the store round-trips them on every backend.
+    """
+
+    step: int
+    metric: Metric
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastRecord:
+    """The forecast of one explore segment.
+
+    ``prediction``, ``std`` and ``objective`` are None where no finite value exists (the
+    store keeps only finite floats there). ``params`` may hold NaN/inf; they round-trip.
+    """
+
+    id: int
+    segment_id: int
+    model: str
+    prediction: float | None
+    std: float | None
+    status: str
+    params: dict[str, float]
+    n_points: int
+    objective: float | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyHistory:
+    """Everything the tuner needs about one study, read in one transaction."""
+
+    study: StudyRecord
+    stages: list[StageRecord]
+    segments: list[SegmentRecord]
+    #: segment id -> its observations sorted by (step, metric); segments without any absent
+    observations: dict[int, list[ObservationRecord]] = field(default_factory=dict)
+    #: segment id -> its forecast; segments without one absent
+    forecasts: dict[int, ForecastRecord] = field(default_factory=dict)

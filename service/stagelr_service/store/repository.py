@@ -1,0 +1,798 @@
+"""The repository: every read and write of the store, inside one transaction.
+
+A :class:`Repository` is bound to the session of one transaction (``Store.transaction``)
+and returns frozen records, never ORM rows. Writes that two requests may race on are
+made idempotent with the unique keys, as Optuna's storage does: the insert runs in a
+SAVEPOINT, and a unique-key violation means "already written" (read it back) or, for
+segments, "someone else issued it first" (:class:`DuplicateSegmentError`). The outer
+transaction survives either way.
+
+Every write to a study's children also touches the study's ``updated_at``, and does it
+first, so that on PostgreSQL the study row is always the first row a transaction locks
+(one lock order, no deadlocks), and writers of one study queue on that row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
+
+from stagelr_service.errors import (
+    DuplicateSegmentError,
+    InputError,
+    NotFoundError,
+    ObservationConflictError,
+)
+
+from .models import ForecastRow, ObservationRow, ProjectRow, SegmentRow, StageRow, StudyRow
+from .records import (
+    ForecastRecord,
+    ObservationRecord,
+    ProjectRecord,
+    SegmentRecord,
+    StageRecord,
+    StageStatus,
+    StudyHistory,
+    StudyRecord,
+)
+
+__all__ = ["KEEP", "Keep", "Repository"]
+
+_STAGE_STATUSES = ("searching", "training", "completed")
+
+
+class Keep(Enum):
+    """Type of :data:`KEEP`, the default of fields an update leaves as they are."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+# How a float is stored: finite -> (value, None); non-finite -> (None, 'nan'|'inf'|'-inf').
+_Encoded = tuple[float | None, str | None]
+
+
+def _encode(value: float) -> _Encoded:
+    value = float(value)
+    if math.isfinite(value):
+        return value, None
+    if math.isnan(value):
+        return None, "nan"
+    return None, "inf" if value > 0 else "-inf"
+
+
+def _decode(value: float | None, special: str | None) -> float:
+    if special is not None:
+        return float(special)
+    if value is None:  # only a row written by hand could be like this
+        return math.nan
+    return value
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+_SPECIAL_FLOATS = {"nan", "inf", "-inf"}
+
+
+def _encode_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN/inf (and PostgreSQL rejects them): spell them as strings.
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[str(key)] = _encode(value)[1]
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _decode_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: float(value) if isinstance(value, str) and value in _SPECIAL_FLOATS else value
+        for key, value in params.items()
+    }
+
+
+def _metric(metric: Metric | str) -> str:
+    try:
+        return Metric(metric).value
+    except ValueError:
+        raise InputError(
+            f"unknown metric {metric!r}: use one of {', '.join(m.value for m in Metric)}"
+        ) from None
+
+
+class Repository:
+    """Reads and writes of one transaction. Get one from ``Store.transaction()``."""
+
+    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
+        self._s = session
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the store's clock must return an aware datetime")
+        return now
+
+    def _insert(self, row: Any) -> IntegrityError | None:
+        """Insert ``row`` in a SAVEPOINT; the IntegrityError if a constraint refused it."""
+        try:
+            with self._s.begin_nested():
+                self._s.add(row)
+        except IntegrityError as exc:
+            return exc
+        return None
+
+    # ------------------------------------------------------------------ projects
+
+    def get_or_create_project(self, name: str) -> ProjectRecord:
+        """The project called ``name``, created if it does not exist (race-safe)."""
+        query = select(ProjectRow).where(ProjectRow.name == name)
+        row = self._s.scalar(query)
+        if row is None:
+            row = ProjectRow(name=name, created_at=self._now())
+            error = self._insert(row)
+            if error is not None:
+                row = self._s.scalar(query)
+                if row is None:
+                    raise error
+        return ProjectRecord(id=row.id, name=row.name, created_at=row.created_at)
+
+    def get_project(self, name: str) -> ProjectRecord | None:
+        row = self._s.scalar(select(ProjectRow).where(ProjectRow.name == name))
+        return None if row is None else ProjectRecord(row.id, row.name, row.created_at)
+
+    # ------------------------------------------------------------------ studies
+
+    @staticmethod
+    def _study_query() -> Select[StudyRow, str]:
+        return select(StudyRow, ProjectRow.name).join(
+            ProjectRow, StudyRow.project_id == ProjectRow.id
+        )
+
+    @staticmethod
+    def _study(row: StudyRow, project: str) -> StudyRecord:
+        return StudyRecord(
+            id=row.id,
+            project_id=row.project_id,
+            project=project,
+            name=row.name,
+            config=row.config,
+            status=StudyStatus(row.status),
+            status_reason=row.status_reason,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def _one_study(self, query: Select[StudyRow, str]) -> StudyRecord | None:
+        found = self._s.execute(query).one_or_none()
+        return None if found is None else self._study(*found)
+
+    def create_study(
+        self, project_id: int, name: str, config: Mapping[str, Any]
+    ) -> tuple[StudyRecord, bool]:
+        """Create the study, or get the existing one of that project and name.
+
+        Returns ``(study, created)``. An existing study is returned as stored, whatever
+        its config: comparing configs is the caller's decision. Race-safe: of several
+        concurrent creators exactly one inserts, the others read its row.
+        """
+        # Round-trip through JSON now so the record holds what a later read returns.
+        stored_config = json.loads(json.dumps(dict(config), allow_nan=False))
+        query = self._study_query().where(StudyRow.project_id == project_id, StudyRow.name == name)
+        existing = self._one_study(query)
+        if existing is not None:
+            return existing, False
+        now = self._now()
+        row = StudyRow(
+            project_id=project_id,
+            name=name,
+            config=stored_config,
+            status=StudyStatus.running.value,
+            status_reason=None,
+            created_at=now,
+            updated_at=now,
+        )
+        error = self._insert(row)
+        if error is None:
+            study = self._one_study(self._study_query().where(StudyRow.id == row.id))
+            assert study is not None
+            return study, True
+        existing = self._one_study(query)
+        if existing is not None:
+            return existing, False
+        if self._s.get(ProjectRow, project_id) is None:
+            raise NotFoundError(f"project {project_id} does not exist: create it first")
+        raise error
+
+    def get_study(self, study_id: int) -> StudyRecord | None:
+        return self._one_study(self._study_query().where(StudyRow.id == study_id))
+
+    def find_study(self, project: str, name: str) -> StudyRecord | None:
+        """The study ``name`` of the project named ``project``, if any."""
+        return self._one_study(
+            self._study_query().where(ProjectRow.name == project, StudyRow.name == name)
+        )
+
+    def lock_study(self, study_id: int) -> StudyRecord | None:
+        """Read the study and hold it until the transaction ends.
+
+        PostgreSQL: ``SELECT ... FOR UPDATE`` of the study row, so concurrent requests on
+        one study (on any replica) run one after the other. SQLite: a plain read; the
+        write transaction already holds the database's write lock (BEGIN IMMEDIATE).
+        """
+        query = (
+            self._study_query()
+            .where(StudyRow.id == study_id)
+            .with_for_update(of=StudyRow)
+            # The row may have changed while we waited for the lock: refresh it.
+            .execution_options(populate_existing=True)
+        )
+        return self._one_study(query)
+
+    def list_studies(
+        self,
+        project: str | None = None,
+        status: StudyStatus | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[StudyRecord], int]:
+        """Studies newest first, filtered by project name and status; and the total count
+        of studies that match the filters (for pagination)."""
+        if limit < 0 or offset < 0:
+            raise InputError("limit and offset must not be negative")
+        conditions = []
+        if project is not None:
+            conditions.append(ProjectRow.name == project)
+        if status is not None:
+            try:
+                conditions.append(StudyRow.status == StudyStatus(status).value)
+            except ValueError:
+                raise InputError(
+                    f"unknown study status {status!r}: use one of "
+                    + ", ".join(s.value for s in StudyStatus)
+                ) from None
+        total = self._s.scalar(
+            select(func.count())
+            .select_from(StudyRow)
+            .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
+            .where(*conditions)
+        )
+        rows = self._s.execute(
+            self._study_query()
+            .where(*conditions)
+            .order_by(StudyRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        return [self._study(row, project_name) for row, project_name in rows], int(total or 0)
+
+    def set_study_status(
+        self, study_id: int, status: StudyStatus | str, reason: str | None = None
+    ) -> StudyRecord:
+        """Set the study's status (and the reason, or clear it)."""
+        row = self._s.get(StudyRow, study_id)
+        if row is None:
+            raise NotFoundError(f"study {study_id} does not exist")
+        row.status = StudyStatus(status).value
+        row.status_reason = reason
+        row.updated_at = self._now()
+        self._s.flush()
+        study = self.get_study(study_id)
+        assert study is not None
+        return study
+
+    def touch_study(self, study_id: int) -> None:
+        """Set the study's ``updated_at`` to now (every write below does it already).
+
+        On PostgreSQL this also locks the study row until the transaction ends.
+        """
+        self._s.execute(
+            update(StudyRow).where(StudyRow.id == study_id).values(updated_at=self._now())
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    @staticmethod
+    def _stage(row: StageRow) -> StageRecord:
+        status: StageStatus = row.status  # type: ignore[assignment]
+        return StageRecord(
+            id=row.id,
+            study_id=row.study_id,
+            index=row.index,
+            tau=row.tau,
+            tau_explore=row.tau_explore,
+            start_step=row.start_step,
+            status=status,
+            chosen_lr=row.chosen_lr,
+        )
+
+    def get_or_create_stage(
+        self, study_id: int, index: int, tau: int, tau_explore: int, start_step: int
+    ) -> StageRecord:
+        """Stage ``index`` of the study; created (status ``searching``) if missing.
+
+        An existing stage is returned as stored: the tuner is deterministic, so it asks
+        for the same sizes every time.
+        """
+        query = select(StageRow).where(StageRow.study_id == study_id, StageRow.index == index)
+        row = self._s.scalar(query)
+        if row is not None:
+            return self._stage(row)
+        self.touch_study(study_id)
+        row = StageRow(
+            study_id=study_id,
+            index=index,
+            tau=tau,
+            tau_explore=tau_explore,
+            start_step=start_step,
+            status="searching",
+            chosen_lr=None,
+        )
+        error = self._insert(row)
+        if error is not None:
+            found = self._s.scalar(query)
+            if found is None:
+                raise error
+            row = found
+        return self._stage(row)
+
+    def get_stage(self, study_id: int, index: int) -> StageRecord | None:
+        row = self._s.scalar(
+            select(StageRow).where(StageRow.study_id == study_id, StageRow.index == index)
+        )
+        return None if row is None else self._stage(row)
+
+    def stages_of_study(self, study_id: int) -> list[StageRecord]:
+        rows = self._s.scalars(
+            select(StageRow).where(StageRow.study_id == study_id).order_by(StageRow.index)
+        )
+        return [self._stage(row) for row in rows]
+
+    def set_stage(
+        self,
+        stage_id: int,
+        *,
+        status: StageStatus | None = None,
+        chosen_lr: float | None | Keep = KEEP,
+    ) -> StageRecord:
+        """Set the stage's status and/or chosen LR; a field not given keeps its value
+        (``chosen_lr=None`` clears the LR)."""
+        if status is not None and status not in _STAGE_STATUSES:
+            raise InputError(f"unknown stage status {status!r}: use one of {_STAGE_STATUSES}")
+        row = self._s.get(StageRow, stage_id)
+        if row is None:
+            raise NotFoundError(f"stage {stage_id} does not exist")
+        self.touch_study(row.study_id)
+        if status is not None:
+            row.status = status
+        if not isinstance(chosen_lr, Keep):
+            row.chosen_lr = chosen_lr
+        self._s.flush()
+        return self._stage(row)
+
+    # ------------------------------------------------------------------ segments
+
+    @staticmethod
+    def _segment_query() -> Select[SegmentRow, int]:
+        return select(SegmentRow, StageRow.index).join(StageRow, SegmentRow.stage_id == StageRow.id)
+
+    @staticmethod
+    def _segment(row: SegmentRow, stage: int) -> SegmentRecord:
+        return SegmentRecord(
+            id=row.id,
+            study_id=row.study_id,
+            stage_id=row.stage_id,
+            stage=stage,
+            seq=row.seq,
+            index=row.index,
+            kind=SegmentKind(row.kind),
+            status=SegmentStatus(row.status),
+            lr=row.lr,
+            steps=row.steps,
+            start_step=row.start_step,
+            horizon=row.horizon,
+            metric=Metric(row.metric),
+            report_every=row.report_every,
+            restore=row.restore,
+            save_start=row.save_start,
+            save_end=row.save_end,
+            discard=tuple(row.discard),
+            stop_above=row.stop_above,
+            data_seed=row.data_seed,
+            steps_done=row.steps_done,
+            fail_reason=row.fail_reason,
+            created_at=row.created_at,
+            completed_at=row.completed_at,
+        )
+
+    def _one_segment(self, query: Select[SegmentRow, int]) -> SegmentRecord | None:
+        found = self._s.execute(query).first()
+        return None if found is None else self._segment(*found)
+
+    def insert_segment(
+        self,
+        study_id: int,
+        stage_id: int,
+        seq: int,
+        *,
+        index: int,
+        kind: SegmentKind | str,
+        lr: float,
+        steps: int,
+        start_step: int,
+        horizon: int,
+        metric: Metric | str,
+        report_every: int,
+        data_seed: int,
+        restore: str | None = None,
+        save_start: str | None = None,
+        save_end: str | None = None,
+        discard: Sequence[str] = (),
+        stop_above: float | None = None,
+    ) -> SegmentRecord:
+        """Issue segment ``seq`` of the study (status ``open``).
+
+        Raises DuplicateSegmentError when segment ``seq`` of the study exists already:
+        another request or replica computed and stored it first. The transaction stays
+        usable (the insert ran in a SAVEPOINT); re-read the study and answer from it.
+        """
+        stage = self._s.get(StageRow, stage_id)
+        if stage is None or stage.study_id != study_id:
+            raise NotFoundError(f"stage {stage_id} of study {study_id} does not exist")
+        for name, value in (("lr", lr), ("stop_above", stop_above)):
+            if value is not None and not math.isfinite(value):
+                raise InputError(f"segment {name} must be finite, not {value!r}")
+        self.touch_study(study_id)
+        row = SegmentRow(
+            study_id=study_id,
+            stage_id=stage_id,
+            seq=seq,
+            index=index,
+            kind=SegmentKind(kind).value,
+            status=SegmentStatus.open.value,
+            lr=float(lr),
+            steps=steps,
+            start_step=start_step,
+            horizon=horizon,
+            metric=_metric(metric),
+            report_every=report_every,
+            restore=restore,
+            save_start=save_start,
+            save_end=save_end,
+            discard=list(discard),
+            stop_above=None if stop_above is None else float(stop_above),
+            data_seed=data_seed,
+            steps_done=None,
+            fail_reason=None,
+            created_at=self._now(),
+            completed_at=None,
+        )
+        error = self._insert(row)
+        if error is not None:
+            taken = self._s.scalar(
+                select(SegmentRow.id).where(SegmentRow.study_id == study_id, SegmentRow.seq == seq)
+            )
+            if taken is None:
+                raise error
+            raise DuplicateSegmentError(
+                f"segment {seq} of study {study_id} was issued concurrently by another "
+                "request: read the study again and use the stored segment"
+            ) from error
+        return self._segment(row, stage.index)
+
+    def get_segment(self, segment_id: int) -> SegmentRecord | None:
+        return self._one_segment(self._segment_query().where(SegmentRow.id == segment_id))
+
+    def segment_by_seq(self, study_id: int, seq: int) -> SegmentRecord | None:
+        """Segment ``seq`` of the study (e.g. the one a racing request issued first)."""
+        return self._one_segment(
+            self._segment_query().where(SegmentRow.study_id == study_id, SegmentRow.seq == seq)
+        )
+
+    def open_segment(self, study_id: int) -> SegmentRecord | None:
+        """The study's open segment (the latest, should there be several), or None."""
+        return self._one_segment(
+            self._segment_query()
+            .where(SegmentRow.study_id == study_id, SegmentRow.status == SegmentStatus.open.value)
+            .order_by(SegmentRow.seq.desc())
+        )
+
+    def segments_of_study(self, study_id: int) -> list[SegmentRecord]:
+        """All segments of the study, in issue order (by ``seq``)."""
+        rows = self._s.execute(
+            self._segment_query().where(SegmentRow.study_id == study_id).order_by(SegmentRow.seq)
+        ).all()
+        return [self._segment(row, stage) for row, stage in rows]
+
+    def update_segment_status(
+        self,
+        segment_id: int,
+        status: SegmentStatus | str,
+        *,
+        steps_done: int | None = None,
+        fail_reason: str | None = None,
+    ) -> SegmentRecord:
+        """Set the segment's status, steps done and failure reason.
+
+        ``completed_at`` is set when the segment leaves ``open`` (cleared if it returns).
+        Whether the transition is allowed is the caller's decision.
+        """
+        row = self._s.get(SegmentRow, segment_id)
+        if row is None:
+            raise NotFoundError(f"segment {segment_id} does not exist")
+        self.touch_study(row.study_id)
+        new_status = SegmentStatus(status)
+        row.status = new_status.value
+        row.steps_done = steps_done
+        row.fail_reason = fail_reason
+        row.completed_at = None if new_status is SegmentStatus.open else self._now()
+        self._s.flush()
+        segment = self.get_segment(segment_id)
+        assert segment is not None
+        return segment
+
+    # ------------------------------------------------------------------ observations
+
+    def add_observations(
+        self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
+    ) -> tuple[int, int]:
+        """Store ``(step, metric, value)`` observations of a segment, idempotently.
+
+        Returns ``(accepted, duplicates)``: new rows written, and reports identical to a
+        stored one (or repeated within the batch), which are no-ops. NaN equals NaN here.
+        A report that differs from a stored value raises ObservationConflictError and
+        nothing of the batch is written. One SELECT and one bulk INSERT per batch.
+        """
+        study_id = self._study_of_segment(segment_id)
+        batch, repeats = self._batch(observations)
+        if not batch:
+            return 0, repeats
+        # First, so concurrent writers of this study queue here and then see each
+        # other's rows (PostgreSQL); on SQLite the write lock is already held.
+        self.touch_study(study_id)
+        # A second pass only if a concurrent writer slipped in between our SELECT and
+        # INSERT (the unique key caught it): its rows are then visible to the SELECT.
+        for attempt in range(2):
+            new = self._new_observations(segment_id, batch)
+            try:
+                with self._s.begin_nested():
+                    if new:
+                        self._s.execute(
+                            insert(ObservationRow),
+                            [
+                                {
+                                    "segment_id": segment_id,
+                                    "step": step,
+                                    "metric": metric,
+                                    "value": value,
+                                    "special": special,
+                                }
+                                for (step, metric), (value, special) in new.items()
+                            ],
+                        )
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+                continue
+            return len(new), repeats + len(batch) - len(new)
+        raise AssertionError("unreachable")
+
+    def count_existing(
+        self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
+    ) -> tuple[int, int]:
+        """What :meth:`add_observations` would do, without writing: ``(new, duplicates)``.
+
+        Raises ObservationConflictError as it would. For a closed segment, where a
+        retried batch is fine but a new value is not.
+        """
+        self._study_of_segment(segment_id)
+        batch, repeats = self._batch(observations)
+        if not batch:
+            return 0, repeats
+        new = self._new_observations(segment_id, batch)
+        return len(new), repeats + len(batch) - len(new)
+
+    def _study_of_segment(self, segment_id: int) -> int:
+        study_id = self._s.scalar(select(SegmentRow.study_id).where(SegmentRow.id == segment_id))
+        if study_id is None:
+            raise NotFoundError(f"segment {segment_id} does not exist")
+        return study_id
+
+    @staticmethod
+    def _batch(
+        observations: Iterable[tuple[int, Metric | str, float]],
+    ) -> tuple[dict[tuple[int, str], _Encoded], int]:
+        """The batch keyed by (step, metric), and how many reports repeat one exactly."""
+        batch: dict[tuple[int, str], _Encoded] = {}
+        repeats = 0
+        for step, metric, value in observations:
+            key = (int(step), _metric(metric))
+            encoded = _encode(value)
+            previous = batch.get(key)
+            if previous is None:
+                batch[key] = encoded
+            elif previous == encoded:
+                repeats += 1
+            else:
+                raise ObservationConflictError(
+                    f"the batch reports {key[1]} at step {key[0]} twice, as "
+                    f"{_decode(*previous)!r} and {_decode(*encoded)!r}: send one value per step"
+                )
+        return batch, repeats
+
+    def _new_observations(
+        self, segment_id: int, batch: dict[tuple[int, str], _Encoded]
+    ) -> dict[tuple[int, str], _Encoded]:
+        """The part of ``batch`` not stored yet; ObservationConflictError if a stored value
+        differs. One SELECT over the batch's step range (no parameter-count limits)."""
+        steps = [step for step, _ in batch]
+        stored: dict[tuple[int, str], _Encoded] = {
+            (step, metric): (value, special)
+            for step, metric, value, special in self._s.execute(
+                select(
+                    ObservationRow.step,
+                    ObservationRow.metric,
+                    ObservationRow.value,
+                    ObservationRow.special,
+                ).where(
+                    ObservationRow.segment_id == segment_id,
+                    ObservationRow.step.between(min(steps), max(steps)),
+                )
+            )
+        }
+        new: dict[tuple[int, str], _Encoded] = {}
+        for key, encoded in batch.items():
+            existing = stored.get(key)
+            if existing is None:
+                new[key] = encoded
+            elif existing != encoded:
+                step, metric = key
+                raise ObservationConflictError(
+                    f"segment {segment_id} already has {metric} = {_decode(*existing)!r} "
+                    f"at step {step}, and this batch says {_decode(*encoded)!r}: a step's "
+                    "value cannot change (a retry must resend the same value)"
+                )
+        return new
+
+    def observations_of_segment(self, segment_id: int) -> list[ObservationRecord]:
+        """The segment's observations sorted by (step, metric)."""
+        rows = self._s.execute(
+            select(
+                ObservationRow.step,
+                ObservationRow.metric,
+                ObservationRow.value,
+                ObservationRow.special,
+            )
+            .where(ObservationRow.segment_id == segment_id)
+            .order_by(ObservationRow.step, ObservationRow.metric)
+        )
+        return [
+            ObservationRecord(step, Metric(metric), _decode(value, special))
+            for step, metric, value, special in rows
+        ]
+
+    def observations_of_study(self, study_id: int) -> dict[int, list[ObservationRecord]]:
+        """segment id -> observations sorted by (step, metric), for the whole study in one
+        query; segments without observations are absent."""
+        rows = self._s.execute(
+            select(
+                ObservationRow.segment_id,
+                ObservationRow.step,
+                ObservationRow.metric,
+                ObservationRow.value,
+                ObservationRow.special,
+            )
+            .join(SegmentRow, ObservationRow.segment_id == SegmentRow.id)
+            .where(SegmentRow.study_id == study_id)
+            .order_by(ObservationRow.segment_id, ObservationRow.step, ObservationRow.metric)
+        )
+        out: dict[int, list[ObservationRecord]] = {}
+        for segment_id, step, metric, value, special in rows:
+            out.setdefault(segment_id, []).append(
+                ObservationRecord(step, Metric(metric), _decode(value, special))
+            )
+        return out
+
+    # ------------------------------------------------------------------ forecasts
+
+    @staticmethod
+    def _forecast(row: ForecastRow) -> ForecastRecord:
+        return ForecastRecord(
+            id=row.id,
+            segment_id=row.segment_id,
+            model=row.model,
+            prediction=row.prediction,
+            std=row.std,
+            status=row.status,
+            params=_decode_params(row.params),
+            n_points=row.n_points,
+            objective=row.objective,
+            created_at=row.created_at,
+        )
+
+    def upsert_forecast(
+        self,
+        segment_id: int,
+        *,
+        model: str,
+        prediction: float | None,
+        std: float | None,
+        status: str,
+        params: Mapping[str, float],
+        n_points: int,
+        objective: float | None,
+    ) -> ForecastRecord:
+        """Write the segment's forecast, replacing any earlier one.
+
+        Non-finite ``prediction``, ``std`` and ``objective`` are stored as None (the
+        ``status`` says why); NaN/inf in ``params`` round-trip.
+        """
+        self.touch_study(self._study_of_segment(segment_id))
+        values = {
+            "model": model,
+            "prediction": _finite_or_none(prediction),
+            "std": _finite_or_none(std),
+            "status": status,
+            "params": _encode_params(params),
+            "n_points": n_points,
+            "objective": _finite_or_none(objective),
+            "created_at": self._now(),
+        }
+        query = select(ForecastRow).where(ForecastRow.segment_id == segment_id)
+        for _ in range(2):
+            row = self._s.scalar(query)
+            if row is None:
+                row = ForecastRow(segment_id=segment_id, **values)
+                if self._insert(row) is not None:
+                    continue  # written concurrently: update that row instead
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+                self._s.flush()
+            return self._forecast(row)
+        raise AssertionError("forecast row neither insertable nor found")
+
+    def get_forecast(self, segment_id: int) -> ForecastRecord | None:
+        row = self._s.scalar(select(ForecastRow).where(ForecastRow.segment_id == segment_id))
+        return None if row is None else self._forecast(row)
+
+    def forecasts_of_study(self, study_id: int) -> dict[int, ForecastRecord]:
+        """segment id -> forecast, for every segment of the study that has one."""
+        rows = self._s.scalars(
+            select(ForecastRow)
+            .join(SegmentRow, ForecastRow.segment_id == SegmentRow.id)
+            .where(SegmentRow.study_id == study_id)
+        )
+        return {row.segment_id: self._forecast(row) for row in rows}
+
+    # ------------------------------------------------------------------ history
+
+    def history(self, study_id: int) -> StudyHistory | None:
+        """The study with its stages, segments, observations and forecasts (five
+        queries), or None if there is no such study."""
+        study = self.get_study(study_id)
+        if study is None:
+            return None
+        return StudyHistory(
+            study=study,
+            stages=self.stages_of_study(study_id),
+            segments=self.segments_of_study(study_id),
+            observations=self.observations_of_study(study_id),
+            forecasts=self.forecasts_of_study(study_id),
+        )

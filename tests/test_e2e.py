@@ -1,0 +1,87 @@
+"""End to end: a live server, the real client, a real PyTorch model trained under stagelr."""
+
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+
+import httpx
+import pytest
+
+import stagelr
+
+pytestmark = pytest.mark.slow
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from stagelr_service.demo import train_digits  # noqa: E402
+
+from .live import run_cli  # noqa: E402
+
+
+def sqlite_path(database_url: str) -> str:
+    return database_url.removeprefix("sqlite:///")
+
+
+def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None:
+    with stagelr.Tuner(
+        live_server.url,
+        study="e2e-digits",
+        lr_min=1e-3,
+        lr_max=1.0,
+        total_steps=240,
+        tau0=40,
+        tau_max=80,
+        k=3,
+        seed=1,
+    ) as tuner:
+        result = train_digits(tuner, seed=1)
+        study = tuner.study()
+
+    # The study ran its whole budget: stages of 40, 80, 80, 40 training steps.
+    assert study.status.value == "completed"
+    assert study.trajectory_steps == 240
+    assert [steps for _, steps, _ in result.stages] == [40, 80, 80, 40]
+    assert math.isfinite(result.final_val_loss) and result.final_val_loss < 1.0
+
+    # Each stage's decision is visible in the stage endpoint.
+    for stage, _, lr in result.stages:
+        detail = httpx.get(f"{live_server.url}/v1/studies/{study.id}/stages/{stage}").json()
+        assert detail["chosen_lr"] == lr
+        assert len(detail["candidates"]) == 3
+        assert lr in [c["lr"] for c in detail["candidates"]]
+        assert all(c["forecast"] is not None for c in detail["candidates"])
+        assert detail["posterior"]
+
+    # And every trial is in the SQLite file.
+    with sqlite3.connect(sqlite_path(live_server.database_url)) as db:
+        segments = db.execute(
+            "SELECT kind, status FROM segments WHERE study_id = ?", (study.id,)
+        ).fetchall()
+        observations = db.execute(
+            "SELECT COUNT(*) FROM observations JOIN segments ON segments.id = segment_id "
+            "WHERE study_id = ?",
+            (study.id,),
+        ).fetchone()[0]
+        forecasts = db.execute(
+            "SELECT COUNT(*) FROM forecasts JOIN segments ON segments.id = segment_id "
+            "WHERE study_id = ?",
+            (study.id,),
+        ).fetchone()[0]
+    assert sorted(k for k, _ in segments).count("explore") == 3 * 4
+    assert sorted(k for k, _ in segments).count("exploit") == 4
+    assert all(status in ("completed", "diverged") for _, status in segments)
+    assert observations > 0
+    assert forecasts == 3 * 4
+
+
+def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
+    done = run_cli(
+        "demo", "--local", "--total-steps", "120", "--tau0", "40", "--tau-max", "40", "--k", "2",
+        env={"STAGELR_DATA_DIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"stage 0: trained\s+40 steps at lr=", done.stdout)
+    assert re.search(r"final validation loss \d+\.\d+ after 120 training steps", done.stdout)
+    assert (tmp_path / "stagelr.db").exists()
