@@ -36,15 +36,23 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import SchemaOutdatedError
     from .server import serve
+    from .store import Store
 
     settings = _settings(args)
     if args.migrate:
         settings = settings.model_copy(update={"auto_migrate": True})
+    # Refuse an old schema here, with one clear line, before uvicorn starts.
+    store = Store(settings.resolved_database_url)
     try:
-        serve(settings)
+        if settings.auto_migrate:
+            store.migrate()
+        store.check_schema()
     except SchemaOutdatedError as exc:
-        print(f"stagelr: {exc.message}", file=sys.stderr)
+        print(f"stagelr serve: {exc.message}", file=sys.stderr)
         return 2
+    finally:
+        store.close()
+    serve(settings)
     return 0
 
 
