@@ -14,6 +14,7 @@ from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
+
 from stagelr_service.store.engine import make_engine, normalize_url
 from stagelr_service.store.models import Base
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import URL
+
 from stagelr_service.store import Store, normalize_url
 from stagelr_service.store.models import Base
 

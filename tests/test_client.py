@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 import stagelr
 from stagelr.models import (
     CompleteRequest,

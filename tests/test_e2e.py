@@ -78,7 +78,16 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
 
 def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     done = run_cli(
-        "demo", "--local", "--total-steps", "120", "--tau0", "40", "--tau-max", "40", "--k", "2",
+        "demo",
+        "--local",
+        "--total-steps",
+        "120",
+        "--tau0",
+        "40",
+        "--tau-max",
+        "40",
+        "--k",
+        "2",
         env={"STAGELR_DATA_DIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -16,6 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
+
 from stagelr_service.errors import SchemaOutdatedError
 from stagelr_service.store import (
     Store,

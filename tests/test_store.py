@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
+
 from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
 from stagelr_service.errors import (
     DuplicateSegmentError,

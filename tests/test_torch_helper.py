@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from stagelr.models import SegmentView
 from stagelr.torch import Checkpointer, CheckpointNotFoundError, apply_lr
 

@@ -152,14 +152,34 @@ def test_autolrs_never_stops_a_candidate_early(optimizer) -> None:
 
 
 def diverged_trial(seq: int, index: int, lr: float) -> Trial:
-    return Trial(seq, 0, index, SegmentKind.explore, lr, 10, SegmentStatus.diverged, 3,
-                 Metric.val_loss, ((1, 1.0), (2, math.nan)))
+    return Trial(
+        seq,
+        0,
+        index,
+        SegmentKind.explore,
+        lr,
+        10,
+        SegmentStatus.diverged,
+        3,
+        Metric.val_loss,
+        ((1, 1.0), (2, math.nan)),
+    )
 
 
 def good_trial(seq: int, index: int, lr: float, level: float) -> Trial:
     obs = tuple((s, level + 1.0 * math.exp(-0.3 * s)) for s in range(1, 11))
-    return Trial(seq, 0, index, SegmentKind.explore, lr, 10, SegmentStatus.completed, 10,
-                 Metric.val_loss, obs)
+    return Trial(
+        seq,
+        0,
+        index,
+        SegmentKind.explore,
+        lr,
+        10,
+        SegmentStatus.completed,
+        10,
+        Metric.val_loss,
+        obs,
+    )
 
 
 def test_diverged_candidate_gets_worst_plus_spread_in_default() -> None:
@@ -177,7 +197,9 @@ def test_diverged_candidate_gets_the_reference_penalty_in_autolrs() -> None:
     config = autolrs(tau0=100, k=5)
     geometry = tuner.stage_geometry(config, 0, 0, False)
     assert geometry is not None
-    analysis = tuner.analyze_stage(config, geometry, [good_trial(0, 0, 0.01, 0.5), diverged_trial(1, 1, 0.9)])
+    analysis = tuner.analyze_stage(
+        config, geometry, [good_trial(0, 0, 0.01, 0.5), diverged_trial(1, 1, 0.9)]
+    )
     assert analysis.candidates[1].objective == tuner.REFERENCE_PENALTY
 
 

@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--local", action="store_true", help="start a server in-process on a free port"
     )
-    demo.add_argument("--database-url", help="with --local: the store (default: SQLite in STAGELR_DATA_DIR)")
+    demo.add_argument(
+        "--database-url", help="with --local: the store (default: SQLite in STAGELR_DATA_DIR)"
+    )
     demo.add_argument("--study", default=None, help="study name (default: a new one)")
     demo.add_argument("--preset", default="default", choices=["default", "autolrs"])
     demo.add_argument("--total-steps", type=int, default=2400, help="training steps")

@@ -90,12 +90,16 @@ def train_digits(
             result = DemoResult(study_id=segment.study_id)
         checkpoints.begin(segment)
         # The segment's data seed: every candidate of a stage sees the same batches.
-        order = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(segment.data_seed))
+        order = torch.randperm(
+            len(x_tr), generator=torch.Generator().manual_seed(segment.data_seed)
+        )
         position = 0
         model.train()
         for step in segment.steps():
             if position + batch_size > len(order):
-                order = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(segment.data_seed + step))
+                order = torch.randperm(
+                    len(x_tr), generator=torch.Generator().manual_seed(segment.data_seed + step)
+                )
                 position = 0
             batch = order[position : position + batch_size]
             position += batch_size

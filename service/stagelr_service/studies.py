@@ -37,7 +37,6 @@ from stagelr.models import (
 )
 
 from . import tuner
-from .forecast import Forecast
 from .errors import (
     ConflictError,
     InputError,
@@ -45,6 +44,7 @@ from .errors import (
     NotFoundError,
     SegmentClosedError,
 )
+from .forecast import Forecast
 from .store import DuplicateSegmentError, Repository, Store
 from .store.records import ObservationRecord, SegmentRecord, StudyHistory, StudyRecord
 
@@ -122,7 +122,8 @@ class StudyService:
             study, created = repo.create_study(project.id, request.name, config)
             if not created and study.config != config:
                 changed = sorted(
-                    k for k in set(config) | set(study.config)
+                    k
+                    for k in set(config) | set(study.config)
                     if config.get(k) != study.config.get(k)
                 )
                 raise ConflictError(
@@ -269,8 +270,7 @@ class StudyService:
             steps_done = segment.steps if request.steps_done is None else request.steps_done
             if steps_done > segment.steps:
                 raise InputError(
-                    f"steps_done {steps_done} exceeds segment {segment_id}'s "
-                    f"{segment.steps} steps"
+                    f"steps_done {steps_done} exceeds segment {segment_id}'s {segment.steps} steps"
                 )
             status = SegmentStatus.completed
             observations = repo.observations_of_segment(segment_id)
@@ -322,9 +322,7 @@ class StudyService:
         stage_trials = [t for t in trials if t.stage == index]
         analysis = tuner.analyze_stage(config, geometry, stage_trials)
         posterior = (
-            tuner.stage_posterior(config, analysis, self.optimizer)
-            if geometry.search
-            else []
+            tuner.stage_posterior(config, analysis, self.optimizer) if geometry.search else []
         )
         segments = {s.seq: s for s in history.segments}
         candidates = []

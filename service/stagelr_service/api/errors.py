@@ -47,9 +47,7 @@ def _problem(
 def problem_for(exc: Exception, request: Request) -> JSONResponse:
     """Map any exception to its problem document. Unknown ones are a logged 500."""
     if isinstance(exc, errors.StagelrError):
-        status = next(
-            (code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500
-        )
+        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
         return _problem(status, exc.slug, exc.title, exc.message, request)
     if isinstance(exc, RequestValidationError):
         problems = [
@@ -61,9 +59,7 @@ def problem_for(exc: Exception, request: Request) -> JSONResponse:
             for e in exc.errors()
         ]
         detail = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems)
-        return _problem(
-            422, "validation-error", "Invalid input", detail, request, errors=problems
-        )
+        return _problem(422, "validation-error", "Invalid input", detail, request, errors=problems)
     if isinstance(exc, StarletteHTTPException):
         slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
         return _problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request)

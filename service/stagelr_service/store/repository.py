@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
 
+from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
 from stagelr_service.errors import (
     DuplicateSegmentError,
     InputError,
