@@ -31,6 +31,7 @@ test-quick: install
 
 lint: install
 	$(BIN)/ruff check client service migrations tests benchmarks
+	$(BIN)/mypy client/stagelr service/stagelr_service
 
 bench-decision: install
 	$(BIN)/python benchmarks/decision_latency.py

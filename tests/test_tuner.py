@@ -8,9 +8,8 @@ import pytest
 
 from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
 from stagelr_service import tuner
+from stagelr_service.simulation import SyntheticJob, simulate
 from stagelr_service.tuner import StudyEnd, Trial
-
-from .synthetic import SyntheticJob, simulate
 
 
 def autolrs(**overrides: object) -> StudyConfig:

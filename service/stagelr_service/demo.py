@@ -11,18 +11,22 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import stagelr
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class DigitsData:
     """The digits set as tensors, split 70/30 stratified (random_state 0)."""
 
-    x_train: object
-    y_train: object
-    x_val: object
-    y_val: object
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
 
     @classmethod
     def load(cls) -> DigitsData:

@@ -372,9 +372,14 @@ def next_segment(
     previous_lr: float | None = None
     stages = _group_by_stage(trials)
     for stage_trials in stages[:-1]:
-        exploit = next(t for t in stage_trials if t.kind is SegmentKind.exploit)
-        start_step += exploit.trained
-        previous_lr = exploit.lr
+        trained = next((t for t in stage_trials if t.kind is SegmentKind.exploit), None)
+        if trained is None:
+            raise ValueError(
+                f"history out of order: stage {stage_trials[0].stage} has no training "
+                "segment but a later stage exists"
+            )
+        start_step += trained.trained
+        previous_lr = trained.lr
 
     current = stages[-1] if stages else []
     index = len(stages) - 1 if stages else 0

@@ -1,5 +1,8 @@
 """A cheap synthetic training job: loss curves as a function of LR, no torch.
 
+Used by the tests, the benchmarks and load tests to drive the tuner (directly, or
+through the server and the client) thousands of times faster than real training.
+
 The loss after ``s`` steps at learning rate ``lr`` from a state with loss ``L0`` decays
 towards a floor that is lowest at ``best_lr`` (a bowl in log-LR), at a rate that grows
 with the LR; above ``cliff_lr`` the run diverges (NaN).
@@ -13,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stagelr.models import SegmentKind, SegmentStatus, StudyConfig
-from stagelr_service import tuner
-from stagelr_service.tuner import SegmentPlan, StudyEnd, Trial
+
+from . import tuner
+from .tuner import SegmentPlan, StudyEnd, Trial
 
 
 @dataclass
@@ -47,23 +51,39 @@ class SyntheticJob:
             for s in steps
         ]
 
+    def train(
+        self,
+        lr: float,
+        steps: int,
+        report_every: int,
+        *,
+        explore: bool,
+        stop_above: float | None = None,
+    ) -> tuple[list[tuple[int, float]], bool]:
+        """Train a segment: the reports ``(step, loss)`` and whether it diverged.
+
+        An explore segment starts from the stage checkpoint and leaves no trace; an
+        exploit segment moves the job's state to where it ended.
+        """
+        steps_at = list(range(report_every, steps + 1, report_every))
+        if not steps_at or steps_at[-1] != steps:
+            steps_at.append(steps)
+        values = self.curve(lr, self.loss, steps_at)
+        reports: list[tuple[int, float]] = []
+        for s, v in zip(steps_at, values, strict=True):
+            reports.append((s, v))
+            if explore and (not math.isfinite(v) or (stop_above is not None and v > stop_above)):
+                return reports, True
+        if not explore and reports and math.isfinite(reports[-1][1]):
+            self.loss = reports[-1][1]
+        return reports, False
+
     def run(self, plan: SegmentPlan, seq: int) -> Trial:
-        steps = list(range(plan.report_every, plan.steps + 1, plan.report_every))
-        if not steps or steps[-1] != plan.steps:
-            steps.append(plan.steps)
-        values = self.curve(plan.lr, self.loss, steps)
-        observations: list[tuple[int, float]] = []
-        status = SegmentStatus.completed
-        done = plan.steps
-        for s, v in zip(steps, values, strict=True):
-            observations.append((s, v))
-            if plan.kind is SegmentKind.explore and (
-                not math.isfinite(v) or (plan.stop_above is not None and v > plan.stop_above)
-            ):
-                status, done = SegmentStatus.diverged, s
-                break
-        if plan.kind is SegmentKind.exploit and observations:
-            self.loss = observations[-1][1]
+        """Train one planned segment and return it as the tuner's history records it."""
+        explore = plan.kind is SegmentKind.explore
+        reports, diverged = self.train(
+            plan.lr, plan.steps, plan.report_every, explore=explore, stop_above=plan.stop_above
+        )
         return Trial(
             seq=seq,
             stage=plan.stage.index,
@@ -71,10 +91,10 @@ class SyntheticJob:
             kind=plan.kind,
             lr=plan.lr,
             steps=plan.steps,
-            status=status,
-            steps_done=done,
+            status=SegmentStatus.diverged if diverged else SegmentStatus.completed,
+            steps_done=reports[-1][0] if diverged else plan.steps,
             metric=plan.metric,
-            observations=tuple(observations),
+            observations=tuple(reports),
         )
 
 
