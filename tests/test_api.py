@@ -165,6 +165,32 @@ def test_a_different_value_for_a_stored_step_is_a_409_and_stores_nothing(api) ->
     assert report(api, segment, [(2, 1.0)]).json()["accepted"] == 1
 
 
+def test_observations_are_listed_by_step_with_nan_kept(api) -> None:
+    segment = next_segment(api, create(api)["id"])["segment"]
+    report(api, segment, [(2, 1.5), (1, 2.0)])
+    api.post(
+        f"/v1/segments/{segment['id']}/observations",
+        json={"observations": [{"step": 2, "value": 9.0, "metric": "train_loss"}]},
+    )
+    listed = api.get(f"/v1/segments/{segment['id']}/observations").json()
+    assert [(o["step"], o["metric"], o["value"]) for o in listed] == [
+        (1, "val_loss", 2.0),
+        (2, "train_loss", 9.0),
+        (2, "val_loss", 1.5),
+    ]
+    assert_problem(api.get("/v1/segments/999999/observations"), 404, "not-found")
+
+
+def test_a_nan_observation_reads_back_as_nan(api) -> None:
+    segment = next_segment(api, create(api)["id"])["segment"]
+    api.post(
+        f"/v1/segments/{segment['id']}/observations",
+        json={"observations": [{"step": 1, "value": "NaN"}, {"step": 2, "value": "Infinity"}]},
+    )
+    listed = api.get(f"/v1/segments/{segment['id']}/observations").json()
+    assert [o["value"] for o in listed] == ["NaN", "Infinity"]
+
+
 def test_a_step_beyond_the_segment_is_a_422(api) -> None:
     segment = next_segment(api, create(api)["id"])["segment"]
     problem = assert_problem(report(api, segment, [(99, 1.0)]), 422, "validation-error")
@@ -272,6 +298,17 @@ def test_a_stage_runs_k_candidates_then_trains_the_best(api) -> None:
     assert view["trajectory_steps"] == 20 and view["charged_steps"] == 3 * 2 + 20
     assert view["schedule"] == [[0, exploit["lr"]]]
     assert view["stages"][0]["status"] == "completed"
+
+
+def test_segments_of_a_study_are_listed_in_order(api) -> None:
+    study = create(api)
+    first = next_segment(api, study["id"])["segment"]
+    train(api, first)
+    second = next_segment(api, study["id"])["segment"]
+    listed = api.get(f"/v1/studies/{study['id']}/segments").json()
+    assert [s["id"] for s in listed] == [first["id"], second["id"]]
+    assert [s["status"] for s in listed] == ["completed", "open"]
+    assert_problem(api.get("/v1/studies/999999/segments"), 404, "not-found")
 
 
 def test_stage_detail_of_a_stage_not_reached_is_404(api) -> None:

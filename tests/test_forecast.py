@@ -376,3 +376,15 @@ def test_nan_becomes_none_in_to_dict() -> None:
 
 def test_public_api_is_forecast_and_Forecast() -> None:
     assert forecast_package.__all__ == ["Forecast", "forecast"]
+
+
+def test_reference_fit_never_forecasts_a_negative_loss_for_a_blown_up_candidate() -> None:
+    # Recorded by `benchmarks/demo_run.py`: LR 1.0 on the digits MLP blew up to 2e5 and
+    # fell back to chance level; the unconstrained asymptote of the fit lay at -38.
+    values = [0.0705, 0.3209, 707.5711, 198909.75, 7.2619, 5.0144, 4.5367, 3.6652, 3.4527,
+              2.802, 2.478, 2.471, 2.4875, 2.3313, 2.3246, 2.3423, 2.3356, 2.3099, 2.3291,
+              2.3341]  # fmt: skip
+    steps = np.arange(3.0, 61.0, 3.0)
+    f = forecast(steps, values, 600.0, "exp_reference")
+    assert f.status == "fallback"
+    assert f.prediction >= values[-1] * 0.9

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as _PydanticValidationError
 
 from ._exceptions import StagelrError, TransportError, error_from_response
@@ -22,6 +22,7 @@ from .models import (
     ObservationBatch,
     ObservationIn,
     ObservationsAccepted,
+    ObservationView,
     SegmentView,
     StageDetail,
     StudyConfig,
@@ -37,6 +38,8 @@ __all__ = ["DEFAULT_TIMEOUT", "Client"]
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 _M = TypeVar("_M", bound=BaseModel)
+_SEGMENT_LIST: TypeAdapter[list[SegmentView]] = TypeAdapter(list[SegmentView])
+_OBSERVATION_LIST: TypeAdapter[list[ObservationView]] = TypeAdapter(list[ObservationView])
 
 
 class Client:
@@ -129,6 +132,16 @@ class Client:
         ``segment`` is None once the study has ended (``status`` says how).
         """
         return self._request("POST", f"/v1/studies/{study_id}/next", NextSegment)
+
+    def list_segments(self, study_id: int) -> list[SegmentView]:
+        """Every segment of a study, in the order the service handed them out."""
+        response = self._send("GET", f"/v1/studies/{study_id}/segments")
+        return _SEGMENT_LIST.validate_json(response.content)
+
+    def list_observations(self, segment_id: int) -> list[ObservationView]:
+        """A segment's reported losses, by step (NaN and infinities included)."""
+        response = self._send("GET", f"/v1/segments/{segment_id}/observations")
+        return _OBSERVATION_LIST.validate_json(response.content)
 
     def get_segment(self, segment_id: int) -> SegmentView:
         """One segment."""

@@ -31,6 +31,7 @@ __all__ = [
     "NextSegment",
     "ObservationBatch",
     "ObservationIn",
+    "ObservationView",
     "ObservationsAccepted",
     "PosteriorPoint",
     "Problem",
@@ -295,6 +296,12 @@ class ObservationIn(_Wire):
     step: int = Field(ge=0, le=10**9, description="Steps done within the segment.")
     value: float = Field(description="The loss; NaN or inf marks divergence.")
     metric: Metric | None = Field(default=None, description="Defaults to the segment's.")
+
+
+class ObservationView(_Wire):
+    step: int
+    metric: Metric
+    value: float
 
 
 class ObservationBatch(_Wire):

@@ -112,7 +112,7 @@ def train_digits(
             loss.backward()
             optimizer.step()
             if segment.report_due(step):
-                value = float(loss) if segment.metric == "train_loss" else val_loss()
+                value = loss.item() if segment.metric == "train_loss" else val_loss()
                 segment.report(step, value)
         checkpoints.end(segment)
         segment.complete()

@@ -23,6 +23,7 @@ from stagelr.models import (
     NextSegment,
     ObservationBatch,
     ObservationsAccepted,
+    ObservationView,
     PosteriorPoint,
     SegmentKind,
     SegmentStatus,
@@ -46,7 +47,13 @@ from .errors import (
 )
 from .forecast import Forecast
 from .store import DuplicateSegmentError, Repository, Store
-from .store.records import ObservationRecord, SegmentRecord, StudyHistory, StudyRecord
+from .store.records import (
+    ForecastRecord,
+    ObservationRecord,
+    SegmentRecord,
+    StudyHistory,
+    StudyRecord,
+)
 
 
 def _finite(value: float | None) -> float | None:
@@ -78,6 +85,20 @@ def segment_view(seg: SegmentRecord) -> SegmentView:
     )
 
 
+def stored_forecast(record: ForecastRecord | None) -> Forecast | None:
+    """A forecast as it was computed at completion (the store keeps non-finite as None)."""
+    if record is None:
+        return None
+    return Forecast(
+        prediction=math.nan if record.prediction is None else record.prediction,
+        std=math.nan if record.std is None else record.std,
+        status=record.status,
+        model=record.model,
+        params=dict(record.params),
+        n_points=record.n_points,
+    )
+
+
 def trials_of(history: StudyHistory) -> list[tuner.Trial]:
     """The study's segments as the tuner sees them (each with its own metric's losses)."""
     trials = []
@@ -99,6 +120,7 @@ def trials_of(history: StudyHistory) -> list[tuner.Trial]:
                 steps_done=seg.steps_done,
                 metric=seg.metric,
                 observations=obs,
+                forecast=stored_forecast(history.forecasts.get(seg.id)),
             )
         )
     return trials
@@ -219,6 +241,18 @@ class StudyService:
             if plan.kind is SegmentKind.exploit:
                 repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
             return NextSegment(status=current.status, segment=segment_view(segment))
+
+    def list_segments(self, study_id: int) -> list[SegmentView]:
+        with self.store.transaction(read_only=True) as repo:
+            return [segment_view(s) for s in self._history(repo, study_id).segments]
+
+    def list_observations(self, segment_id: int) -> list[ObservationView]:
+        with self.store.transaction(read_only=True) as repo:
+            self._segment(repo, segment_id)
+            return [
+                ObservationView(step=o.step, metric=o.metric, value=o.value)
+                for o in repo.observations_of_segment(segment_id)
+            ]
 
     def get_segment(self, segment_id: int) -> SegmentView:
         with self.store.transaction(read_only=True) as repo:

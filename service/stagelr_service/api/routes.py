@@ -16,6 +16,7 @@ from stagelr.models import (
     NextSegment,
     ObservationBatch,
     ObservationsAccepted,
+    ObservationView,
     Problem,
     SegmentView,
     StageDetail,
@@ -96,9 +97,27 @@ def stage_detail(study_id: int, index: int, service: ServiceDep) -> StageDetail:
     return service.stage_detail(study_id, index)
 
 
+@router.get(
+    "/studies/{study_id}/segments",
+    response_model=list[SegmentView],
+    summary="Every segment of a study, in the order they were handed out",
+)
+def list_segments(study_id: int, service: ServiceDep) -> list[SegmentView]:
+    return service.list_segments(study_id)
+
+
 @router.get("/segments/{segment_id}", response_model=SegmentView, summary="Get a segment")
 def get_segment(segment_id: int, service: ServiceDep) -> SegmentView:
     return service.get_segment(segment_id)
+
+
+@router.get(
+    "/segments/{segment_id}/observations",
+    response_model=list[ObservationView],
+    summary="A segment's reported losses, by step",
+)
+def list_observations(segment_id: int, service: ServiceDep) -> list[ObservationView]:
+    return service.list_observations(segment_id)
 
 
 @router.post(

@@ -4,8 +4,9 @@ As in the reference: outliers are removed first, then for each beta the pair (a,
 the ordinary least-squares solution on the columns [exp(-exp(beta) x), 1], and beta
 minimises the residual sum of squares in a 1-D search; a and c are unconstrained.
 Unlike the reference it never raises (the residual is computed here, so a rank-deficient
-design no longer yields lstsq's empty residual array) and beta is searched in
-LOG_RATE_BOUNDS rather than without bounds.
+design no longer yields lstsq's empty residual array), beta is searched in
+LOG_RATE_BOUNDS rather than without bounds, and a negative loss forecast falls back to
+the window's level instead of winning the stage.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def forecast_reference(steps: FloatArray, y: FloatArray, horizon: float) -> Fore
     Falls back (see _window.fallback) when fewer than 4 points remain after outlier
     removal, the window is flat, the search ends at the lower rate bound (a near-linear
     window: the asymptote is not identified, any extrapolation is the bound's), or the
-    prediction is not finite.
+    prediction is not finite, or it is negative while every observed value is not.
     """
     # x_scale from the whole window, so what x means does not hinge on outlier removal.
     scale = x_scale(steps)
@@ -107,8 +108,13 @@ def forecast_reference(steps: FloatArray, y: FloatArray, horizon: float) -> Fore
     (a_s, c_s), sse = _linear_fit(beta, x, ys)
     a, c = float(a_s) * spread, float(c_s) * spread + y0
     prediction = a * float(np.exp(-math.exp(beta) * horizon / scale)) + c
-    if beta - LOG_RATE_BOUNDS[0] < _AT_BOUND or not (
-        math.isfinite(prediction) and math.isfinite(a) and math.isfinite(c)
+    if (
+        beta - LOG_RATE_BOUNDS[0] < _AT_BOUND
+        or not (math.isfinite(prediction) and math.isfinite(a) and math.isfinite(c))
+        # A loss forecast below zero (and below every observed value) is an artefact of
+        # the unconstrained asymptote, e.g. a blown-up candidate falling back from a
+        # spike; the reference took it at face value and trained the stage at that LR.
+        or (prediction < 0.0 <= float(np.min(y)))
     ):
         return fallback(y, MODEL)
     # The reference has no uncertainty; report the residual sd (3 fitted parameters).

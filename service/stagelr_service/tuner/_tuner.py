@@ -160,7 +160,12 @@ def analyze_stage(
     explores = [
         t for t in trials if t.kind is SegmentKind.explore and t.status is not SegmentStatus.open
     ]
-    forecasts = [_forecast_trial(config, t, geometry.tau) for t in explores]
+    forecasts = [
+        t.forecast
+        if t.forecast is not None and t.forecast.model == config.forecast
+        else _forecast_trial(config, t, geometry.tau)
+        for t in explores
+    ]
     diverged = [_is_diverged(t, fc) for t, fc in zip(explores, forecasts, strict=True)]
     finite = [fc.prediction for fc, d in zip(forecasts, diverged, strict=True) if not d]
     variances = [fc.std**2 for fc, d in zip(forecasts, diverged, strict=True) if not d]

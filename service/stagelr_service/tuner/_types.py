@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
 
+from ..forecast import Forecast
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -27,6 +29,9 @@ class Trial:
     steps_done: int | None = None
     metric: Metric = Metric.val_loss
     observations: tuple[tuple[int, float], ...] = ()
+    #: The forecast made when the segment completed, if the caller kept it. It is a pure
+    #: function of ``observations``; passing it only saves recomputing it.
+    forecast: Forecast | None = None
 
     @property
     def trained(self) -> int:
@@ -87,7 +92,7 @@ class CandidateAnalysis:
 
     trial: Trial
     x: float
-    forecast: Any  # stagelr_service.forecast.Forecast
+    forecast: Forecast
     objective: float
     objective_var: float | None
     diverged: bool
