@@ -30,7 +30,7 @@ def plot_decision_latency(data: dict[str, Any], out: Path) -> Path:
         ax.errorbar(
             ns,
             p50,
-            yerr=[[0] * len(ns), [b - a for a, b in zip(p50, p95)]],
+            yerr=[[0] * len(ns), [b - a for a, b in zip(p50, p95, strict=True)]],
             marker="o",
             capsize=3,
             label=label,
@@ -41,7 +41,7 @@ def plot_decision_latency(data: dict[str, Any], out: Path) -> Path:
     ax.errorbar(
         ns,
         p50,
-        yerr=[[0] * len(ns), [b - a for a, b in zip(p50, p95)]],
+        yerr=[[0] * len(ns), [b - a for a, b in zip(p50, p95, strict=True)]],
         marker="s",
         capsize=3,
         label="BoTorch default: fit_gpytorch_mll + optimize_acqf",
@@ -87,13 +87,20 @@ def plot_demo_run(data: dict[str, Any], out: Path) -> Path:
         )
         top.grid(alpha=0.3)
         top.legend(fontsize=7, loc="lower left")
+        colours = {"val_loss": "tab:blue", "train_loss": "tab:orange"}
         for s in exploits:
             points = [(s["start_step"] + step, v) for step, v in s["losses"] if v is not None]
             if points:
-                bottom.plot(*zip(*points), color="tab:blue", marker=".", ms=3)
+                bottom.plot(
+                    *zip(*points, strict=True), color=colours[s["metric"]], marker=".", ms=3
+                )
+        for metric, colour in colours.items():
+            if any(s["metric"] == metric for s in exploits):
+                bottom.plot([], [], color=colour, label=metric.replace("_", " "))
+        bottom.legend(fontsize=7)
         bottom.set_yscale("log")
         bottom.set_xlabel("training step (trajectory)")
-        bottom.set_ylabel("validation loss")
+        bottom.set_ylabel("loss the job reported")
         bottom.grid(alpha=0.3)
     fig.suptitle("digits MLP under stagelr: one run per preset, same stage sizes", fontsize=10)
     fig.tight_layout()
