@@ -36,15 +36,15 @@ def noisy_decay(seed: int, noise: float = 0.02) -> Floats:
 def assert_well_formed(f: Forecast, model: str) -> None:
     """The invariants every Forecast keeps, whatever the input."""
     assert f.model == model
-    assert f.status in {"ok", "fallback", "diverged", "empty"}
+    assert f.status in {"ok", "held", "fallback", "diverged", "empty"}
     assert isinstance(f.n_points, int) and f.n_points >= 0
     assert all(type(v) is float for v in f.params.values())
-    if f.status in {"ok", "fallback"}:
+    if f.status in {"ok", "held", "fallback"}:
         assert math.isfinite(f.prediction)
         assert math.isfinite(f.std) and f.std > 0.0
     else:
         assert math.isnan(f.prediction) and math.isnan(f.std)
-    if f.status == "ok":
+    if f.status in {"ok", "held"}:
         assert set(f.params) == {"a", "beta", "c", "x_scale"}
     else:
         assert f.params == {}
@@ -223,19 +223,21 @@ def test_exp_reference_falls_back_on_a_near_linear_window() -> None:
     assert f.prediction == pytest.approx(values[-2])  # median of the last three
 
 
-def test_robust_extrapolates_a_near_linear_window_without_going_below_zero() -> None:
+def test_robust_does_not_bet_on_a_near_linear_window() -> None:
     steps, values = AWKWARD_WINDOWS["near_linear"]
     f = forecast(steps, values, 100 * HORIZON, "robust")
-    assert f.status == "ok"
-    assert 0.0 <= f.prediction <= values[-1]
+    assert f.status == "held"
+    assert f.prediction == pytest.approx(float(np.median(values[-3:])))
 
 
-def test_robust_std_owns_up_to_an_extrapolation_held_by_the_floor() -> None:
+def test_robust_held_std_spans_the_extrapolation_it_declined() -> None:
     steps, values = AWKWARD_WINDOWS["near_linear"]
     f = forecast(steps, values, HORIZON, "robust")
-    assert f.params["c"] == pytest.approx(0.0, abs=1e-3)  # the asymptote sits at the floor
+    p = f.params
+    assert p["c"] == pytest.approx(0.0, abs=1e-3)  # the asymptote sits at the floor
+    extrapolated = p["a"] * math.exp(-math.exp(p["beta"]) * HORIZON / p["x_scale"]) + p["c"]
     window_range = float(np.ptp(values))
-    assert f.std >= min(0.5 * (values[-1] - f.prediction), window_range) - 1e-12
+    assert f.std >= min(f.prediction - extrapolated, window_range) - 1e-9
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -246,7 +248,7 @@ def test_four_points_are_enough_to_fit(model: str) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_negative_losses_still_give_a_finite_forecast(model: str) -> None:
     f = forecast(*AWKWARD_WINDOWS["negative"], HORIZON, model)
-    assert f.status == "ok"
+    assert f.status in {"ok", "held"}
     assert -3.0 <= f.prediction < -2.0
 
 
@@ -254,14 +256,35 @@ def test_negative_losses_still_give_a_finite_forecast(model: str) -> None:
 
 
 @pytest.mark.parametrize("position", [0, 40, 99])
-def test_one_spike_barely_moves_the_robust_prediction(position: int) -> None:
+def test_one_low_glitch_barely_moves_the_robust_prediction(position: int) -> None:
     clean = noisy_decay(seed=3, noise=0.01)
-    spiked = clean.copy()
-    spiked[position] += 1.0  # half the curve's whole drop
+    glitched = clean.copy()
+    glitched[position] -= 0.3  # a low reading: a quarter of the curve's remaining drop
     before = forecast(STEPS, clean, HORIZON, "robust")
-    after = forecast(STEPS, spiked, HORIZON, "robust")
+    after = forecast(STEPS, glitched, HORIZON, "robust")
     assert after.status == "ok"
-    assert abs(after.prediction - before.prediction) < 0.25 * before.std
+    assert abs(after.prediction - before.prediction) < 0.5 * before.std
+
+
+@pytest.mark.parametrize("position", [40, 99])
+def test_an_upward_spike_makes_the_robust_forecast_distrust_the_candidate(position: int) -> None:
+    # A loss that jumps by half its level has blown up at this LR, whatever follows:
+    # no extrapolated improvement, and at least the last value.
+    values = noisy_decay(seed=3, noise=0.01)
+    values[position] += 1.0
+    f = forecast(STEPS, values, HORIZON, "robust")
+    assert f.status == "fallback"
+    assert f.prediction >= values[-1]
+
+
+def test_a_recorded_blow_up_is_not_forecast_to_recover() -> None:
+    # Recorded (benchmarks/digits_variants.py, seed 4): LR 0.67 at the start of training.
+    # Soft-L1 used to discount both spikes and forecast 2.14, the stage's best; trained
+    # for the stage, that LR killed the network (validation loss stuck at 2.30).
+    values = [2.264, 2.197, 2.134, 1.974, 1.725, 1.899, 4.599, 3.787, 2.294, 2.3, 2.181,
+              2.086, 1.942, 1.788, 3.444]  # fmt: skip
+    f = forecast(np.arange(1.0, 16.0), values, 150.0, "robust")
+    assert f.prediction >= 3.444
 
 
 @pytest.mark.parametrize("position", [0, 40, 99])

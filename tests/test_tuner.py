@@ -8,6 +8,7 @@ import pytest
 
 from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
 from stagelr_service import tuner
+from stagelr_service.forecast import Forecast
 from stagelr_service.simulation import SyntheticJob, simulate
 from stagelr_service.tuner import StudyEnd, Trial
 
@@ -248,3 +249,51 @@ def test_candidates_of_a_stage_share_one_data_seed(optimizer) -> None:
     stages = by_stage(plans)
     assert len({p.data_seed for p in stages[0]}) == 1
     assert stages[0][0].data_seed != stages[1][0].data_seed
+
+
+def forecast_trial(seq: int, lr: float, prediction: float, std: float) -> Trial:
+    """A finished candidate whose forecast is given (stored at completion)."""
+    fc = Forecast(prediction, std, "ok", "robust", {}, 10)
+    obs = ((1, prediction + 0.1), (10, prediction))
+    return Trial(seq, 0, seq, SegmentKind.explore, lr, 10, SegmentStatus.completed, 10,
+                 Metric.val_loss, obs, forecast=fc)  # fmt: skip
+
+
+def choose(config: StudyConfig, trials: list[Trial], optimizer) -> float:  # type: ignore[no-untyped-def]
+    plan = tuner.next_segment(config, trials, optimizer)
+    assert not isinstance(plan, StudyEnd) and plan.kind is SegmentKind.exploit
+    return plan.lr
+
+
+def test_min_forecast_trains_the_lowest_forecast_however_uncertain(optimizer) -> None:
+    trials = [forecast_trial(0, 0.01, 0.10, 0.02), forecast_trial(1, 0.1, 0.11, 0.001)]
+    assert choose(default(tau0=100, k=2), trials, optimizer) == 0.01
+
+
+def test_min_upper_bound_charges_the_forecast_uncertainty(optimizer) -> None:
+    trials = [forecast_trial(0, 0.01, 0.10, 0.02), forecast_trial(1, 0.1, 0.11, 0.001)]
+    config = default(tau0=100, k=2, selection="min_upper_bound")
+    assert choose(config, trials, optimizer) == 0.1
+
+
+def test_min_posterior_mean_distrusts_a_noisy_forecast_its_neighbours_contradict(
+    optimizer,
+) -> None:
+    trials = [
+        forecast_trial(0, 0.0100, 0.10, 0.05),
+        forecast_trial(1, 0.0105, 0.13, 0.001),
+        forecast_trial(2, 0.0095, 0.13, 0.001),
+        forecast_trial(3, 0.5, 0.115, 0.001),
+    ]
+    assert choose(default(tau0=100, k=4), trials, optimizer) == 0.01
+    config = default(tau0=100, k=4, selection="min_posterior_mean")
+    assert choose(config, trials, optimizer) == 0.5
+
+
+def test_a_stored_forecast_is_used_instead_of_refitting() -> None:
+    config = default(tau0=100, k=3)
+    geometry = tuner.stage_geometry(config, 0, 0, False)
+    assert geometry is not None
+    trial = forecast_trial(0, 0.01, 0.123, 0.004)
+    (candidate,) = tuner.analyze_stage(config, geometry, [trial]).candidates
+    assert candidate.objective == 0.123 and candidate.objective_var == 0.004**2

@@ -101,7 +101,11 @@ class DivergedPolicy(str, Enum):
 
 
 class Selection(str, Enum):
+    # the candidate with the lowest forecast (the reference)
     min_forecast = "min_forecast"
+    # the lowest forecast plus one sd: a long extrapolation must earn its place
+    min_upper_bound = "min_upper_bound"
+    # the lowest GP posterior mean at the candidates (smooths noisy forecasts)
     min_posterior_mean = "min_posterior_mean"
 
 

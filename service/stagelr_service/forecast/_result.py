@@ -16,12 +16,16 @@ class Forecast:
             ``"diverged"`` or ``"empty"``.
         std: uncertainty (one standard deviation) of ``prediction``: finite and > 0,
             NaN exactly when ``prediction`` is NaN.
-        status: ``"ok"`` (the curve fit was used), ``"fallback"`` (the fit was unusable and
-            a robust level of the last points was used), ``"diverged"`` (the window holds
-            NaN or +/-inf) or ``"empty"`` (no points).
+        status: ``"ok"`` (the curve fit was used), ``"held"`` (robust only: the fit is held
+            by a bound, so its asymptote is not identified; the prediction is the level of
+            the last points and the std spans the declined extrapolation), ``"fallback"``
+            (the fit was unusable, or the window rose or spiked: a robust level of the last
+            points was used), ``"diverged"`` (the window holds NaN or +/-inf) or
+            ``"empty"`` (no points).
         model: the model that was asked for, ``"exp_reference"`` or ``"robust"``.
         params: fitted curve ``a * exp(-exp(beta) * x) + c`` with ``x = step / x_scale``,
-            as plain floats ``{"a", "beta", "c", "x_scale"}``; empty unless status is "ok".
+            as plain floats ``{"a", "beta", "c", "x_scale"}``; empty unless status is "ok"
+            or "held".
         n_points: points used (finite points, after outlier removal where the model has it).
     """
 

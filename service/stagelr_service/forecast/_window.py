@@ -86,6 +86,25 @@ def is_rising(y: FloatArray) -> bool:
     return y.size >= 2 and bool(np.median(y[-k:]) > np.median(y[:k]))
 
 
+#: A single upward move larger than this share of the window's level (and well above its
+#: noise) is a blow-up, not noise: the candidate is unstable at this LR.
+UNSTABLE_JUMP = 0.2
+
+
+def is_unstable(y: FloatArray) -> bool:
+    """Some value rises above the highest of the (up to) 3 values before it by more than
+    both UNSTABLE_JUMP of the window's median level and 4 noise sds (see noise_sd): the
+    loss spiked, whatever it did afterwards. Values from the third on are judged, so that
+    the return from a low first reading does not count as a spike."""
+    if y.size < 3:
+        return False
+    threshold = max(UNSTABLE_JUMP * abs(float(np.median(y))), 4.0 * noise_sd(y))
+    # For each value from the third on, the highest of the (up to) 3 values before it.
+    before = np.maximum(y[1:-1], y[:-2])
+    before[1:] = np.maximum(before[1:], y[:-3])
+    return bool(np.max(y[2:] - before) > threshold)
+
+
 def std_floor(y: FloatArray) -> float:
     """Smallest std we report, relative to the data, so a GP can use it as noise."""
     return finite_or_max(max(1e-3 * float(np.ptp(y)), 1e-6 * float(np.max(np.abs(y))), 1e-12))
@@ -103,15 +122,15 @@ def fallback(y: FloatArray, model: str) -> Forecast:
     """Forecast without a curve: the level of the last points.
 
     prediction: median of the last 3 finite values (the last value when fewer than 3);
-        if the window is rising (see is_rising) at least the last value, so a too-high LR
-        is never forecast to improve.
+        if the window is rising or unstable (see is_rising, is_unstable) at least the last
+        value, so a too-high LR is never forecast to improve.
     std: the largest of the noise level (noise_sd), half the change between the medians of
         the first and last thirds of the window (the trend we did not extrapolate), and
         5 % of the level when there are fewer than 4 points; floored as in std_floor.
     """
     n = y.size
     level = float(y[-1]) if n < 3 else float(np.median(y[-3:]))
-    if is_rising(y):
+    if is_rising(y) or is_unstable(y):
         level = max(level, float(y[-1]))
     k = math.ceil(n / 3)
     drift = 0.5 * abs(float(np.median(y[-k:])) - float(np.median(y[:k])))

@@ -281,6 +281,9 @@ def _choose(
         post = optimizer.posterior(xs, ys, yvar, [c.x for c in usable])
         best = min(range(len(usable)), key=lambda i: (post.mean[i], i))
         return usable[best].trial.lr, {"source": "min_posterior_mean", "index": best}
+    if config.selection is Selection.min_upper_bound:
+        best_c = min(usable, key=lambda c: (c.objective + c.forecast.std, c.trial.index))
+        return best_c.trial.lr, {"source": "min_upper_bound", "index": best_c.trial.index}
     best_c = min(usable, key=lambda c: (c.objective, c.trial.index))
     return best_c.trial.lr, {"source": "min_forecast", "index": best_c.trial.index}
 
