@@ -21,31 +21,22 @@ def plot_decision_latency(data: dict[str, Any], out: Path) -> Path:
     """p50 (and p95 as error bar) of a decision vs the number of points, both paths."""
     ns = [int(n) for n in data["config"]["ns"]]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, key, path in (
-        ("stagelr: grid MAP + grid LogEI", "log_ei", "fast"),
-        ("stagelr: same, noise-aware", "log_ei+yvar", "fast"),
-    ):
-        p50 = [data[path][str(n)][key]["p50_ms"] for n in ns]
-        p95 = [data[path][str(n)][key]["p95_ms"] for n in ns]
-        ax.errorbar(
-            ns,
-            p50,
-            yerr=[[0] * len(ns), [b - a for a, b in zip(p50, p95, strict=True)]],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
-    ref = data["reference"]
-    p50 = [ref[str(n)]["log_ei"]["ref_p50_ms"] for n in ns]
-    p95 = [ref[str(n)]["log_ei"]["ref_p95_ms"] for n in ns]
-    ax.errorbar(
-        ns,
-        p50,
-        yerr=[[0] * len(ns), [b - a for a, b in zip(p50, p95, strict=True)]],
-        marker="s",
-        capsize=3,
-        label="BoTorch default: fit_gpytorch_mll + optimize_acqf",
+    fast, ref = data["fast"], data["reference"]
+    series = (
+        ("stagelr: grid MAP + grid LogEI", "o", [fast[str(n)]["log_ei"] for n in ns], ""),
+        ("stagelr: same, noise-aware", "o", [fast[str(n)]["log_ei+yvar"] for n in ns], ""),
+        (
+            "BoTorch default: fit_gpytorch_mll + optimize_acqf",
+            "s",
+            [ref[str(n)]["log_ei"] for n in ns],
+            "ref_",
+        ),
     )
+    for label, marker, cells, prefix in series:
+        p50 = [cell[prefix + "p50_ms"] for cell in cells]
+        p95 = [cell[prefix + "p95_ms"] for cell in cells]
+        above = [b - a for a, b in zip(p50, p95, strict=True)]
+        ax.errorbar(ns, p50, yerr=[[0] * len(ns), above], marker=marker, capsize=3, label=label)
     ax.set_xlabel("points in the GP (candidates so far)")
     ax.set_ylabel("decision latency, ms (p50, bar to p95)")
     ax.set_ylim(bottom=0)
