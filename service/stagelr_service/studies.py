@@ -55,6 +55,9 @@ from .store.records import (
     StudyRecord,
 )
 
+#: Decisions one `next` call may attempt when racing requests keep winning.
+_NEXT_ATTEMPTS = 5
+
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
@@ -185,7 +188,22 @@ class StudyService:
     # ------------------------------------------------------------------ segments
 
     def next_segment(self, study_id: int) -> NextSegment:
-        """The segment to train now: the open one again, or a fresh decision."""
+        """The segment to train now: the open one again, or a fresh decision.
+
+        When a racing request (a retry, another replica) stored its decision first, the
+        history is read again: its segment is then the open one, handed out as such.
+        """
+        for _ in range(_NEXT_ATTEMPTS):
+            answer = self._decide_next(study_id)
+            if answer is not None:
+                return answer
+        raise InvalidStateError(
+            f"study {study_id} changed under {_NEXT_ATTEMPTS} decisions in a row; "
+            "one job should drive a study: ask /next again"
+        )
+
+    def _decide_next(self, study_id: int) -> NextSegment | None:
+        """One attempt of :meth:`next_segment`; None when another request won the race."""
         with self.store.transaction(read_only=True) as repo:
             history = self._history(repo, study_id)
         study = history.study
@@ -205,9 +223,8 @@ class StudyService:
             if current.status is not StudyStatus.running:
                 return NextSegment(status=current.status, segment=None)
             if isinstance(plan, tuner.StudyEnd):
-                existing = repo.segment_by_seq(study_id, next_seq)
-                if existing is not None:  # another request decided first: keep its answer
-                    return NextSegment(status=current.status, segment=segment_view(existing))
+                if repo.segment_by_seq(study_id, next_seq) is not None:
+                    return None  # another request decided first
                 repo.set_study_status(study_id, plan.status, plan.reason)
                 return NextSegment(status=plan.status, segment=None)
             geometry = plan.stage
@@ -235,9 +252,7 @@ class StudyService:
                     data_seed=plan.data_seed,
                 )
             except DuplicateSegmentError:
-                existing = repo.segment_by_seq(study_id, next_seq)
-                assert existing is not None
-                return NextSegment(status=current.status, segment=segment_view(existing))
+                return None
             if plan.kind is SegmentKind.exploit:
                 repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
             return NextSegment(status=current.status, segment=segment_view(segment))
