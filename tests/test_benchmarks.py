@@ -48,3 +48,21 @@ def test_plots_are_drawn_from_the_committed_results(tmp_path) -> None:
     assert (tmp_path / "decision_latency.png").stat().st_size > 10_000
     assert (tmp_path / "demo_run.png").stat().st_size > 10_000
     assert "skipped" not in out
+
+
+def test_forecast_quality_quick_ranks_with_every_forecaster(tmp_path) -> None:
+    out = run("forecast_quality.py", "--quick", "--json", str(tmp_path / "f.json"))
+    assert "regret median / mean" in out
+    row = json.loads((tmp_path / "f.json").read_text())["rows"][0]
+    assert {"last value", "robust", "exp_reference", "robust (train)"} <= set(row)
+
+
+def test_digits_variants_runs_two_variants_through_the_service(tmp_path) -> None:
+    out = run(
+        "digits_variants.py", "--variant", "default", "--variant", "ref:forecast=exp_reference",
+        "--seeds", "0", "--total-steps", "80", "--tau0", "40", "--tau-max", "40", "--k", "2",
+        "--json", str(tmp_path / "v.json"),
+    )  # fmt: skip
+    assert "paired diff to default" in out
+    results = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert set(results) == {"default", "ref"}
