@@ -331,6 +331,12 @@ def test_healthz(api) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
 
 
+def test_readyz_names_the_schema_revision(api) -> None:
+    answer = api.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ready" and answer.json()["schema"]
+
+
 def test_openapi_schema_and_docs_are_served(api) -> None:
     schema = api.get("/openapi.json").json()
     assert "/v1/studies/{study_id}/next" in schema["paths"]

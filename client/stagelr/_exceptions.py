@@ -7,7 +7,8 @@ StagelrError
 │   ├── ConflictError        409 config-mismatch, observation-conflict, segment-closed,
 │   │                            invalid-state
 │   ├── ValidationError      422 validation-error
-│   └── ServerError          5xx internal, schema-outdated, or a proxy's error page
+│   └── ServerError          5xx internal, schema-outdated, store-unavailable, or a
+│                            proxy's error page
 └── TransportError           the service could not be reached, after retries
 ```
 
@@ -99,6 +100,7 @@ _BY_SLUG: dict[str, type[APIError]] = {
     "invalid-state": ConflictError,
     "validation-error": ValidationError,
     "schema-outdated": ServerError,
+    "store-unavailable": ServerError,
     "internal": ServerError,
 }
 

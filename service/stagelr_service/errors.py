@@ -11,6 +11,7 @@ Every error carries a stable ``slug`` (the last part of the problem ``type``) an
      +-- InvalidStateError        invalid-state
      +-- DuplicateSegmentError    concurrent-update
      +-- SchemaOutdatedError      schema-outdated
+     +-- StoreUnavailableError    store-unavailable
      +-- InputError               validation-error
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "SchemaOutdatedError",
     "SegmentClosedError",
     "StagelrError",
+    "StoreUnavailableError",
 ]
 
 
@@ -91,3 +93,10 @@ class SchemaOutdatedError(StagelrError):
 class InputError(StagelrError):
     slug = "validation-error"
     title = "Invalid input"
+
+
+class StoreUnavailableError(StagelrError):
+    """The database does not answer (down, unreachable, out of connections)."""
+
+    slug = "store-unavailable"
+    title = "The store is unavailable"

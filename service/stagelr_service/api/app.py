@@ -6,9 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+
+from stagelr.models import Problem
 
 from .. import __version__
+from ..errors import SchemaOutdatedError, StoreUnavailableError
 from ..settings import Settings
 from ..store import Store
 from ..studies import StudyService
@@ -47,8 +50,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: the store answers and its schema is current",
+        responses={503: {"model": Problem, "content": {"application/problem+json": {}}}},
+    )
+    def readyz(request: Request) -> dict[str, str]:
+        service: StudyService = request.app.state.studies
+        try:
+            revision = service.store.check_schema()
+        except SchemaOutdatedError:
+            raise
+        except Exception as exc:  # any driver error: not ready, and say why
+            raise StoreUnavailableError(f"the store does not answer: {exc}") from exc
+        return {"status": "ready", "schema": revision}
 
     return app

@@ -25,6 +25,7 @@ _STATUS: dict[type[errors.StagelrError], int] = {
     errors.InvalidStateError: 409,
     errors.InputError: 422,
     errors.SchemaOutdatedError: 503,
+    errors.StoreUnavailableError: 503,
 }
 
 _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
