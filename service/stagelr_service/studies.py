@@ -13,7 +13,7 @@ replicas, on SQLite and PostgreSQL alike, without holding a lock during the GP f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from stagelr.models import (
     CandidateView,
@@ -102,31 +102,37 @@ def stored_forecast(record: ForecastRecord | None) -> Forecast | None:
     )
 
 
+def trial_of(
+    seg: SegmentRecord,
+    observations: Iterable[ObservationRecord],
+    forecast: Forecast | None = None,
+) -> tuner.Trial:
+    """One segment as the tuner sees it: its own metric's losses, by step."""
+    return tuner.Trial(
+        seq=seg.seq,
+        stage=seg.stage,
+        index=seg.index,
+        kind=seg.kind,
+        lr=seg.lr,
+        steps=seg.steps,
+        status=seg.status,
+        steps_done=seg.steps_done,
+        metric=seg.metric,
+        observations=tuple((o.step, o.value) for o in observations if o.metric is seg.metric),
+        forecast=forecast,
+    )
+
+
 def trials_of(history: StudyHistory) -> list[tuner.Trial]:
-    """The study's segments as the tuner sees them (each with its own metric's losses)."""
-    trials = []
-    for seg in history.segments:
-        obs = tuple(
-            (o.step, o.value)
-            for o in history.observations.get(seg.id, ())
-            if o.metric is seg.metric
+    """The study's segments as the tuner sees them, with the forecasts stored for them."""
+    return [
+        trial_of(
+            seg,
+            history.observations.get(seg.id, ()),
+            stored_forecast(history.forecasts.get(seg.id)),
         )
-        trials.append(
-            tuner.Trial(
-                seq=seg.seq,
-                stage=seg.stage,
-                index=seg.index,
-                kind=seg.kind,
-                lr=seg.lr,
-                steps=seg.steps,
-                status=seg.status,
-                steps_done=seg.steps_done,
-                metric=seg.metric,
-                observations=obs,
-                forecast=stored_forecast(history.forecasts.get(seg.id)),
-            )
-        )
-    return trials
+        for seg in history.segments
+    ]
 
 
 class StudyService:
@@ -436,20 +442,7 @@ class StudyService:
         self, repo: Repository, segment: SegmentRecord, observations: Sequence[ObservationRecord]
     ) -> None:
         config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
-        trial = tuner.Trial(
-            seq=segment.seq,
-            stage=segment.stage,
-            index=segment.index,
-            kind=segment.kind,
-            lr=segment.lr,
-            steps=segment.steps,
-            status=segment.status,
-            steps_done=segment.steps_done,
-            metric=segment.metric,
-            observations=tuple(
-                (o.step, o.value) for o in observations if o.metric is segment.metric
-            ),
-        )
+        trial = trial_of(segment, observations)
         fc = tuner.forecast_trial(config, trial, segment.horizon)
         repo.upsert_forecast(
             segment.id,
