@@ -94,3 +94,29 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     assert re.search(r"stage 0: trained\s+40 steps at lr=", done.stdout)
     assert re.search(r"final validation loss \d+\.\d+ after 120 training steps", done.stdout)
     assert (tmp_path / "stagelr.db").exists()
+
+
+def test_the_autolrs_preset_trains_on_per_step_training_loss(live_server) -> None:
+    with stagelr.Tuner(
+        live_server.url,
+        study="e2e-autolrs",
+        preset="autolrs",
+        lr_min=1e-3,
+        lr_max=1.0,
+        total_steps=120,
+        tau0=40,
+        tau_max=80,
+        k=3,
+    ) as tuner:
+        result = train_digits(tuner, seed=2)
+        segments = tuner.client.list_segments(tuner.study().id)
+
+    # tau 40 < tau_max: training loss every step; tau 80 = tau_max: validation loss.
+    first, second = (
+        [s for s in segments if s.stage == i and s.kind.value == "explore"] for i in (0, 1)
+    )
+    assert {(s.metric.value, s.report_every) for s in first} == {("train_loss", 1)}
+    assert {s.metric.value for s in second} == {"val_loss"}
+    assert all(s.restore == "stage-0" for s in first[1:])
+    assert [steps for _, steps, _ in result.stages] == [40, 80]
+    assert math.isfinite(result.final_val_loss)
