@@ -38,6 +38,7 @@ __all__ = [
     "SegmentRow",
     "StageRow",
     "StudyRow",
+    "TokenRow",
     "UTCDateTime",
 ]
 
@@ -93,6 +94,21 @@ class ProjectRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime]
+
+
+class TokenRow(Base):
+    """A project's bearer token. Only its SHA-256 digest is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class StudyRow(Base):
@@ -159,6 +175,9 @@ class SegmentRow(Base):
     fail_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
+    # Last sign of life from the job on an open segment (creation, a repeated ``next``,
+    # an observation batch); older than the study's lease means stale.
+    heartbeat_at: Mapped[datetime | None]
 
 
 class ObservationRow(Base):
