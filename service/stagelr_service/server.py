@@ -125,16 +125,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def start_server(
-    database_url: str, log_path: Path, *, migrate: bool = True, timeout: float = 90.0
+    database_url: str,
+    log_path: Path,
+    *,
+    migrate: bool = True,
+    timeout: float = 90.0,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
-    """Migrate the database (unless told not to) and start `stagelr serve` on it."""
-    env = {"STAGELR_DATABASE_URL": database_url}
+    """Migrate the database (unless told not to) and start `stagelr serve` on it.
+
+    ``env`` adds or overrides ``STAGELR_*`` settings of the child; auth is off unless
+    ``env`` sets ``STAGELR_AUTH``. ``port`` reuses a given port (a restart after a crash).
+    """
+    env = {"STAGELR_DATABASE_URL": database_url, "STAGELR_AUTH": "off", **(env or {})}
     if migrate:
         done = run_cli("migrate", env=env)
         if done.returncode != 0:
             raise RuntimeError(f"stagelr migrate failed:\n{done.stderr}")
-    port = free_port()
-    log = log_path.open("wb")
+    port = port or free_port()
+    log = log_path.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "stagelr_service.cli", "serve", "--port", str(port)],
         stdout=log,

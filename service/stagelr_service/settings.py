@@ -35,6 +35,31 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Most observations accepted in one request."
     )
 
+    lease_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "An open segment with no sign of life from its job (no observation batch, no "
+            "repeated `next`) for this many seconds is stale: the study shows it stalled."
+        ),
+    )
+    auth: str = Field(
+        default="off",
+        description=(
+            "`required`: every /v1 request and the dashboard need a project's bearer token "
+            "(`stagelr token create --project NAME`); `off`: no auth, for a local "
+            "single-user run only (the server warns at start)."
+        ),
+    )
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"required", "off"}:
+            raise ValueError("use `required` or `off`")
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:

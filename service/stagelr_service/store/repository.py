@@ -482,6 +482,7 @@ class Repository:
             fail_reason=None,
             created_at=self._now(),
             completed_at=None,
+            heartbeat_at=self._now(),
         )
         error = self._insert(row)
         if error is not None:
