@@ -131,7 +131,7 @@ class FakeService:
         self.events.append(("create",))
         view = StudyView(
             id=1,
-            project=body.project,
+            project=body.project or "default",
             name=body.name,
             status=StudyStatus.running,
             config=body.config,
@@ -589,7 +589,7 @@ def test_giving_up_raises_transport_error_from_next(make_tuner: Any) -> None:
 
     service.before = refuse
     transport = stagelr.RetryTransport(service.transport, max_attempts=4, sleep=lambda s: None)
-    tuner = make_tuner(service, transport=transport)
+    tuner = make_tuner(service, transport=transport, raise_on_error=True)
 
     with pytest.raises(stagelr.TransportError) as info:
         tuner.next_segment()

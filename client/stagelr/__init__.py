@@ -17,8 +17,10 @@ the separate module :mod:`stagelr.torch`; the wire models are in :mod:`stagelr.m
 from ._client import Client
 from ._exceptions import (
     APIError,
+    AuthenticationError,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     ServerError,
     StagelrError,
     TransportError,
@@ -31,9 +33,11 @@ from ._version import __version__
 
 __all__ = [
     "APIError",
+    "AuthenticationError",
     "Client",
     "ConflictError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RetryTransport",
     "Segment",
     "ServerError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -55,7 +56,8 @@ class Client:
 
     Args:
         base_url: The service, e.g. ``http://127.0.0.1:8321``.
-        token: A bearer token for the project, when the service has auth on.
+        token: A bearer token for the project, when the service has auth on; by default
+            the ``STAGELR_TOKEN`` environment variable, if set.
         timeout: Per-request timeouts (on by default).
         transport: The httpx transport; by default a :class:`stagelr.RetryTransport`
             over HTTP. Pass your own ``RetryTransport(...)`` to tune retries.
@@ -70,6 +72,8 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"User-Agent": f"stagelr-client/{__version__}", "Accept": "application/json"}
+        if token is None:
+            token = os.environ.get("STAGELR_TOKEN") or None
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
@@ -82,10 +86,11 @@ class Client:
     # ------------------------------------------------------------------ studies
 
     def create_study(
-        self, name: str, config: StudyConfig, *, project: str = "default"
+        self, name: str, config: StudyConfig, *, project: str | None = None
     ) -> StudyView:
         """Create a study, or get the one of the same project and name.
 
+        ``project`` defaults to the token's project (or ``default`` without auth).
         Raises :class:`stagelr.ConflictError` (``config-mismatch``) when that study
         exists with another resolved config.
         """

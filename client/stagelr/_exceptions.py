@@ -3,6 +3,8 @@
 ```
 StagelrError
 ├── APIError                 the service answered with a problem document
+│   ├── AuthenticationError  401 unauthorized (no token, or an unknown or revoked one)
+│   ├── PermissionDeniedError 403 forbidden (the token's project may not do this)
 │   ├── NotFoundError        404 not-found
 │   ├── ConflictError        409 config-mismatch, observation-conflict, segment-closed,
 │   │                            invalid-state
@@ -26,8 +28,10 @@ from .models import Problem
 __all__ = [
     "PROBLEM_PREFIX",
     "APIError",
+    "AuthenticationError",
     "ConflictError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ServerError",
     "StagelrError",
     "TransportError",
@@ -71,6 +75,15 @@ class APIError(StagelrError):
         return self.type.removeprefix(PROBLEM_PREFIX)
 
 
+class AuthenticationError(APIError):
+    """The service needs a valid project token (401): pass ``token=`` or set
+    ``STAGELR_TOKEN``."""
+
+
+class PermissionDeniedError(APIError):
+    """The token is valid, but its project may not do this (403)."""
+
+
 class NotFoundError(APIError):
     """The study, segment or stage does not exist (or is not visible to this token)."""
 
@@ -94,6 +107,8 @@ class ServerError(APIError):
 
 _BY_SLUG: dict[str, type[APIError]] = {
     "not-found": NotFoundError,
+    "unauthorized": AuthenticationError,
+    "forbidden": PermissionDeniedError,
     "config-mismatch": ConflictError,
     "observation-conflict": ConflictError,
     "segment-closed": ConflictError,
@@ -105,6 +120,8 @@ _BY_SLUG: dict[str, type[APIError]] = {
 }
 
 _BY_STATUS: dict[int, type[APIError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
     422: ValidationError,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, SupportsFloat
+from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
+from ._exceptions import ServerError, TransportError
 from .models import Metric, SegmentKind, SegmentStatus, SegmentView
 
 if TYPE_CHECKING:
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from ._sender import ObservationSender
 
 __all__ = ["Segment"]
+
+logger = logging.getLogger("stagelr")
 
 
 class Segment:
@@ -36,6 +40,11 @@ class Segment:
     segment whose reported value is NaN, infinite or above ``stop_above`` sets
     :attr:`should_stop` at once (divergence stop), and so does the service's ``stop``
     answer when it arrives.
+
+    A *fallback* segment (:attr:`fallback` True) is one the :class:`stagelr.Tuner` makes
+    up while the service is unreachable: train it like any other (it carries the LR to
+    keep training with and no checkpoint names); its reports are not sent, since the
+    service never handed it out, and completing it sends nothing.
     """
 
     if TYPE_CHECKING:
@@ -66,8 +75,12 @@ class Segment:
         client: Client,
         sender: ObservationSender,
         flush_timeout: float | None = None,
+        raise_on_error: bool = True,
+        fallback: bool = False,
     ) -> None:
         self.view = view
+        #: True for a stand-in made up by the tuner while the service is unreachable.
+        self.fallback = fallback
         #: True once the segment should end early; :meth:`steps` then stops yielding.
         self.should_stop = False
         self._client = client
@@ -77,6 +90,10 @@ class Segment:
         self._trained = 0
         self._tracked = False
         self._closed = False
+        self._raise_on_error = raise_on_error
+        # What the job asked for that has not reached the service yet.
+        self._closing: Literal["complete", "fail"] | None = None
+        self._fail_reason = ""
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found on the Segment itself.
@@ -142,7 +159,8 @@ class Segment:
                 self.should_stop = True
         self._tracked = True
         self._trained = max(self._trained, step)
-        self._sender.put(self, step, number, metric)
+        if not self.fallback:
+            self._sender.put(self, step, number, metric)
 
     def complete(self, steps_done: int | None = None) -> SegmentView:
         """Send this segment's queued observations, then mark it completed.
@@ -151,23 +169,56 @@ class Segment:
         (or, if neither was used, to the service's own assumption that all were trained).
         Calling it again returns the same answer without a request.
 
-        Raises :class:`stagelr.TransportError` if the observations or the completion
-        cannot be delivered; the observations stay buffered and the call can be repeated.
+        When the observations or the completion cannot be delivered (the service is
+        unreachable after retries), the observations stay buffered and the segment stays
+        open here; the tuner completes it before asking for the next segment. The error
+        is raised only if the tuner was made with ``raise_on_error=True``.
         """
         if self._closed:
             return self.view
+        self._closing = "complete"
         if steps_done is None and self._tracked:
             steps_done = self._trained
-        self._sender.flush(self.view.id, self._flush_timeout)
-        self.view = self._client.complete_segment(self.view.id, steps_done)
+        return self._close(steps_done)
+
+    def fail(self, reason: str = "") -> SegmentView:
+        """Send this segment's queued observations, then mark it failed (same error
+        handling as :meth:`complete`)."""
+        if self._closed:
+            return self.view
+        self._closing = "fail"
+        self._fail_reason = reason
+        return self._close(None)
+
+    def _close(self, steps_done: int | None) -> SegmentView:
+        if self.fallback:
+            self._closed = True
+            return self.view
+        try:
+            self._sender.flush(self.view.id, self._flush_timeout)
+            if self._closing == "fail":
+                self.view = self._client.fail_segment(self.view.id, self._fail_reason)
+            else:
+                self.view = self._client.complete_segment(self.view.id, steps_done)
+        except (TransportError, ServerError) as exc:
+            if self._raise_on_error:
+                raise
+            logger.warning(
+                "could not %s segment %d (the service is unreachable: %s); it will be "
+                "sent when the service is back",
+                self._closing,
+                self.view.id,
+                exc,
+            )
+            return self.view
         self._closed = True
         return self.view
 
-    def fail(self, reason: str = "") -> SegmentView:
-        """Send this segment's queued observations, then mark it failed."""
-        if self._closed:
-            return self.view
-        self._sender.flush(self.view.id, self._flush_timeout)
-        self.view = self._client.fail_segment(self.view.id, reason)
-        self._closed = True
-        return self.view
+    def _retry_close(self) -> bool:
+        """Send a completion (or failure) that could not be delivered before, or complete
+        a segment the job left open. True once the segment is closed."""
+        if self._closing == "fail":
+            self.fail(self._fail_reason)
+        else:
+            self.complete()
+        return self._closed

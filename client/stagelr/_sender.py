@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -59,6 +60,11 @@ class ObservationSender:
     buffered and are tried again after ``retry_interval`` seconds, doubling up to
     ``max_retry_interval``. Points the service refuses for good (a conflicting value, a
     closed or unknown segment) are dropped with a warning: sending them again cannot help.
+
+    The buffer is bounded: once ``max_buffered`` points wait (a long outage), further
+    points are dropped and counted in :attr:`dropped`, so that a training job never runs
+    out of memory for the service's sake. Before posting, a segment's points are put in
+    step order with exact repeats removed, the form the service requires of a batch.
     """
 
     def __init__(
@@ -69,12 +75,21 @@ class ObservationSender:
         linger: float = 0.05,
         retry_interval: float = 2.0,
         max_retry_interval: float = 60.0,
+        max_buffered: int = 1_000_000,
     ) -> None:
         self._client = client
         self._batch_size = batch_size
         self._linger = linger
         self._retry_interval = retry_interval
         self._max_retry_interval = max_retry_interval
+        self._max_buffered = max_buffered
+        #: Points dropped because the buffer was full (the service was away too long).
+        self.dropped = 0
+        #: Points the service stored (``accepted``), already had (``duplicates``), or
+        #: refused for good (``refused``), over the sender's life.
+        self.accepted = 0
+        self.duplicates = 0
+        self.refused = 0
         self._queue: queue.SimpleQueue[_Point | _Flush] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -82,18 +97,37 @@ class ObservationSender:
         # Owned by the sender thread; other threads only read the count.
         self._buffer: dict[int, _Buffered] = {}
         self._buffered = 0
+        # Points put and not yet sent, refused or dropped (queue + buffer), under a lock:
+        # the training thread adds, the sender thread takes away.
+        self._held = 0
+        self._held_lock = threading.Lock()
         self._failures = 0
         self._retry_at = 0.0
 
     @property
     def pending(self) -> int:
         """Points reported but not yet accepted by the service."""
-        return self._queue.qsize() + self._buffered
+        return self._held
 
     def put(self, segment: Segment, step: int, value: float, metric: Metric | None) -> None:
         """Queue one point; never blocks on the network."""
         if self._thread is None or self._closed:
             self._start()
+        with self._held_lock:
+            full = self._held >= self._max_buffered
+            if full:
+                self.dropped += 1
+            else:
+                self._held += 1
+        if full:
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                logger.warning(
+                    "observation buffer full (%d points): %d dropped so far; the service "
+                    "has been unreachable for long",
+                    self._max_buffered,
+                    self.dropped,
+                )
+            return
         self._queue.put(_Point(segment, step, value, metric))
 
     def flush(self, segment_id: int | None = None, timeout: float | None = None) -> None:
@@ -187,11 +221,19 @@ class ObservationSender:
             except queue.Empty:
                 return None
 
+    def _release(self, count: int) -> None:
+        """``count`` buffered points are gone (sent, refused or dropped as repeats)."""
+        self._buffered -= count
+        with self._held_lock:
+            self._held -= count
+
     def _buffer_point(self, point: _Point) -> None:
         try:
             observation = ObservationIn(step=point.step, value=point.value, metric=point.metric)
         except _PydanticValidationError as exc:
             logger.warning("dropped an invalid observation: %s", exc)
+            with self._held_lock:
+                self._held -= 1
             return
         entry = self._buffer.get(point.segment.id)
         if entry is None:
@@ -225,11 +267,22 @@ class ObservationSender:
 
     def _post(self, entry: _Buffered) -> None:
         refused: list[APIError] = []
+        size = max(1, min(self._batch_size, _MAX_REQUEST))
         while entry.points:
-            chunk = entry.points[:_MAX_REQUEST]
-            self._post_chunk(entry.segment, chunk, refused)
-            del entry.points[: len(chunk)]
-            self._buffered -= len(chunk)
+            batch, later = _in_order(entry.points, entry.segment.metric)
+            self._release(len(entry.points) - len(batch) - len(later))
+            self.duplicates += len(entry.points) - len(batch) - len(later)
+            # A second value for a step waits for a request of its own, where the service
+            # refuses it as the conflict it is; it stays buffered until then.
+            entry.points = batch + later
+            remaining = len(batch)
+            while remaining:
+                chunk = entry.points[: min(size, remaining)]
+                self._post_chunk(entry.segment, chunk, refused)
+                del entry.points[: len(chunk)]
+                self._release(len(chunk))
+                remaining -= len(chunk)
+        self.refused += len(refused)
         if refused:
             logger.warning(
                 "segment %d refused %d observation(s); last reason: %s",
@@ -259,8 +312,30 @@ class ObservationSender:
             else:
                 refused.extend([exc] * len(chunk))
             return
+        self.accepted += answer.accepted
+        self.duplicates += answer.duplicates
         if answer.stop:
             segment.should_stop = True
+
+
+def _in_order(
+    points: list[ObservationIn], default: Metric
+) -> tuple[list[ObservationIn], list[ObservationIn]]:
+    """``points`` sorted by step with one point per (step, metric), and the points that
+    gave a step a second, different value (in report order). Exact repeats are dropped."""
+    seen: dict[tuple[int, Metric], float] = {}
+    batch: list[ObservationIn] = []
+    later: list[ObservationIn] = []
+    for point in sorted(points, key=lambda p: p.step):
+        key = (point.step, point.metric or default)
+        if key in seen:
+            first = seen[key]
+            if not (first == point.value or (math.isnan(first) and math.isnan(point.value))):
+                later.append(point)
+            continue
+        seen[key] = point.value
+        batch.append(point)
+    return batch, later
 
 
 def _error_for(segment_id: int | None, errors: dict[int, StagelrError]) -> StagelrError | None:

@@ -55,6 +55,9 @@ class RetryTransport(httpx.BaseTransport):
         self.retry_statuses = frozenset(retry_statuses)
         self._sleep = sleep
         self._jitter = jitter
+        #: Attempts made after a first one failed, over the transport's life (for
+        #: monitoring; incremented from any thread that sends).
+        self.retries = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         # Buffer the body once so that every attempt can send it again.
@@ -75,6 +78,7 @@ class RetryTransport(httpx.BaseTransport):
                 delay = max(self._delay(attempt), _retry_after(response))
                 response.close()
             self._sleep(min(delay, self.max_delay))
+            self.retries += 1
             attempt += 1
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Literal
@@ -9,11 +11,22 @@ from typing import Any, Literal
 import httpx
 
 from ._client import DEFAULT_TIMEOUT, Client
+from ._exceptions import ServerError, TransportError
 from ._segment import Segment
 from ._sender import ObservationSender
-from .models import StudyConfig, StudyStatus, StudyView
+from .models import (
+    Metric,
+    SegmentKind,
+    SegmentStatus,
+    SegmentView,
+    StudyConfig,
+    StudyStatus,
+    StudyView,
+)
 
 __all__ = ["Tuner"]
+
+logger = logging.getLogger("stagelr")
 
 
 class Tuner:
@@ -35,6 +48,31 @@ class Tuner:
     network. Reports go through a queue to one background thread, which sends them in
     batches and keeps them buffered while the service is unreachable.
 
+    When the service is unreachable, training goes on. Every request is first retried
+    with jittered exponential backoff (:class:`stagelr.RetryTransport`; every endpoint is
+    idempotent, so a retry is always safe). If the service still cannot be reached (a
+    connection error, a timeout or a 5xx after the retries):
+
+    - ``segment.report()`` never notices: points stay buffered in the background sender
+      and are delivered, exactly once, when the service is back. The buffer holds at most
+      ``max_buffered`` points; beyond that, new points are dropped and counted in
+      :attr:`dropped_observations`.
+    - ``segment.complete()`` (or ``fail()``) returns without raising; the segment stays
+      open here, and the next :meth:`next_segment` delivers its points and its completion
+      first.
+    - :meth:`next_segment` (and so the ``for segment in tuner`` loop) yields a *fallback*
+      segment (``segment.fallback`` is True) of ``fallback_steps`` steps at
+      ``fallback_lr``; without one, at the LR of the last training (exploit) segment, else
+      of the last segment, else the geometric mean of ``lr_min`` and ``lr_max``. A
+      fallback segment has no checkpoint names and its reports are not sent. After it, the
+      tuner asks the service again; once it answers, the study resumes where it was, with
+      the decisions it would have made without the outage.
+
+    Nothing is raised into the training loop for an unreachable service unless
+    ``raise_on_error=True``; then :class:`stagelr.TransportError` or
+    :class:`stagelr.ServerError` propagate as they happen. Answers that no retry can
+    change (a 4xx: another config for the study, a bad request) always raise.
+
     Args:
         url: The service, e.g. ``http://127.0.0.1:8321``.
         study: The study's name, unique within the project.
@@ -42,7 +80,8 @@ class Tuner:
         lr_max: Upper bound of the LR search.
         total_steps: Training steps the job will run; None for no planned end.
         preset: ``"default"`` (stagelr's tuner) or ``"autolrs"`` (the published method).
-        project: The project the study belongs to.
+        project: The project the study belongs to (default: the token's project, or
+            ``default`` when the service has auth off).
         token: Bearer token for the project, when the service has auth on.
         seed: The tuner's seed.
         timeout: Per-request timeouts.
@@ -51,6 +90,13 @@ class Tuner:
         linger: Seconds the sender waits for more observations before posting.
         flush_timeout: Longest wait, in seconds, for a segment's observations to be sent
             before it is completed.
+        fallback_lr: The LR of fallback segments while the service is unreachable; by
+            default the last LR the service chose (see above).
+        fallback_steps: Steps of one fallback segment: how long to train before asking
+            the service again.
+        raise_on_error: Raise into the training loop when the service is unreachable,
+            instead of training on with fallback segments.
+        max_buffered: Most observations kept while the service is unreachable.
         **config_overrides: Any other :class:`stagelr.models.StudyConfig` field, e.g.
             ``tau0=200, k=6``. Validated here, before anything is sent.
     """
@@ -64,7 +110,7 @@ class Tuner:
         lr_max: float,
         total_steps: int | None = None,
         preset: Literal["autolrs", "default"] = "default",
-        project: str = "default",
+        project: str | None = None,
         token: str | None = None,
         seed: int = 0,
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
@@ -72,6 +118,10 @@ class Tuner:
         batch_size: int = 500,
         linger: float = 0.05,
         flush_timeout: float | None = 120.0,
+        fallback_lr: float | None = None,
+        fallback_steps: int = 100,
+        raise_on_error: bool = False,
+        max_buffered: int = 1_000_000,
         **config_overrides: Any,
     ) -> None:
         self.config = StudyConfig(
@@ -86,8 +136,21 @@ class Tuner:
         self.project = project
         #: The low-level API client, for anything the tuner does not wrap.
         self.client = Client(url, token=token, timeout=timeout, transport=transport)
-        self._sender = ObservationSender(self.client, batch_size=batch_size, linger=linger)
+        self._sender = ObservationSender(
+            self.client, batch_size=batch_size, linger=linger, max_buffered=max_buffered
+        )
         self._flush_timeout = flush_timeout
+        if fallback_lr is not None and not (math.isfinite(fallback_lr) and fallback_lr > 0):
+            raise ValueError(f"fallback_lr must be a finite positive LR, not {fallback_lr!r}")
+        if fallback_steps < 1:
+            raise ValueError(f"fallback_steps must be at least 1, not {fallback_steps}")
+        self.fallback_lr = fallback_lr
+        self.fallback_steps = fallback_steps
+        self.raise_on_error = raise_on_error
+        #: Fallback segments handed out so far (each one: the service was unreachable).
+        self.fallback_segments = 0
+        self._last_lr: float | None = None
+        self._last_exploit_lr: float | None = None
         self._study: StudyView | None = None
         self._segment: Segment | None = None
         self._status: StudyStatus | None = None
@@ -125,22 +188,65 @@ class Tuner:
         """The segment to train now, or None once the study has ended.
 
         A segment of this tuner still open is completed first. After a restart, the
-        service hands back the segment that was open, so the job resumes it.
+        service hands back the segment that was open, so the job resumes it. While the
+        service is unreachable, a fallback segment (see the class docstring).
         """
-        if self._segment is not None and not self._segment.closed:
-            self._segment.complete()
-        answer = self.client.next_segment(self.study_id)
+        try:
+            if self._segment is not None and not self._segment._retry_close():
+                return self._fallback("the last segment could not be closed")
+            answer = self.client.next_segment(self.study_id)
+        except (TransportError, ServerError) as exc:
+            if self.raise_on_error:
+                raise
+            return self._fallback(str(exc))
         if answer.segment is None:
             self._segment = None
             self._status = answer.status
             return None
+        view = answer.segment
+        self._last_lr = view.lr
+        if view.kind is SegmentKind.exploit:
+            self._last_exploit_lr = view.lr
         self._segment = Segment(
-            answer.segment,
+            view,
             client=self.client,
             sender=self._sender,
             flush_timeout=self._flush_timeout,
+            raise_on_error=self.raise_on_error,
         )
         return self._segment
+
+    def _fallback(self, why: str) -> Segment:
+        """A stand-in segment to train on while the service is unreachable."""
+        lr = self.fallback_lr or self._last_exploit_lr or self._last_lr
+        if lr is None:
+            lr = math.sqrt(self.config.lr_min * self.config.lr_max)
+        self.fallback_segments += 1
+        logger.warning(
+            "stagelr service unreachable (%s): training %d steps at lr=%.3g, then asking again",
+            why,
+            self.fallback_steps,
+            lr,
+        )
+        view = SegmentView(
+            id=-self.fallback_segments,
+            study_id=self._study.id if self._study is not None else -1,
+            seq=-1,
+            stage=-1,
+            index=-1,
+            kind=SegmentKind.exploit,
+            status=SegmentStatus.open,
+            lr=lr,
+            steps=self.fallback_steps,
+            start_step=-1,
+            horizon=self.fallback_steps,
+            metric=Metric.train_loss
+            if self.config.metric_schedule == "train_loss"
+            else Metric.val_loss,
+            report_every=self.fallback_steps,
+            data_seed=0,
+        )
+        return Segment(view, client=self.client, sender=self._sender, fallback=True)
 
     def __iter__(self) -> Iterator[Segment]:
         """Yield :meth:`next_segment` until the study ends."""
@@ -148,6 +254,11 @@ class Tuner:
             yield segment
 
     # ------------------------------------------------------------------ observations
+
+    @property
+    def dropped_observations(self) -> int:
+        """Observations dropped because the buffer was full during a long outage."""
+        return self._sender.dropped
 
     @property
     def pending_observations(self) -> int:

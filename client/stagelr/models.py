@@ -35,11 +35,16 @@ __all__ = [
     "ObservationsAccepted",
     "PosteriorPoint",
     "Problem",
+    "ReplayCandidate",
+    "ReplayMismatch",
+    "ReplayReport",
+    "ReplayRequest",
     "SegmentKind",
     "SegmentStatus",
     "SegmentView",
     "Selection",
     "StageDetail",
+    "StageReplay",
     "StageSummary",
     "StudyConfig",
     "StudyCreate",
@@ -173,13 +178,15 @@ class StudyConfig(_Wire):
     total_steps: int | None = Field(
         default=None,
         ge=1,
+        le=10**12,
         description="Training steps the job will run (its trajectory, search excluded). "
         "None: no end; the job stops the study when it is done.",
     )
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
-    tau0: int | None = Field(default=None, ge=2)
-    tau_max: int | None = Field(default=None, ge=2)
+    # At most 10**8 steps a stage: stage sizes are 32-bit columns in the store.
+    tau0: int | None = Field(default=None, ge=2, le=10**8)
+    tau_max: int | None = Field(default=None, ge=2, le=10**8)
     tau_growth: float | None = Field(default=None, ge=1.0, le=16.0)
     explore_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     k: int | None = Field(default=None, ge=1, le=100)
@@ -252,8 +259,12 @@ class StudyConfig(_Wire):
 class StudyCreate(_Wire):
     """Create a study, or get the existing one of the same project and name."""
 
-    project: str = Field(
-        default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    project: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The project; by default the token's project, or `default` without auth.",
     )
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
     config: StudyConfig
@@ -294,6 +305,16 @@ class SegmentView(_Wire):
     stop_above: float | None = None
     data_seed: int
     steps_done: int | None = None
+    heartbeat_at: datetime | None = Field(
+        default=None,
+        description="Last sign of life from the job on this segment (creation, an "
+        "observation batch, a repeated next).",
+    )
+    stale: bool = Field(
+        default=False,
+        description="Open, with no sign of life for longer than the server's lease: the "
+        "job may be gone; `next` hands it out again.",
+    )
 
 
 class ObservationIn(_Wire):
@@ -357,6 +378,9 @@ class StudyView(_Wire):
         default_factory=list, description="(start_step, lr) of each exploit segment."
     )
     open_segment: SegmentView | None = None
+    stalled: bool = Field(
+        default=False, description="Running, and its open segment is stale (no job alive)."
+    )
 
 
 class NextSegment(_Wire):
@@ -412,6 +436,81 @@ class StageDetail(_Wire):
     chosen_lr: float | None
     candidates: list[CandidateView]
     posterior: list[PosteriorPoint] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+class ReplayRequest(_Wire):
+    """A what-if replay: the study's stored config with some fields replaced."""
+
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Config fields to replace, e.g. {\"k\": 3, \"acquisition\": \"lcb\"}; "
+        "only the fields that decide within a stage may change (see docs/replay.md).",
+    )
+
+
+class ReplayCandidate(_Wire):
+    """One candidate LR of a replayed stage and the forecast the tuner saw for it."""
+
+    index: int
+    lr: float
+    prediction: float | None = Field(description="Forecast loss at the horizon; None: none.")
+    std: float | None
+    status: str = Field(description="The forecast's status; `estimated` for an estimate.")
+    estimated: bool = Field(
+        description="True: this LR never ran; prediction and std are the GP posterior mean "
+        "and sd over the stage's recorded candidates, not a forecast of real losses."
+    )
+
+
+class ReplayMismatch(_Wire):
+    """A recorded decision (or stored value) that the replay did not reproduce."""
+
+    stage: int
+    seq: int | None = Field(description="The segment position; None for a stage's fields.")
+    field: str = Field(description="What differs, e.g. `lr`, `forecast.prediction`, `chosen_lr`.")
+    recorded: Any
+    replayed: Any
+
+
+class StageReplay(_Wire):
+    """One stage: the recorded and the replayed candidates and choice."""
+
+    index: int
+    recorded_lrs: list[float] = Field(description="The candidate LRs tried, in order.")
+    candidates: list[ReplayCandidate] = Field(description="The replayed candidates, in order.")
+    recorded_lr: float | None = Field(description="The LR the stage trained with.")
+    replayed_lr: float | None
+    chosen_estimated: bool = Field(
+        default=False, description="The replayed choice is an LR that never ran."
+    )
+    lr_decades: float | None = Field(
+        default=None, description="|log10(replayed_lr / recorded_lr)|; None unless both exist."
+    )
+    differs: bool = Field(description="The replayed choice (verify: anything) differs.")
+
+
+class ReplayReport(_Wire):
+    """The replay of one study: ``verify`` (stored config) or ``what-if`` (overrides)."""
+
+    study_id: int
+    project: str
+    name: str
+    study_status: StudyStatus
+    mode: Literal["verify", "what-if"]
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    decisions: int = Field(description="Tuner decisions replayed.")
+    ok: bool = Field(description="verify: every recorded decision came out the same.")
+    mismatches: list[ReplayMismatch] = Field(default_factory=list)
+    stages: list[StageReplay] = Field(default_factory=list)
+    stages_compared: int = Field(description="Stages with a recorded and a replayed choice.")
+    stages_differing: int = Field(description="Of those, stages whose choice differs.")
+    max_lr_decades: float | None = None
+    mean_lr_decades: float | None = None
+    estimates: int = Field(default=0, description="Candidates whose forecast is estimated.")
+    error: str | None = Field(default=None, description="Why the study could not be replayed.")
 
 
 # --------------------------------------------------------------------------- errors

@@ -31,7 +31,14 @@ from urllib.parse import quote, unquote
 
 import torch
 
-__all__ = ["CheckpointNotFoundError", "Checkpointer", "SegmentPlan", "apply_lr"]
+__all__ = [
+    "CheckpointNotFoundError",
+    "Checkpointer",
+    "DistributedSegment",
+    "DistributedTuner",
+    "SegmentPlan",
+    "apply_lr",
+]
 
 
 class SegmentPlan(Protocol):
@@ -122,7 +129,7 @@ class Checkpointer:
             self.restore(segment.restore)
         if segment.save_start:
             self.save(segment.save_start)
-        apply_lr(self.optimizer, segment.lr)
+        self._apply_lr(segment.lr)
 
     def end(self, segment: SegmentPlan) -> None:
         """After training a segment: save save_end, then drop the discarded checkpoints."""
@@ -197,6 +204,12 @@ class Checkpointer:
         return sorted(_name_of(p) for p in self.directory.glob("*.pt"))
 
     # ------------------------------------------------------------------ state
+    # The three methods below are what a framework integration overrides
+    # (stagelr.lightning captures through Lightning's strategy); the naming, storage and
+    # segment protocol above stay in one place.
+
+    def _apply_lr(self, lr: float) -> None:
+        apply_lr(self.optimizer, lr)
 
     def _capture(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -251,3 +264,8 @@ def _restore_rng(rng: dict[str, Any]) -> None:
         numpy.random.set_state(
             (kind, numpy.asarray(keys, dtype=numpy.uint32), pos, has_gauss, cached)
         )
+
+
+# At the end: stagelr.distributed imports this module's names lazily, and re-exporting
+# here keeps `from stagelr.torch import DistributedTuner` the one import a DDP job needs.
+from .distributed import DistributedSegment, DistributedTuner  # noqa: E402

@@ -1,4 +1,4 @@
-"""The `stagelr` command: serve, migrate, demo."""
+"""The `stagelr` command: serve, migrate, token, demo (and more; see `stagelr --help`)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,40 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .errors import StagelrError
+    from .store import Store
+    from .tokens import Tokens
+
+    settings = _settings(args)
+    store = Store(settings.resolved_database_url)
+    try:
+        store.check_schema()
+        tokens = Tokens(store)
+        if args.token_command == "create":
+            record, secret = tokens.create(args.project, args.name)
+            print(secret)
+            print(
+                f"stagelr: token {record.id} ({record.prefix}...) for project "
+                f"{record.project!r}; it is shown only now, store it safely",
+                file=sys.stderr,
+            )
+        elif args.token_command == "list":
+            for t in tokens.list_tokens(args.project):
+                state = "revoked" if t.revoked_at else "active"
+                used = t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "-"
+                print(f"{t.id}\t{t.project}\t{t.name}\t{t.prefix}...\t{state}\tlast used {used}")
+        else:
+            record = tokens.revoke(args.id)
+            print(f"stagelr: token {record.id} of project {record.project!r} is revoked")
+    except StagelrError as exc:
+        print(f"stagelr token: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -96,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
     migrate.set_defaults(func=_cmd_migrate)
+
+    token = sub.add_parser("token", help="create, list or revoke project tokens (auth)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser(
+        "create", help="make a token for a project; prints it once (only a hash is kept)"
+    )
+    create.add_argument("--project", required=True, help="the project the token opens")
+    create.add_argument("--name", default="default", help="a label to tell tokens apart")
+    listing = token_sub.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--project", help="only this project's tokens")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id (see `token list`)")
+    revoke.add_argument("id", type=int, help="the token's id")
+    for p in (create, listing, revoke):
+        p.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+    token.set_defaults(func=_cmd_token)
 
     demo = sub.add_parser("demo", help="train a small MLP on the digits set under stagelr")
     where = demo.add_mutually_exclusive_group()

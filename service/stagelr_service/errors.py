@@ -13,6 +13,8 @@ Every error carries a stable ``slug`` (the last part of the problem ``type``) an
      +-- SchemaOutdatedError      schema-outdated
      +-- StoreUnavailableError    store-unavailable
      +-- InputError               validation-error
+     +-- UnauthorizedError        unauthorized
+     +-- ForbiddenError           forbidden
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
     "SegmentClosedError",
     "StagelrError",
     "StoreUnavailableError",
+    "UnauthorizedError",
+    "ForbiddenError",
 ]
 
 
@@ -100,3 +104,17 @@ class StoreUnavailableError(StagelrError):
 
     slug = "store-unavailable"
     title = "The store is unavailable"
+
+
+class UnauthorizedError(StagelrError):
+    """No token, or one the service does not know (or that was revoked)."""
+
+    slug = "unauthorized"
+    title = "A valid project token is needed"
+
+
+class ForbiddenError(StagelrError):
+    """The token is valid but its project may not do this."""
+
+    slug = "forbidden"
+    title = "Not allowed for this project's token"

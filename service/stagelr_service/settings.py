@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         ),
     )
 
+    auth_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How long a checked token is trusted without asking the store again (a revoked "
+            "token stops working within this time on every replica)."
+        ),
+    )
+
     @field_validator("auth")
     @classmethod
     def _auth(cls, v: str) -> str:

@@ -11,11 +11,14 @@ with the LR; above ``cliff_lr`` the run diverges (NaN).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from stagelr.models import SegmentKind, SegmentStatus, StudyConfig
+import stagelr
+from stagelr.models import SegmentKind, SegmentStatus, StudyConfig, StudyStatus
 
 from . import tuner
 from .tuner import SegmentPlan, StudyEnd, Trial
@@ -115,3 +118,77 @@ def simulate(
         plans.append(decision)
         trials.append(job.run(decision, seq))
     return plans, trials, None
+
+
+@dataclass
+class DrivenJob:
+    """What a synthetic job driven through the real client did (see :func:`drive_tuner`)."""
+
+    #: segment id -> the (step, value) points the job reported for it, in order
+    reported: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    #: ids of the service's segments the job trained, in order
+    segments: list[int] = field(default_factory=list)
+    #: fallback segments trained while the service was unreachable, and their steps
+    fallback_segments: int = 0
+    fallback_steps: int = 0
+    status: StudyStatus | None = None
+
+
+def drive_tuner(
+    client_tuner: stagelr.Tuner,
+    job: SyntheticJob,
+    on_event: Callable[[str, int], None] | None = None,
+) -> DrivenJob:
+    """Run a whole study with ``job`` as the training, through the real client.
+
+    ``on_event(kind, n)`` is called before the ``n``-th ``next`` (kind ``"next"``), after
+    the first report of segment ``n`` (``"report"``), and before its completion
+    (``"complete"``): where a test injects its faults. Fallback segments (the service
+    unreachable) are trained as steps without reports and leave the job's state alone,
+    so the service's decisions are those of an uninterrupted run.
+    """
+    record = DrivenJob()
+    event = on_event or (lambda kind, n: None)
+    n = 0
+    while True:
+        event("next", n + 1)
+        segment = client_tuner.next_segment()
+        if segment is None:
+            break
+        if segment.fallback:
+            for _ in segment.steps():
+                pass
+            record.fallback_segments += 1
+            record.fallback_steps += segment.planned_steps
+            segment.complete()
+            continue
+        n += 1
+        record.segments.append(segment.id)
+        reports, _ = job.train(
+            segment.lr,
+            segment.planned_steps,
+            segment.report_every,
+            explore=segment.kind is SegmentKind.explore,
+            stop_above=segment.stop_above,
+        )
+        points = record.reported.setdefault(segment.id, [])
+        for i, (step, value) in enumerate(reports):
+            segment.report(step, value)
+            points.append((step, value))
+            if i == 0:
+                event("report", n)
+        event("complete", n)
+        segment.complete(steps_done=reports[-1][0])
+    record.status = client_tuner.status
+    return record
+
+
+def study_decisions(client: stagelr.Client, study_id: int) -> list[tuple[Any, ...]]:
+    """A study's decisions as the service stored them: each segment's (seq, stage, index,
+    kind, lr, status, steps_done) in order, then each stage's chosen LR."""
+    segments = [
+        (s.seq, s.stage, s.index, s.kind.value, s.lr, s.status.value, s.steps_done)
+        for s in client.list_segments(study_id)
+    ]
+    chosen = [("stage", st.index, st.chosen_lr) for st in client.get_study(study_id).stages]
+    return segments + chosen

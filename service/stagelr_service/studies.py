@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from stagelr.models import (
     CandidateView,
     CompleteRequest,
     FailRequest,
     ForecastView,
+    Metric,
     NextSegment,
     ObservationBatch,
     ObservationsAccepted,
@@ -40,6 +42,7 @@ from stagelr.models import (
 from . import tuner
 from .errors import (
     ConflictError,
+    ForbiddenError,
     InputError,
     InvalidStateError,
     NotFoundError,
@@ -63,7 +66,18 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def segment_view(seg: SegmentRecord) -> SegmentView:
+def is_stale(seg: SegmentRecord, now: datetime | None, lease_seconds: float | None) -> bool:
+    """An open segment whose job has shown no sign of life for longer than the lease."""
+    if now is None or lease_seconds is None or seg.status is not SegmentStatus.open:
+        return False
+    last = seg.heartbeat_at or seg.created_at
+    return (now - last).total_seconds() > lease_seconds
+
+
+def segment_view(
+    seg: SegmentRecord, *, now: datetime | None = None, lease_seconds: float | None = None
+) -> SegmentView:
+    """The wire view of a segment; ``stale`` is computed when ``now`` and a lease are given."""
     return SegmentView(
         id=seg.id,
         study_id=seg.study_id,
@@ -85,6 +99,8 @@ def segment_view(seg: SegmentRecord) -> SegmentView:
         stop_above=seg.stop_above,
         data_seed=seg.data_seed,
         steps_done=seg.steps_done,
+        heartbeat_at=seg.heartbeat_at,
+        stale=is_stale(seg, now, lease_seconds),
     )
 
 
@@ -138,18 +154,42 @@ def trials_of(history: StudyHistory) -> list[tuner.Trial]:
 class StudyService:
     """The use cases of the API, over one store and one optimizer."""
 
-    def __init__(self, store: Store, optimizer: tuner.Optimizer, *, max_batch: int = 10_000):
+    def __init__(
+        self,
+        store: Store,
+        optimizer: tuner.Optimizer,
+        *,
+        max_batch: int = 10_000,
+        lease_seconds: float = 900.0,
+    ):
         self.store = store
         self.optimizer = optimizer
         self.max_batch = max_batch
+        #: An open segment without a sign of life for this long is stale.
+        self.lease_seconds = lease_seconds
+
+    def _view(self, seg: SegmentRecord) -> SegmentView:
+        return segment_view(seg, now=self.store.now(), lease_seconds=self.lease_seconds)
 
     # ------------------------------------------------------------------ studies
 
-    def create_study(self, request: StudyCreate) -> tuple[StudyView, bool]:
-        """Create the study, or return the one of the same project and name."""
+    def create_study(
+        self, request: StudyCreate, *, scope: str | None = None
+    ) -> tuple[StudyView, bool]:
+        """Create the study, or return the one of the same project and name.
+
+        ``scope`` is the caller's project when auth is on (None: any project). A request
+        that names no project gets the scope's project, or ``default``.
+        """
+        name = request.project or scope or "default"
+        if scope is not None and name != scope:
+            raise ForbiddenError(
+                f"this token belongs to project {scope!r}, not {name!r}: create the study "
+                f"in {scope!r} (or leave the project out), or use a token of {name!r}"
+            )
         config = request.config.resolved()
         with self.store.transaction() as repo:
-            project = repo.get_or_create_project(request.project)
+            project = repo.get_or_create_project(name)
             study, created = repo.create_study(project.id, request.name, config)
             if not created and study.config != config:
                 changed = sorted(
@@ -158,16 +198,16 @@ class StudyService:
                     if config.get(k) != study.config.get(k)
                 )
                 raise ConflictError(
-                    f"study {request.name!r} of project {request.project!r} exists with "
+                    f"study {request.name!r} of project {name!r} exists with "
                     f"another config (differs in: {', '.join(changed)}); use a new name, "
                     "or the stored config"
                 )
             history = self._history(repo, study.id)
         return self._study_view(history), created
 
-    def get_study(self, study_id: int) -> StudyView:
+    def get_study(self, study_id: int, *, scope: str | None = None) -> StudyView:
         with self.store.transaction(read_only=True) as repo:
-            return self._study_view(self._history(repo, study_id))
+            return self._study_view(self._history(repo, study_id, scope))
 
     def list_studies(
         self,
@@ -176,7 +216,12 @@ class StudyService:
         status: StudyStatus | None = None,
         limit: int = 50,
         offset: int = 0,
+        scope: str | None = None,
     ) -> StudyList:
+        if scope is not None:
+            if project is not None and project != scope:
+                return StudyList(studies=[], total=0)  # other projects are invisible
+            project = scope
         with self.store.transaction(read_only=True) as repo:
             records, total = repo.list_studies(
                 project=project, status=status, limit=limit, offset=offset
@@ -184,23 +229,23 @@ class StudyService:
             views = [self._study_view(self._history(repo, r.id)) for r in records]
         return StudyList(studies=views, total=total)
 
-    def stop_study(self, study_id: int) -> StudyView:
+    def stop_study(self, study_id: int, *, scope: str | None = None) -> StudyView:
         with self.store.transaction() as repo:
-            study = self._study(repo, study_id)
+            study = self._study(repo, study_id, scope)
             if study.status is StudyStatus.running:
                 repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
             return self._study_view(self._history(repo, study_id))
 
     # ------------------------------------------------------------------ segments
 
-    def next_segment(self, study_id: int) -> NextSegment:
+    def next_segment(self, study_id: int, *, scope: str | None = None) -> NextSegment:
         """The segment to train now: the open one again, or a fresh decision.
 
         When a racing request (a retry, another replica) stored its decision first, the
         history is read again: its segment is then the open one, handed out as such.
         """
         for _ in range(_NEXT_ATTEMPTS):
-            answer = self._decide_next(study_id)
+            answer = self._decide_next(study_id, scope)
             if answer is not None:
                 return answer
         raise InvalidStateError(
@@ -208,16 +253,21 @@ class StudyService:
             "one job should drive a study: ask /next again"
         )
 
-    def _decide_next(self, study_id: int) -> NextSegment | None:
+    def _decide_next(self, study_id: int, scope: str | None = None) -> NextSegment | None:
         """One attempt of :meth:`next_segment`; None when another request won the race."""
         with self.store.transaction(read_only=True) as repo:
-            history = self._history(repo, study_id)
+            history = self._history(repo, study_id, scope)
         study = history.study
         if study.status is not StudyStatus.running:
             return NextSegment(status=study.status, segment=None)
         open_seg = next((s for s in history.segments if s.status is SegmentStatus.open), None)
         if open_seg is not None:
-            return NextSegment(status=study.status, segment=segment_view(open_seg))
+            # The job asks again: it is alive, and a stale segment becomes live again.
+            with self.store.transaction() as repo:
+                beating = repo.heartbeat_segment(open_seg.id)
+            if beating is None:
+                return None  # closed meanwhile by a racing request: read again
+            return NextSegment(status=study.status, segment=self._view(beating))
 
         config = StudyConfig.model_validate(study.config)
         plan = tuner.next_segment(config, trials_of(history), self.optimizer)
@@ -261,25 +311,29 @@ class StudyService:
                 return None
             if plan.kind is SegmentKind.exploit:
                 repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
-            return NextSegment(status=current.status, segment=segment_view(segment))
+            return NextSegment(status=current.status, segment=self._view(segment))
 
-    def list_segments(self, study_id: int) -> list[SegmentView]:
+    def list_segments(self, study_id: int, *, scope: str | None = None) -> list[SegmentView]:
         with self.store.transaction(read_only=True) as repo:
-            return [segment_view(s) for s in self._history(repo, study_id).segments]
+            return [self._view(s) for s in self._history(repo, study_id, scope).segments]
 
-    def list_observations(self, segment_id: int) -> list[ObservationView]:
+    def list_observations(
+        self, segment_id: int, *, scope: str | None = None
+    ) -> list[ObservationView]:
         with self.store.transaction(read_only=True) as repo:
-            self._segment(repo, segment_id)
+            self._segment(repo, segment_id, scope)
             return [
                 ObservationView(step=o.step, metric=o.metric, value=o.value)
                 for o in repo.observations_of_segment(segment_id)
             ]
 
-    def get_segment(self, segment_id: int) -> SegmentView:
+    def get_segment(self, segment_id: int, *, scope: str | None = None) -> SegmentView:
         with self.store.transaction(read_only=True) as repo:
-            return segment_view(self._segment(repo, segment_id))
+            return self._view(self._segment(repo, segment_id, scope))
 
-    def add_observations(self, segment_id: int, batch: ObservationBatch) -> ObservationsAccepted:
+    def add_observations(
+        self, segment_id: int, batch: ObservationBatch, *, scope: str | None = None
+    ) -> ObservationsAccepted:
         """Store a batch of losses; a retried batch is a no-op."""
         if len(batch.observations) > self.max_batch:
             raise InputError(
@@ -287,8 +341,11 @@ class StudyService:
                 f"{self.max_batch} per batch"
             )
         with self.store.transaction() as repo:
-            segment = self._segment(repo, segment_id)
+            # Locked: a concurrent complete (another replica) cannot close the segment
+            # between this status check and the insert.
+            segment = self._locked_segment(repo, segment_id, scope)
             rows = [(o.step, o.metric or segment.metric, o.value) for o in batch.observations]
+            _check_batch_order(segment_id, rows)
             if segment.status is not SegmentStatus.open:
                 accepted, duplicates = repo.count_existing(segment_id, rows)
                 if accepted:
@@ -305,6 +362,7 @@ class StudyService:
                 )
             accepted, duplicates = repo.add_observations(segment_id, rows)
             repo.touch_study(segment.study_id)
+            repo.heartbeat_segment(segment_id)
         stop = segment.kind is SegmentKind.explore and any(
             value_diverged(value, segment.stop_above)
             for _, metric, value in rows
@@ -312,12 +370,14 @@ class StudyService:
         )
         return ObservationsAccepted(accepted=accepted, duplicates=duplicates, stop=stop)
 
-    def complete_segment(self, segment_id: int, request: CompleteRequest) -> SegmentView:
+    def complete_segment(
+        self, segment_id: int, request: CompleteRequest, *, scope: str | None = None
+    ) -> SegmentView:
         """Close a trained segment (idempotent). An explore segment gets its forecast."""
         with self.store.transaction() as repo:
-            segment = self._locked_segment(repo, segment_id)
+            segment = self._locked_segment(repo, segment_id, scope)
             if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
-                return segment_view(segment)
+                return self._view(segment)
             if segment.status is SegmentStatus.failed:
                 raise InvalidStateError(
                     f"segment {segment_id} has failed and cannot be completed; ask /next"
@@ -341,14 +401,16 @@ class StudyService:
             else:
                 repo.set_stage(segment.stage_id, status="completed")
             repo.touch_study(segment.study_id)
-            return segment_view(updated)
+            return self._view(updated)
 
-    def fail_segment(self, segment_id: int, request: FailRequest) -> SegmentView:
+    def fail_segment(
+        self, segment_id: int, request: FailRequest, *, scope: str | None = None
+    ) -> SegmentView:
         """The job could not train the segment (idempotent)."""
         with self.store.transaction() as repo:
-            segment = self._locked_segment(repo, segment_id)
+            segment = self._locked_segment(repo, segment_id, scope)
             if segment.status is SegmentStatus.failed:
-                return segment_view(segment)
+                return self._view(segment)
             if segment.status is not SegmentStatus.open:
                 raise InvalidStateError(
                     f"segment {segment_id} is already {segment.status.value}; only an open "
@@ -358,14 +420,14 @@ class StudyService:
                 segment_id, SegmentStatus.failed, fail_reason=request.reason or "failed"
             )
             repo.touch_study(segment.study_id)
-            return segment_view(updated)
+            return self._view(updated)
 
     # ------------------------------------------------------------------ stages
 
-    def stage_detail(self, study_id: int, index: int) -> StageDetail:
+    def stage_detail(self, study_id: int, index: int, *, scope: str | None = None) -> StageDetail:
         """A stage's search: each candidate's losses and forecast, and the GP posterior."""
         with self.store.transaction(read_only=True) as repo:
-            history = self._history(repo, study_id)
+            history = self._history(repo, study_id, scope)
         config = StudyConfig.model_validate(history.study.config)
         trials = trials_of(history)
         geometries = tuner.stage_geometries(config, trials)
@@ -412,29 +474,40 @@ class StudyService:
 
     # ------------------------------------------------------------------ helpers
 
-    def _study(self, repo: Repository, study_id: int) -> StudyRecord:
+    # A study outside the caller's scope reads as missing (404, not 403): ids must not
+    # tell another project's token what exists.
+
+    def _study(self, repo: Repository, study_id: int, scope: str | None = None) -> StudyRecord:
         study = repo.get_study(study_id)
-        if study is None:
+        if study is None or (scope is not None and study.project != scope):
             raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
         return study
 
-    def _history(self, repo: Repository, study_id: int) -> StudyHistory:
+    def _history(self, repo: Repository, study_id: int, scope: str | None = None) -> StudyHistory:
         history = repo.history(study_id)
-        if history is None:
+        if history is None or (scope is not None and history.study.project != scope):
             raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
         return history
 
-    def _segment(self, repo: Repository, segment_id: int) -> SegmentRecord:
+    def _segment(
+        self, repo: Repository, segment_id: int, scope: str | None = None
+    ) -> SegmentRecord:
         segment = repo.get_segment(segment_id)
+        if segment is not None and scope is not None:
+            study = repo.get_study(segment.study_id)
+            if study is None or study.project != scope:
+                segment = None
         if segment is None:
             raise NotFoundError(
                 f"no segment {segment_id}: ask POST /v1/studies/{{id}}/next for the open one"
             )
         return segment
 
-    def _locked_segment(self, repo: Repository, segment_id: int) -> SegmentRecord:
+    def _locked_segment(
+        self, repo: Repository, segment_id: int, scope: str | None = None
+    ) -> SegmentRecord:
         """The segment, read after its study is locked (status changes are atomic)."""
-        segment = self._segment(repo, segment_id)
+        segment = self._segment(repo, segment_id, scope)
         repo.lock_study(segment.study_id)
         return self._segment(repo, segment_id)
 
@@ -489,6 +562,7 @@ class StudyService:
             for st in history.stages
         ]
         open_seg = next((s for s in history.segments if s.status is SegmentStatus.open), None)
+        open_view = self._view(open_seg) if open_seg else None
         return StudyView(
             id=study.id,
             project=study.project,
@@ -502,8 +576,29 @@ class StudyService:
             best_loss=best,
             stages=stages,
             schedule=schedule,
-            open_segment=segment_view(open_seg) if open_seg else None,
+            open_segment=open_view,
+            stalled=study.status is StudyStatus.running
+            and open_view is not None
+            and open_view.stale,
         )
+
+
+def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]]) -> None:
+    """Within one batch, each metric's steps must strictly increase (one value per step).
+
+    A job reports in training order; a batch out of order or with a step twice is a bug
+    on the sending side, refused whole so that nothing half-understood is stored.
+    """
+    last: dict[Metric, int] = {}
+    for step, metric, _ in rows:
+        previous = last.get(metric)
+        if previous is not None and step <= previous:
+            what = "twice" if step == previous else f"after step {previous}"
+            raise InputError(
+                f"segment {segment_id}: the batch reports {metric.value} at step {step} "
+                f"{what}; send each metric's steps in increasing order, one value per step"
+            )
+        last[metric] = step
 
 
 def value_diverged(value: float, stop_above: float | None) -> bool:

@@ -15,9 +15,27 @@ from ..errors import SchemaOutdatedError, StoreUnavailableError
 from ..settings import Settings
 from ..store import Store
 from ..studies import StudyService
+from ..tokens import Tokens
 from . import errors, routes
 
 log = logging.getLogger("stagelr.server")
+
+
+def warn_auth_off(settings: Settings) -> None:
+    """Say loudly that anyone who reaches the port can read and change every study."""
+    exposed = settings.host not in {"127.0.0.1", "localhost", "::1"}
+    lines = [
+        "*" * 72,
+        "AUTH IS OFF (STAGELR_AUTH=off): every request may read and change every study",
+        "of every project. Meant for a local, single-user run only.",
+        "For a shared service: set STAGELR_AUTH=required and create tokens with",
+        "`stagelr token create --project NAME`.",
+    ]
+    if exposed:
+        lines.insert(3, f"This server listens on {settings.host}, not only on loopback!")
+    lines.append("*" * 72)
+    for line in lines:
+        log.warning(line)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,8 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.check_schema()
         optimizer = GPOptimizer()
         optimizer.warm_up()
-        app.state.studies = StudyService(store, optimizer, max_batch=settings.max_batch)
+        app.state.studies = StudyService(
+            store,
+            optimizer,
+            max_batch=settings.max_batch,
+            lease_seconds=settings.lease_seconds,
+        )
+        app.state.tokens = Tokens(store, cache_seconds=settings.auth_cache_seconds)
         log.info("stagelr %s serving %s", __version__, store.safe_url)
+        if settings.auth == "off":
+            warn_auth_off(settings)
         try:
             yield
         finally:
@@ -47,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Online learning-rate tuning: AutoLRS-style Bayesian optimization per stage.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     errors.install(app)
     app.include_router(routes.router)
 

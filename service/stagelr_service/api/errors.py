@@ -26,13 +26,26 @@ _STATUS: dict[type[errors.StagelrError], int] = {
     errors.InputError: 422,
     errors.SchemaOutdatedError: 503,
     errors.StoreUnavailableError: 503,
+    errors.UnauthorizedError: 401,
+    errors.ForbiddenError: 403,
+}
+
+# RFC 6750: a 401 names the scheme it wants.
+_HEADERS: dict[type[errors.StagelrError], dict[str, str]] = {
+    errors.UnauthorizedError: {"WWW-Authenticate": 'Bearer realm="stagelr"'},
 }
 
 _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
 
 
 def _problem(
-    status: int, slug: str, title: str, detail: str, request: Request, **extra: Any
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    request: Request,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body = {
         "type": PROBLEM_TYPE_PREFIX + slug,
@@ -42,14 +55,17 @@ def _problem(
         "instance": request.url.path,
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+    return JSONResponse(
+        body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
 
 
 def problem_for(exc: Exception, request: Request) -> JSONResponse:
     """Map any exception to its problem document. Unknown ones are a logged 500."""
     if isinstance(exc, errors.StagelrError):
         status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-        return _problem(status, exc.slug, exc.title, exc.message, request)
+        headers = next((h for cls, h in _HEADERS.items() if isinstance(exc, cls)), None)
+        return _problem(status, exc.slug, exc.title, exc.message, request, headers)
     if isinstance(exc, RequestValidationError):
         problems = [
             {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from stagelr.models import (
     CompleteRequest,
@@ -27,6 +27,12 @@ from stagelr.models import (
 )
 
 from ..studies import StudyService
+from .auth import ScopeDep
+
+#: Ids are 64-bit in the store: a larger number is a 422 naming the bound, not a 500.
+_MAX_ID = 2**63 - 1
+StudyId = Annotated[int, Path(ge=0, le=_MAX_ID, description="The study's id.")]
+SegmentId = Annotated[int, Path(ge=0, le=_MAX_ID, description="The segment's id.")]
 
 
 def _service(request: Request) -> StudyService:
@@ -38,7 +44,7 @@ ServiceDep = Annotated[StudyService, Depends(_service)]
 
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (404, 409, 422, 503)
+    for code in (401, 404, 409, 422, 503)
 }
 
 router = APIRouter(prefix="/v1", responses=_PROBLEMS)
@@ -51,8 +57,10 @@ router = APIRouter(prefix="/v1", responses=_PROBLEMS)
     summary="Create a study, or get the one of the same project and name",
     responses={200: {"model": StudyView, "description": "The study already existed."}},
 )
-def create_study(body: StudyCreate, service: ServiceDep, response: Response) -> StudyView:
-    study, created = service.create_study(body)
+def create_study(
+    body: StudyCreate, service: ServiceDep, scope: ScopeDep, response: Response
+) -> StudyView:
+    study, created = service.create_study(body, scope=scope.project)
     if not created:
         response.status_code = status.HTTP_200_OK
     return study
@@ -61,17 +69,20 @@ def create_study(body: StudyCreate, service: ServiceDep, response: Response) -> 
 @router.get("/studies", response_model=StudyList, summary="List studies")
 def list_studies(
     service: ServiceDep,
+    scope: ScopeDep,
     project: str | None = None,
     status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=_MAX_ID)] = 0,
 ) -> StudyList:
-    return service.list_studies(project=project, status=status_, limit=limit, offset=offset)
+    return service.list_studies(
+        project=project, status=status_, limit=limit, offset=offset, scope=scope.project
+    )
 
 
 @router.get("/studies/{study_id}", response_model=StudyView, summary="Get a study")
-def get_study(study_id: int, service: ServiceDep) -> StudyView:
-    return service.get_study(study_id)
+def get_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return service.get_study(study_id, scope=scope.project)
 
 
 @router.post(
@@ -79,13 +90,13 @@ def get_study(study_id: int, service: ServiceDep) -> StudyView:
     response_model=NextSegment,
     summary="The segment to train now (the open one again, if there is one)",
 )
-def next_segment(study_id: int, service: ServiceDep) -> NextSegment:
-    return service.next_segment(study_id)
+def next_segment(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> NextSegment:
+    return service.next_segment(study_id, scope=scope.project)
 
 
 @router.post("/studies/{study_id}/stop", response_model=StudyView, summary="Stop a study")
-def stop_study(study_id: int, service: ServiceDep) -> StudyView:
-    return service.stop_study(study_id)
+def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return service.stop_study(study_id, scope=scope.project)
 
 
 @router.get(
@@ -93,8 +104,10 @@ def stop_study(study_id: int, service: ServiceDep) -> StudyView:
     response_model=StageDetail,
     summary="A stage's search: candidates, forecasts and the GP posterior over LR",
 )
-def stage_detail(study_id: int, index: int, service: ServiceDep) -> StageDetail:
-    return service.stage_detail(study_id, index)
+def stage_detail(
+    study_id: StudyId, index: int, service: ServiceDep, scope: ScopeDep
+) -> StageDetail:
+    return service.stage_detail(study_id, index, scope=scope.project)
 
 
 @router.get(
@@ -102,13 +115,13 @@ def stage_detail(study_id: int, index: int, service: ServiceDep) -> StageDetail:
     response_model=list[SegmentView],
     summary="Every segment of a study, in the order they were handed out",
 )
-def list_segments(study_id: int, service: ServiceDep) -> list[SegmentView]:
-    return service.list_segments(study_id)
+def list_segments(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> list[SegmentView]:
+    return service.list_segments(study_id, scope=scope.project)
 
 
 @router.get("/segments/{segment_id}", response_model=SegmentView, summary="Get a segment")
-def get_segment(segment_id: int, service: ServiceDep) -> SegmentView:
-    return service.get_segment(segment_id)
+def get_segment(segment_id: SegmentId, service: ServiceDep, scope: ScopeDep) -> SegmentView:
+    return service.get_segment(segment_id, scope=scope.project)
 
 
 @router.get(
@@ -116,8 +129,10 @@ def get_segment(segment_id: int, service: ServiceDep) -> SegmentView:
     response_model=list[ObservationView],
     summary="A segment's reported losses, by step",
 )
-def list_observations(segment_id: int, service: ServiceDep) -> list[ObservationView]:
-    return service.list_observations(segment_id)
+def list_observations(
+    segment_id: SegmentId, service: ServiceDep, scope: ScopeDep
+) -> list[ObservationView]:
+    return service.list_observations(segment_id, scope=scope.project)
 
 
 @router.post(
@@ -126,9 +141,9 @@ def list_observations(segment_id: int, service: ServiceDep) -> list[ObservationV
     summary="Report losses (batched, idempotent)",
 )
 def add_observations(
-    segment_id: int, body: ObservationBatch, service: ServiceDep
+    segment_id: SegmentId, body: ObservationBatch, service: ServiceDep, scope: ScopeDep
 ) -> ObservationsAccepted:
-    return service.add_observations(segment_id, body)
+    return service.add_observations(segment_id, body, scope=scope.project)
 
 
 @router.post(
@@ -137,9 +152,9 @@ def add_observations(
     summary="Mark a segment trained (idempotent)",
 )
 def complete_segment(
-    segment_id: int, service: ServiceDep, body: CompleteRequest | None = None
+    segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: CompleteRequest | None = None
 ) -> SegmentView:
-    return service.complete_segment(segment_id, body or CompleteRequest())
+    return service.complete_segment(segment_id, body or CompleteRequest(), scope=scope.project)
 
 
 @router.post(
@@ -148,6 +163,6 @@ def complete_segment(
     summary="Mark a segment failed (idempotent)",
 )
 def fail_segment(
-    segment_id: int, service: ServiceDep, body: FailRequest | None = None
+    segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: FailRequest | None = None
 ) -> SegmentView:
-    return service.fail_segment(segment_id, body or FailRequest())
+    return service.fail_segment(segment_id, body or FailRequest(), scope=scope.project)

@@ -44,7 +44,8 @@ inputs that scipy or LAPACK would complain about are turned away before the call
 ``warnings.catch_warnings``: it swaps process-wide filters and is not thread-safe.)
 """
 
+from ._curve import forecast_curve
 from ._forecast import forecast
 from ._result import Forecast
 
-__all__ = ["Forecast", "forecast"]
+__all__ = ["Forecast", "forecast", "forecast_curve"]

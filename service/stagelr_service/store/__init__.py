@@ -18,6 +18,7 @@ from .records import (
     StageStatus,
     StudyHistory,
     StudyRecord,
+    TokenRecord,
 )
 from .repository import KEEP, Keep, Repository
 from .schema import check_schema, downgrade, migrate
@@ -36,6 +37,7 @@ __all__ = [
     "Store",
     "StudyHistory",
     "StudyRecord",
+    "TokenRecord",
     "check_schema",
     "downgrade",
     "make_engine",

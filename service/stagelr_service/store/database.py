@@ -54,6 +54,10 @@ class Store:
         self._read_engine = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
         self._clock = clock
 
+    def now(self) -> datetime:
+        """The store's clock (aware UTC): what row timestamps are compared with."""
+        return self._clock()
+
     @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""

@@ -22,6 +22,8 @@ __all__ = [
     "StageStatus",
     "StudyHistory",
     "StudyRecord",
+    "StudySummaryRecord",
+    "TokenRecord",
 ]
 
 StageStatus = Literal["searching", "training", "completed"]
@@ -32,6 +34,19 @@ class ProjectRecord:
     id: int
     name: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A project's bearer token, without its secret (only the digest is stored)."""
+
+    id: int
+    project: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +104,8 @@ class SegmentRecord:
     fail_reason: str | None
     created_at: datetime
     completed_at: datetime | None
+    #: Last sign of life from the job (None only for rows written before migration 0002).
+    heartbeat_at: datetime | None = None
 
 
 class ObservationRecord(NamedTuple):
@@ -133,3 +150,27 @@ class StudyHistory:
     observations: dict[int, list[ObservationRecord]] = field(default_factory=dict)
     #: segment id -> its forecast; segments without one absent
     forecasts: dict[int, ForecastRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummaryRecord:
+    """One row of the dashboard's study list, computed in SQL for a whole page at once.
+
+    ``stalled``: the study runs but its open segment has shown no sign of life (heartbeat)
+    for longer than the lease. ``best_loss``: the lowest finite loss its exploit segments
+    reported on their own metric. ``stage``/``stage_status``: its latest stage, if any.
+    ``schedule``: ``(start_step, steps, lr)`` of each exploit segment, in order.
+    """
+
+    id: int
+    project: str
+    name: str
+    status: StudyStatus
+    stalled: bool
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    stage: int | None
+    stage_status: str | None
+    best_loss: float | None
+    schedule: tuple[tuple[int, int, float], ...] = ()

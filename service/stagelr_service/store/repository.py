@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,15 @@ from stagelr_service.errors import (
     ObservationConflictError,
 )
 
-from .models import ForecastRow, ObservationRow, ProjectRow, SegmentRow, StageRow, StudyRow
+from .models import (
+    ForecastRow,
+    ObservationRow,
+    ProjectRow,
+    SegmentRow,
+    StageRow,
+    StudyRow,
+    TokenRow,
+)
 from .records import (
     ForecastRecord,
     ObservationRecord,
@@ -43,6 +51,8 @@ from .records import (
     StageStatus,
     StudyHistory,
     StudyRecord,
+    StudySummaryRecord,
+    TokenRecord,
 )
 
 __all__ = ["KEEP", "Keep", "Repository"]
@@ -156,6 +166,78 @@ class Repository:
     def get_project(self, name: str) -> ProjectRecord | None:
         row = self._s.scalar(select(ProjectRow).where(ProjectRow.name == name))
         return None if row is None else ProjectRecord(row.id, row.name, row.created_at)
+
+    # ------------------------------------------------------------------ tokens
+
+    @staticmethod
+    def _token(row: TokenRow, project: str) -> TokenRecord:
+        return TokenRecord(
+            id=row.id,
+            project=project,
+            name=row.name,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+    def create_token(self, project: str, name: str, prefix: str, token_hash: str) -> TokenRecord:
+        """Store a token's digest for ``project`` (created if new)."""
+        owner = self.get_or_create_project(project)
+        row = TokenRow(
+            project_id=owner.id,
+            name=name,
+            prefix=prefix,
+            token_hash=token_hash,
+            created_at=self._now(),
+            last_used_at=None,
+            revoked_at=None,
+        )
+        self._s.add(row)
+        self._s.flush()
+        return self._token(row, owner.name)
+
+    def token_by_hash(self, token_hash: str) -> tuple[TokenRecord, str] | None:
+        """The live (not revoked) token with this digest, and the stored digest."""
+        found = self._s.execute(
+            select(TokenRow, ProjectRow.name)
+            .join(ProjectRow, TokenRow.project_id == ProjectRow.id)
+            .where(TokenRow.token_hash == token_hash, TokenRow.revoked_at.is_(None))
+        ).first()
+        if found is None:
+            return None
+        row, project = found
+        return self._token(row, project), row.token_hash
+
+    def mark_token_used(self, token_id: int) -> None:
+        self._s.execute(
+            update(TokenRow).where(TokenRow.id == token_id).values(last_used_at=self._now())
+        )
+
+    def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
+        query = (
+            select(TokenRow, ProjectRow.name)
+            .join(ProjectRow, TokenRow.project_id == ProjectRow.id)
+            .order_by(TokenRow.id)
+        )
+        if project is not None:
+            query = query.where(ProjectRow.name == project)
+        return [self._token(row, name) for row, name in self._s.execute(query).all()]
+
+    def revoke_token(self, token_id: int) -> TokenRecord | None:
+        """Revoke a token (idempotent); None if there is no such token."""
+        found = self._s.execute(
+            select(TokenRow, ProjectRow.name)
+            .join(ProjectRow, TokenRow.project_id == ProjectRow.id)
+            .where(TokenRow.id == token_id)
+        ).first()
+        if found is None:
+            return None
+        row, project = found
+        if row.revoked_at is None:
+            row.revoked_at = self._now()
+            self._s.flush()
+        return self._token(row, project)
 
     # ------------------------------------------------------------------ studies
 
@@ -419,6 +501,7 @@ class Repository:
             fail_reason=row.fail_reason,
             created_at=row.created_at,
             completed_at=row.completed_at,
+            heartbeat_at=row.heartbeat_at,
         )
 
     def _one_segment(self, query: Select[SegmentRow, int]) -> SegmentRecord | None:
@@ -496,6 +579,21 @@ class Repository:
                 "request: read the study again and use the stored segment"
             ) from error
         return self._segment(row, stage.index)
+
+    def heartbeat_segment(self, segment_id: int) -> SegmentRecord | None:
+        """Set an open segment's ``heartbeat_at`` to now (its job is alive).
+
+        Returns the segment, or None when it is not open any more (a racing request
+        closed it). Locks only the segment row, so it cannot deadlock with writers that
+        lock the study first.
+        """
+        self._s.execute(
+            update(SegmentRow)
+            .where(SegmentRow.id == segment_id, SegmentRow.status == SegmentStatus.open.value)
+            .values(heartbeat_at=self._now())
+        )
+        segment = self.get_segment(segment_id)
+        return segment if segment is not None and segment.status is SegmentStatus.open else None
 
     def get_segment(self, segment_id: int) -> SegmentRecord | None:
         return self._one_segment(self._segment_query().where(SegmentRow.id == segment_id))
@@ -797,3 +895,274 @@ class Repository:
             observations=self.observations_of_study(study_id),
             forecasts=self.forecasts_of_study(study_id),
         )
+
+    # ------------------------------------------------------------------ study list
+
+    #: Sort keys of :meth:`study_summaries`.
+    SUMMARY_SORTS = ("name", "updated", "best_loss", "status")
+
+    def study_summaries(
+        self,
+        *,
+        lease_seconds: float,
+        project: str | None = None,
+        status: str | None = None,
+        study_id: int | None = None,
+        sort: str = "updated",
+        descending: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StudySummaryRecord], int]:
+        """One page of the study list with everything its rows show, and how many studies
+        match the filters.
+
+        Two queries whatever the page size (the page, with its total as a window count;
+        then the page's LR schedules), so a list of thousands of studies costs what a
+        list of ten does. ``status`` filters on the status shown: a StudyStatus value, or
+        ``"stalled"`` (running, and the open segment's heartbeat is older than
+        ``lease_seconds``; a running study that is not stalled shows as ``"running"``).
+        ``study_id`` picks one study (its page's header). ``sort`` is one of
+        :attr:`SUMMARY_SORTS`; studies without a loss sort last.
+        """
+        if limit < 0 or offset < 0:
+            raise InputError("limit and offset must not be negative")
+        if sort not in self.SUMMARY_SORTS:
+            raise InputError(f"unknown sort {sort!r}: use one of {', '.join(self.SUMMARY_SORTS)}")
+        statuses = [s.value for s in StudyStatus] + ["stalled"]
+        if status is not None and status not in statuses:
+            raise InputError(f"unknown study status {status!r}: use one of {', '.join(statuses)}")
+        stale_before = self._now() - timedelta(seconds=lease_seconds)
+        # A segment written before heartbeats existed counts from its creation.
+        stalled = and_(
+            StudyRow.status == StudyStatus.running.value,
+            select(SegmentRow.id)
+            .where(
+                SegmentRow.study_id == StudyRow.id,
+                SegmentRow.status == SegmentStatus.open.value,
+                func.coalesce(SegmentRow.heartbeat_at, SegmentRow.created_at) < stale_before,
+            )
+            .exists(),
+        )
+        shown = case((stalled, literal("stalled")), else_=StudyRow.status)
+        best = (
+            select(func.min(ObservationRow.value))
+            .join(SegmentRow, ObservationRow.segment_id == SegmentRow.id)
+            .where(
+                SegmentRow.study_id == StudyRow.id,
+                SegmentRow.kind == SegmentKind.exploit.value,
+                ObservationRow.metric == SegmentRow.metric,
+                ObservationRow.special.is_(None),
+            )
+            .scalar_subquery()
+        )
+        latest_stage = (
+            select(StageRow.index, StageRow.status)
+            .where(StageRow.study_id == StudyRow.id)
+            .order_by(StageRow.index.desc())
+            .limit(1)
+        )
+        stage = latest_stage.with_only_columns(StageRow.index).scalar_subquery()
+        stage_status = latest_stage.with_only_columns(StageRow.status).scalar_subquery()
+        conditions = []
+        if project is not None:
+            conditions.append(ProjectRow.name == project)
+        if status is not None:
+            conditions.append(shown == status)
+        if study_id is not None:
+            conditions.append(StudyRow.id == study_id)
+        key = {
+            "name": StudyRow.name,
+            "updated": StudyRow.updated_at,
+            "best_loss": best,
+            "status": shown,
+        }[sort]
+        order: list[ColumnElement[Any]] = [
+            key.desc() if descending else key.asc(),
+            StudyRow.id.desc(),
+        ]
+        if sort == "best_loss":
+            order.insert(0, best.is_(None))
+        rows = self._s.execute(
+            select(
+                StudyRow,
+                ProjectRow.name,
+                stalled.label("stalled"),
+                stage.label("stage"),
+                stage_status.label("stage_status"),
+                best.label("best"),
+                func.count().over().label("total"),
+            )
+            .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
+            .where(*conditions)
+            .order_by(*order)
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        if rows:
+            total = int(rows[0].total)
+        else:  # past the end (or nothing matches): the window count has no row to ride on
+            total = int(
+                self._s.scalar(
+                    select(func.count())
+                    .select_from(StudyRow)
+                    .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
+                    .where(*conditions)
+                )
+                or 0
+            )
+        schedules: dict[int, list[tuple[int, int, float]]] = {}
+        if rows:
+            for study_id, start, steps, lr in self._s.execute(
+                select(SegmentRow.study_id, SegmentRow.start_step, SegmentRow.steps, SegmentRow.lr)
+                .where(
+                    SegmentRow.study_id.in_([row[0].id for row in rows]),
+                    SegmentRow.kind == SegmentKind.exploit.value,
+                )
+                .order_by(SegmentRow.study_id, SegmentRow.seq)
+            ):
+                schedules.setdefault(study_id, []).append((start, steps, lr))
+        return [
+            StudySummaryRecord(
+                id=row[0].id,
+                project=row[1],
+                name=row[0].name,
+                status=StudyStatus(row[0].status),
+                stalled=bool(row.stalled),
+                config=row[0].config,
+                created_at=row[0].created_at,
+                updated_at=row[0].updated_at,
+                stage=row.stage,
+                stage_status=row.stage_status,
+                best_loss=_finite_or_none(row.best),
+                schedule=tuple(schedules.get(row[0].id, ())),
+            )
+            for row in rows
+        ], total
+
+    # ------------------------------------------------------------------ replay and import
+
+    def study_keys(
+        self, project: str | None = None, status: StudyStatus | str | None = None
+    ) -> list[tuple[int, str, str, StudyStatus]]:
+        """``(id, project, name, status)`` of every study matching the filters, by id:
+        the cheap listing replay and export select from (no configs, no paging)."""
+        query = (
+            select(StudyRow.id, ProjectRow.name, StudyRow.name, StudyRow.status)
+            .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
+            .order_by(StudyRow.id)
+        )
+        if project is not None:
+            query = query.where(ProjectRow.name == project)
+        if status is not None:
+            query = query.where(StudyRow.status == StudyStatus(status).value)
+        return [
+            (study_id, project_name, name, StudyStatus(state))
+            for study_id, project_name, name, state in self._s.execute(query).all()
+        ]
+
+    def insert_study_row(
+        self,
+        project_id: int,
+        name: str,
+        *,
+        config: Mapping[str, Any],
+        status: StudyStatus | str,
+        status_reason: str | None,
+        created_at: datetime,
+        updated_at: datetime,
+    ) -> StudyRecord | None:
+        """Insert a study exactly as given (an import keeps its status and times).
+
+        None when the project already has a study of that name (nothing is written).
+        """
+        row = StudyRow(
+            project_id=project_id,
+            name=name,
+            config=json.loads(json.dumps(dict(config), allow_nan=False)),
+            status=StudyStatus(status).value,
+            status_reason=status_reason,
+            created_at=created_at,
+            updated_at=updated_at,
+        )
+        if self._insert(row) is not None:
+            return None
+        return self.get_study(row.id)
+
+    def insert_stage_rows(self, study_id: int, stages: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+        """Insert a study's stages as given (keys: index, tau, tau_explore, start_step,
+        status, chosen_lr) in one statement; returns stage index -> row id."""
+        for stage in stages:
+            if stage["status"] not in _STAGE_STATUSES:
+                raise InputError(f"unknown stage status {stage['status']!r}")
+        if stages:
+            self._s.execute(insert(StageRow), [{**s, "study_id": study_id} for s in stages])
+        rows = self._s.execute(
+            select(StageRow.index, StageRow.id).where(StageRow.study_id == study_id)
+        )
+        return {index: row_id for index, row_id in rows}
+
+    def insert_segment_rows(
+        self, study_id: int, segments: Sequence[Mapping[str, Any]]
+    ) -> dict[int, int]:
+        """Insert a study's segments as given (the columns of ``segments``, ``stage_id``
+        included) in one statement; returns seq -> row id."""
+        rows = []
+        for seg in segments:
+            for name in ("lr", "stop_above"):
+                value = seg.get(name)
+                if value is not None and not math.isfinite(value):
+                    raise InputError(f"segment {seg['seq']}: {name} must be finite, not {value!r}")
+            rows.append(
+                {
+                    **seg,
+                    "study_id": study_id,
+                    "kind": SegmentKind(seg["kind"]).value,
+                    "status": SegmentStatus(seg["status"]).value,
+                    "metric": _metric(seg["metric"]),
+                    "discard": list(seg["discard"]),
+                }
+            )
+        if rows:
+            self._s.execute(insert(SegmentRow), rows)
+        found = self._s.execute(
+            select(SegmentRow.seq, SegmentRow.id).where(SegmentRow.study_id == study_id)
+        )
+        return {seq: row_id for seq, row_id in found}
+
+    def insert_observation_rows(
+        self, observations: Iterable[tuple[int, int, Metric | str, float]]
+    ) -> int:
+        """Bulk-insert ``(segment_id, step, metric, value)`` rows (NaN/inf kept as the
+        store keeps them); the unique key refuses a repeated step. Returns rows written."""
+        rows = []
+        for segment_id, step, metric, value in observations:
+            encoded, special = _encode(value)
+            rows.append(
+                {
+                    "segment_id": segment_id,
+                    "step": int(step),
+                    "metric": _metric(metric),
+                    "value": encoded,
+                    "special": special,
+                }
+            )
+        if rows:
+            self._s.execute(insert(ObservationRow), rows)
+        return len(rows)
+
+    def insert_forecast_rows(self, forecasts: Sequence[Mapping[str, Any]]) -> int:
+        """Bulk-insert forecasts as given (keys: segment_id, model, prediction, std,
+        status, params, n_points, objective, created_at). Returns rows written."""
+        rows = [
+            {
+                **fc,
+                "prediction": _finite_or_none(fc["prediction"]),
+                "std": _finite_or_none(fc["std"]),
+                "objective": _finite_or_none(fc["objective"]),
+                "params": _encode_params(fc["params"]),
+            }
+            for fc in forecasts
+        ]
+        if rows:
+            self._s.execute(insert(ForecastRow), rows)
+        return len(rows)

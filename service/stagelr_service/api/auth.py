@@ -1,0 +1,54 @@
+"""Who is asking: the project scope of a request.
+
+With ``STAGELR_AUTH=required`` every /v1 request (and the dashboard) carries a project
+token, as ``Authorization: Bearer <token>`` or, for the dashboard's pages, the
+``stagelr_token`` cookie its login form sets. The scope is then that project: studies of
+other projects do not exist for the request (404, never 403, so ids do not leak what
+exists). With ``STAGELR_AUTH=off`` the scope is every project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..tokens import Tokens
+
+__all__ = ["COOKIE_NAME", "Scope", "ScopeDep", "current_scope", "token_of"]
+
+COOKIE_NAME = "stagelr_token"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The projects a request may see: one project, or all of them (``project=None``)."""
+
+    project: str | None
+
+    def allows(self, project: str) -> bool:
+        return self.project is None or self.project == project
+
+
+def token_of(request: Request) -> str | None:
+    """The bearer token of the request (header first, then the dashboard's cookie)."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    return request.cookies.get(COOKIE_NAME) or None
+
+
+def current_scope(request: Request) -> Scope:
+    """The request's scope; raises UnauthorizedError (401) when auth is on and no valid
+    token came with it."""
+    if request.app.state.settings.auth == "off":
+        return Scope(project=None)
+    tokens: Tokens = request.app.state.tokens
+    return Scope(project=tokens.project_of(token_of(request)))
+
+
+ScopeDep = Annotated[Scope, Depends(current_scope)]

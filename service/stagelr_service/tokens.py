@@ -1,0 +1,114 @@
+"""Project tokens: bearer secrets made here, stored as SHA-256 digests, checked per request.
+
+A token is ``stg_`` + 32 random bytes (URL-safe base64), shown once when created. The
+store keeps its SHA-256 hex digest and its first characters (to tell tokens apart in a
+listing). A request's token is hashed and looked up by digest; the stored digest is then
+compared to the computed one with :func:`hmac.compare_digest`, so no comparison that
+decides access depends on how many leading characters match.
+
+Checked tokens are remembered for ``cache_seconds`` (default 10 s) so that a job's
+stream of requests costs one store read per token per interval, not one per request; a
+revoked token therefore stops working within that interval on every replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from .errors import InputError, NotFoundError, UnauthorizedError
+from .store import Store, TokenRecord
+
+__all__ = ["TOKEN_PREFIX", "Tokens", "hash_token", "new_token"]
+
+TOKEN_PREFIX = "stg_"
+_SHOWN = 12  # characters of the token kept in clear for listings ("stg_" + 8)
+_PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def new_token() -> str:
+    """A fresh secret token (256 bits of randomness)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The digest the store keeps. SHA-256 suffices: tokens are random, not passwords."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Tokens:
+    """Create, list, revoke and check project tokens."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, project: str, name: str = "default") -> tuple[TokenRecord, str]:
+        """A new token for ``project`` (created if new): its record and the secret."""
+        if not _PROJECT.match(project):
+            raise InputError(
+                f"project name {project!r} is not valid: use letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit (at most 100 characters)"
+            )
+        if not name or len(name) > 100:
+            raise InputError("a token name must have 1 to 100 characters")
+        secret = new_token()
+        with self.store.transaction() as repo:
+            record = repo.create_token(project, name, secret[:_SHOWN], hash_token(secret))
+        return record, secret
+
+    def list_tokens(self, project: str | None = None) -> list[TokenRecord]:
+        with self.store.transaction(read_only=True) as repo:
+            return repo.list_tokens(project)
+
+    def revoke(self, token_id: int) -> TokenRecord:
+        with self.store.transaction() as repo:
+            record = repo.revoke_token(token_id)
+        if record is None:
+            raise NotFoundError(f"no token {token_id}: see `stagelr token list`")
+        with self._lock:
+            self._cache.clear()
+        return record
+
+    def project_of(self, token: str | None) -> str:
+        """The project ``token`` belongs to; UnauthorizedError if none or unknown."""
+        if not token:
+            raise UnauthorizedError(
+                "this service needs a project token: send `Authorization: Bearer <token>` "
+                "(create one with `stagelr token create --project NAME`)"
+            )
+        digest = hash_token(token)
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        with self.store.transaction() as repo:
+            found = repo.token_by_hash(digest)
+            if found is not None:
+                repo.mark_token_used(found[0].id)
+        if found is None or not hmac.compare_digest(found[1], digest):
+            raise UnauthorizedError(
+                "the token is not valid (unknown or revoked): create one with "
+                "`stagelr token create --project NAME`"
+            )
+        project = found[0].project
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (project, now + self.cache_seconds)
+        return project
