@@ -163,13 +163,13 @@ def test_observations_are_accepted_and_a_retry_is_a_no_op(api) -> None:
 def test_a_different_value_for_a_stored_step_is_a_409_and_stores_nothing(api) -> None:
     segment = next_segment(api, create(api)["id"])["segment"]
     report(api, segment, [(1, 2.0)])
-    assert_problem(report(api, segment, [(2, 1.0), (1, 3.0)]), 409, "observation-conflict")
+    assert_problem(report(api, segment, [(1, 3.0), (2, 1.0)]), 409, "observation-conflict")
     assert report(api, segment, [(2, 1.0)]).json()["accepted"] == 1
 
 
 def test_observations_are_listed_by_step_with_nan_kept(api) -> None:
     segment = next_segment(api, create(api)["id"])["segment"]
-    report(api, segment, [(2, 1.5), (1, 2.0)])
+    report(api, segment, [(1, 2.0), (2, 1.5)])
     api.post(
         f"/v1/segments/{segment['id']}/observations",
         json={"observations": [{"step": 2, "value": 9.0, "metric": "train_loss"}]},

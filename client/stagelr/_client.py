@@ -24,6 +24,8 @@ from .models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    ReplayReport,
+    ReplayRequest,
     SegmentView,
     StageDetail,
     StudyConfig,
@@ -128,6 +130,14 @@ class Client:
     def get_stage(self, study_id: int, index: int) -> StageDetail:
         """A stage's BO state: candidates, forecasts, posterior on a grid."""
         return self._request("GET", f"/v1/studies/{study_id}/stages/{index}", StageDetail)
+
+    def replay(self, study_id: int, overrides: dict[str, Any] | None = None) -> ReplayReport:
+        """Replay a study: verify its recorded decisions (no ``overrides``), or what-if
+        with config overrides such as ``{"k": 6}`` (estimated forecasts are flagged)."""
+        if overrides is None:
+            return self._request("GET", f"/v1/studies/{study_id}/replay", ReplayReport)
+        body = ReplayRequest(overrides=overrides)
+        return self._request("POST", f"/v1/studies/{study_id}/replay", ReplayReport, body=body)
 
     # ------------------------------------------------------------------ segments
 

@@ -446,7 +446,7 @@ class ReplayRequest(_Wire):
 
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="Config fields to replace, e.g. {\"k\": 3, \"acquisition\": \"lcb\"}; "
+        description='Config fields to replace, e.g. {"k": 3, "acquisition": "lcb"}; '
         "only the fields that decide within a stage may change (see docs/replay.md).",
     )
 

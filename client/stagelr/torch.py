@@ -16,6 +16,9 @@ A checkpoint holds the model, the optimizer, the grad scaler when given, and the
 number generators: torch's CPU generator, CUDA's when CUDA is in use, Python's ``random``
 and NumPy's global one when NumPy is loaded. Restoring one and training again therefore
 repeats the same steps, which is what makes the candidates of a stage comparable.
+
+A job of several processes (DDP) wraps its tuner in :class:`DistributedTuner` (from
+:mod:`stagelr.distributed`): rank 0 talks to the service and every rank gets its plan.
 """
 
 from __future__ import annotations
@@ -124,19 +127,41 @@ class Checkpointer:
 
         The LR comes last so that a restored optimizer state cannot bring back the LR it
         was saved with.
+
+        On disk, a segment that restores nothing (a stage's first candidate, or training
+        on without a search) also gets a start checkpoint of its own, named after the
+        segment's id. A job killed in the middle of that segment and restarted is handed
+        the same segment again; ``begin`` then restores that start checkpoint, so the
+        segment is trained again from exactly where it first began.
         """
-        if segment.restore:
-            self.restore(segment.restore)
+        start = self._start_name(segment)
+        if start is not None and start in self:
+            self.restore(start)  # a restarted job resumes this very segment
+        else:
+            if segment.restore:
+                self.restore(segment.restore)
+            elif start is not None:
+                self.save(start)  # before save_start: a crash between them still resumes
         if segment.save_start:
             self.save(segment.save_start)
         self._apply_lr(segment.lr)
 
     def end(self, segment: SegmentPlan) -> None:
-        """After training a segment: save save_end, then drop the discarded checkpoints."""
+        """After training a segment: save save_end, then drop the discarded checkpoints
+        (and the segment's own start checkpoint)."""
         if segment.save_end:
             self.save(segment.save_end)
         for name in segment.discard:
             self.discard(name)
+        start = self._start_name(segment)
+        if start is not None:
+            self.discard(start)
+
+    def _start_name(self, segment: SegmentPlan) -> str | None:
+        segment_id = getattr(segment, "id", None)
+        if self.directory is None or segment.restore or not isinstance(segment_id, int):
+            return None
+        return f"{_START_PREFIX}{segment_id}"
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -201,7 +226,8 @@ class Checkpointer:
         """The names of the checkpoints held, sorted."""
         if self.directory is None:
             return sorted(self._memory)
-        return sorted(_name_of(p) for p in self.directory.glob("*.pt"))
+        names = (_name_of(p) for p in self.directory.glob("*.pt"))
+        return sorted(n for n in names if not n.startswith(_START_PREFIX))
 
     # ------------------------------------------------------------------ state
     # The three methods below are what a framework integration overrides
@@ -234,6 +260,11 @@ class Checkpointer:
         assert self.directory is not None
         # Names come from the service: quote them so none can leave the directory.
         return self.directory / f"{quote(name, safe='')}.pt"
+
+
+#: A segment's own start checkpoint on disk (see Checkpointer.begin); service names are
+#: never like it.
+_START_PREFIX = ".start-"
 
 
 def _name_of(path: Path) -> str:

@@ -13,8 +13,10 @@ replicas, on SQLite and PostgreSQL alike, without holding a lock during the GP f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any, Protocol
 
 from stagelr.models import (
     CandidateView,
@@ -27,6 +29,7 @@ from stagelr.models import (
     ObservationsAccepted,
     ObservationView,
     PosteriorPoint,
+    ReplayReport,
     SegmentKind,
     SegmentStatus,
     SegmentView,
@@ -151,6 +154,16 @@ def trials_of(history: StudyHistory) -> list[tuner.Trial]:
     ]
 
 
+class ServiceMetrics(Protocol):
+    """What the study service reports to the metrics (``api/observability.py``)."""
+
+    def decided(self, seconds: float) -> None:
+        """A `next` answered (a decision, the open segment again, or the study's end)."""
+
+    def ingested(self, accepted: int, duplicates: int) -> None:
+        """An observation batch stored: new points and repeats of stored ones."""
+
+
 class StudyService:
     """The use cases of the API, over one store and one optimizer."""
 
@@ -167,9 +180,16 @@ class StudyService:
         self.max_batch = max_batch
         #: An open segment without a sign of life for this long is stale.
         self.lease_seconds = lease_seconds
+        #: Told of each answered `next` and each stored batch (the /metrics counters).
+        self.metrics: ServiceMetrics | None = None
 
     def _view(self, seg: SegmentRecord) -> SegmentView:
         return segment_view(seg, now=self.store.now(), lease_seconds=self.lease_seconds)
+
+    def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Studies and segments per status, over the whole store (for /metrics)."""
+        with self.store.transaction(read_only=True) as repo:
+            return repo.count_by_status()
 
     # ------------------------------------------------------------------ studies
 
@@ -244,9 +264,12 @@ class StudyService:
         When a racing request (a retry, another replica) stored its decision first, the
         history is read again: its segment is then the open one, handed out as such.
         """
+        started = time.perf_counter()
         for _ in range(_NEXT_ATTEMPTS):
             answer = self._decide_next(study_id, scope)
             if answer is not None:
+                if self.metrics is not None:
+                    self.metrics.decided(time.perf_counter() - started)
                 return answer
         raise InvalidStateError(
             f"study {study_id} changed under {_NEXT_ATTEMPTS} decisions in a row; "
@@ -368,6 +391,8 @@ class StudyService:
             for _, metric, value in rows
             if metric is segment.metric
         )
+        if self.metrics is not None:
+            self.metrics.ingested(accepted, duplicates)
         return ObservationsAccepted(accepted=accepted, duplicates=duplicates, stop=stop)
 
     def complete_segment(
@@ -471,6 +496,25 @@ class StudyService:
             candidates=candidates,
             posterior=[PosteriorPoint(lr=lr, mean=m, std=s) for lr, m, s in posterior],
         )
+
+    # ------------------------------------------------------------------ replay
+
+    def replay(
+        self,
+        study_id: int,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        scope: str | None = None,
+    ) -> ReplayReport:
+        """Verify the study's decisions (``overrides`` None) or replay it what-if.
+
+        The history is read in one short read-only transaction and replayed outside it.
+        The optimizer's lock is taken per GP call (milliseconds), never for the whole
+        replay, so live decisions interleave with a replay instead of waiting for it.
+        """
+        from .replay import replay_study  # the replay package imports this module
+
+        return replay_study(self.store, study_id, self.optimizer, overrides, scope=scope)
 
     # ------------------------------------------------------------------ helpers
 

@@ -77,9 +77,24 @@ def problem_for(exc: Exception, request: Request) -> JSONResponse:
         ]
         detail = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems)
         return _problem(422, "validation-error", "Invalid input", detail, request, errors=problems)
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 400:
+        # FastAPI's "error parsing the body" (bytes that are not UTF-8 JSON): the same
+        # answer as any other malformed body.
+        detail = (
+            f"the request body could not be read ({exc.detail}): send UTF-8 JSON with "
+            "Content-Type: application/json"
+        )
+        return _problem(422, "validation-error", "Invalid input", detail, request)
     if isinstance(exc, StarletteHTTPException):
         slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
-        return _problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request)
+        detail = str(exc.detail)
+        if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
+            # Starlette's own routing answer: say which request missed, and where to look.
+            detail = (
+                f"no route {request.method} {request.url.path}: the API is listed at /docs "
+                "(and /openapi.json)"
+            )
+        return _problem(exc.status_code, slug, str(exc.detail), detail, request)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _problem(500, "internal", "Internal error", "the server failed; see its log", request)
 

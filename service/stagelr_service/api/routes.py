@@ -18,6 +18,8 @@ from stagelr.models import (
     ObservationsAccepted,
     ObservationView,
     Problem,
+    ReplayReport,
+    ReplayRequest,
     SegmentView,
     StageDetail,
     StudyCreate,
@@ -108,6 +110,26 @@ def stage_detail(
     study_id: StudyId, index: int, service: ServiceDep, scope: ScopeDep
 ) -> StageDetail:
     return service.stage_detail(study_id, index, scope=scope.project)
+
+
+@router.get(
+    "/studies/{study_id}/replay",
+    response_model=ReplayReport,
+    summary="Verify a study: replay every recorded decision with its stored config",
+)
+def verify_replay(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> ReplayReport:
+    return service.replay(study_id, scope=scope.project)
+
+
+@router.post(
+    "/studies/{study_id}/replay",
+    response_model=ReplayReport,
+    summary="What-if: replay a study under its config with overrides (estimates flagged)",
+)
+def what_if_replay(
+    study_id: StudyId, body: ReplayRequest, service: ServiceDep, scope: ScopeDep
+) -> ReplayReport:
+    return service.replay(study_id, body.overrides, scope=scope.project)
 
 
 @router.get(

@@ -364,6 +364,20 @@ class Repository:
         ).all()
         return [self._study(row, project_name) for row, project_name in rows], int(total or 0)
 
+    def count_by_status(self) -> tuple[dict[str, int], dict[str, int]]:
+        """How many studies and how many segments are in each status (for /metrics):
+        two GROUP BY counts, no rows loaded."""
+        studies = self._s.execute(
+            select(StudyRow.status, func.count()).group_by(StudyRow.status)
+        ).all()
+        segments = self._s.execute(
+            select(SegmentRow.status, func.count()).group_by(SegmentRow.status)
+        ).all()
+        return (
+            {str(status): int(n) for status, n in studies},
+            {str(status): int(n) for status, n in segments},
+        )
+
     def set_study_status(
         self, study_id: int, status: StudyStatus | str, reason: str | None = None
     ) -> StudyRecord:
@@ -1088,7 +1102,9 @@ class Repository:
             return None
         return self.get_study(row.id)
 
-    def insert_stage_rows(self, study_id: int, stages: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    def insert_stage_rows(
+        self, study_id: int, stages: Sequence[Mapping[str, Any]]
+    ) -> dict[int, int]:
         """Insert a study's stages as given (keys: index, tau, tau_explore, start_step,
         status, chosen_lr) in one statement; returns stage index -> row id."""
         for stage in stages:
