@@ -112,6 +112,121 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, _settings(args))
 
 
+def _selection(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from stagelr.models import StudyStatus
+
+    from .replay.batch import StudySelection
+
+    return StudySelection(
+        ids=tuple(args.id or ()),
+        name=args.name,
+        project=args.project,
+        status=None if args.status is None else StudyStatus(args.status),
+        all_=args.all,
+    )
+
+
+def _guarded(command: str, run) -> int:  # type: ignore[no-untyped-def]
+    """Run a store command; a domain or database error is one line and exit status 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .errors import StagelrError
+
+    try:
+        return int(run())
+    except StagelrError as exc:
+        print(f"stagelr {command}: {exc.message}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        print(f"stagelr {command}: the database does not answer: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"stagelr {command}: {exc}", file=sys.stderr)
+    return 2
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .replay import parse_overrides
+    from .replay.console import run_replay
+
+    def run() -> int:
+        overrides = parse_overrides(args.set) if args.replay == "what-if" else None
+        return run_replay(
+            _settings(args).resolved_database_url,
+            _selection(args),
+            overrides,
+            workers=args.workers,
+            report=Path(args.report) if args.report else None,
+            csv_path=Path(args.csv) if args.csv else None,
+            show=args.show,
+            progress=not args.no_progress,
+        )
+
+    return _guarded("replay", run)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .exchange import run_export
+
+    return _guarded(
+        "export",
+        lambda: run_export(_settings(args).resolved_database_url, _selection(args), args.output),
+    )
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .exchange import run_import
+
+    return _guarded("import", lambda: run_import(_settings(args).resolved_database_url, args.file))
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("which studies (every filter given must hold)")
+    group.add_argument("--id", type=int, action="append", help="a study id (repeatable)")
+    group.add_argument("--name", help="a study name pattern (glob: 'resnet-*')")
+    group.add_argument("--project", help="a project")
+    group.add_argument(
+        "--status", choices=["running", "completed", "failed", "stopped"], help="a study status"
+    )
+    group.add_argument("--all", action="store_true", help="every study")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+
+
+def _add_replay_parsers(sub) -> None:  # type: ignore[no-untyped-def]
+    replay = sub.add_parser("replay", help="run the tuner again over stored studies (no training)")
+    modes = replay.add_subparsers(dest="replay", required=True)
+    for mode, text in (
+        ("verify", "every recorded decision must come out the same (exit 1 if not)"),
+        ("what-if", "the same studies under another config (--set key=value ...)"),
+    ):
+        parser = modes.add_parser(mode, help=text)
+        _add_selection(parser)
+        if mode == "what-if":
+            parser.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="a config field to change, e.g. --set k=6 --set acquisition=lcb",
+            )
+        parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+        parser.add_argument("--report", help="write the JSON report here")
+        parser.add_argument("--csv", help="write the CSV report (a row per stage) here")
+        parser.add_argument("--show", type=int, default=20, help="rows of detail shown (20)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.set_defaults(func=_cmd_replay)
+
+    export = sub.add_parser("export", help="write studies as JSON lines (see docs/replay.md)")
+    _add_selection(export)
+    export.add_argument("--output", "-o", default="-", help="the file (default: stdout)")
+    export.set_defaults(func=_cmd_export)
+
+    imp = sub.add_parser("import", help="load studies from a `stagelr export` file")
+    imp.add_argument("file", help="the JSON lines file")
+    imp.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+    imp.set_defaults(func=_cmd_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stagelr", description="Online learning-rate tuning service (AutoLRS-style BO)."
@@ -163,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--k", type=int, default=8, help="candidates per stage")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+    _add_replay_parsers(sub)
     return parser
 
 

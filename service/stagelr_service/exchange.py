@@ -1,0 +1,398 @@
+"""Export and import of studies as JSON lines (``stagelr export`` / ``stagelr import``).
+
+A file is a header line, then one line per study with everything the tuner and a replay
+need: the resolved config, status, stages, segments with their observations (NaN and
+infinities as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``) and forecasts, and
+the stored times. Row ids are not exported: segments are keyed by their position
+``seq`` in the study, stages by their index, studies by (project, name). The format is
+versioned by the header (:data:`FORMAT`, :data:`VERSION`); docs/replay.md specifies it.
+
+Import is idempotent by (project, name): a study that is already stored exactly as the
+file has it is left alone ("unchanged"); one stored with different content is a conflict,
+reported and skipped, never overwritten (nothing of it is written). Each study is imported
+in its own transaction: a failure leaves the others in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
+
+from . import __version__
+from .errors import InputError
+from .store import Repository, Store
+from .store.records import StudyHistory
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "ExportHeader",
+    "ExportedForecast",
+    "ExportedSegment",
+    "ExportedStage",
+    "ExportedStudy",
+    "ImportResult",
+    "export_studies",
+    "exported_study",
+    "import_studies",
+]
+
+#: The format name in the header line.
+FORMAT = "stagelr-studies"
+#: The format version this stagelr writes and reads.
+VERSION = 1
+
+
+class _Line(BaseModel):
+    # Strict about unknown fields (a typo or a newer format is an error, not data loss);
+    # NaN/inf written as strings, so every line is standard JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+
+
+class ExportHeader(_Line):
+    """The first line of a file."""
+
+    format: Literal["stagelr-studies"]
+    version: int = Field(ge=1)
+    generator: str = Field(description="The stagelr that wrote the file.")
+
+
+class ExportedForecast(_Line):
+    model: str
+    prediction: float | None
+    std: float | None
+    status: str
+    params: dict[str, float]
+    n_points: int
+    objective: float | None
+    created_at: datetime
+
+
+class ExportedSegment(_Line):
+    seq: int = Field(ge=0)
+    stage: int = Field(ge=0)
+    index: int = Field(ge=0)
+    kind: SegmentKind
+    status: SegmentStatus
+    lr: float
+    steps: int
+    start_step: int
+    horizon: int
+    metric: Metric
+    report_every: int
+    restore: str | None
+    save_start: str | None
+    save_end: str | None
+    discard: list[str]
+    stop_above: float | None
+    data_seed: int
+    steps_done: int | None
+    fail_reason: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    heartbeat_at: datetime | None
+    #: (step, metric, value), sorted by step then metric
+    observations: list[tuple[int, Metric, float]]
+    forecast: ExportedForecast | None
+
+
+class ExportedStage(_Line):
+    index: int = Field(ge=0)
+    tau: int
+    tau_explore: int
+    start_step: int
+    status: Literal["searching", "training", "completed"]
+    chosen_lr: float | None
+
+
+class ExportedStudy(_Line):
+    project: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=200)
+    status: StudyStatus
+    status_reason: str | None
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    stages: list[ExportedStage]
+    segments: list[ExportedSegment]
+
+
+def exported_study(history: StudyHistory) -> ExportedStudy:
+    """One stored study in the export format."""
+    study = history.study
+    stage_index = {st.id: st.index for st in history.stages}
+    segments = []
+    for seg in history.segments:
+        fc = history.forecasts.get(seg.id)
+        segments.append(
+            ExportedSegment(
+                seq=seg.seq,
+                stage=stage_index.get(seg.stage_id, seg.stage),
+                index=seg.index,
+                kind=seg.kind,
+                status=seg.status,
+                lr=seg.lr,
+                steps=seg.steps,
+                start_step=seg.start_step,
+                horizon=seg.horizon,
+                metric=seg.metric,
+                report_every=seg.report_every,
+                restore=seg.restore,
+                save_start=seg.save_start,
+                save_end=seg.save_end,
+                discard=list(seg.discard),
+                stop_above=seg.stop_above,
+                data_seed=seg.data_seed,
+                steps_done=seg.steps_done,
+                fail_reason=seg.fail_reason,
+                created_at=seg.created_at,
+                completed_at=seg.completed_at,
+                heartbeat_at=seg.heartbeat_at,
+                observations=[
+                    (o.step, o.metric, o.value) for o in history.observations.get(seg.id, ())
+                ],
+                forecast=None
+                if fc is None
+                else ExportedForecast(
+                    model=fc.model,
+                    prediction=fc.prediction,
+                    std=fc.std,
+                    status=fc.status,
+                    params=dict(fc.params),
+                    n_points=fc.n_points,
+                    objective=fc.objective,
+                    created_at=fc.created_at,
+                ),
+            )
+        )
+    return ExportedStudy(
+        project=study.project,
+        name=study.name,
+        status=study.status,
+        status_reason=study.status_reason,
+        config=study.config,
+        created_at=study.created_at,
+        updated_at=study.updated_at,
+        stages=[
+            ExportedStage(
+                index=st.index,
+                tau=st.tau,
+                tau_explore=st.tau_explore,
+                start_step=st.start_step,
+                status=st.status,
+                chosen_lr=st.chosen_lr,
+            )
+            for st in history.stages
+        ],
+        segments=segments,
+    )
+
+
+def header_line() -> str:
+    header = ExportHeader(
+        format="stagelr-studies", version=VERSION, generator=f"stagelr {__version__}"
+    )
+    return header.model_dump_json() + "\n"
+
+
+def export_studies(store: Store, study_ids: Iterable[int], out: IO[str]) -> int:
+    """Write the header and one line per study (each read in its own read-only
+    transaction) to ``out``; returns the number of studies written."""
+    out.write(header_line())
+    written = 0
+    for study_id in study_ids:
+        with store.transaction(read_only=True) as repo:
+            history = repo.history(study_id)
+        if history is None:
+            continue  # deleted since it was selected
+        out.write(exported_study(history).model_dump_json() + "\n")
+        written += 1
+    return written
+
+
+@dataclass
+class ImportResult:
+    """What an import did, study by study."""
+
+    imported: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    #: "project/name: why" for each study stored with other content (skipped)
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+
+
+def read_lines(lines: Iterable[str]) -> Iterator[tuple[int, ExportedStudy]]:
+    """Check the header, then parse each study line; InputError names the line."""
+    numbered = ((n, line) for n, line in enumerate(lines, start=1) if line.strip())
+    first = next(numbered, None)
+    if first is None:
+        raise InputError("the file is empty: expected a stagelr export (stagelr export)")
+    try:
+        header = ExportHeader.model_validate_json(first[1])
+    except ValidationError as exc:
+        raise InputError(
+            f"line {first[0]} is not a {FORMAT} header ({_errors(exc)}): is this a file "
+            "written by `stagelr export`?"
+        ) from None
+    if header.version > VERSION:
+        raise InputError(
+            f"the file is {FORMAT} version {header.version}, written by {header.generator}; "
+            f"this stagelr reads version {VERSION}: upgrade stagelr to import it"
+        )
+    for number, line in numbered:
+        try:
+            study = ExportedStudy.model_validate_json(line)
+        except ValidationError as exc:
+            raise InputError(f"line {number}: not a valid study ({_errors(exc)})") from None
+        _check(study, number)
+        yield number, study
+
+
+def _check(study: ExportedStudy, number: int) -> None:
+    """What the schema cannot say: the config resolves, seqs and stages are consistent."""
+    where = f"line {number} ({study.project}/{study.name})"
+    try:
+        StudyConfig.model_validate(study.config)
+    except ValidationError as exc:
+        raise InputError(f"{where}: the config is invalid ({_errors(exc)})") from None
+    seqs = [s.seq for s in study.segments]
+    if seqs != list(range(len(seqs))):
+        raise InputError(f"{where}: segment seqs must run 0, 1, 2, ... in order")
+    stages = {st.index for st in study.stages}
+    missing = sorted({s.stage for s in study.segments} - stages)
+    if missing:
+        raise InputError(f"{where}: segments refer to stage {missing[0]}, which is not listed")
+    for seg in study.segments:
+        if not math.isfinite(seg.lr):
+            raise InputError(f"{where}: segment {seg.seq} has a non-finite lr")
+
+
+def _write(store: Store, study: ExportedStudy) -> tuple[str, str | None]:
+    """Import one study in one transaction: ("imported" | "unchanged" | "conflict", why)."""
+    with store.transaction() as repo:
+        existing = repo.find_study(study.project, study.name)
+        if existing is None:
+            project = repo.get_or_create_project(study.project)
+            record = repo.insert_study_row(
+                project.id,
+                study.name,
+                config=study.config,
+                status=study.status,
+                status_reason=study.status_reason,
+                created_at=study.created_at,
+                updated_at=study.updated_at,
+            )
+            if record is not None:
+                _write_children(repo, record.id, study)
+                return "imported", None
+            existing = repo.find_study(study.project, study.name)  # a racing import won
+            assert existing is not None
+        history = repo.history(existing.id)
+        assert history is not None
+        stored = exported_study(history)
+    if stored.model_dump_json() == study.model_dump_json():
+        return "unchanged", None
+    differs = [
+        name for name in ExportedStudy.model_fields if getattr(stored, name) != getattr(study, name)
+    ]
+    return "conflict", f"stored with other content (differs in: {', '.join(differs) or 'values'})"
+
+
+def _write_children(repo: Repository, study_id: int, study: ExportedStudy) -> None:
+    stage_ids = repo.insert_stage_rows(
+        study_id,
+        [st.model_dump(mode="python") for st in study.stages],
+    )
+    segment_ids = repo.insert_segment_rows(
+        study_id,
+        [
+            {
+                **seg.model_dump(mode="python", exclude={"stage", "observations", "forecast"}),
+                "stage_id": stage_ids[seg.stage],
+            }
+            for seg in study.segments
+        ],
+    )
+    repo.insert_observation_rows(
+        (segment_ids[seg.seq], step, metric, value)
+        for seg in study.segments
+        for step, metric, value in seg.observations
+    )
+    repo.insert_forecast_rows(
+        [
+            {**seg.forecast.model_dump(mode="python"), "segment_id": segment_ids[seg.seq]}
+            for seg in study.segments
+            if seg.forecast is not None
+        ]
+    )
+
+
+def import_studies(store: Store, lines: Iterable[str]) -> ImportResult:
+    """Import every study of an export file's lines into ``store``; see the module."""
+    result = ImportResult()
+    for _, study in read_lines(lines):
+        key = f"{study.project}/{study.name}"
+        outcome, why = _write(store, study)
+        if outcome == "imported":
+            result.imported.append(key)
+        elif outcome == "unchanged":
+            result.unchanged.append(key)
+        else:
+            result.conflicts.append(f"{key}: {why}")
+    return result
+
+
+def run_export(url: str, selection: Any, output: str) -> int:
+    """``stagelr export``: the selected studies to ``output`` (``-``: stdout); exit status."""
+    import sys
+
+    from .replay.batch import select_studies
+
+    with Store(url) as store:
+        store.check_schema()
+        keys = select_studies(store, selection)
+        if output == "-":
+            written = export_studies(store, (k[0] for k in keys), sys.stdout)
+        else:
+            with open(output, "w", encoding="utf-8", newline="\n") as handle:
+                written = export_studies(store, (k[0] for k in keys), handle)
+    print(f"stagelr export: {written} studies written to {output}", file=sys.stderr)
+    return 0
+
+
+def run_import(url: str, path: str) -> int:
+    """``stagelr import``: load a file; exit status 1 when a study conflicted."""
+    import sys
+
+    with Store(url) as store:
+        store.check_schema()
+        with open(path, encoding="utf-8") as handle:
+            result = import_studies(store, handle)
+        where = store.safe_url
+    for conflict in result.conflicts:
+        print(f"stagelr import: skipped {conflict}", file=sys.stderr)
+    print(
+        f"stagelr import: {len(result.imported)} imported, {len(result.unchanged)} already "
+        f"stored unchanged, {len(result.conflicts)} skipped as conflicting, into {where}"
+    )
+    if result.conflicts:
+        print(
+            "stagelr import: a conflicting study is stored under the same project and name "
+            "with other content; it was left as it is (rename it in the file, or import "
+            "into another database)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
