@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[server,postgres,demo,bench,dev]"
+	$(BIN)/pip install -q -e ".[server,postgres,demo,bench,dev,lightning,transformers]"
 	touch $(STAMP)
 
 install: $(STAMP)

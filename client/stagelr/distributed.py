@@ -38,7 +38,7 @@ rank is left waiting in a collective.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
@@ -123,7 +123,7 @@ class _Failed:
     error: str
 
 
-def _leader_call(group: _Group, call: Any) -> Any:
+def _leader_call(group: _Group, call: Callable[[], Any]) -> Any:
     """Run ``call`` on rank 0 and hand its result to every rank; a failure reaches all."""
     result: Any = None
     failure: BaseException | None = None
@@ -265,7 +265,7 @@ class DistributedSegment:
         """Mark the segment failed (rank 0 sends it); collective."""
         return self._close(lambda inner: inner.fail(reason))
 
-    def _close(self, action: Any) -> SegmentView:
+    def _close(self, action: Callable[[Segment], SegmentView]) -> SegmentView:
         if self._closed:
             return self.view
         inner = self._inner

@@ -29,11 +29,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def serve(settings: Settings) -> None:
     """Serve until interrupted (``stagelr serve``)."""
+    from .api.observability import log_config
+
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(settings),
+        access_log=False,  # the app's request middleware writes the access log
     )
 
 

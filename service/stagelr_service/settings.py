@@ -5,7 +5,9 @@ Bad values fail at start with a message naming the variable, not at the first re
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +33,14 @@ class Settings(BaseSettings):
         description="Upgrade the schema at start instead of refusing an old one.",
     )
     log_level: str = Field(default="info", description="Log level of the server.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "`json`: one JSON object per log line (time, level, logger, message, and for "
+            "requests request_id, method, path, status, duration_ms), for log collectors; "
+            "`text`: plain lines for a terminal."
+        ),
+    )
     max_batch: int = Field(
         default=10_000, ge=1, description="Most observations accepted in one request."
     )
@@ -84,3 +94,68 @@ class Settings(BaseSettings):
             return self.database_url
         path = self.data_dir.expanduser() / "stagelr.db"
         return f"sqlite:///{path}"
+
+
+# --------------------------------------------------------------------------- docs
+
+#: docs/settings.md holds the generated table between these two lines.
+TABLE_START = (
+    "<!-- settings table: generated, do not edit; "
+    "python -m stagelr_service.settings --update docs/settings.md -->"
+)
+TABLE_END = "<!-- end of settings table -->"
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting: variable, default, meaning (from the class)."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join((field.description or "").split())
+        # Markdown would take <data_dir> for an HTML tag and | for a column.
+        meaning = meaning.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+        lines.append(f"| `{prefix}{name.upper()}` | {_default_text(field.default)} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_doc(path: Path) -> bool:
+    """Put the current table between the markers of ``path``; True if it changed."""
+    text = path.read_text()
+    head, start, rest = text.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError(f"{path} lacks the settings-table markers")
+    new = f"{head}{TABLE_START}\n{settings_table()}{TABLE_END}{tail}"
+    if new == text:
+        return False
+    path.write_text(new)
+    return True
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m stagelr_service.settings", description="The settings table."
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    group.add_argument("--update", type=Path, metavar="FILE", help="rewrite it in FILE")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(settings_table(), end="")
+    else:
+        print(f"{args.update}: {'updated' if update_doc(args.update) else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
