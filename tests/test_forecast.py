@@ -398,7 +398,8 @@ def test_nan_becomes_none_in_to_dict() -> None:
 
 
 def test_public_api_is_forecast_and_Forecast() -> None:
-    assert forecast_package.__all__ == ["Forecast", "forecast"]
+    # forecast_curve: the fitted curve, evaluated for the dashboard's plots.
+    assert forecast_package.__all__ == ["Forecast", "forecast", "forecast_curve"]
 
 
 def test_reference_fit_never_forecasts_a_negative_loss_for_a_blown_up_candidate() -> None:

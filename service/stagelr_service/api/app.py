@@ -10,13 +10,13 @@ from fastapi import FastAPI, Request
 
 from stagelr.models import Problem
 
-from .. import __version__
+from .. import __version__, dashboard
 from ..errors import SchemaOutdatedError, StoreUnavailableError
 from ..settings import Settings
 from ..store import Store
 from ..studies import StudyService
 from ..tokens import Tokens
-from . import errors, routes
+from . import errors, observability, routes
 
 log = logging.getLogger("stagelr.server")
 
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch=settings.max_batch,
             lease_seconds=settings.lease_seconds,
         )
+        app.state.studies.metrics = app.state.metrics
         app.state.tokens = Tokens(store, cache_seconds=settings.auth_cache_seconds)
         log.info("stagelr %s serving %s", __version__, store.safe_url)
         if settings.auth == "off":
@@ -75,7 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    observability.install(app)  # request ids, access log, /metrics
     app.include_router(routes.router)
+    dashboard.install(app)  # the HTML pages at / and /dashboard, and their static files
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:

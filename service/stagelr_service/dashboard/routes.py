@@ -1,0 +1,263 @@
+"""The dashboard's HTTP routes: HTML pages, the live fragment, login and logout.
+
+Like the API's routes they only translate: read the scope, load the page's data
+(:mod:`.pages`), render a template. Every response of this router, errors included, is
+HTML with the security headers of :data:`.assets.SECURITY_HEADERS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..api.auth import COOKIE_NAME, current_scope
+from ..errors import InputError, NotFoundError, UnauthorizedError
+from ..settings import Settings
+from ..studies import StudyService
+from . import pages
+from .assets import SECURITY_HEADERS, asset_url
+from .plots import fmt_number
+
+__all__ = ["router"]
+
+log = logging.getLogger("stagelr.dashboard")
+
+_LOGIN = "/dashboard/login"
+
+
+def _ago(moment: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - moment).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("stagelr_service.dashboard", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(asset=asset_url, version=__version__)
+    env.filters.update(
+        num=fmt_number,
+        ago=_ago,
+        iso=lambda d: d.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+    return env
+
+
+_ENV = _environment()
+
+
+def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render template ``name`` into an HTML response."""
+    html = _ENV.get_template(name).render(now=datetime.now(timezone.utc), **context)
+    return HTMLResponse(html, status_code=status_code)
+
+
+def _error_page(status_code: int, title: str, detail: str, scope: str | None) -> HTMLResponse:
+    return render(
+        "error.html",
+        status_code=status_code,
+        title=title,
+        detail=detail,
+        scope_project=scope,
+        auth_on=False,
+    )
+
+
+class _DashboardRoute(APIRoute):
+    """Adds the security headers to every response and turns the errors a reader can
+    cause (no such study, bad parameters) into HTML pages instead of problem JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except NotFoundError as exc:
+                response = _error_page(404, "Not found", exc.message, None)
+            except InputError as exc:
+                response = _error_page(400, "Bad request", exc.message, None)
+            except RequestValidationError as exc:
+                detail = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                    for e in exc.errors()
+                )
+                response = _error_page(400, "Bad request", detail, None)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return route
+
+
+router = APIRouter(route_class=_DashboardRoute, include_in_schema=False)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _service(request: Request) -> StudyService:
+    service: StudyService = request.app.state.studies
+    return service
+
+
+def _auth_on(request: Request) -> bool:
+    return _settings(request).auth != "off"
+
+
+def _scope(request: Request) -> tuple[bool, str | None]:
+    """``(allowed, project)``: whether the request may see the dashboard, and the one
+    project it may see (None: every project)."""
+    try:
+        return True, current_scope(request).project
+    except UnauthorizedError:
+        return False, None
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"{_LOGIN}?next={quote(target, safe='')}", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path of the dashboard: never an open redirect to another site.
+    if target and target.startswith("/dashboard") and not target.startswith("//"):
+        return target
+    return "/dashboard"
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/dashboard", status_code=307)
+
+
+@router.get("/dashboard")
+def study_list(
+    request: Request,
+    sort: str = "updated",
+    order: str = "desc",
+    status: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> Response:
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    query = pages.ListQuery(
+        sort=sort, order=order, status=status or None, page=page, per_page=per_page
+    )
+    listing = pages.load_list(_service(request), _settings(request).lease_seconds, project, query)
+    return render(
+        "list.html",
+        listing=listing,
+        sorts=pages.SORTS,
+        statuses=pages.STATUSES,
+        scope_project=project,
+        auth_on=_auth_on(request),
+    )
+
+
+@router.get("/dashboard/studies/{study_id}")
+def study_page(request: Request, study_id: int) -> Response:
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    page = pages.load_study(_service(request), _settings(request).lease_seconds, project, study_id)
+    return render(
+        "study.html",
+        page=page,
+        scope_project=project,
+        auth_on=_auth_on(request),
+    )
+
+
+@router.get("/dashboard/studies/{study_id}/live")
+def study_live(request: Request, study_id: int, since: str = "") -> Response:
+    """The study page's changing part, for its script to swap in: 204 while nothing
+    changed since version ``since``. Headers: ``X-Stagelr-Version`` (the version to send
+    next) and ``X-Stagelr-Live`` (``off`` once the study is finished: stop polling)."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return Response(status_code=401)
+    service, lease = _service(request), _settings(request).lease_seconds
+    summary = pages.load_summary(service, lease, project, study_id)
+    version = pages.version_of(summary)
+    live = "off" if pages.shown_status(summary) in pages.FINISHED else "on"
+    headers = {"X-Stagelr-Version": version, "X-Stagelr-Live": live, "Cache-Control": "no-store"}
+    if since == version:
+        return Response(status_code=204, headers=headers)
+    page = pages.load_study(service, lease, project, study_id)
+    headers["X-Stagelr-Version"] = page.version
+    headers["X-Stagelr-Live"] = "on" if page.live else "off"
+    response = render("_study_body.html", page=page)
+    response.headers.update(headers)
+    return response
+
+
+@router.get(_LOGIN)
+def login_form(request: Request, next: str | None = None) -> Response:
+    if not _auth_on(request):
+        return RedirectResponse("/dashboard", status_code=303)
+    return render("login.html", next=_safe_next(next), error=None, scope_project=None, auth_on=True)
+
+
+@router.post(_LOGIN)
+async def login(request: Request) -> Response:
+    """Check the posted token; if it is valid, keep it in an HttpOnly, SameSite=Strict
+    cookie (the page's script never sees it) and go where the reader was headed."""
+    if not _auth_on(request):
+        return RedirectResponse("/dashboard", status_code=303)
+    form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next(form.get("next", [""])[0])
+    try:
+        project = await run_in_threadpool(request.app.state.tokens.project_of, token)
+    except UnauthorizedError:
+        return render(
+            "login.html",
+            status_code=401,
+            next=target,
+            error="That token is not valid (unknown or revoked).",
+            scope_project=None,
+            auth_on=True,
+        )
+    log.info("dashboard login for project %s", project)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE_NAME,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/dashboard/logout")
+def logout() -> Response:
+    response = RedirectResponse(_LOGIN, status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+    return response
