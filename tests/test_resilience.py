@@ -171,3 +171,30 @@ def test_unreachable_at_start_trains_at_the_fallback_lr(live_server, proxy: TcpP
         second = tuner.next_segment()
         assert second is not None and not second.fallback
         assert tuner.fallback_segments == 1
+
+
+def test_a_fallback_schedule_sets_each_fallback_segments_lr(live_server, proxy: TcpProxy) -> None:  # type: ignore[no-untyped-def]
+    def decay(steps: int) -> float:
+        return 0.1 * 0.5 ** (steps // 5)
+
+    proxy.refuse()
+    with make_tuner(proxy.url, f"resilience-{next(_names)}", fallback_lr=decay) as tuner:
+        lrs = []
+        for _ in range(3):
+            segment = tuner.next_segment()
+            assert segment is not None and segment.fallback
+            lrs.append(segment.lr)
+        assert lrs == [0.1, 0.05, 0.025]  # 5 steps per fallback segment
+        proxy.pass_through()
+        back = tuner.next_segment()
+        assert back is not None and not back.fallback
+        # A later outage starts the schedule again.
+        proxy.refuse()
+        again = tuner.next_segment()
+        assert again is not None and again.fallback and again.lr == 0.1
+        proxy.pass_through()
+
+
+def test_a_bad_fallback_lr_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="fallback_lr"):
+        stagelr.Tuner("http://127.0.0.1:9", study="x", lr_min=0.1, lr_max=1.0, fallback_lr=-1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Literal
 
@@ -90,7 +90,9 @@ class Tuner:
         linger: Seconds the sender waits for more observations before posting.
         flush_timeout: Longest wait, in seconds, for a segment's observations to be sent
             before it is completed.
-        fallback_lr: The LR of fallback segments while the service is unreachable; by
+        fallback_lr: The LR of fallback segments while the service is unreachable: a
+            number, or a schedule ``f(steps) -> lr`` called with the steps already trained
+            on fallback segments in this outage (e.g. a decay for a long outage); by
             default the last LR the service chose (see above).
         fallback_steps: Steps of one fallback segment: how long to train before asking
             the service again.
@@ -118,7 +120,7 @@ class Tuner:
         batch_size: int = 500,
         linger: float = 0.05,
         flush_timeout: float | None = 120.0,
-        fallback_lr: float | None = None,
+        fallback_lr: float | Callable[[int], float] | None = None,
         fallback_steps: int = 100,
         raise_on_error: bool = False,
         max_buffered: int = 1_000_000,
@@ -140,8 +142,14 @@ class Tuner:
             self.client, batch_size=batch_size, linger=linger, max_buffered=max_buffered
         )
         self._flush_timeout = flush_timeout
-        if fallback_lr is not None and not (math.isfinite(fallback_lr) and fallback_lr > 0):
-            raise ValueError(f"fallback_lr must be a finite positive LR, not {fallback_lr!r}")
+        if (
+            fallback_lr is not None
+            and not callable(fallback_lr)
+            and not (math.isfinite(fallback_lr) and fallback_lr > 0)
+        ):
+            raise ValueError(
+                f"fallback_lr must be a finite positive LR or a schedule, not {fallback_lr!r}"
+            )
         if fallback_steps < 1:
             raise ValueError(f"fallback_steps must be at least 1, not {fallback_steps}")
         self.fallback_lr = fallback_lr
@@ -149,6 +157,8 @@ class Tuner:
         self.raise_on_error = raise_on_error
         #: Fallback segments handed out so far (each one: the service was unreachable).
         self.fallback_segments = 0
+        # Steps handed out on fallback segments since the service last answered.
+        self._outage_steps = 0
         self._last_lr: float | None = None
         self._last_exploit_lr: float | None = None
         self._study: StudyView | None = None
@@ -199,6 +209,7 @@ class Tuner:
             if self.raise_on_error:
                 raise
             return self._fallback(str(exc))
+        self._outage_steps = 0
         if answer.segment is None:
             self._segment = None
             self._status = answer.status
@@ -216,11 +227,18 @@ class Tuner:
         )
         return self._segment
 
+    def _fallback_lr(self) -> float:
+        if callable(self.fallback_lr):
+            scheduled = float(self.fallback_lr(self._outage_steps))
+            if not (math.isfinite(scheduled) and scheduled > 0):
+                raise ValueError(f"the fallback_lr schedule gave {scheduled!r}: it must be > 0")
+            return scheduled
+        last = self.fallback_lr or self._last_exploit_lr or self._last_lr
+        return last if last is not None else math.sqrt(self.config.lr_min * self.config.lr_max)
+
     def _fallback(self, why: str) -> Segment:
         """A stand-in segment to train on while the service is unreachable."""
-        lr = self.fallback_lr or self._last_exploit_lr or self._last_lr
-        if lr is None:
-            lr = math.sqrt(self.config.lr_min * self.config.lr_max)
+        lr = self._fallback_lr()
         self.fallback_segments += 1
         logger.warning(
             "stagelr service unreachable (%s): training %d steps at lr=%.3g, then asking again",
@@ -246,6 +264,7 @@ class Tuner:
             report_every=self.fallback_steps,
             data_seed=0,
         )
+        self._outage_steps += self.fallback_steps
         return Segment(view, client=self.client, sender=self._sender, fallback=True)
 
     def __iter__(self) -> Iterator[Segment]:
