@@ -66,3 +66,64 @@ def test_digits_variants_runs_two_variants_through_the_service(tmp_path) -> None
     assert "paired diff to default" in out
     results = json.loads((tmp_path / "v.json").read_text())["results"]
     assert set(results) == {"default", "ref"}
+
+
+def run_module(module: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(900)
+def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_path) -> None:
+    pytest.importorskip("schedulefree")
+    out = run_module(
+        "benchmarks.quality", "--quick",
+        "--results", str(tmp_path / "cache"), "--img", str(tmp_path / "img"),
+        "--json", str(tmp_path / "q.json"), "--docs", str(tmp_path / "bench.md"),
+    )  # fmt: skip
+    data = json.loads((tmp_path / "q.json").read_text())
+    variants = {v["variant"]: v for v in data["variants"]}
+    assert set(variants) == {"nqm-b8", "digits", "charlm"}
+    for name, summary in variants.items():
+        assert summary["runs_done"] == summary["runs_planned"], name
+        assert set(summary["methods"]) == {
+            "target", "untuned", "range_test", "schedulefree", "stagelr-autolrs",
+            "stagelr-default",
+        }  # fmt: skip
+        assert (tmp_path / "img" / f"quality-{name}.png").stat().st_size > 10_000
+        assert f"#### {name}" in out
+    assert "oracle" in variants["nqm-b8"]
+    assert set(data["verdicts"]) == {"Credible", "Strong", "Moonshot"}
+    # Every stagelr run is a study in the benchmark's own SQLite database.
+    assert (tmp_path / "cache" / "studies.sqlite3").stat().st_size > 0
+    assert "<!-- quality:begin -->" in (tmp_path / "bench.md").read_text()
+    # A second run trains nothing: every result comes from the cache.
+    again = run_module(
+        "benchmarks.quality", "--quick", "--report-only",
+        "--results", str(tmp_path / "cache"), "--img", str(tmp_path / "img"),
+        "--json", str(tmp_path / "q2.json"),
+    )  # fmt: skip
+    assert "trained" not in again
+    assert (
+        json.loads((tmp_path / "q2.json").read_text())["variants"]
+        == json.loads((tmp_path / "q.json").read_text())["variants"]
+    )
+
+
+def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
+    pytest.importorskip("psutil")
+    out = run("load.py", "--quick", "--json", str(tmp_path / "load.json"))
+    assert "decision p50/p95/p99 ms" in out and "anchors:" in out
+    row = json.loads((tmp_path / "load.json").read_text())["rows"][0]
+    assert row["backend"] == "sqlite" and row["jobs"] == 5
+    assert row["decisions"] == 50 and row["errors"] == 0
+    assert row["points"] > 0 and row["server_rss_mb"] > 0

@@ -72,7 +72,7 @@ class ObservationSender:
         client: Client,
         *,
         batch_size: int = 500,
-        linger: float = 0.05,
+        linger: float = 2.0,
         retry_interval: float = 2.0,
         max_retry_interval: float = 60.0,
         max_buffered: int = 1_000_000,

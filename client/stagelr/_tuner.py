@@ -87,7 +87,9 @@ class Tuner:
         timeout: Per-request timeouts.
         transport: The httpx transport; a :class:`stagelr.RetryTransport` by default.
         batch_size: Most observations the sender collects before posting.
-        linger: Seconds the sender waits for more observations before posting.
+        linger: Seconds the sender waits for more observations before posting (1 s: at
+            most one request a second per job, however often it reports; divergence is
+            noticed by the segment itself, and ``complete()`` sends what is left at once).
         flush_timeout: Longest wait, in seconds, for a segment's observations to be sent
             before it is completed.
         fallback_lr: The LR of fallback segments while the service is unreachable: a
@@ -118,7 +120,7 @@ class Tuner:
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         batch_size: int = 500,
-        linger: float = 0.05,
+        linger: float = 2.0,
         flush_timeout: float | None = 120.0,
         fallback_lr: float | Callable[[int], float] | None = None,
         fallback_steps: int = 100,

@@ -12,6 +12,7 @@ replicas, on SQLite and PostgreSQL alike, without holding a lock during the GP f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -383,8 +384,10 @@ class StudyService:
                     f"step {beyond[0]} is beyond segment {segment_id}'s {segment.steps} "
                     "steps: report steps counted from 1 within the segment"
                 )
-            accepted, duplicates = repo.add_observations(segment_id, rows)
-            repo.touch_study(segment.study_id)
+            # It touches the study (its updated_at) when anything is new.
+            accepted, duplicates = repo.add_observations(
+                segment_id, rows, study_id=segment.study_id
+            )
             repo.heartbeat_segment(segment_id)
         stop = segment.kind is SegmentKind.explore and any(
             value_diverged(value, segment.stop_above)
@@ -398,35 +401,78 @@ class StudyService:
     def complete_segment(
         self, segment_id: int, request: CompleteRequest, *, scope: str | None = None
     ) -> SegmentView:
-        """Close a trained segment (idempotent). An explore segment gets its forecast."""
+        """Close a trained segment (idempotent). An explore segment gets its forecast.
+
+        The forecast (a curve fit, milliseconds of CPU) is computed before the write
+        transaction, from the observations read just before, so that the store's write
+        lock is held only for the writes. Should an observation batch land in between,
+        the forecast is computed again under the lock.
+        """
+        with self.store.transaction(read_only=True) as repo:
+            segment = self._segment(repo, segment_id, scope)
+            if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
+                return self._view(segment)
+            observations = repo.observations_of_segment(segment_id)
+            config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
+        closing = self._closing(segment, request, observations, config)
+
         with self.store.transaction() as repo:
             segment = self._locked_segment(repo, segment_id, scope)
             if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
-                return self._view(segment)
-            if segment.status is SegmentStatus.failed:
-                raise InvalidStateError(
-                    f"segment {segment_id} has failed and cannot be completed; ask /next"
-                )
-            steps_done = segment.steps if request.steps_done is None else request.steps_done
-            if steps_done > segment.steps:
-                raise InputError(
-                    f"steps_done {steps_done} exceeds segment {segment_id}'s {segment.steps} steps"
-                )
-            status = SegmentStatus.completed
-            observations = repo.observations_of_segment(segment_id)
-            if segment.kind is SegmentKind.explore and any(
-                value_diverged(o.value, segment.stop_above)
-                for o in observations
-                if o.metric is segment.metric
-            ):
-                status = SegmentStatus.diverged
+                return self._view(segment)  # a retry or a racing request closed it
+            # Stored observations never change, only grow: a count tells whether any landed.
+            current = repo.observations_of_segment(segment_id)
+            if len(current) != len(observations):
+                closing = self._closing(segment, request, current, config)
+            status, steps_done, forecast = closing
             updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
-            if segment.kind is SegmentKind.explore:
-                self._store_forecast(repo, updated, observations)
+            if forecast is not None:
+                repo.upsert_forecast(
+                    segment_id,
+                    model=forecast.model,
+                    prediction=_finite(forecast.prediction),
+                    std=_finite(forecast.std),
+                    status=forecast.status,
+                    params=dict(forecast.params),
+                    n_points=forecast.n_points,
+                    objective=None,
+                )
             else:
                 repo.set_stage(segment.stage_id, status="completed")
             repo.touch_study(segment.study_id)
             return self._view(updated)
+
+    @staticmethod
+    def _closing(
+        segment: SegmentRecord,
+        request: CompleteRequest,
+        observations: Sequence[ObservationRecord],
+        config: StudyConfig,
+    ) -> tuple[SegmentStatus, int, Forecast | None]:
+        """How a completion closes ``segment``: status, steps done, and (explore) forecast.
+
+        Pure: raises the domain errors of a completion that cannot be.
+        """
+        if segment.status is SegmentStatus.failed:
+            raise InvalidStateError(
+                f"segment {segment.id} has failed and cannot be completed; ask /next"
+            )
+        steps_done = segment.steps if request.steps_done is None else request.steps_done
+        if steps_done > segment.steps:
+            raise InputError(
+                f"steps_done {steps_done} exceeds segment {segment.id}'s {segment.steps} steps"
+            )
+        if segment.kind is not SegmentKind.explore:
+            return SegmentStatus.completed, steps_done, None
+        diverged = any(
+            value_diverged(o.value, segment.stop_above)
+            for o in observations
+            if o.metric is segment.metric
+        )
+        status = SegmentStatus.diverged if diverged else SegmentStatus.completed
+        closed = dataclasses.replace(segment, status=status, steps_done=steps_done)
+        trial = trial_of(closed, observations)
+        return status, steps_done, tuner.forecast_trial(config, trial, segment.horizon)
 
     def fail_segment(
         self, segment_id: int, request: FailRequest, *, scope: str | None = None
@@ -554,23 +600,6 @@ class StudyService:
         segment = self._segment(repo, segment_id, scope)
         repo.lock_study(segment.study_id)
         return self._segment(repo, segment_id)
-
-    def _store_forecast(
-        self, repo: Repository, segment: SegmentRecord, observations: Sequence[ObservationRecord]
-    ) -> None:
-        config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
-        trial = trial_of(segment, observations)
-        fc = tuner.forecast_trial(config, trial, segment.horizon)
-        repo.upsert_forecast(
-            segment.id,
-            model=fc.model,
-            prediction=_finite(fc.prediction),
-            std=_finite(fc.std),
-            status=fc.status,
-            params=dict(fc.params),
-            n_points=fc.n_points,
-            objective=None,
-        )
 
     def _study_view(self, history: StudyHistory) -> StudyView:
         study = history.study

@@ -55,9 +55,7 @@ def _problem(
         "instance": request.url.path,
         **extra,
     }
-    return JSONResponse(
-        body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
-    )
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def problem_for(exc: Exception, request: Request) -> JSONResponse:

@@ -663,7 +663,11 @@ class Repository:
     # ------------------------------------------------------------------ observations
 
     def add_observations(
-        self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
+        self,
+        segment_id: int,
+        observations: Iterable[tuple[int, Metric | str, float]],
+        *,
+        study_id: int | None = None,
     ) -> tuple[int, int]:
         """Store ``(step, metric, value)`` observations of a segment, idempotently.
 
@@ -671,8 +675,10 @@ class Repository:
         stored one (or repeated within the batch), which are no-ops. NaN equals NaN here.
         A report that differs from a stored value raises ObservationConflictError and
         nothing of the batch is written. One SELECT and one bulk INSERT per batch.
+        ``study_id`` (the segment's study), when the caller knows it, saves a query.
         """
-        study_id = self._study_of_segment(segment_id)
+        if study_id is None:
+            study_id = self._study_of_segment(segment_id)
         batch, repeats = self._batch(observations)
         if not batch:
             return 0, repeats

@@ -1,0 +1,525 @@
+"""Service load: many simulated jobs through the real client against live servers.
+
+Each job is a thread running ``stagelr.Tuner`` against a `stagelr serve` child process;
+it trains nothing (``stagelr_service.simulation.SyntheticJob`` gives its losses) but
+keeps a real job's pace: one step every ``--step-ms`` milliseconds, a report at every
+step. The jobs are split over two client processes and start spread over the first
+explore segment. Backends: SQLite (one server), PostgreSQL (one server), PostgreSQL
+with two replicas (two server processes on one database, jobs alternating between them).
+
+Figures, per backend and number of jobs:
+
+- decision latency: from the moment a job ends an explore segment (``complete()``,
+  which first flushes its queued reports) until the next segment is in its hands
+  (``next_segment()``), measured on the client: p50 / p95 / p99;
+- observation ingest: points accepted by the service per second of the run;
+- errors: exceptions in any job;
+- server CPU per decision: the server processes' CPU time (psutil) over the run, divided
+  by the decisions; server memory: the largest RSS seen (sum over replicas);
+- ``report()``: its mean cost on the training thread, in microseconds.
+
+    python benchmarks/load.py                         # 10, 100, 300 jobs x 3 backends
+    python benchmarks/load.py --quick                 # CI smoke: 5 jobs on SQLite
+    python benchmarks/load.py --jobs 100 --backend sqlite --profile /tmp/prof.html
+
+Needs PostgreSQL for the postgres backends (``--postgres-url``, default the local server;
+each run gets a fresh database, dropped afterwards). Timings depend on what else the
+machine runs: the output says how loaded it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import psutil  # noqa: E402
+
+import stagelr  # noqa: E402
+from stagelr_service.server import ServerProcess, start_server  # noqa: E402
+from stagelr_service.simulation import SyntheticJob  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("sqlite", "postgres", "postgres-2")
+#: The bar (BENCHMARK.md section 2), at 100 concurrent jobs on one server.
+BAR = {"p50_ms": 30.0, "p99_ms": 150.0, "report_us": 50.0}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+def one_job(
+    url: str, name: str, seed: int, sizes: dict[str, int], step_s: float, delay: float
+) -> dict[str, Any]:
+    stages = sizes["total_steps"] // sizes["tau0"]
+    """One simulated job: real client, synthetic losses, a real job's pace."""
+    out: dict[str, Any] = {
+        "decisions": [],
+        "next_only": [],
+        "other": [],
+        "report_s": 0.0,
+        "reports": 0,
+        "report_samples": [],
+        "errors": [],
+    }
+    time.sleep(delay)
+    job = SyntheticJob(seed=seed, noise=0.003)
+    try:
+        with stagelr.Tuner(
+            url,
+            study=name,
+            lr_min=1e-4,
+            lr_max=3.0,
+            seed=seed,
+            metric_schedule="train_loss",
+            **sizes,
+        ) as tuner:
+            segment = tuner.next_segment()
+            while segment is not None:
+                explore = segment.kind == "explore"
+                if not explore and segment.stage + 1 >= stages:
+                    # The last stage's LR is served: that was the last decision to time.
+                    tuner.stop()
+                    break
+                # The losses of the whole segment, then paced out step by step.
+                reports, _ = job.train(
+                    segment.lr,
+                    segment.planned_steps,
+                    1,
+                    explore=explore,
+                    stop_above=segment.stop_above,
+                )
+                values = dict(reports)
+                next_tick = time.perf_counter()
+                for step in segment.steps():
+                    next_tick += step_s
+                    pause = next_tick - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    if step in values and segment.report_due(step):
+                        started = time.perf_counter()
+                        segment.report(step, values[step])
+                        took = time.perf_counter() - started
+                        out["report_s"] += took
+                        out["reports"] += 1
+                        if out["reports"] % 16 == 1:
+                            out["report_samples"].append(took)
+                started = time.perf_counter()
+                segment.complete()
+                asked = time.perf_counter()
+                segment = tuner.next_segment()
+                done = time.perf_counter()
+                if explore:
+                    out["decisions"].append(done - started)
+                    out["next_only"].append(done - asked)
+                else:
+                    out["other"].append(done - asked)
+    except Exception as error:  # every failure is a figure of this benchmark
+        out["errors"].append(f"{type(error).__name__}: {error}")
+    return out
+
+
+def client_process(
+    urls: list[str],
+    indices: list[int],
+    tag: str,
+    sizes: dict[str, int],
+    step_s: float,
+    start_at: float,
+) -> dict[str, Any]:
+    """Run the jobs ``indices`` as threads of this process; their merged figures."""
+    results: list[dict[str, Any]] = [{} for _ in indices]
+    spread = step_s * sizes["tau0"] * 0.1  # over the first explore segment
+
+    def target(slot: int, index: int) -> None:
+        delay = max(0.0, start_at - time.time()) + spread * (index / max(1, len(indices) * 2))
+        results[slot] = one_job(
+            urls[index % len(urls)], f"{tag}-{index}", index, sizes, step_s, delay
+        )
+
+    threads = [
+        threading.Thread(target=target, args=(slot, index), daemon=True)
+        for slot, index in enumerate(indices)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = ("decisions", "next_only", "other", "errors", "report_samples")
+    merged: dict[str, Any] = {key: [] for key in keys}
+    merged["report_s"] = sum(r["report_s"] for r in results)
+    merged["reports"] = sum(r["reports"] for r in results)
+    for r in results:
+        for key in keys:
+            merged[key] += r[key]
+    return merged
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Servers:
+    """One or two `stagelr serve` children on one database, with their CPU and RSS."""
+
+    def __init__(self, database_url: str, replicas: int, folder: Path) -> None:
+        env = {"STAGELR_LOG_LEVEL": "warning"}
+        self.processes: list[ServerProcess] = []
+        for i in range(replicas):
+            self.processes.append(
+                start_server(database_url, folder / f"server-{i}.log", migrate=(i == 0), env=env)
+            )
+        self.ps = [psutil.Process(p.process.pid) for p in self.processes]
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.url for p in self.processes]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.ps:
+            times = p.cpu_times()
+            total += times.user + times.system
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                rss = sum(p.memory_info().rss for p in self.ps)
+            except psutil.Error:
+                return
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def __enter__(self) -> Servers:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sampler.join(timeout=2)
+        for p in self.processes:
+            p.stop()
+
+
+def postgres_database(admin_url: str) -> tuple[str, Any]:
+    """A fresh database on the server of ``admin_url``; returns (url, drop)."""
+    import psycopg
+
+    name = f"stagelr_load_{uuid.uuid4().hex[:10]}"
+    base = admin_url.rsplit("/", 1)[0]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"{base}/{name}", drop
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def measure(
+    backend: str,
+    jobs: int,
+    sizes: dict[str, int],
+    step_s: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    drop = None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if backend == "sqlite":
+            url = f"sqlite:///{folder}/load.db"
+        else:
+            url, drop = postgres_database(args.postgres_url)
+        replicas = 2 if backend == "postgres-2" else 1
+        profiler = None
+        try:
+            with Servers(url, replicas, folder) as servers:
+                if args.profile:
+                    profiler = start_profiler(servers.processes[0].process.pid, args.profile)
+                cpu0 = servers.cpu_seconds()
+                load0 = os.getloadavg()[0]
+                started = time.perf_counter()
+                start_at = time.time() + 2.0
+                processes = min(args.client_processes, jobs)
+                split = [list(range(i, jobs, processes)) for i in range(processes)]
+                tag = f"load-{backend}-{jobs}-{uuid.uuid4().hex[:6]}"
+                with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+                    parts = list(
+                        pool.map(
+                            client_process,
+                            [servers.urls] * processes,
+                            split,
+                            [tag] * processes,
+                            [sizes] * processes,
+                            [step_s] * processes,
+                            [start_at] * processes,
+                        )
+                    )
+                wall = time.perf_counter() - started - max(0.0, start_at - time.time())
+                cpu = servers.cpu_seconds() - cpu0
+                load1 = os.getloadavg()[0]
+                rss = servers.peak_rss
+                accepted = sum(p["reports"] for p in parts)
+        finally:
+            if profiler is not None:
+                stop_profiler(profiler)
+            if drop is not None:
+                drop()
+    decisions = [v for p in parts for v in p["decisions"]]
+    next_only = [v for p in parts for v in p["next_only"]]
+    other = [v for p in parts for v in p["other"]]
+    errors = [e for p in parts for e in p["errors"]]
+    report_calls = sum(p["reports"] for p in parts)
+    return {
+        "backend": backend,
+        "jobs": jobs,
+        "replicas": replicas,
+        "decisions": len(decisions),
+        "decision_ms": {str(q): percentile(decisions, q) * 1e3 for q in (50, 95, 99)},
+        "next_only_ms": {str(q): percentile(next_only, q) * 1e3 for q in (50, 95, 99)},
+        "other_next_ms": {str(q): percentile(other, q) * 1e3 for q in (50, 95, 99)},
+        "ingest_points_per_s": accepted / wall if wall > 0 else math.nan,
+        "points": accepted,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "server_cpu_ms_per_decision": cpu / max(1, len(decisions)) * 1e3,
+        "server_cpu_s": cpu,
+        "server_cpu_share": cpu / wall if wall > 0 else math.nan,
+        "server_rss_mb": rss / 2**20,
+        "report_us": sum(p["report_s"] for p in parts) / max(1, report_calls) * 1e6,
+        "report_us_p50": percentile([v for p in parts for v in p["report_samples"]], 50) * 1e6,
+        "report_us_p99": percentile([v for p in parts for v in p["report_samples"]], 99) * 1e6,
+        "wall_s": wall,
+        "loadavg_before_after": [load0, load1],
+    }
+
+
+def start_profiler(pid: int, path: str) -> Any:
+    """py-spy record on the server, if py-spy is installed (it needs ptrace rights)."""
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("--profile: py-spy is not installed; skipping", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--output",
+            path,
+            "--format",
+            "raw" if path.endswith(".txt") else "speedscope",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(process: Any) -> None:
+    import signal
+
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except Exception:
+        process.kill()
+
+
+# --------------------------------------------------------------------------- output
+
+
+def anchors() -> dict[str, str]:
+    """The reference points of BENCHMARK.md section 2; BoTorch's from our own measurement."""
+    botorch = "about 100 ms (BENCHMARK.md)"
+    path = ROOT / "docs" / "results" / "decision_latency.json"
+    if path.exists():
+        ref = json.loads(path.read_text())["reference"]["10"]["log_ei"]
+        ours = json.loads(path.read_text())["fast"]["10"]["log_ei"]
+        botorch = (
+            f"{ref['ref_p50_ms']:.0f} ms p50 / {ref['ref_p95_ms']:.0f} ms p95 at 10 points, "
+            f"one thread (benchmarks/decision_latency.py; stagelr's GP: "
+            f"{ours['p50_ms']:.1f} ms)"
+        )
+    return {
+        "BoTorch fit_gpytorch_mll + optimize_acqf": botorch,
+        "Optuna RDB storage": "about 100 ms per trial (BENCHMARK.md)",
+        "Ax get_next_trial": "0.5-2 s (BENCHMARK.md)",
+    }
+
+
+def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
+    print(
+        f"service load: simulated jobs through stagelr.Tuner against live `stagelr serve` "
+        f"processes ({setup['cpu']}, {setup['cores']} cores, python {setup['python']})"
+    )
+    print(
+        f"pace: a step every {setup['step_ms']:g} ms, a report when the segment asks; stages of "
+        f"{setup['sizes']['tau0']} steps, k = {setup['sizes']['k']} candidates of "
+        f"{round(setup['sizes']['tau0'] * 0.1)} steps (the presets' sizes); each job runs "
+        f"{setup['sizes']['total_steps'] // setup['sizes']['tau0']} stage(s) and stops once "
+        f"the last stage's LR is served; {setup['client_processes']} client processes"
+    )
+    print(
+        "report() on the training thread: p50 is the call's own cost; the mean includes "
+        "the GIL waits of a process running many job threads"
+    )
+    print(
+        "decision = complete() of an explore segment (flushes its reports) + next_segment(), "
+        "on the client"
+    )
+    print(
+        "load = the machine's 1-minute load average before/after (2 cores: above 2 means "
+        "other work competes)\n"
+    )
+    header = (
+        f"{'backend':>10} {'jobs':>4} {'decisions':>9} {'decision p50/p95/p99 ms':>24} "
+        f"{'next p50':>8} {'points/s':>9} {'errors':>6} {'srv CPU ms/dec':>14} "
+        f"{'srv RSS MB':>10} {'report() us p50/mean':>20} {'load':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        d = r["decision_ms"]
+        print(
+            f"{r['backend']:>10} {r['jobs']:>4} {r['decisions']:>9} "
+            f"{d['50']:>7.1f} /{d['95']:>7.1f} /{d['99']:>7.1f} "
+            f"{r['next_only_ms']['50']:>8.1f} {r['ingest_points_per_s']:>9.0f} "
+            f"{r['errors']:>6} {r['server_cpu_ms_per_decision']:>14.1f} "
+            f"{r['server_rss_mb']:>10.0f} {r['report_us_p50']:>9.1f} /{r['report_us']:>8.1f} "
+            f"{r['loadavg_before_after'][0]:>4.1f}/{r['loadavg_before_after'][1]:<4.1f}"
+        )
+        for sample in r["error_samples"]:
+            print(f"{'':>16}error: {sample[:150]}")
+    print()
+    print("anchors:")
+    for name, value in anchors().items():
+        print(f"  {name}: {value}")
+    at100 = [r for r in rows if r["jobs"] == 100 and r["replicas"] == 1]
+    print()
+    print(
+        f"the bar (BENCHMARK.md): at 100 jobs on one server decision p50 <= "
+        f"{BAR['p50_ms']:.0f} ms and p99 <= {BAR['p99_ms']:.0f} ms; report() < "
+        f"{BAR['report_us']:.0f} us; zero errors"
+    )
+    for r in at100:
+        d = r["decision_ms"]
+        ok = (
+            d["50"] <= BAR["p50_ms"]
+            and d["99"] <= BAR["p99_ms"]
+            and r["report_us_p50"] < BAR["report_us"]
+            and r["errors"] == 0
+        )
+        print(
+            f"  {r['backend']}: {'MET' if ok else 'MISSED'} (p50 {d['50']:.1f} ms, p99 "
+            f"{d['99']:.1f} ms, report() p50 {r['report_us_p50']:.1f} us, mean "
+            f"{r['report_us']:.1f} us, {r['errors']} errors)"
+        )
+    if not any(r["errors"] for r in rows):
+        print("errors: none")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 5 jobs, SQLite, short")
+    parser.add_argument("--jobs", type=int, nargs="+", default=None, help="default 10 100 300")
+    parser.add_argument("--backend", choices=BACKENDS, nargs="+", default=None)
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=None,
+        help="a job's step time (default 100 ms: a fast GPU step; 20 ms is a stress pace)",
+    )
+    parser.add_argument("--stage", type=int, default=None, help="stage length tau (steps)")
+    parser.add_argument("--stages", type=int, default=None, help="stages per job")
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "STAGELR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--profile", default=None, help="py-spy speedscope output (1st server)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    jobs_list = args.jobs or ([5] if args.quick else [10, 100, 300])
+    backends = args.backend or (["sqlite"] if args.quick else list(BACKENDS))
+    step_ms = args.step_ms if args.step_ms is not None else (2.0 if args.quick else 100.0)
+    stage = args.stage or (50 if args.quick else 1000)
+    stages = args.stages or 1
+    sizes = {"tau0": stage, "tau_max": stage, "k": 10, "total_steps": stage * stages}
+    setup = {
+        **machine(),
+        "step_ms": step_ms,
+        "sizes": sizes,
+        "client_processes": args.client_processes,
+    }
+    rows = []
+    for backend in backends:
+        for jobs in jobs_list:
+            row = measure(backend, jobs, sizes, step_ms / 1e3, args)
+            rows.append(row)
+            d = row["decision_ms"]
+            print(
+                f"  {backend} x {jobs}: decision p50 {d['50']:.1f} ms p99 {d['99']:.1f} ms, "
+                f"{row['errors']} errors, {row['wall_s']:.0f} s",
+                flush=True,
+            )
+    print()
+    print_table(rows, setup)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {"setup": setup, "rows": rows, "anchors": anchors(), "bar": BAR},
+                indent=1,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,391 @@
+"""The run plan and the results cache.
+
+Every finished run is appended at once to ``<results>/<variant>.jsonl``, keyed by what
+determines it: the variant and its T, the method and its config, the seed, the hash of
+the code that produced it and, for charlm, the corpus's SHA-256. A run whose key is in
+the cache is never trained again, so a full benchmark resumes across sessions, and a
+code change (or another corpus) retrains exactly what it affects. stagelr runs also live
+as one study each in ``<results>/studies.sqlite3``, the service's own record of every
+segment and observation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import methods, tuned, workloads
+from .workloads import VARIANTS, Variant
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = ROOT / "service" / "stagelr_service"
+
+#: Seeds per run kind and workload (BENCHMARK.md "Seeds and statistics").
+GRID_SEEDS = {"nqm": 3, "digits": 3, "charlm": 2}
+METHOD_SEEDS = {"nqm": 10, "digits": 10, "charlm": 3}
+BASELINES = ("untuned", "range_test", "schedulefree")
+STAGELR = tuple(f"stagelr-{p}" for p in tuned.PRESETS)
+ALL_METHODS = ("grid", *BASELINES, *STAGELR)
+QUICK_STEPS = {"nqm": 160, "digits": 160, "charlm": 32}
+QUICK_VARIANTS = ("nqm-b8", "digits", "charlm")
+
+
+def _hash_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def code_hashes() -> dict[str, str]:
+    """The code each kind of run depends on. Baselines: the workloads and the baseline
+    runners. stagelr: those, the driver and the service's decision code (tuner, forecast,
+    optimizer, the presets in the wire models)."""
+    here = Path(__file__).resolve().parent
+    base = [here / "workloads.py", here / "methods.py"]
+    return {
+        "baseline": _hash_files(base),
+        "stagelr": _hash_files(
+            [
+                *base,
+                here / "tuned.py",
+                SERVICE / "tuner",
+                SERVICE / "forecast",
+                SERVICE / "optimizer",
+                SERVICE / "studies.py",
+                ROOT / "client" / "stagelr" / "models.py",
+            ]
+        ),
+        "oracle": _hash_files([here / "workloads.py"]),
+    }
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run to do."""
+
+    variant: Variant
+    method: str  # grid | untuned | range_test | schedulefree | stagelr-<preset> | oracle
+    seed: int
+    config: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        if self.method == "oracle":
+            return "oracle"
+        return "stagelr" if self.method.startswith("stagelr-") else "baseline"
+
+    def key(self, hashes: dict[str, str], corpus: str | None) -> str:
+        return json.dumps(
+            [
+                self.variant.name,
+                self.variant.steps,
+                [list(p) for p in self.variant.params],
+                self.variant.evals,
+                self.method,
+                dict(self.config),
+                self.seed,
+                hashes[self.kind],
+                corpus if self.variant.workload == "charlm" else None,
+            ],
+            sort_keys=True,
+        )
+
+
+@dataclass
+class Cache:
+    """The JSONL results of one results folder, by task key."""
+
+    folder: Path
+    hashes: dict[str, str] = field(default_factory=code_hashes)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stale: int = 0
+    other_corpus: int = 0
+    _corpus: str | None = None
+
+    def corpus(self) -> str:
+        if self._corpus is None:
+            self._corpus = workloads.stdlib_corpus().sha256
+        return self._corpus
+
+    def load(self) -> Cache:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        current = set(self.hashes.values())
+        for path in sorted(self.folder.glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if record["code"] not in current:
+                    self.stale += 1
+                    continue
+                if record.get("corpus") and record["corpus"] != self.corpus():
+                    # Runs on another corpus are never compared with these.
+                    self.other_corpus += 1
+                    continue
+                self.records[record["key"]] = record
+        return self
+
+    def key(self, task: Task) -> str:
+        corpus = self.corpus() if task.variant.workload == "charlm" else None
+        return task.key(self.hashes, corpus)
+
+    def get(self, task: Task) -> dict[str, Any] | None:
+        return self.records.get(self.key(task))
+
+    def add(self, task: Task, run: dict[str, Any]) -> dict[str, Any]:
+        key = self.key(task)
+        record: dict[str, Any] = {
+            "key": key,
+            "variant": task.variant.name,
+            "steps": task.variant.steps,
+            "method": task.method,
+            "config": dict(task.config),
+            "seed": task.seed,
+            "code": self.hashes[task.kind],
+            "corpus": self.corpus() if task.variant.workload == "charlm" else None,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run": run,
+        }
+        self.records[key] = record
+        with (self.folder / f"{task.variant.name}.jsonl").open("a") as file:
+            file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        return record
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def variants_for(quick: bool, names: list[str] | None) -> list[Variant]:
+    chosen = list(VARIANTS.values())
+    if quick:
+        chosen = [VARIANTS[n] for n in QUICK_VARIANTS]
+    if names:
+        chosen = [v for v in chosen if v.name in names or v.workload in names]
+        if not chosen:
+            raise SystemExit(
+                f"no variant matches {names}: choose from {', '.join(VARIANTS)} or "
+                f"{', '.join(workloads.WORKLOADS)}"
+            )
+    if quick:
+        chosen = [v.smoke(QUICK_STEPS[v.workload]) for v in chosen]
+    return chosen
+
+
+def grid_points(variant: Variant, quick: bool) -> list[tuple[str, float]]:
+    """Every (schedule, peak) of Tier A, nearest the grid's centre first (so a partial
+    grid of a slow workload holds its likeliest winners)."""
+    peaks = list(variant.grid)
+    if quick:
+        peaks = peaks[3:5]
+    centre = math.log(peaks[len(peaks) // 2])
+    peaks.sort(key=lambda p: abs(math.log(p) - centre))
+    return [(kind, peak) for peak in peaks for kind in methods.SCHEDULES]
+
+
+def seeds(variant: Variant, quick: bool, override: int | None, grid: bool) -> list[int]:
+    if quick:
+        return [0]
+    if override is not None:
+        return list(range(override))
+    table = GRID_SEEDS if grid else METHOD_SEEDS
+    return list(range(table[variant.workload]))
+
+
+def best_config(
+    cache: Cache, variant: Variant, quick: bool, seeds_override: int | None
+) -> tuple[tuple[tuple[str, Any], ...], float] | None:
+    """The Tier A config with the lowest median final loss over the grid seeds, and that
+    median (the target); None until every grid point has all its seeds."""
+    best: tuple[tuple[tuple[str, Any], ...], float] | None = None
+    for kind, peak in grid_points(variant, quick):
+        config = (("peak", peak), ("schedule", kind))
+        finals = []
+        for seed in seeds(variant, quick, seeds_override, grid=True):
+            record = cache.get(Task(variant, "grid", seed, config))
+            if record is None:
+                return None
+            finals.append(_final(record))
+        median = float(np.median(finals))
+        if best is None or median < best[1]:
+            best = (config, median)
+    return best
+
+
+def _final(record: dict[str, Any]) -> float:
+    value = record["run"]["final_loss"]
+    return math.inf if value is None else float(value)
+
+
+def plan(
+    variant: Variant,
+    cache: Cache,
+    method_names: list[str],
+    quick: bool,
+    seeds_override: int | None,
+) -> list[Task]:
+    """The first-phase tasks of a variant (all but the target config's extra seeds).
+
+    charlm runs its single-run methods before its grid, the rest the grid first: a
+    partial charlm benchmark then has every method on a few seeds and the grid's middle.
+    """
+    grid: list[Task] = []
+    if "grid" in method_names:
+        for seed in seeds(variant, quick, seeds_override, grid=True):
+            for kind, peak in grid_points(variant, quick):
+                grid.append(Task(variant, "grid", seed, (("peak", peak), ("schedule", kind))))
+    single = [
+        Task(variant, method, seed)
+        for seed in seeds(variant, quick, seeds_override, grid=False)
+        for method in method_names
+        if method != "grid"
+    ]
+    oracle = [Task(variant, "oracle", 0)] if variant.workload == "nqm" else []
+    ordered = single + grid if variant.workload == "charlm" else grid + single
+    return [t for t in oracle + ordered if cache.get(t) is None]
+
+
+def extension(
+    variant: Variant, cache: Cache, quick: bool, seeds_override: int | None
+) -> list[Task]:
+    """The target config on the single-run methods' seeds, so every method pairs with it."""
+    best = best_config(cache, variant, quick, seeds_override)
+    if best is None:
+        return []
+    tasks = [
+        Task(variant, "grid", seed, best[0])
+        for seed in seeds(variant, quick, seeds_override, grid=False)
+    ]
+    return [t for t in tasks if cache.get(t) is None]
+
+
+# --------------------------------------------------------------------------- execution
+
+_URL: str | None = None
+
+
+def _init_worker(url: str | None) -> None:
+    global _URL
+    _URL = url
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def execute(task: Task) -> dict[str, Any]:
+    """Run one task (in a worker process) and return its JSON-ready result."""
+    if task.method == "oracle":
+        lrs, value = workloads.nqm_oracle(task.variant.steps, int(task.variant.param("batch")))
+        curve = workloads.nqm_expected_losses(lrs, int(task.variant.param("batch")))
+        return {"final_loss": value, "lrs": lrs.tolist(), "expected_curve": curve.tolist()}
+    if task.kind == "stagelr":
+        assert _URL is not None, "stagelr runs need the server"
+        preset = task.method.removeprefix("stagelr-")
+        run = tuned.run_stagelr(_URL, task.variant, task.seed, preset)
+    else:
+        run = methods.run_method(task.variant, task.seed, task.method, dict(task.config))
+    out = run.to_json()
+    if task.variant.workload == "nqm" and run.lr_path and not run.diverged:
+        # The exact E[L_T] of the LR path this run trained: W1's noise-free quality.
+        out["expected_final"] = float(
+            workloads.nqm_expected_losses(
+                _expand(run.lr_path, run.trajectory_steps), int(task.variant.param("batch"))
+            )[-1]
+        )
+    return out
+
+
+def _expand(path: list[tuple[int, float]], steps: int) -> np.ndarray:
+    lrs = np.zeros(steps)
+    for (start, lr), nxt in zip(path, [*path[1:], (steps, 0.0)], strict=True):
+        lrs[start : nxt[0]] = lr
+    return lrs
+
+
+@dataclass
+class Server:
+    url: str
+    stop: Callable[[], None]
+
+
+def start_service(folder: Path) -> Server:
+    """A live `stagelr serve` child on the benchmark's SQLite database (auth off)."""
+    from stagelr_service.server import start_server
+
+    folder.mkdir(parents=True, exist_ok=True)
+    database = folder / "studies.sqlite3"
+    process = start_server(f"sqlite:///{database}", folder / "server.log")
+    return Server(process.url, process.stop)
+
+
+def run_all(
+    variants: list[Variant],
+    cache: Cache,
+    method_names: list[str],
+    *,
+    quick: bool,
+    seeds_override: int | None,
+    jobs: int,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Train every missing run of ``variants``; returns how many were trained."""
+    first = {v.name: plan(v, cache, method_names, quick, seeds_override) for v in variants}
+    needs_server = any(t.kind == "stagelr" for tasks in first.values() for t in tasks)
+    server = start_service(cache.folder) if needs_server else None
+    trained = 0
+    try:
+        context = get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(server.url if server else None,),
+        ) as pool:
+            for variant in variants:
+                for phase in ("runs", "target config on every seed"):
+                    tasks = first[variant.name]
+                    if phase != "runs":
+                        if "grid" not in method_names:
+                            continue
+                        tasks = extension(variant, cache, quick, seeds_override)
+                    if not tasks:
+                        continue
+                    log(f"{variant.name}: {len(tasks)} runs to train ({phase})")
+                    futures = {pool.submit(execute, task): task for task in tasks}
+                    # Written as each finishes: an interrupted benchmark loses no result.
+                    for future in as_completed(futures):
+                        task = futures[future]
+                        run = future.result()
+                        cache.add(task, run)
+                        trained += 1
+                        log(_describe(task, run))
+    finally:
+        if server is not None:
+            server.stop()
+    return trained
+
+
+def _describe(task: Task, run: dict[str, Any]) -> str:
+    config = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.config)
+    final = run["final_loss"]
+    loss = "diverged" if final is None else f"{final:.4f}"
+    charged = run.get("charged_steps", "-")
+    seconds = run.get("seconds", 0.0)
+    return (
+        f"  {task.variant.name} {task.method} {config} seed {task.seed}: val {loss}, "
+        f"{charged} charged, {seconds:.1f} s"
+    )

@@ -1,0 +1,141 @@
+"""stagelr's presets on a workload, through the real client against a live server.
+
+The job is the same as the baselines' (``workloads``); the service decides every LR.
+Each run is one study in the benchmark's SQLite database, named so that a rerun never
+resumes a half-finished one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+import stagelr
+
+from .methods import Run, eval_every
+from .workloads import Variant, make_job
+
+#: The LR search range: the span of the variant's Tier A grid, the same prior the grid
+#: gets. Nothing else of a preset changes with the workload.
+PRESETS = ("default", "autolrs")
+
+
+def preset_overrides(preset: str, steps: int) -> dict[str, Any]:
+    """``autolrs`` with tau rescaled to the budget (tau0 = T/16, tau_max = T/4);
+    ``default`` exactly as shipped. Tiny smoke budgets keep tau0 large enough for a
+    one-step explore window."""
+    if preset == "autolrs":
+        tau0 = max(10, steps // 16)
+        return {"tau0": tau0, "tau_max": max(tau0, steps // 4)}
+    return {}
+
+
+def run_stagelr(
+    url: str, variant: Variant, seed: int, preset: str, study_prefix: str = "quality"
+) -> Run:
+    """Train one seed of ``variant`` under ``preset``; every step and evaluation counted."""
+    job = make_job(variant, seed)
+    checkpoints = job.checkpointer()
+    steps = variant.steps
+    every = eval_every(variant)
+    name = f"{study_prefix}/{variant.name}/{preset}/seed{seed}/{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    curve = [(0, 0, job.val_loss())]
+    charged = 0
+    tuner_evals = 0
+    diverged = False
+    lr_path: list[tuple[int, float]] = []
+    with stagelr.Tuner(
+        url,
+        study=name,
+        preset=preset,  # type: ignore[arg-type]
+        lr_min=min(variant.grid),
+        lr_max=max(variant.grid),
+        total_steps=steps,
+        seed=seed,
+        **preset_overrides(preset, steps),
+    ) as tuner:
+        for segment in tuner:
+            checkpoints.begin(segment)
+            exploit = segment.kind == "exploit"
+            if exploit and (not lr_path or lr_path[-1][1] != segment.lr):
+                lr_path.append((segment.start_step, segment.lr))
+            for step in segment.steps():
+                t = segment.start_step + step - 1
+                loss = job.train_step(t, segment.lr)
+                charged += 1
+                if exploit and not math.isfinite(loss):
+                    diverged = True
+                    break
+                if exploit and ((t + 1) % every == 0 or t + 1 == steps):
+                    curve.append((t + 1, charged, job.val_loss()))
+                if segment.report_due(step):
+                    if segment.metric == "train_loss":
+                        value = loss
+                    else:
+                        value = job.val_loss()
+                        tuner_evals += 1
+                    segment.report(step, value)
+            if diverged:
+                # The trajectory itself blew up: nothing left to tune.
+                segment.fail("trajectory diverged")
+                tuner.stop()
+                curve.append((curve[-1][0], charged, math.nan))
+                break
+            checkpoints.end(segment)
+            segment.complete()
+        study = tuner.study()
+        stages = _stage_diagnostics(tuner, study.id, len(study.stages))
+    final = math.nan if diverged else job.val_loss()
+    return Run(
+        final_loss=final,
+        charged_steps=charged,
+        trajectory_steps=study.trajectory_steps,
+        curve=curve,
+        lr_path=lr_path,
+        tuner_evals=tuner_evals,
+        eval_cost_steps=tuner_evals * job.eval_cost_steps,
+        diverged=diverged,
+        seconds=time.perf_counter() - started,
+        extra={
+            "study": name,
+            "study_id": study.id,
+            "service_charged_steps": study.charged_steps,
+            "stages": stages,
+        },
+    )
+
+
+def _stage_diagnostics(tuner: stagelr.Tuner, study_id: int, count: int) -> list[dict[str, Any]]:
+    """Per stage: the chosen LR, its forecast and the loss realized at the stage's end
+    (the exploit segment's last report of the same metric): the forecast error."""
+    out: list[dict[str, Any]] = []
+    segments = tuner.client.list_segments(study_id)
+    for index in range(count):
+        detail = tuner.client.get_stage(study_id, index)
+        exploit = [s for s in segments if s.stage == index and s.kind == "exploit"]
+        chosen = [c for c in detail.candidates if c.lr == detail.chosen_lr and c.forecast]
+        predicted = chosen[0].forecast.prediction if chosen and chosen[0].forecast else None
+        realized = None
+        if exploit:
+            obs = [
+                o
+                for o in tuner.client.list_observations(exploit[0].id)
+                if o.metric == exploit[0].metric
+            ]
+            if obs and obs[-1].step == exploit[0].steps:
+                realized = obs[-1].value if math.isfinite(obs[-1].value) else None
+        out.append(
+            {
+                "stage": index,
+                "start_step": detail.start_step,
+                "tau": detail.tau,
+                "candidates": len(detail.candidates),
+                "chosen_lr": detail.chosen_lr,
+                "predicted": predicted,
+                "realized": realized,
+            }
+        )
+    return out
