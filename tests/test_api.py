@@ -347,3 +347,33 @@ def test_openapi_schema_and_docs_are_served(api) -> None:
 
 def test_unknown_route_is_a_404_problem(api) -> None:
     assert_problem(api.get("/v1/nothing-here"), 404, "not-found")
+
+
+def test_a_completion_stores_the_observations_it_carries_first(api) -> None:
+    study = create(api)
+    segment = next_segment(api, study["id"])["segment"]
+    steps = segment["steps"]
+    points = [{"step": s, "value": 1.0 / s} for s in range(1, steps + 1)]
+    assert report(api, segment, [(1, 1.0)]).status_code == 200  # one already stored
+    url = f"/v1/segments/{segment['id']}/complete"
+    done = api.post(url, json={"observations": points})
+    assert done.status_code == 200 and done.json()["status"] == "completed"
+    stored = api.get(f"/v1/segments/{segment['id']}/observations").json()
+    assert [(o["step"], o["value"]) for o in stored] == [(p["step"], p["value"]) for p in points]
+    # The forecast saw every point: it was fitted on all of them.
+    stage = api.get(f"/v1/studies/{study['id']}/stages/0").json()
+    (candidate,) = [c for c in stage["candidates"] if c["segment_id"] == segment["id"]]
+    assert candidate["forecast"]["n_points"] == steps
+    # A retry of the same completion changes nothing.
+    again = api.post(url, json={"observations": points})
+    assert again.status_code == 200 and again.json() == done.json()
+
+
+def test_a_completion_carrying_a_conflicting_point_is_a_409_and_closes_nothing(api) -> None:
+    study = create(api)
+    segment = next_segment(api, study["id"])["segment"]
+    assert report(api, segment, [(1, 1.0)]).status_code == 200
+    url = f"/v1/segments/{segment['id']}/complete"
+    refused = api.post(url, json={"observations": [{"step": 1, "value": 2.0}]})
+    assert_problem(refused, 409, "observation-conflict")
+    assert api.get(f"/v1/segments/{segment['id']}").json()["status"] == "open"

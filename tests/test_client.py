@@ -116,8 +116,14 @@ class FakeService:
                 batch = ObservationBatch.model_validate_json(request.content)
                 return self._observe(segment_id, batch)
             if action == "complete":
-                steps_done = CompleteRequest.model_validate_json(request.content).steps_done
-                return self._close(segment_id, ("complete", segment_id, steps_done))
+                body = CompleteRequest.model_validate_json(request.content)
+                if body.observations:  # stored first, as the service does
+                    batch = ObservationBatch(observations=body.observations)
+                    answer = self._observe(segment_id, batch)
+                    if answer.status_code != 200:
+                        return answer
+                    self.events[-1] = ("observations+complete", segment_id, len(batch.observations))
+                return self._close(segment_id, ("complete", segment_id, body.steps_done))
             reason = json.loads(request.content)["reason"]
             return self._close(segment_id, ("fail", segment_id, reason))
         return problem(404, "not-found", "Not Found")
@@ -357,18 +363,58 @@ def test_reports_are_sent_in_background_batches(make_tuner: Any) -> None:
     assert service.observation_posts(1) < 10
 
 
-def test_complete_flushes_the_segments_observations_first(make_tuner: Any) -> None:
+def test_complete_carries_the_segments_last_observations(make_tuner: Any) -> None:
     service = FakeService([segment(1, steps=10)])
-    # A long linger: without the flush, the points would still be waiting.
-    seg = make_tuner(service, linger=10.0).next_segment()
+    # A long linger: the points are still waiting when the segment completes.
+    tuner = make_tuner(service, linger=10.0)
+    seg = tuner.next_segment()
 
     for step in seg.steps():
         seg.report(step, 1.0)
+    seg.report(3, 1.0)  # an exact repeat is dropped, not sent
     seg.complete()
 
+    # One request: the points travel with the completion, in step order.
     assert len(service.observations[1]) == 10
+    assert service.observation_posts(1) == 0
+    assert [e[0] for e in service.events if e[0] != "next"][-2:] == [
+        "observations+complete",
+        "complete",
+    ]
+    assert tuner.pending_observations == 0
+
+
+def test_points_a_failed_completion_carried_are_sent_again(make_tuner: Any) -> None:
+    service = FakeService([segment(1, steps=4)])
+    tuner = make_tuner(service, linger=10.0)
+    seg = tuner.next_segment()
+    for step in seg.steps():
+        seg.report(step, float(step))
+
+    down = True
+    service.before = lambda request: (
+        httpx.Response(503) if down and request.url.path.endswith("/complete") else None
+    )
+    seg.complete()  # the service fails it: the segment stays open, nothing is lost
+    assert not seg.closed and 1 not in service.observations
+    assert tuner.pending_observations == 4
+
+    down = False
+    assert seg._retry_close()
+    assert service.observations[1] == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
+
+
+def test_a_step_reported_twice_differently_is_flushed_not_carried(make_tuner: Any) -> None:
+    service = FakeService([segment(1, steps=4)])
+    seg = make_tuner(service, linger=10.0).next_segment()
+    for step in seg.steps():
+        seg.report(step, 1.0)
+    seg.report(2, 5.0)  # a different value for a reported step: the service refuses it
+    seg.complete()
+
+    assert service.observations[1] == {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
     kinds = [e[0] for e in service.events]
-    assert kinds.index("observations") < kinds.index("complete")
+    assert "observations" in kinds and kinds.index("observations") < kinds.index("complete")
 
 
 def test_non_finite_values_reach_the_server(make_tuner: Any) -> None:
@@ -575,7 +621,8 @@ def test_retried_requests_resend_the_body() -> None:
 
     client.complete_segment(1, steps_done=5)
 
-    assert [json.loads(r.content) for r in seen] == [{"steps_done": 5}, {"steps_done": 5}]
+    body = {"steps_done": 5, "observations": []}
+    assert [json.loads(r.content) for r in seen] == [body, body]
 
 
 def test_giving_up_raises_transport_error_from_next(make_tuner: Any) -> None:

@@ -171,9 +171,17 @@ class Client:
             "POST", f"/v1/segments/{segment_id}/observations", ObservationsAccepted, body=body
         )
 
-    def complete_segment(self, segment_id: int, steps_done: int | None = None) -> SegmentView:
-        """Mark a segment trained; ``steps_done`` below its ``steps`` means stopped early."""
-        body = CompleteRequest(steps_done=steps_done)
+    def complete_segment(
+        self,
+        segment_id: int,
+        steps_done: int | None = None,
+        observations: Iterable[ObservationIn] = (),
+    ) -> SegmentView:
+        """Mark a segment trained; ``steps_done`` below its ``steps`` means stopped early.
+
+        ``observations`` (the segment's last reports) are stored first, in the same request.
+        """
+        body = CompleteRequest(steps_done=steps_done, observations=list(observations))
         return self._request("POST", f"/v1/segments/{segment_id}/complete", SegmentView, body=body)
 
     def fail_segment(self, segment_id: int, reason: str = "") -> SegmentView:

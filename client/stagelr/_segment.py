@@ -7,8 +7,8 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
-from ._exceptions import ServerError, TransportError
-from .models import Metric, SegmentKind, SegmentStatus, SegmentView
+from ._exceptions import ConflictError, ServerError, TransportError
+from .models import Metric, ObservationIn, SegmentKind, SegmentStatus, SegmentView
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -194,13 +194,20 @@ class Segment:
         if self.fallback:
             self._closed = True
             return self.view
+        taken: list[ObservationIn] | None = None
         try:
-            self._sender.flush(self.view.id, self._flush_timeout)
+            if self._closing == "complete":
+                # The last reports ride on the completion: one request, not two.
+                taken = self._sender.take(self.view.id, self._flush_timeout)
+            if taken is None:
+                self._sender.flush(self.view.id, self._flush_timeout)
             if self._closing == "fail":
                 self.view = self._client.fail_segment(self.view.id, self._fail_reason)
             else:
-                self.view = self._client.complete_segment(self.view.id, steps_done)
+                self.view = self._complete(steps_done, taken)
         except (TransportError, ServerError) as exc:
+            if taken:
+                self._sender.give_back(self, taken)
             if self._raise_on_error:
                 raise
             logger.warning(
@@ -213,6 +220,20 @@ class Segment:
             return self.view
         self._closed = True
         return self.view
+
+    def _complete(self, steps_done: int | None, taken: list[ObservationIn] | None) -> SegmentView:
+        try:
+            return self._client.complete_segment(self.view.id, steps_done, taken or ())
+        except ConflictError as exc:
+            if not taken or exc.slug != "observation-conflict":
+                raise
+        # A carried point contradicts a stored one (a restarted job re-reporting a step
+        # with another value): the whole request was refused. Send the points the usual
+        # way, which stores the rest and drops the conflicting ones, then complete.
+        self._sender.give_back(self, taken)
+        taken.clear()  # the sender's again: the caller must not give them back twice
+        self._sender.flush(self.view.id, self._flush_timeout)
+        return self._client.complete_segment(self.view.id, steps_done)
 
     def _retry_close(self) -> bool:
         """Send a completion (or failure) that could not be delivered before, or complete

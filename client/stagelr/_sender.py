@@ -43,6 +43,9 @@ class _Flush:
     stop: bool = False  # the sender thread exits after this flush
     done: threading.Event = field(default_factory=threading.Event)
     error: StagelrError | None = None
+    #: A take, not a flush: the segment's points are handed over instead of posted.
+    take: bool = False
+    taken: list[ObservationIn] | None = None
 
 
 @dataclass
@@ -142,6 +145,28 @@ class ObservationSender:
             return
         self._wait(_Flush(segment_id), timeout)
 
+    def take(self, segment_id: int, timeout: float | None = None) -> list[ObservationIn] | None:
+        """Hand over the points of one segment not sent yet, in step order, instead of
+        posting them (the caller sends them with the segment's completion).
+
+        None when they cannot travel as one completion (a step reported twice with
+        different values, or more than one request holds): then :meth:`flush` them.
+        Points handed over are no longer the sender's; give them back with
+        :meth:`give_back` if they could not be delivered.
+        """
+        if self._closed:
+            raise RuntimeError("the tuner is closed: its observations can no longer be sent")
+        if self._thread is None:
+            return []
+        marker = _Flush(segment_id, take=True)
+        self._wait(marker, timeout)
+        return marker.taken
+
+    def give_back(self, segment: Segment, points: list[ObservationIn]) -> None:
+        """Queue points again that :meth:`take` handed over and could not be delivered."""
+        for point in points:
+            self.put(segment, point.step, point.value, point.metric)
+
     def close(self, timeout: float | None = None) -> None:
         """Send what is left (waiting up to ``timeout``) and stop the thread.
 
@@ -189,6 +214,9 @@ class ObservationSender:
                 marker = None
             else:
                 marker = self._collect(item)
+            if marker is not None and marker.take:
+                self._hand_over(marker)
+                continue
             error: StagelrError | None
             try:
                 errors = self._send_buffered(marker)
@@ -220,6 +248,24 @@ class ObservationSender:
                 item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 return None
+
+    def _hand_over(self, marker: _Flush) -> None:
+        """Answer a :meth:`take`: detach the segment's buffered points, if they can go
+        as one completion request."""
+        assert marker.segment_id is not None
+        entry = self._buffer.get(marker.segment_id)
+        if entry is None:
+            marker.taken = []
+        else:
+            batch, later = _in_order(entry.points, entry.segment.metric)
+            if later or len(batch) > _MAX_REQUEST:
+                marker.taken = None  # the caller flushes them the usual way
+            else:
+                del self._buffer[marker.segment_id]
+                self.duplicates += len(entry.points) - len(batch)
+                self._release(len(entry.points))
+                marker.taken = batch
+        marker.done.set()
 
     def _release(self, count: int) -> None:
         """``count`` buffered points are gone (sent, refused or dropped as repeats)."""

@@ -343,6 +343,14 @@ class CompleteRequest(_Wire):
     steps_done: int | None = Field(
         default=None, ge=0, description="Steps actually trained; less than asked = stopped."
     )
+    observations: list[ObservationIn] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description=(
+            "The segment's last observations, stored (idempotently) before it is closed: "
+            "a job's final reports and its completion in one request."
+        ),
+    )
 
 
 class FailRequest(_Wire):

@@ -406,8 +406,13 @@ class StudyService:
         The forecast (a curve fit, milliseconds of CPU) is computed before the write
         transaction, from the observations read just before, so that the store's write
         lock is held only for the writes. Should an observation batch land in between,
-        the forecast is computed again under the lock.
+        the forecast is computed again under the lock. Observations that come with the
+        request are stored first, exactly as a batch of their own would be.
         """
+        if request.observations:
+            self.add_observations(
+                segment_id, ObservationBatch(observations=request.observations), scope=scope
+            )
         with self.store.transaction(read_only=True) as repo:
             segment = self._segment(repo, segment_id, scope)
             if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
