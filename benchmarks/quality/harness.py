@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import methods, tuned, workloads
+from .methods import Run
 from .workloads import VARIANTS, Variant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,6 +299,10 @@ def execute(task: Task) -> dict[str, Any]:
         run = tuned.run_stagelr(_URL, task.variant, task.seed, preset)
     else:
         run = methods.run_method(task.variant, task.seed, task.method, dict(task.config))
+    return _with_expected(task, run)
+
+
+def _with_expected(task: Task, run: methods.Run) -> dict[str, Any]:
     out = run.to_json()
     if task.variant.workload == "nqm" and run.lr_path and not run.diverged:
         # The exact E[L_T] of the LR path this run trained: W1's noise-free quality.
@@ -307,6 +312,126 @@ def execute(task: Task) -> dict[str, Any]:
             )[-1]
         )
     return out
+
+
+# --------------------------------------------------------------------------- WSD branches
+#
+# WSD and constant at the same peak train the same steps on the same batches until WSD's
+# cooldown starts (the warmup is shared, then both hold the peak), and every workload's
+# batch is a function of the seed and the trajectory step alone. So the grid trains the
+# constant run, keeps the state at the cooldown's first step, and branches the WSD run
+# from it: the same numbers as two separate runs (a test checks they are identical) for
+# 1 + 0.2 runs' training instead of 2, which is 20% off a grid. Only wall time changes:
+# the WSD run's record, charged steps included, is what a separate run writes.
+
+
+class _Tap:
+    """A job wrapper that records what a fixed-schedule run sees, and keeps a snapshot of
+    the state when trajectory step ``at`` is about to be trained."""
+
+    def __init__(self, job: workloads.Job, at: int) -> None:
+        self.job, self.at = job, at
+        self.eval_cost_steps = job.eval_cost_steps
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.vals: list[tuple[int, float]] = []  # (steps trained, value) of each evaluation
+        self.state: Any = None
+
+    def train_step(self, t: int, lr: float) -> float:
+        if t == self.at:
+            self.state = self.job.snapshot()
+        loss = self.job.train_step(t, lr)
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        return loss
+
+    def val_loss(self) -> float:
+        value = self.job.val_loss()
+        self.vals.append((len(self.losses), value))
+        return value
+
+    def snapshot(self) -> Any:
+        return self.job.snapshot()
+
+    def load(self, state: Any) -> None:
+        self.job.load(state)
+
+    def checkpointer(self) -> workloads.SegmentCheckpointer:
+        raise TypeError("a tapped job runs a fixed schedule, not stagelr")
+
+
+class _Branch(_Tap):
+    """Replays a tapped run's first ``at`` steps (and its evaluations among them) without
+    training, then loads the tapped state and trains on for real."""
+
+    def __init__(self, tap: _Tap) -> None:
+        super().__init__(tap.job, tap.at)
+        self.tap = tap
+        self.trained = 0
+
+    def train_step(self, t: int, lr: float) -> float:
+        if t < self.at:
+            if lr != self.tap.lrs[t]:
+                raise AssertionError(f"branch LR {lr} differs from the trunk's at step {t}")
+            self.trained = t + 1
+            return self.tap.losses[t]
+        if t == self.at:
+            self.job.load(self.tap.state)
+        self.trained = t + 1
+        return self.job.train_step(t, lr)
+
+    def val_loss(self) -> float:
+        if self.trained <= self.at:
+            return next(value for done, value in self.tap.vals if done == self.trained)
+        return self.job.val_loss()
+
+
+def run_constant_and_wsd(variant: Variant, seed: int, peak: float) -> tuple[Run, Run]:
+    """Tier A's constant and WSD runs at ``peak``, the WSD run branched from the constant
+    run at the start of its cooldown."""
+    at = variant.steps - round(methods.WSD_COOLDOWN * variant.steps)
+    tap = _Tap(workloads.make_job(variant, seed), at)
+    constant = methods.train_schedule(tap, variant, "constant", peak)
+    started = time.perf_counter()
+    wsd = methods.train_schedule(_Branch(tap), variant, "wsd", peak)
+    wsd.seconds = time.perf_counter() - started
+    wsd.extra = {"branched_from": "constant", "shared_steps": at}
+    return constant, wsd
+
+
+def _work_items(tasks: list[Task]) -> list[tuple[Task, ...]]:
+    """The tasks as units of work: a missing constant grid run and its missing WSD twin
+    (same variant, seed and peak) become one unit."""
+    wsd = {
+        (t.variant.name, t.seed, dict(t.config)["peak"]): t
+        for t in tasks
+        if t.method == "grid" and dict(t.config)["schedule"] == "wsd"
+    }
+    paired: set[int] = set()
+    items: list[tuple[Task, ...]] = []
+    for task in tasks:
+        if id(task) in paired:
+            continue
+        config = dict(task.config)
+        twin = None
+        if task.method == "grid" and config["schedule"] == "constant":
+            twin = wsd.get((task.variant.name, task.seed, config["peak"]))
+        if twin is not None:
+            paired.add(id(twin))
+            items.append((task, twin))
+        else:
+            items.append((task,))
+    return items
+
+
+def execute_item(item: tuple[Task, ...]) -> list[dict[str, Any]]:
+    """Run one unit of work (in a worker process): its tasks' JSON-ready results."""
+    if len(item) == 1:
+        return [execute(item[0])]
+    constant, wsd = item
+    peak = float(dict(constant.config)["peak"])
+    runs = run_constant_and_wsd(constant.variant, constant.seed, peak)
+    return [_with_expected(task, run) for task, run in zip(item, runs, strict=True)]
 
 
 def _expand(path: list[tuple[int, float]], steps: int) -> np.ndarray:
@@ -365,14 +490,13 @@ def run_all(
                     if not tasks:
                         continue
                     log(f"{variant.name}: {len(tasks)} runs to train ({phase})")
-                    futures = {pool.submit(execute, task): task for task in tasks}
+                    futures = {pool.submit(execute_item, item): item for item in _work_items(tasks)}
                     # Written as each finishes: an interrupted benchmark loses no result.
                     for future in as_completed(futures):
-                        task = futures[future]
-                        run = future.result()
-                        cache.add(task, run)
-                        trained += 1
-                        log(_describe(task, run))
+                        for task, run in zip(futures[future], future.result(), strict=True):
+                            cache.add(task, run)
+                            trained += 1
+                            log(_describe(task, run))
     finally:
         if server is not None:
             server.stop()

@@ -1,0 +1,61 @@
+"""The quality benchmark's grid branches each WSD run from its constant twin: the records
+must be exactly those of separate runs, or the saving would change the figures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks.quality import harness, methods  # noqa: E402
+from benchmarks.quality.workloads import VARIANTS, Variant  # noqa: E402
+
+
+def _same(a: methods.Run, b: methods.Run) -> None:
+    assert a.charged_steps == b.charged_steps
+    assert a.trajectory_steps == b.trajectory_steps
+    assert a.lr_path == b.lr_path
+    assert a.diverged == b.diverged
+    assert len(a.curve) == len(b.curve)
+    for (t1, c1, v1), (t2, c2, v2) in zip(a.curve, b.curve, strict=True):
+        assert (t1, c1) == (t2, c2)
+        assert (math.isnan(v1) and math.isnan(v2)) or v1 == v2  # bit for bit
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "peak"),
+    [("nqm-b8", 160, 0.5), ("digits", 160, 0.1), ("charlm", 40, 4e-3)],
+)
+def test_branched_wsd_equals_a_separate_run(name: str, steps: int, peak: float) -> None:
+    variant = VARIANTS[name].smoke(steps)
+    constant, wsd = harness.run_constant_and_wsd(variant, 3, peak)
+    _same(constant, methods.run_grid_point(variant, 3, "constant", peak))
+    _same(wsd, methods.run_grid_point(variant, 3, "wsd", peak))
+    # The branch really is one: the cooldown differs from the constant run's tail.
+    assert wsd.lr_path != constant.lr_path
+    assert wsd.curve[-1][2] != constant.curve[-1][2]
+    assert wsd.extra == {"branched_from": "constant", "shared_steps": steps - steps // 5}
+
+
+def test_a_diverging_trunk_diverges_its_branch_at_the_same_step() -> None:
+    variant = VARIANTS["nqm-b8"].smoke(160)
+    constant, wsd = harness.run_constant_and_wsd(variant, 0, 2.5)  # beyond 2 / h_max
+    assert constant.diverged and wsd.diverged
+    _same(wsd, methods.run_grid_point(variant, 0, "wsd", 2.5))
+
+
+def _grid(variant: Variant, seed: int, schedule: str, peak: float) -> harness.Task:
+    return harness.Task(variant, "grid", seed, (("peak", peak), ("schedule", schedule)))
+
+
+def test_work_items_pair_only_missing_twins() -> None:
+    v = VARIANTS["digits"]
+    c1, w1 = _grid(v, 0, "constant", 0.1), _grid(v, 0, "wsd", 0.1)
+    c2 = _grid(v, 0, "constant", 0.2)  # its WSD twin is already in the cache
+    w3 = _grid(v, 1, "wsd", 0.1)  # its constant twin is already in the cache
+    lin = _grid(v, 0, "linear", 0.1)
+    other = harness.Task(v, "untuned", 0)
+    items = harness._work_items([lin, c1, c2, w3, other, w1])
+    assert items == [(lin,), (c1, w1), (c2,), (w3,), (other,)]
