@@ -106,6 +106,14 @@ def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_pa
     # Every stagelr run is a study in the benchmark's own SQLite database.
     assert (tmp_path / "cache" / "studies.sqlite3").stat().st_size > 0
     assert "<!-- quality:begin -->" in (tmp_path / "bench.md").read_text()
+    # Every result names the machine that trained it, and the report counts them.
+    records = [
+        json.loads(line)
+        for path in (tmp_path / "cache").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert records and all(r["machine"].endswith(" cores") for r in records)
+    assert f"Runs by the machine that trained them: {records[0]['machine']} " in out
     # A second run trains nothing: every result comes from the cache.
     again = run_module(
         "benchmarks.quality", "--quick", "--report-only",

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -49,6 +50,23 @@ def _hash_files(paths: list[Path]) -> str:
             digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0")
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_name() -> str:
+    """What a result records about the machine that trained it (runs are compared in
+    steps, which do not depend on it; its seconds do)."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def code_hashes() -> dict[str, str]:
@@ -159,6 +177,7 @@ class Cache:
             "code": self.hashes[task.kind],
             "corpus": self.corpus() if task.variant.workload == "charlm" else None,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_name(),
             "run": run,
         }
         self.records[key] = record

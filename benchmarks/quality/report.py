@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import harness, methods
-from .harness import Cache, Task
+from .harness import Cache, Task, cpu_name
 from .workloads import Variant
 
 RESAMPLES = 10_000
@@ -551,22 +552,23 @@ def grid_table(summary: dict[str, Any]) -> list[str]:
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "threads_per_process": 1,
     }
+
+
+def _machines(cache: Cache, summaries: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """How many of the shown variants' cached runs each machine trained."""
+    shown = {s["variant"] for s in summaries}
+    counts = Counter(
+        r.get("machine", "not recorded") for r in cache.records.values() if r["variant"] in shown
+    )
+    return counts.most_common()
 
 
 def render(
@@ -584,7 +586,8 @@ def render(
         command,
         "```",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, torch "
+        f"Report generated on: {info['cpu']}, {info['cores']} cores, "
+        f"Python {info['python']}, torch "
         f"{info['torch']}, one torch thread per process. Results cache: "
         f"`{_rel(cache.folder)}` (one JSONL per variant, keyed by code hash"
         + (
@@ -593,6 +596,10 @@ def render(
             else ""
         )
         + "); stagelr's studies in `studies.sqlite3` beside it.",
+        "",
+        "Runs by the machine that trained them: "
+        + "; ".join(f"{name} {count}" for name, count in _machines(cache, summaries))
+        + ".",
         "",
         "Completion: "
         + "; ".join(f"{s['variant']} {s['runs_done']}/{s['runs_planned']} runs" for s in summaries)
