@@ -70,7 +70,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def one_job(
-    url: str, name: str, seed: int, sizes: dict[str, int], step_s: float, delay: float
+    url: str, name: str, seed: int, sizes: dict[str, Any], step_s: float, delay: float
 ) -> dict[str, Any]:
     stages = sizes["total_steps"] // sizes["tau0"]
     """One simulated job: real client, synthetic losses, a real job's pace."""
@@ -93,7 +93,7 @@ def one_job(
             lr_max=3.0,
             seed=seed,
             metric_schedule="train_loss",
-            **sizes,
+            **sizes,  # the stage sizes, and the sender's linger when --linger is given
         ) as tuner:
             segment = tuner.next_segment()
             while segment is not None:
@@ -144,7 +144,7 @@ def client_process(
     urls: list[str],
     indices: list[int],
     tag: str,
-    sizes: dict[str, int],
+    sizes: dict[str, Any],
     step_s: float,
     start_at: float,
 ) -> dict[str, Any]:
@@ -246,7 +246,7 @@ def postgres_database(admin_url: str) -> tuple[str, Any]:
 def measure(
     backend: str,
     jobs: int,
-    sizes: dict[str, int],
+    sizes: dict[str, Any],
     step_s: float,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", type=int, default=None, help="stages per job")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument(
+        "--linger", type=float, default=None, help="the client's linger (default: its own)"
+    )
+    parser.add_argument(
         "--postgres-url",
         default=os.environ.get(
             "STAGELR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -489,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     step_ms = args.step_ms if args.step_ms is not None else (2.0 if args.quick else 100.0)
     stage = args.stage or (50 if args.quick else 1000)
     stages = args.stages or 1
-    sizes = {"tau0": stage, "tau_max": stage, "k": 10, "total_steps": stage * stages}
+    sizes: dict[str, Any] = {
+        "tau0": stage, "tau_max": stage, "k": 10, "total_steps": stage * stages
+    }  # fmt: skip
+    if args.linger is not None:
+        sizes["linger"] = args.linger
     setup = {
         **machine(),
         "step_ms": step_ms,
