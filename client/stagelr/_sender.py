@@ -75,7 +75,7 @@ class ObservationSender:
         client: Client,
         *,
         batch_size: int = 500,
-        linger: float = 2.0,
+        linger: float = 10.0,
         retry_interval: float = 2.0,
         max_retry_interval: float = 60.0,
         max_buffered: int = 1_000_000,

@@ -87,9 +87,12 @@ class Tuner:
         timeout: Per-request timeouts.
         transport: The httpx transport; a :class:`stagelr.RetryTransport` by default.
         batch_size: Most observations the sender collects before posting.
-        linger: Seconds the sender waits for more observations before posting (1 s: at
-            most one request a second per job, however often it reports; divergence is
-            noticed by the segment itself, and ``complete()`` sends what is left at once).
+        linger: Seconds the sender waits for more observations before posting (10 s: at
+            most one request per 10 s per job, however often it reports, so a short
+            explore segment's reports mostly ride on its ``complete()``, which sends what
+            is left at once; the dashboard sees a running segment's points up to that
+            late; divergence is noticed by the segment itself). 2 s cost a server about
+            70% more CPU per decision at 100 jobs (docs/benchmarks.md, section 7).
         flush_timeout: Longest wait, in seconds, for a segment's observations to be sent
             before it is completed.
         fallback_lr: The LR of fallback segments while the service is unreachable: a
@@ -120,7 +123,7 @@ class Tuner:
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         batch_size: int = 500,
-        linger: float = 2.0,
+        linger: float = 10.0,
         flush_timeout: float | None = 120.0,
         fallback_lr: float | Callable[[int], float] | None = None,
         fallback_steps: int = 100,
