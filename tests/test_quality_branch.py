@@ -59,3 +59,9 @@ def test_work_items_pair_only_missing_twins() -> None:
     other = harness.Task(v, "untuned", 0)
     items = harness._work_items([lin, c1, c2, w3, other, w1])
     assert items == [(lin,), (c1, w1), (c2,), (w3,), (other,)]
+    # The grid's own order puts WSD before constant: the twin is still trained once.
+    assert harness._work_items([lin, w1, c1]) == [(lin,), (c1, w1)]
+    plan = harness.plan(v, harness.Cache(harness.ROOT / "no-such-cache"), ["grid"], True, None)
+    items = harness._work_items(plan)
+    assert sorted(id(t) for item in items for t in item) == sorted(id(t) for t in plan)
+    assert sum(len(item) == 2 for item in items) == 2  # one per quick grid peak

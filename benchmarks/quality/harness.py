@@ -426,20 +426,20 @@ def _work_items(tasks: list[Task]) -> list[tuple[Task, ...]]:
         for t in tasks
         if t.method == "grid" and dict(t.config)["schedule"] == "wsd"
     }
-    paired: set[int] = set()
+    twins: dict[int, Task] = {}  # id(constant task) -> its WSD twin
+    for task in tasks:
+        config = dict(task.config)
+        if task.method == "grid" and config["schedule"] == "constant":
+            twin = wsd.get((task.variant.name, task.seed, config["peak"]))
+            if twin is not None:
+                twins[id(task)] = twin
+    paired = {id(t) for t in twins.values()}
     items: list[tuple[Task, ...]] = []
     for task in tasks:
         if id(task) in paired:
-            continue
-        config = dict(task.config)
-        twin = None
-        if task.method == "grid" and config["schedule"] == "constant":
-            twin = wsd.get((task.variant.name, task.seed, config["peak"]))
-        if twin is not None:
-            paired.add(id(twin))
-            items.append((task, twin))
-        else:
-            items.append((task,))
+            continue  # trained as its constant twin's branch
+        twin = twins.get(id(task))
+        items.append((task, twin) if twin is not None else (task,))
     return items
 
 
