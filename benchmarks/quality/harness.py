@@ -353,7 +353,7 @@ class _Tap:
         self.eval_cost_steps = job.eval_cost_steps
         self.lrs: list[float] = []
         self.losses: list[float] = []
-        self.vals: list[tuple[int, float]] = []  # (steps trained, value) of each evaluation
+        self.vals: dict[int, float] = {}  # steps trained -> the evaluation then
         self.state: Any = None
 
     def train_step(self, t: int, lr: float) -> float:
@@ -366,7 +366,7 @@ class _Tap:
 
     def val_loss(self) -> float:
         value = self.job.val_loss()
-        self.vals.append((len(self.losses), value))
+        self.vals[len(self.losses)] = value
         return value
 
     def snapshot(self) -> Any:
@@ -401,7 +401,7 @@ class _Branch(_Tap):
 
     def val_loss(self) -> float:
         if self.trained <= self.at:
-            return next(value for done, value in self.tap.vals if done == self.trained)
+            return self.tap.vals[self.trained]
         return self.job.val_loss()
 
 
@@ -420,25 +420,22 @@ def run_constant_and_wsd(variant: Variant, seed: int, peak: float) -> tuple[Run,
 
 def _work_items(tasks: list[Task]) -> list[tuple[Task, ...]]:
     """The tasks as units of work: a missing constant grid run and its missing WSD twin
-    (same variant, seed and peak) become one unit."""
-    wsd = {
-        (t.variant.name, t.seed, dict(t.config)["peak"]): t
-        for t in tasks
-        if t.method == "grid" and dict(t.config)["schedule"] == "wsd"
-    }
-    twins: dict[int, Task] = {}  # id(constant task) -> its WSD twin
-    for task in tasks:
+    (same variant, seed and peak) become one unit, wherever the two stand in the list."""
+
+    def twin_key(task: Task, schedule: str) -> tuple[str, int, float] | None:
         config = dict(task.config)
-        if task.method == "grid" and config["schedule"] == "constant":
-            twin = wsd.get((task.variant.name, task.seed, config["peak"]))
-            if twin is not None:
-                twins[id(task)] = twin
-    paired = {id(t) for t in twins.values()}
+        if task.method != "grid" or config["schedule"] != schedule:
+            return None
+        return (task.variant.name, task.seed, float(config["peak"]))
+
+    wsd = {key: t for t in tasks if (key := twin_key(t, "wsd")) is not None}
+    constants = {key for t in tasks if (key := twin_key(t, "constant")) is not None}
     items: list[tuple[Task, ...]] = []
     for task in tasks:
-        if id(task) in paired:
+        if twin_key(task, "wsd") in constants:
             continue  # trained as its constant twin's branch
-        twin = twins.get(id(task))
+        key = twin_key(task, "constant")
+        twin = wsd.get(key) if key is not None else None
         items.append((task, twin) if twin is not None else (task,))
     return items
 
