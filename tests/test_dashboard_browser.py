@@ -49,7 +49,7 @@ class Watched:
         self.navigations = 0
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("requestfailed", self._failed)
         page.on("request", self._request)
         page.on("response", self._response)
         page.on("framenavigated", self._navigated)
@@ -69,6 +69,13 @@ class Watched:
     def _navigated(self, frame: Any) -> None:
         if frame == self.page.main_frame:
             self.navigations += 1
+
+    def _failed(self, request: Any) -> None:
+        # A request the browser cancels because the page navigated away (a favicon still
+        # loading when the next page is asked for) is no fault of the dashboard's.
+        if request.failure and "ERR_ABORTED" in request.failure:
+            return
+        self.problems.append(f"failed: {request.url} {request.failure}")
 
     def goto(self, path: str) -> Any:
         return self.page.goto(self.base_url + path)
