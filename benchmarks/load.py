@@ -262,7 +262,9 @@ def measure(
         try:
             with Servers(url, replicas, folder) as servers:
                 if args.profile:
-                    profiler = start_profiler(servers.processes[0].process.pid, args.profile)
+                    profiler = start_profiler(
+                        servers.processes[0].process.pid, args.profile, gil_only=args.profile_gil
+                    )
                 cpu0 = servers.cpu_seconds()
                 load0 = os.getloadavg()[0]
                 started = time.perf_counter()
@@ -321,8 +323,11 @@ def measure(
     }
 
 
-def start_profiler(pid: int, path: str) -> Any:
-    """py-spy record on the server, if py-spy is installed (it needs ptrace rights)."""
+def start_profiler(pid: int, path: str, *, gil_only: bool = False) -> Any:
+    """py-spy record on the server, if py-spy is installed (it needs ptrace rights).
+
+    ``gil_only`` samples only the thread holding the GIL: where the CPU goes, without
+    the threads waiting on a lock."""
     import shutil
     import subprocess
 
@@ -340,6 +345,7 @@ def start_profiler(pid: int, path: str) -> Any:
             path,
             "--format",
             "raw" if path.endswith(".txt") else "speedscope",
+            *(["--gil"] if gil_only else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -484,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
             "STAGELR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
     )
-    parser.add_argument("--profile", default=None, help="py-spy speedscope output (1st server)")
+    parser.add_argument(
+        "--profile", default=None, help="py-spy output (1st server; .txt: raw, else speedscope)"
+    )
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="profile only the thread holding the GIL"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     jobs_list = args.jobs or ([5] if args.quick else [10, 100, 300])

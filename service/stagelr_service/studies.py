@@ -27,6 +27,7 @@ from stagelr.models import (
     Metric,
     NextSegment,
     ObservationBatch,
+    ObservationIn,
     ObservationsAccepted,
     ObservationView,
     PosteriorPoint,
@@ -298,8 +299,9 @@ class StudyService:
         next_seq = history.segments[-1].seq + 1 if history.segments else 0
 
         with self.store.transaction() as repo:
-            repo.lock_study(study_id)
-            current = self._study(repo, study_id)
+            current = repo.lock_study(study_id)
+            if current is None:
+                raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
             if current.status is not StudyStatus.running:
                 return NextSegment(status=current.status, segment=None)
             if isinstance(plan, tuner.StudyEnd):
@@ -359,75 +361,102 @@ class StudyService:
         self, segment_id: int, batch: ObservationBatch, *, scope: str | None = None
     ) -> ObservationsAccepted:
         """Store a batch of losses; a retried batch is a no-op."""
-        if len(batch.observations) > self.max_batch:
-            raise InputError(
-                f"{len(batch.observations)} observations in one request; send at most "
-                f"{self.max_batch} per batch"
-            )
+        self._check_batch_size(batch.observations)
         with self.store.transaction() as repo:
             # Locked: a concurrent complete (another replica) cannot close the segment
             # between this status check and the insert.
-            segment = self._locked_segment(repo, segment_id, scope)
-            rows = [(o.step, o.metric or segment.metric, o.value) for o in batch.observations]
-            _check_batch_order(segment_id, rows)
-            if segment.status is not SegmentStatus.open:
-                accepted, duplicates = repo.count_existing(segment_id, rows)
-                if accepted:
-                    raise SegmentClosedError(
-                        f"segment {segment_id} is {segment.status.value}; it takes no new "
-                        "observations (ask /next for the open segment)"
-                    )
-                return ObservationsAccepted(accepted=0, duplicates=duplicates, stop=False)
-            beyond = [step for step, _, _ in rows if step > segment.steps]
-            if beyond:
-                raise InputError(
-                    f"step {beyond[0]} is beyond segment {segment_id}'s {segment.steps} "
-                    "steps: report steps counted from 1 within the segment"
-                )
-            # It touches the study (its updated_at) when anything is new.
-            accepted, duplicates = repo.add_observations(
-                segment_id, rows, study_id=segment.study_id
+            segment, _ = self._locked_segment(repo, segment_id, scope)
+            accepted, duplicates = self._store_batch(repo, segment, batch.observations)
+            if segment.status is SegmentStatus.open:
+                repo.heartbeat_segment(segment_id)
+        stop = (
+            segment.status is SegmentStatus.open
+            and segment.kind is SegmentKind.explore
+            and any(
+                value_diverged(o.value, segment.stop_above)
+                for o in batch.observations
+                if (o.metric or segment.metric) is segment.metric
             )
-            repo.heartbeat_segment(segment_id)
-        stop = segment.kind is SegmentKind.explore and any(
-            value_diverged(value, segment.stop_above)
-            for _, metric, value in rows
-            if metric is segment.metric
         )
+        return ObservationsAccepted(accepted=accepted, duplicates=duplicates, stop=stop)
+
+    def _check_batch_size(self, observations: Sequence[ObservationIn]) -> None:
+        if len(observations) > self.max_batch:
+            raise InputError(
+                f"{len(observations)} observations in one request; send at most "
+                f"{self.max_batch} per batch"
+            )
+
+    def _store_batch(
+        self, repo: Repository, segment: SegmentRecord, observations: Sequence[ObservationIn]
+    ) -> tuple[int, int]:
+        """Store a batch for ``segment`` (read under the study's lock): ``(accepted,
+        duplicates)``. A closed segment takes only exact repeats of what it has."""
+        rows = [(o.step, o.metric or segment.metric, o.value) for o in observations]
+        _check_batch_order(segment.id, rows)
+        if segment.status is not SegmentStatus.open:
+            accepted, duplicates = repo.count_existing(segment.id, rows)
+            if accepted:
+                raise SegmentClosedError(
+                    f"segment {segment.id} is {segment.status.value}; it takes no new "
+                    "observations (ask /next for the open segment)"
+                )
+            if self.metrics is not None:
+                self.metrics.ingested(0, duplicates)
+            return 0, duplicates
+        beyond = [step for step, _, _ in rows if step > segment.steps]
+        if beyond:
+            raise InputError(
+                f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
+                "steps: report steps counted from 1 within the segment"
+            )
+        # It touches the study (its updated_at) when anything is new.
+        accepted, duplicates = repo.add_observations(segment.id, rows, study_id=segment.study_id)
         if self.metrics is not None:
             self.metrics.ingested(accepted, duplicates)
-        return ObservationsAccepted(accepted=accepted, duplicates=duplicates, stop=stop)
+        return accepted, duplicates
 
     def complete_segment(
         self, segment_id: int, request: CompleteRequest, *, scope: str | None = None
     ) -> SegmentView:
         """Close a trained segment (idempotent). An explore segment gets its forecast.
 
-        The forecast (a curve fit, milliseconds of CPU) is computed before the write
-        transaction, from the observations read just before, so that the store's write
-        lock is held only for the writes. Should an observation batch land in between,
-        the forecast is computed again under the lock. Observations that come with the
-        request are stored first, exactly as a batch of their own would be.
+        Observations that come with the request are stored first, exactly as a batch of
+        their own would be, in the same transaction: a completion that is refused
+        stores nothing. The forecast (a curve fit, milliseconds of CPU) is computed
+        before the write transaction, from the observations read just before plus the
+        request's, so that the store's write lock is held only for the writes. Should
+        another batch land in between, the forecast is computed again under the lock.
         """
-        if request.observations:
-            self.add_observations(
-                segment_id, ObservationBatch(observations=request.observations), scope=scope
-            )
+        self._check_batch_size(request.observations)
+        closing: tuple[SegmentStatus, int, Forecast | None] | None = None
+        expected = -1
         with self.store.transaction(read_only=True) as repo:
             segment = self._segment(repo, segment_id, scope)
             if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
-                return self._view(segment)
-            observations = repo.observations_of_segment(segment_id)
-            config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
-        closing = self._closing(segment, request, observations, config)
+                if not request.observations:
+                    return self._view(segment)
+            elif segment.status is SegmentStatus.open:
+                stored = repo.observations_of_segment(segment_id)
+                config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
+                merged = _merged(stored, segment.metric, request.observations)
+                if merged is not None:
+                    expected = len(merged)
+                    try:
+                        closing = self._closing(segment, request, merged, config)
+                    except (InputError, InvalidStateError):
+                        closing = None  # raised again, in order, under the lock
 
         with self.store.transaction() as repo:
-            segment = self._locked_segment(repo, segment_id, scope)
+            segment, study = self._locked_segment(repo, segment_id, scope)
+            if request.observations:
+                self._store_batch(repo, segment, request.observations)
             if segment.status in (SegmentStatus.completed, SegmentStatus.diverged):
                 return self._view(segment)  # a retry or a racing request closed it
             # Stored observations never change, only grow: a count tells whether any landed.
             current = repo.observations_of_segment(segment_id)
-            if len(current) != len(observations):
+            if closing is None or len(current) != expected:
+                config = StudyConfig.model_validate(study.config)
                 closing = self._closing(segment, request, current, config)
             status, steps_done, forecast = closing
             updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
@@ -441,6 +470,7 @@ class StudyService:
                     params=dict(forecast.params),
                     n_points=forecast.n_points,
                     objective=None,
+                    study_id=segment.study_id,
                 )
             else:
                 repo.set_stage(segment.stage_id, status="completed")
@@ -484,7 +514,7 @@ class StudyService:
     ) -> SegmentView:
         """The job could not train the segment (idempotent)."""
         with self.store.transaction() as repo:
-            segment = self._locked_segment(repo, segment_id, scope)
+            segment, _ = self._locked_segment(repo, segment_id, scope)
             if segment.status is SegmentStatus.failed:
                 return self._view(segment)
             if segment.status is not SegmentStatus.open:
@@ -600,11 +630,14 @@ class StudyService:
 
     def _locked_segment(
         self, repo: Repository, segment_id: int, scope: str | None = None
-    ) -> SegmentRecord:
-        """The segment, read after its study is locked (status changes are atomic)."""
+    ) -> tuple[SegmentRecord, StudyRecord]:
+        """The segment, read after its study is locked (status changes are atomic), and
+        the study."""
         segment = self._segment(repo, segment_id, scope)
-        repo.lock_study(segment.study_id)
-        return self._segment(repo, segment_id)
+        study = repo.lock_study(segment.study_id)
+        if study is None:  # deleted meanwhile (studies are never deleted today)
+            raise NotFoundError(f"no segment {segment_id}: its study is gone")
+        return self._segment(repo, segment_id), study
 
     def _study_view(self, history: StudyHistory) -> StudyView:
         study = history.study
@@ -659,6 +692,26 @@ class StudyService:
             and open_view is not None
             and open_view.stale,
         )
+
+
+def _merged(
+    stored: Sequence[ObservationRecord], metric: Metric, incoming: Iterable[ObservationIn]
+) -> list[ObservationRecord] | None:
+    """What the segment's observations will be once ``incoming`` is stored, sorted as the
+    store returns them; None if ``incoming`` conflicts with itself or ``stored`` (storing
+    it then raises the error)."""
+    merged = {(o.step, o.metric): o.value for o in stored}
+    for o in incoming:
+        key = (o.step, o.metric or metric)
+        known = merged.setdefault(key, o.value)
+        if not (known == o.value or (math.isnan(known) and math.isnan(o.value))):
+            return None
+    return [
+        ObservationRecord(step, m, value)
+        for (step, m), value in sorted(
+            merged.items(), key=lambda item: (item[0][0], item[0][1].value)
+        )
+    ]
 
 
 def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]]) -> None:

@@ -132,6 +132,13 @@ class Repository:
     def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
         self._s = session
         self._clock = clock
+        #: Studies whose ``updated_at`` this transaction has set already.
+        self._touched: set[int] = set()
+        #: Rows read in this transaction, held so that the session's (weak) identity map
+        #: keeps them: a later ``Session.get`` of one is then answered without a query.
+        self._held: list[Any] = []
+        #: Segment id -> its stage's index, for the segments read in this transaction.
+        self._stage_index: dict[int, int] = {}
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -394,13 +401,17 @@ class Repository:
         return study
 
     def touch_study(self, study_id: int) -> None:
-        """Set the study's ``updated_at`` to now (every write below does it already).
+        """Set the study's ``updated_at`` to now (every write below does it already); once
+        a transaction, as its writes commit together.
 
         On PostgreSQL this also locks the study row until the transaction ends.
         """
+        if study_id in self._touched:
+            return
         self._s.execute(
             update(StudyRow).where(StudyRow.id == study_id).values(updated_at=self._now())
         )
+        self._touched.add(study_id)
 
     # ------------------------------------------------------------------ stages
 
@@ -426,9 +437,14 @@ class Repository:
         An existing stage is returned as stored: the tuner is deterministic, so it asks
         for the same sizes every time.
         """
-        query = select(StageRow).where(StageRow.study_id == study_id, StageRow.index == index)
+        query = (
+            select(StageRow)
+            .where(StageRow.study_id == study_id, StageRow.index == index)
+            .execution_options(populate_existing=True)
+        )
         row = self._s.scalar(query)
         if row is not None:
+            self._held.append(row)
             return self._stage(row)
         self.touch_study(study_id)
         row = StageRow(
@@ -486,7 +502,13 @@ class Repository:
 
     @staticmethod
     def _segment_query() -> Select[SegmentRow, int]:
-        return select(SegmentRow, StageRow.index).join(StageRow, SegmentRow.stage_id == StageRow.id)
+        # populate_existing: a row this transaction holds is refreshed by a new read (the
+        # read after a lock must see what a concurrent writer committed meanwhile).
+        return (
+            select(SegmentRow, StageRow.index)
+            .join(StageRow, SegmentRow.stage_id == StageRow.id)
+            .execution_options(populate_existing=True)
+        )
 
     @staticmethod
     def _segment(row: SegmentRow, stage: int) -> SegmentRecord:
@@ -520,7 +542,12 @@ class Repository:
 
     def _one_segment(self, query: Select[SegmentRow, int]) -> SegmentRecord | None:
         found = self._s.execute(query).first()
-        return None if found is None else self._segment(*found)
+        if found is None:
+            return None
+        row, stage = found
+        self._held.append(row)
+        self._stage_index[row.id] = stage
+        return self._segment(row, stage)
 
     def insert_segment(
         self,
@@ -582,7 +609,10 @@ class Repository:
             heartbeat_at=self._now(),
         )
         error = self._insert(row)
-        if error is not None:
+        if error is None:
+            self._held.append(row)
+            self._stage_index[row.id] = stage.index
+        else:
             taken = self._s.scalar(
                 select(SegmentRow.id).where(SegmentRow.study_id == study_id, SegmentRow.seq == seq)
             )
@@ -656,6 +686,9 @@ class Repository:
         row.fail_reason = fail_reason
         row.completed_at = None if new_status is SegmentStatus.open else self._now()
         self._s.flush()
+        stage = self._stage_index.get(segment_id)
+        if stage is not None:  # the row is current after the flush
+            return self._segment(row, stage)
         segment = self.get_segment(segment_id)
         assert segment is not None
         return segment
@@ -856,13 +889,15 @@ class Repository:
         params: Mapping[str, float],
         n_points: int,
         objective: float | None,
+        study_id: int | None = None,
     ) -> ForecastRecord:
         """Write the segment's forecast, replacing any earlier one.
 
         Non-finite ``prediction``, ``std`` and ``objective`` are stored as None (the
-        ``status`` says why); NaN/inf in ``params`` round-trip.
+        ``status`` says why); NaN/inf in ``params`` round-trip. ``study_id`` (the
+        segment's study), when the caller knows it, saves a query.
         """
-        self.touch_study(self._study_of_segment(segment_id))
+        self.touch_study(self._study_of_segment(segment_id) if study_id is None else study_id)
         values = {
             "model": model,
             "prediction": _finite_or_none(prediction),
