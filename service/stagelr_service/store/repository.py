@@ -19,9 +19,21 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -124,6 +136,142 @@ def _metric(metric: Metric | str) -> str:
         raise InputError(
             f"unknown metric {metric!r}: use one of {', '.join(m.value for m in Metric)}"
         ) from None
+
+
+class _Hot:
+    """The statements of the decision path, each built once.
+
+    A statement built per call costs SQLAlchemy its construction and its cache key, about
+    three times what running it on SQLite costs (measured: 404 us against 171 us a
+    study read); these take their values as bound parameters.
+    """
+
+    @staticmethod
+    @cache
+    def study() -> Any:
+        return Repository._study_query().where(StudyRow.id == bindparam("study_id"))
+
+    @staticmethod
+    @cache
+    def locked_study() -> Any:
+        return (
+            _Hot.study()
+            .with_for_update(of=StudyRow)
+            # The row may have changed while we waited for the lock: refresh it.
+            .execution_options(populate_existing=True)
+        )
+
+    @staticmethod
+    @cache
+    def touch() -> Any:
+        return (
+            update(StudyRow)
+            .where(StudyRow.id == bindparam("study_id"))
+            .values(updated_at=bindparam("now"))
+        )
+
+    @staticmethod
+    @cache
+    def stage() -> Any:
+        return (
+            select(StageRow)
+            .where(StageRow.study_id == bindparam("study_id"), StageRow.index == bindparam("index"))
+            .execution_options(populate_existing=True)
+        )
+
+    @staticmethod
+    @cache
+    def stages() -> Any:
+        return (
+            select(StageRow)
+            .where(StageRow.study_id == bindparam("study_id"))
+            .order_by(StageRow.index)
+        )
+
+    @staticmethod
+    @cache
+    def segment() -> Any:
+        return Repository._segment_query().where(SegmentRow.id == bindparam("segment_id"))
+
+    @staticmethod
+    @cache
+    def segments() -> Any:
+        return (
+            Repository._segment_query()
+            .where(SegmentRow.study_id == bindparam("study_id"))
+            .order_by(SegmentRow.seq)
+        )
+
+    @staticmethod
+    @cache
+    def study_of_segment() -> Any:
+        return select(SegmentRow.study_id).where(SegmentRow.id == bindparam("segment_id"))
+
+    @staticmethod
+    @cache
+    def heartbeat() -> Any:
+        return (
+            update(SegmentRow)
+            .where(
+                SegmentRow.id == bindparam("segment_id"),
+                SegmentRow.status == SegmentStatus.open.value,
+            )
+            .values(heartbeat_at=bindparam("now"))
+        )
+
+    @staticmethod
+    @cache
+    def observations_between() -> Any:
+        return select(
+            ObservationRow.step, ObservationRow.metric, ObservationRow.value, ObservationRow.special
+        ).where(
+            ObservationRow.segment_id == bindparam("segment_id"),
+            ObservationRow.step.between(bindparam("low"), bindparam("high")),
+        )
+
+    @staticmethod
+    @cache
+    def observations_of_segment() -> Any:
+        return (
+            select(
+                ObservationRow.step,
+                ObservationRow.metric,
+                ObservationRow.value,
+                ObservationRow.special,
+            )
+            .where(ObservationRow.segment_id == bindparam("segment_id"))
+            .order_by(ObservationRow.step, ObservationRow.metric)
+        )
+
+    @staticmethod
+    @cache
+    def observations_of_study() -> Any:
+        return (
+            select(
+                ObservationRow.segment_id,
+                ObservationRow.step,
+                ObservationRow.metric,
+                ObservationRow.value,
+                ObservationRow.special,
+            )
+            .join(SegmentRow, ObservationRow.segment_id == SegmentRow.id)
+            .where(SegmentRow.study_id == bindparam("study_id"))
+            .order_by(ObservationRow.segment_id, ObservationRow.step, ObservationRow.metric)
+        )
+
+    @staticmethod
+    @cache
+    def forecast() -> Any:
+        return select(ForecastRow).where(ForecastRow.segment_id == bindparam("segment_id"))
+
+    @staticmethod
+    @cache
+    def forecasts() -> Any:
+        return (
+            select(ForecastRow)
+            .join(SegmentRow, ForecastRow.segment_id == SegmentRow.id)
+            .where(SegmentRow.study_id == bindparam("study_id"))
+        )
 
 
 class Repository:
@@ -310,7 +458,8 @@ class Repository:
         raise error
 
     def get_study(self, study_id: int) -> StudyRecord | None:
-        return self._one_study(self._study_query().where(StudyRow.id == study_id))
+        found = self._s.execute(_Hot.study(), {"study_id": study_id}).one_or_none()
+        return None if found is None else self._study(*found)
 
     def find_study(self, project: str, name: str) -> StudyRecord | None:
         """The study ``name`` of the project named ``project``, if any."""
@@ -325,14 +474,8 @@ class Repository:
         one study (on any replica) run one after the other. SQLite: a plain read; the
         write transaction already holds the database's write lock (BEGIN IMMEDIATE).
         """
-        query = (
-            self._study_query()
-            .where(StudyRow.id == study_id)
-            .with_for_update(of=StudyRow)
-            # The row may have changed while we waited for the lock: refresh it.
-            .execution_options(populate_existing=True)
-        )
-        return self._one_study(query)
+        found = self._s.execute(_Hot.locked_study(), {"study_id": study_id}).one_or_none()
+        return None if found is None else self._study(*found)
 
     def list_studies(
         self,
@@ -408,9 +551,7 @@ class Repository:
         """
         if study_id in self._touched:
             return
-        self._s.execute(
-            update(StudyRow).where(StudyRow.id == study_id).values(updated_at=self._now())
-        )
+        self._s.execute(_Hot.touch(), {"study_id": study_id, "now": self._now()})
         self._touched.add(study_id)
 
     # ------------------------------------------------------------------ stages
@@ -437,12 +578,9 @@ class Repository:
         An existing stage is returned as stored: the tuner is deterministic, so it asks
         for the same sizes every time.
         """
-        query = (
-            select(StageRow)
-            .where(StageRow.study_id == study_id, StageRow.index == index)
-            .execution_options(populate_existing=True)
-        )
-        row = self._s.scalar(query)
+        query = _Hot.stage()
+        params = {"study_id": study_id, "index": index}
+        row = self._s.scalar(query, params)
         if row is not None:
             self._held.append(row)
             return self._stage(row)
@@ -458,7 +596,7 @@ class Repository:
         )
         error = self._insert(row)
         if error is not None:
-            found = self._s.scalar(query)
+            found = self._s.scalar(query, params)
             if found is None:
                 raise error
             row = found
@@ -471,9 +609,7 @@ class Repository:
         return None if row is None else self._stage(row)
 
     def stages_of_study(self, study_id: int) -> list[StageRecord]:
-        rows = self._s.scalars(
-            select(StageRow).where(StageRow.study_id == study_id).order_by(StageRow.index)
-        )
+        rows = self._s.scalars(_Hot.stages(), {"study_id": study_id})
         return [self._stage(row) for row in rows]
 
     def set_stage(
@@ -540,8 +676,10 @@ class Repository:
             heartbeat_at=row.heartbeat_at,
         )
 
-    def _one_segment(self, query: Select[SegmentRow, int]) -> SegmentRecord | None:
-        found = self._s.execute(query).first()
+    def _one_segment(
+        self, query: Select[SegmentRow, int], params: Mapping[str, Any] | None = None
+    ) -> SegmentRecord | None:
+        found = self._s.execute(query, params).first()
         if found is None:
             return None
         row, stage = found
@@ -631,16 +769,12 @@ class Repository:
         closed it). Locks only the segment row, so it cannot deadlock with writers that
         lock the study first.
         """
-        self._s.execute(
-            update(SegmentRow)
-            .where(SegmentRow.id == segment_id, SegmentRow.status == SegmentStatus.open.value)
-            .values(heartbeat_at=self._now())
-        )
+        self._s.execute(_Hot.heartbeat(), {"segment_id": segment_id, "now": self._now()})
         segment = self.get_segment(segment_id)
         return segment if segment is not None and segment.status is SegmentStatus.open else None
 
     def get_segment(self, segment_id: int) -> SegmentRecord | None:
-        return self._one_segment(self._segment_query().where(SegmentRow.id == segment_id))
+        return self._one_segment(_Hot.segment(), {"segment_id": segment_id})
 
     def segment_by_seq(self, study_id: int, seq: int) -> SegmentRecord | None:
         """Segment ``seq`` of the study (e.g. the one a racing request issued first)."""
@@ -658,9 +792,7 @@ class Repository:
 
     def segments_of_study(self, study_id: int) -> list[SegmentRecord]:
         """All segments of the study, in issue order (by ``seq``)."""
-        rows = self._s.execute(
-            self._segment_query().where(SegmentRow.study_id == study_id).order_by(SegmentRow.seq)
-        ).all()
+        rows = self._s.execute(_Hot.segments(), {"study_id": study_id}).all()
         return [self._segment(row, stage) for row, stage in rows]
 
     def update_segment_status(
@@ -761,10 +893,10 @@ class Repository:
         return len(new), repeats + len(batch) - len(new)
 
     def _study_of_segment(self, segment_id: int) -> int:
-        study_id = self._s.scalar(select(SegmentRow.study_id).where(SegmentRow.id == segment_id))
+        study_id = self._s.scalar(_Hot.study_of_segment(), {"segment_id": segment_id})
         if study_id is None:
             raise NotFoundError(f"segment {segment_id} does not exist")
-        return study_id
+        return int(study_id)
 
     @staticmethod
     def _batch(
@@ -797,15 +929,8 @@ class Repository:
         stored: dict[tuple[int, str], _Encoded] = {
             (step, metric): (value, special)
             for step, metric, value, special in self._s.execute(
-                select(
-                    ObservationRow.step,
-                    ObservationRow.metric,
-                    ObservationRow.value,
-                    ObservationRow.special,
-                ).where(
-                    ObservationRow.segment_id == segment_id,
-                    ObservationRow.step.between(min(steps), max(steps)),
-                )
+                _Hot.observations_between(),
+                {"segment_id": segment_id, "low": min(steps), "high": max(steps)},
             )
         }
         new: dict[tuple[int, str], _Encoded] = {}
@@ -824,16 +949,7 @@ class Repository:
 
     def observations_of_segment(self, segment_id: int) -> list[ObservationRecord]:
         """The segment's observations sorted by (step, metric)."""
-        rows = self._s.execute(
-            select(
-                ObservationRow.step,
-                ObservationRow.metric,
-                ObservationRow.value,
-                ObservationRow.special,
-            )
-            .where(ObservationRow.segment_id == segment_id)
-            .order_by(ObservationRow.step, ObservationRow.metric)
-        )
+        rows = self._s.execute(_Hot.observations_of_segment(), {"segment_id": segment_id})
         return [
             ObservationRecord(step, Metric(metric), _decode(value, special))
             for step, metric, value, special in rows
@@ -842,18 +958,7 @@ class Repository:
     def observations_of_study(self, study_id: int) -> dict[int, list[ObservationRecord]]:
         """segment id -> observations sorted by (step, metric), for the whole study in one
         query; segments without observations are absent."""
-        rows = self._s.execute(
-            select(
-                ObservationRow.segment_id,
-                ObservationRow.step,
-                ObservationRow.metric,
-                ObservationRow.value,
-                ObservationRow.special,
-            )
-            .join(SegmentRow, ObservationRow.segment_id == SegmentRow.id)
-            .where(SegmentRow.study_id == study_id)
-            .order_by(ObservationRow.segment_id, ObservationRow.step, ObservationRow.metric)
-        )
+        rows = self._s.execute(_Hot.observations_of_study(), {"study_id": study_id})
         out: dict[int, list[ObservationRecord]] = {}
         for segment_id, step, metric, value, special in rows:
             out.setdefault(segment_id, []).append(
@@ -908,9 +1013,8 @@ class Repository:
             "objective": _finite_or_none(objective),
             "created_at": self._now(),
         }
-        query = select(ForecastRow).where(ForecastRow.segment_id == segment_id)
         for _ in range(2):
-            row = self._s.scalar(query)
+            row = self._s.scalar(_Hot.forecast(), {"segment_id": segment_id})
             if row is None:
                 row = ForecastRow(segment_id=segment_id, **values)
                 if self._insert(row) is not None:
@@ -928,11 +1032,7 @@ class Repository:
 
     def forecasts_of_study(self, study_id: int) -> dict[int, ForecastRecord]:
         """segment id -> forecast, for every segment of the study that has one."""
-        rows = self._s.scalars(
-            select(ForecastRow)
-            .join(SegmentRow, ForecastRow.segment_id == SegmentRow.id)
-            .where(SegmentRow.study_id == study_id)
-        )
+        rows = self._s.scalars(_Hot.forecasts(), {"study_id": study_id})
         return {row.segment_id: self._forecast(row) for row in rows}
 
     # ------------------------------------------------------------------ history
