@@ -50,8 +50,17 @@ def service(database: URL, optimizer) -> Iterator[StudyService]:  # type: ignore
 CONFIG = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4)
 
 
-def run_study(service: StudyService, name: str, config: StudyConfig = CONFIG, seed: int = 0) -> int:
-    """Drive one study to its end with the synthetic job; returns its id."""
+def run_study(
+    service: StudyService,
+    name: str,
+    config: StudyConfig = CONFIG,
+    seed: int = 0,
+    *,
+    carry: bool = False,
+) -> int:
+    """Drive one study to its end with the synthetic job; returns its id. ``carry``: each
+    segment's reports ride on its completion (as the client sends the last ones) instead
+    of a batch of their own."""
     study, _ = service.create_study(StudyCreate(name=name, config=config))
     job = SyntheticJob(seed=seed)
     while (segment := service.next_segment(study.id).segment) is not None:
@@ -62,12 +71,15 @@ def run_study(service: StudyService, name: str, config: StudyConfig = CONFIG, se
             explore=segment.kind is SegmentKind.explore,
             stop_above=segment.stop_above,
         )
-        service.add_observations(
-            segment.id,
-            ObservationBatch(observations=[ObservationIn(step=s, value=v) for s, v in reports]),
-        )
+        points = [ObservationIn(step=s, value=v) for s, v in reports]
         done = reports[-1][0] if diverged else None
-        service.complete_segment(segment.id, CompleteRequest(steps_done=done))
+        if carry:
+            service.complete_segment(
+                segment.id, CompleteRequest(steps_done=done, observations=points)
+            )
+        else:
+            service.add_observations(segment.id, ObservationBatch(observations=points))
+            service.complete_segment(segment.id, CompleteRequest(steps_done=done))
     return study.id
 
 
@@ -144,28 +156,9 @@ def test_two_runs_of_the_same_study_make_the_same_decisions(service) -> None:
     assert [(s.kind, s.lr, s.steps) for s in first] == [(s.kind, s.lr, s.steps) for s in second]
 
 
-def drive_with_carried_reports(service: StudyService, name: str, seed: int) -> int:
-    """run_study, with each segment's reports carried by its completion (as the client
-    sends the last ones) instead of a batch of their own."""
-    study, _ = service.create_study(StudyCreate(name=name, config=CONFIG))
-    job = SyntheticJob(seed=seed)
-    while (segment := service.next_segment(study.id).segment) is not None:
-        reports, diverged = job.train(
-            segment.lr,
-            segment.steps,
-            segment.report_every,
-            explore=segment.kind is SegmentKind.explore,
-            stop_above=segment.stop_above,
-        )
-        carried = [ObservationIn(step=s, value=v) for s, v in reports]
-        done = reports[-1][0] if diverged else None
-        service.complete_segment(segment.id, CompleteRequest(steps_done=done, observations=carried))
-    return study.id
-
-
 def test_reports_carried_by_the_completion_decide_as_a_batch_of_their_own(service) -> None:
     separate = run_study(service, "separate", seed=5)
-    carried = drive_with_carried_reports(service, "carried", seed=5)
+    carried = run_study(service, "carried", seed=5, carry=True)
     with service.store.transaction(read_only=True) as repo:
         a, b = repo.history(separate), repo.history(carried)
     assert a is not None and b is not None
