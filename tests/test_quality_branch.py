@@ -65,3 +65,17 @@ def test_work_items_pair_only_missing_twins() -> None:
     items = harness._work_items(plan)
     assert sorted(id(t) for item in items for t in item) == sorted(id(t) for t in plan)
     assert sum(len(item) == 2 for item in items) == 2  # one per quick grid peak
+
+
+def test_charlm_grid_completes_a_point_before_the_next_and_others_go_seed_by_seed() -> None:
+    empty = harness.Cache(harness.ROOT / "no-such-cache")
+    charlm = [t for t in harness.plan(VARIANTS["charlm-3000"], empty, ["grid"], False, None)]
+    assert len(charlm) == 64  # 4 schedules x 8 peaks x 2 seeds
+    configs = [t.config for t in charlm]
+    # Each point's two seeds are adjacent, and the first points are the grid's centre.
+    assert all(configs[i] == configs[i + 1] for i in range(0, len(configs), 2))
+    assert [t.seed for t in charlm[:4]] == [0, 1, 0, 1]
+    centre = dict(configs[0])["peak"]
+    assert all(dict(c)["peak"] == centre for c in configs[:8])
+    digits = harness.plan(VARIANTS["digits"], empty, ["grid"], False, None)
+    assert [t.seed for t in digits[:32]] == [0] * 32  # seed 0 of every point first

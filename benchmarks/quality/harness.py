@@ -259,14 +259,22 @@ def plan(
 ) -> list[Task]:
     """The first-phase tasks of a variant (all but the target config's extra seeds).
 
-    charlm runs its single-run methods before its grid, the rest the grid first: a
-    partial charlm benchmark then has every method on a few seeds and the grid's middle.
+    charlm runs its single-run methods before its grid, the rest the grid first, and its
+    grid point by point with every seed of a point before the next: a partial charlm
+    benchmark then has every method on a few seeds and the grid's middle complete (a
+    point counts toward the target only once it has all its seeds).
     """
     grid: list[Task] = []
     if "grid" in method_names:
-        for seed in seeds(variant, quick, seeds_override, grid=True):
-            for kind, peak in grid_points(variant, quick):
-                grid.append(Task(variant, "grid", seed, (("peak", peak), ("schedule", kind))))
+        grid_seeds = seeds(variant, quick, seeds_override, grid=True)
+        points = grid_points(variant, quick)
+        pairs = (
+            [(seed, point) for point in points for seed in grid_seeds]
+            if variant.workload == "charlm"
+            else [(seed, point) for seed in grid_seeds for point in points]
+        )
+        for seed, (kind, peak) in pairs:
+            grid.append(Task(variant, "grid", seed, (("peak", peak), ("schedule", kind))))
     single = [
         Task(variant, method, seed)
         for seed in seeds(variant, quick, seeds_override, grid=False)
