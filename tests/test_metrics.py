@@ -75,6 +75,8 @@ def test_metrics_count_what_a_training_run_did(live_server) -> None:
     assert samples[("stagelr_studies", (("status", "completed"),))] == 1
     assert samples[("stagelr_segments", (("status", "completed"),))] == len(segments)
     assert samples[("stagelr_store_up", ())] == 1
+    # Start-up froze what it loaded (torch, BoTorch): full collections skip it.
+    assert samples[("stagelr_gc_frozen_objects", ())] > 100_000
 
 
 def test_every_app_keeps_its_own_registry(tmp_path) -> None:

@@ -497,6 +497,25 @@ def test_an_unknown_metric_is_an_input_error(store: Store) -> None:
 # --------------------------------------------------------------------------- forecasts, history
 
 
+def test_a_forecast_read_then_replaced_in_one_transaction_reads_back_replaced(
+    store: Store,
+) -> None:
+    segment_id = new_segment(store, new_study(store))
+    values = dict(model="robust", std=0.1, status="ok", params={"a": 1.0}, n_points=4)
+    with store.transaction() as repo:
+        repo.upsert_forecast(segment_id, prediction=0.9, objective=0.9, **values)
+    with store.transaction() as repo:
+        before = repo.get_forecast(segment_id)  # now held by the session
+        replaced = repo.upsert_forecast(segment_id, prediction=0.5, objective=None, **values)
+        after = repo.get_forecast(segment_id)
+        study_id = repo.get_segment(segment_id).study_id  # type: ignore[union-attr]
+        by_study = repo.forecasts_of_study(study_id)
+    assert before is not None and before.prediction == 0.9
+    assert replaced.id == before.id and replaced.prediction == 0.5
+    assert after is not None and (after.prediction, after.objective) == (0.5, None)
+    assert by_study[segment_id].prediction == 0.5
+
+
 def test_upsert_forecast_replaces_the_previous_one(store: Store) -> None:
     segment_id = new_segment(store, new_study(store))
     with store.transaction() as repo:

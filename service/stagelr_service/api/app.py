@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.check_schema()
         optimizer = GPOptimizer()
         optimizer.warm_up()
+        # What is loaded by now (torch, BoTorch, the app) lives as long as the process:
+        # move it out of the collector's reach, so that a full collection scans only what
+        # requests allocate. Measured without it: a 170 ms pause inside a decision every
+        # ~130 decisions (a full collection walking torch's and BoTorch's objects).
+        gc.collect()
+        gc.freeze()
         app.state.studies = StudyService(
             store,
             optimizer,

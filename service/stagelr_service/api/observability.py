@@ -20,6 +20,7 @@ request request_id, method, path, status, duration_ms).
 from __future__ import annotations
 
 import contextvars
+import gc
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -102,6 +103,13 @@ class ServerMetrics:
             "Observations received again that were already stored (retried batches).",
             registry=self.registry,
         )
+        frozen = Gauge(
+            "stagelr_gc_frozen_objects",
+            "Objects moved out of the garbage collector's reach at start-up (gc.freeze): "
+            "0 means full collections walk torch and BoTorch again, pausing requests.",
+            registry=self.registry,
+        )
+        frozen.set_function(gc.get_freeze_count)
         self.registry.register(_StoreCollector(app))
 
     # The study service's hooks.

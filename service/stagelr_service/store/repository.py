@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from enum import Enum
 from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -138,6 +141,29 @@ def _metric(metric: Metric | str) -> str:
         ) from None
 
 
+#: The forecast columns an upsert writes (all but the keys).
+_FORECAST_VALUES = (
+    "model",
+    "prediction",
+    "std",
+    "status",
+    "params",
+    "n_points",
+    "objective",
+    "created_at",
+)
+
+
+def _dialect_insert(dialect: str, table: Any) -> Any:
+    """The INSERT construct with ON CONFLICT of the store's dialect (SQLite or
+    PostgreSQL, the two the store supports)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"the store supports SQLite and PostgreSQL, not {dialect!r}")
+
+
 class _Hot:
     """The statements of the decision path, each built once.
 
@@ -169,6 +195,30 @@ class _Hot:
             .where(StudyRow.id == bindparam("study_id"))
             .values(updated_at=bindparam("now"))
         )
+
+    @staticmethod
+    @cache
+    def insert_segment(dialect: str) -> Any:
+        """INSERT a segment unless its (study, seq) is taken; RETURNING its id (no row:
+        taken). One statement, no SAVEPOINT: ON CONFLICT leaves the transaction usable
+        on PostgreSQL, where a failed INSERT would abort it."""
+        table = SegmentRow.__table__
+        return (
+            _dialect_insert(dialect, table)
+            .on_conflict_do_nothing(index_elements=[table.c.study_id, table.c.seq])
+            .returning(table.c.id)
+        )
+
+    @staticmethod
+    @cache
+    def upsert_forecast(dialect: str) -> Any:
+        """INSERT a segment's forecast or replace the one stored; RETURNING its id."""
+        table = ForecastRow.__table__
+        statement = _dialect_insert(dialect, table)
+        replaced = {name: statement.excluded[name] for name in _FORECAST_VALUES}
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.segment_id], set_=replaced
+        ).returning(table.c.id)
 
     @staticmethod
     @cache
@@ -287,12 +337,19 @@ class Repository:
         self._held: list[Any] = []
         #: Segment id -> its stage's index, for the segments read in this transaction.
         self._stage_index: dict[int, int] = {}
+        self._dialect_name: str | None = None
 
     def _now(self) -> datetime:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("the store's clock must return an aware datetime")
         return now
+
+    def _dialect(self) -> str:
+        """The store's SQL dialect: ``sqlite`` or ``postgresql``."""
+        if self._dialect_name is None:
+            self._dialect_name = self._s.get_bind().dialect.name
+        return self._dialect_name
 
     def _insert(self, row: Any) -> IntegrityError | None:
         """Insert ``row`` in a SAVEPOINT; the IntegrityError if a constraint refused it."""
@@ -647,7 +704,7 @@ class Repository:
         )
 
     @staticmethod
-    def _segment(row: SegmentRow, stage: int) -> SegmentRecord:
+    def _segment(row: SegmentRow | SimpleNamespace, stage: int) -> SegmentRecord:
         return SegmentRecord(
             id=row.id,
             study_id=row.study_id,
@@ -721,46 +778,40 @@ class Repository:
             if value is not None and not math.isfinite(value):
                 raise InputError(f"segment {name} must be finite, not {value!r}")
         self.touch_study(study_id)
-        row = SegmentRow(
-            study_id=study_id,
-            stage_id=stage_id,
-            seq=seq,
-            index=index,
-            kind=SegmentKind(kind).value,
-            status=SegmentStatus.open.value,
-            lr=float(lr),
-            steps=steps,
-            start_step=start_step,
-            horizon=horizon,
-            metric=_metric(metric),
-            report_every=report_every,
-            restore=restore,
-            save_start=save_start,
-            save_end=save_end,
-            discard=list(discard),
-            stop_above=None if stop_above is None else float(stop_above),
-            data_seed=data_seed,
-            steps_done=None,
-            fail_reason=None,
-            created_at=self._now(),
-            completed_at=None,
-            heartbeat_at=self._now(),
-        )
-        error = self._insert(row)
-        if error is None:
-            self._held.append(row)
-            self._stage_index[row.id] = stage.index
-        else:
-            taken = self._s.scalar(
-                select(SegmentRow.id).where(SegmentRow.study_id == study_id, SegmentRow.seq == seq)
-            )
-            if taken is None:
-                raise error
+        now = self._now()
+        values: dict[str, Any] = {
+            "study_id": study_id,
+            "stage_id": stage_id,
+            "seq": seq,
+            "index": index,
+            "kind": SegmentKind(kind).value,
+            "status": SegmentStatus.open.value,
+            "lr": float(lr),
+            "steps": steps,
+            "start_step": start_step,
+            "horizon": horizon,
+            "metric": _metric(metric),
+            "report_every": report_every,
+            "restore": restore,
+            "save_start": save_start,
+            "save_end": save_end,
+            "discard": list(discard),
+            "stop_above": None if stop_above is None else float(stop_above),
+            "data_seed": data_seed,
+            "steps_done": None,
+            "fail_reason": None,
+            "created_at": now,
+            "completed_at": None,
+            "heartbeat_at": now,
+        }
+        segment_id = self._s.scalar(_Hot.insert_segment(self._dialect()), values)
+        if segment_id is None:
             raise DuplicateSegmentError(
                 f"segment {seq} of study {study_id} was issued concurrently by another "
                 "request: read the study again and use the stored segment"
-            ) from error
-        return self._segment(row, stage.index)
+            )
+        self._stage_index[segment_id] = stage.index
+        return self._segment(SimpleNamespace(id=segment_id, **values), stage.index)
 
     def heartbeat_segment(self, segment_id: int) -> SegmentRecord | None:
         """Set an open segment's ``heartbeat_at`` to now (its job is alive).
@@ -852,10 +903,14 @@ class Repository:
         self.touch_study(study_id)
         # A second pass only if a concurrent writer slipped in between our SELECT and
         # INSERT (the unique key caught it): its rows are then visible to the SELECT.
+        # That takes PostgreSQL, where the INSERT runs in a SAVEPOINT (a failed statement
+        # would abort the transaction); a SQLite write transaction holds the database's
+        # write lock from its BEGIN IMMEDIATE, so no writer slips in there.
         for attempt in range(2):
             new = self._new_observations(segment_id, batch)
+            guard = self._s.begin_nested() if self._dialect() != "sqlite" else nullcontext()
             try:
-                with self._s.begin_nested():
+                with guard:
                     if new:
                         self._s.execute(
                             insert(ObservationRow),
@@ -969,7 +1024,7 @@ class Repository:
     # ------------------------------------------------------------------ forecasts
 
     @staticmethod
-    def _forecast(row: ForecastRow) -> ForecastRecord:
+    def _forecast(row: ForecastRow | SimpleNamespace) -> ForecastRecord:
         return ForecastRecord(
             id=row.id,
             segment_id=row.segment_id,
@@ -1004,6 +1059,7 @@ class Repository:
         """
         self.touch_study(self._study_of_segment(segment_id) if study_id is None else study_id)
         values = {
+            "segment_id": segment_id,
             "model": model,
             "prediction": _finite_or_none(prediction),
             "std": _finite_or_none(std),
@@ -1013,18 +1069,10 @@ class Repository:
             "objective": _finite_or_none(objective),
             "created_at": self._now(),
         }
-        for _ in range(2):
-            row = self._s.scalar(_Hot.forecast(), {"segment_id": segment_id})
-            if row is None:
-                row = ForecastRow(segment_id=segment_id, **values)
-                if self._insert(row) is not None:
-                    continue  # written concurrently: update that row instead
-            else:
-                for key, value in values.items():
-                    setattr(row, key, value)
-                self._s.flush()
-            return self._forecast(row)
-        raise AssertionError("forecast row neither insertable nor found")
+        # Forecast rows are never held by the session (no reader keeps them), so no
+        # loaded copy can go stale under this Core statement.
+        forecast_id = self._s.scalar(_Hot.upsert_forecast(self._dialect()), values)
+        return self._forecast(SimpleNamespace(id=forecast_id, **values))
 
     def get_forecast(self, segment_id: int) -> ForecastRecord | None:
         row = self._s.scalar(select(ForecastRow).where(ForecastRow.segment_id == segment_id))
