@@ -84,6 +84,16 @@ class Tokens:
             self._cache.clear()
         return record
 
+    def cached_project(self, token: str | None) -> str | None:
+        """The project of ``token`` if it was checked within the cache's seconds, else
+        None; never touches the store (so it may run on the event loop)."""
+        if not token:
+            return None
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(hash_token(token))
+        return cached[0] if cached is not None and cached[1] > now else None
+
     def project_of(self, token: str | None) -> str:
         """The project ``token`` belongs to; UnauthorizedError if none or unknown."""
         if not token:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from ..tokens import Tokens
 
@@ -51,4 +52,20 @@ def current_scope(request: Request) -> Scope:
     return Scope(project=tokens.project_of(token_of(request)))
 
 
-ScopeDep = Annotated[Scope, Depends(current_scope)]
+async def _scope_dependency(request: Request) -> Scope:
+    """:func:`current_scope` as the API's dependency. FastAPI runs a plain ``def``
+    dependency in its thread pool, a hop to a worker thread and back for every request;
+    this answers on the event loop when no store read is needed (auth off, or a token
+    checked within the cache's seconds) and goes to the pool only when one is."""
+    if request.app.state.settings.auth == "off":
+        return _EVERY_PROJECT
+    tokens: Tokens = request.app.state.tokens
+    project = tokens.cached_project(token_of(request))
+    if project is not None:
+        return Scope(project=project)
+    return await run_in_threadpool(current_scope, request)
+
+
+_EVERY_PROJECT = Scope(project=None)
+
+ScopeDep = Annotated[Scope, Depends(_scope_dependency)]

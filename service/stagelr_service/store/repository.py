@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Row,
     Select,
     and_,
     bindparam,
@@ -232,10 +233,13 @@ class _Hot:
     @staticmethod
     @cache
     def stages() -> Any:
+        # Plain columns, not entities: a list read needs records, and an ORM instance per
+        # row (its state, the identity map) costs more than the row itself.
+        table = StageRow.__table__
         return (
-            select(StageRow)
-            .where(StageRow.study_id == bindparam("study_id"))
-            .order_by(StageRow.index)
+            select(*table.c)
+            .where(table.c.study_id == bindparam("study_id"))
+            .order_by(table.c.index)
         )
 
     @staticmethod
@@ -246,10 +250,12 @@ class _Hot:
     @staticmethod
     @cache
     def segments() -> Any:
+        segments, stages = SegmentRow.__table__, StageRow.__table__
         return (
-            Repository._segment_query()
-            .where(SegmentRow.study_id == bindparam("study_id"))
-            .order_by(SegmentRow.seq)
+            select(*segments.c, stages.c.index.label("stage_index"))
+            .join(stages, segments.c.stage_id == stages.c.id)
+            .where(segments.c.study_id == bindparam("study_id"))
+            .order_by(segments.c.seq)
         )
 
     @staticmethod
@@ -317,10 +323,11 @@ class _Hot:
     @staticmethod
     @cache
     def forecasts() -> Any:
+        forecasts, segments = ForecastRow.__table__, SegmentRow.__table__
         return (
-            select(ForecastRow)
-            .join(SegmentRow, ForecastRow.segment_id == SegmentRow.id)
-            .where(SegmentRow.study_id == bindparam("study_id"))
+            select(*forecasts.c)
+            .join(segments, forecasts.c.segment_id == segments.c.id)
+            .where(segments.c.study_id == bindparam("study_id"))
         )
 
 
@@ -614,12 +621,13 @@ class Repository:
     # ------------------------------------------------------------------ stages
 
     @staticmethod
-    def _stage(row: StageRow) -> StageRecord:
+    def _stage(row: StageRow | Row[Any]) -> StageRecord:
         status: StageStatus = row.status  # type: ignore[assignment]
         return StageRecord(
             id=row.id,
             study_id=row.study_id,
-            index=row.index,
+            # The column: a Row gives its columns precedence over tuple.index.
+            index=row.index,  # type: ignore[arg-type]
             tau=row.tau,
             tau_explore=row.tau_explore,
             start_step=row.start_step,
@@ -666,7 +674,7 @@ class Repository:
         return None if row is None else self._stage(row)
 
     def stages_of_study(self, study_id: int) -> list[StageRecord]:
-        rows = self._s.scalars(_Hot.stages(), {"study_id": study_id})
+        rows = self._s.execute(_Hot.stages(), {"study_id": study_id})
         return [self._stage(row) for row in rows]
 
     def set_stage(
@@ -704,14 +712,14 @@ class Repository:
         )
 
     @staticmethod
-    def _segment(row: SegmentRow | SimpleNamespace, stage: int) -> SegmentRecord:
+    def _segment(row: SegmentRow | Row[Any] | SimpleNamespace, stage: int) -> SegmentRecord:
         return SegmentRecord(
             id=row.id,
             study_id=row.study_id,
             stage_id=row.stage_id,
             stage=stage,
             seq=row.seq,
-            index=row.index,
+            index=row.index,  # type: ignore[arg-type]  # the column, as above
             kind=SegmentKind(row.kind),
             status=SegmentStatus(row.status),
             lr=row.lr,
@@ -843,8 +851,8 @@ class Repository:
 
     def segments_of_study(self, study_id: int) -> list[SegmentRecord]:
         """All segments of the study, in issue order (by ``seq``)."""
-        rows = self._s.execute(_Hot.segments(), {"study_id": study_id}).all()
-        return [self._segment(row, stage) for row, stage in rows]
+        rows = self._s.execute(_Hot.segments(), {"study_id": study_id})
+        return [self._segment(row, row.stage_index) for row in rows]
 
     def update_segment_status(
         self,
@@ -1024,7 +1032,7 @@ class Repository:
     # ------------------------------------------------------------------ forecasts
 
     @staticmethod
-    def _forecast(row: ForecastRow | SimpleNamespace) -> ForecastRecord:
+    def _forecast(row: ForecastRow | Row[Any] | SimpleNamespace) -> ForecastRecord:
         return ForecastRecord(
             id=row.id,
             segment_id=row.segment_id,
@@ -1080,7 +1088,7 @@ class Repository:
 
     def forecasts_of_study(self, study_id: int) -> dict[int, ForecastRecord]:
         """segment id -> forecast, for every segment of the study that has one."""
-        rows = self._s.scalars(_Hot.forecasts(), {"study_id": study_id})
+        rows = self._s.execute(_Hot.forecasts(), {"study_id": study_id})
         return {row.segment_id: self._forecast(row) for row in rows}
 
     # ------------------------------------------------------------------ history
