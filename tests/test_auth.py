@@ -70,11 +70,16 @@ def test_a_checked_token_is_trusted_for_the_cache_interval_only(store: Store) ->
     tokens = Tokens(store, cache_seconds=5, clock=clock)
     other = Tokens(store)  # another replica revokes it
     record, secret = tokens.create("vision")
+    assert tokens.cached_project(secret) is None  # never checked: the caller asks the store
     assert tokens.project_of(secret) == "vision"
     other.revoke(record.id)
     clock.now = 4.9
     assert tokens.project_of(secret) == "vision"  # cached
+    # What the API's dependency answers on the event loop, without the store.
+    assert tokens.cached_project(secret) == "vision"
+    assert tokens.cached_project(secret + "x") is tokens.cached_project(None) is None
     clock.now = 5.1
+    assert tokens.cached_project(secret) is None
     with pytest.raises(UnauthorizedError):
         tokens.project_of(secret)
 
