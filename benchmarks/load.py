@@ -286,6 +286,7 @@ def measure(
                     )
                 wall = time.perf_counter() - started - max(0.0, start_at - time.time())
                 cpu = servers.cpu_seconds() - cpu0
+                inside = server_side_ms(servers.urls)
                 load1 = os.getloadavg()[0]
                 rss = servers.peak_rss
                 accepted = sum(p["reports"] for p in parts)
@@ -312,6 +313,9 @@ def measure(
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:5],
         "server_cpu_ms_per_decision": cpu / max(1, len(decisions)) * 1e3,
+        # Mean time inside the server (its request middleware, all replicas) per route:
+        # against the client's figures, what the client, the loop and the kernel add.
+        "server_side_mean_ms": inside,
         "server_cpu_s": cpu,
         "server_cpu_share": cpu / wall if wall > 0 else math.nan,
         "server_rss_mb": rss / 2**20,
@@ -320,6 +324,34 @@ def measure(
         "report_us_p99": percentile([v for p in parts for v in p["report_samples"]], 99) * 1e6,
         "wall_s": wall,
         "loadavg_before_after": [load0, load1],
+    }
+
+
+def server_side_ms(urls: list[str]) -> dict[str, float]:
+    """Mean request time inside the servers (stagelr_http_request_duration_seconds, from
+    /metrics) of the decision path's routes, in ms; this includes every request of the
+    run (exploit segments' too)."""
+    import httpx
+
+    routes = {
+        "next": "/v1/studies/{study_id}/next",
+        "complete": "/v1/segments/{segment_id}/complete",
+        "observations": "/v1/segments/{segment_id}/observations",
+    }
+    sums = {name: [0.0, 0.0] for name in routes}
+    for url in urls:
+        for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+            if not line.startswith("stagelr_http_request_duration_seconds_"):
+                continue
+            for name, route in routes.items():
+                if f'method="POST",route="{route}"' not in line:
+                    continue
+                if line.startswith("stagelr_http_request_duration_seconds_sum"):
+                    sums[name][0] += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("stagelr_http_request_duration_seconds_count"):
+                    sums[name][1] += float(line.rsplit(" ", 1)[1])
+    return {
+        name: (total / count * 1e3 if count else math.nan) for name, (total, count) in sums.items()
     }
 
 
@@ -427,6 +459,12 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
         )
         for sample in r["error_samples"]:
             print(f"{'':>16}error: {sample[:150]}")
+    print()
+    print("inside the server (mean ms from its request middleware, every request of the run):")
+    for r in rows:
+        inside = r.get("server_side_mean_ms", {})
+        figures = ", ".join(f"{name} {ms:.1f}" for name, ms in inside.items())
+        print(f"  {r['backend']:>10} {r['jobs']:>4} jobs: {figures}")
     print()
     print("anchors:")
     for name, value in anchors().items():

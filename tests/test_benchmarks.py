@@ -136,3 +136,7 @@ def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     assert row["backend"] == "sqlite" and row["jobs"] == 5
     assert row["decisions"] == 50 and row["errors"] == 0
     assert row["points"] > 0 and row["server_rss_mb"] > 0
+    # Read from the server's /metrics: every timed decision's two requests were served.
+    inside = row["server_side_mean_ms"]
+    assert inside["next"] > 0 and inside["complete"] > 0
+    assert "inside the server" in out
