@@ -151,6 +151,7 @@ def client_process(
     """Run the jobs ``indices`` as threads of this process; their merged figures."""
     results: list[dict[str, Any]] = [{} for _ in indices]
     spread = step_s * sizes["tau0"] * 0.1  # over the first explore segment
+    cpu0 = time.process_time()
 
     def target(slot: int, index: int) -> None:
         delay = max(0.0, start_at - time.time()) + spread * (index / max(1, len(indices) * 2))
@@ -168,6 +169,7 @@ def client_process(
         thread.join()
     keys = ("decisions", "next_only", "other", "errors", "report_samples")
     merged: dict[str, Any] = {key: [] for key in keys}
+    merged["client_cpu_s"] = time.process_time() - cpu0
     merged["report_s"] = sum(r["report_s"] for r in results)
     merged["reports"] = sum(r["reports"] for r in results)
     for r in results:
@@ -318,6 +320,8 @@ def measure(
         "server_side_mean_ms": inside,
         "server_cpu_s": cpu,
         "server_cpu_share": cpu / wall if wall > 0 else math.nan,
+        # The simulated jobs' processes share the machine's cores with the server.
+        "client_cpu_share": sum(p["client_cpu_s"] for p in parts) / wall if wall > 0 else math.nan,
         "server_rss_mb": rss / 2**20,
         "report_us": sum(p["report_s"] for p in parts) / max(1, report_calls) * 1e6,
         "report_us_p50": percentile([v for p in parts for v in p["report_samples"]], 50) * 1e6,
@@ -464,7 +468,11 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     for r in rows:
         inside = r.get("server_side_mean_ms", {})
         figures = ", ".join(f"{name} {ms:.1f}" for name, ms in inside.items())
-        print(f"  {r['backend']:>10} {r['jobs']:>4} jobs: {figures}")
+        clients = r.get("client_cpu_share", math.nan)
+        print(
+            f"  {r['backend']:>10} {r['jobs']:>4} jobs: {figures}; cores busy: server "
+            f"{r['server_cpu_share']:.2f}, client processes {clients:.2f}"
+        )
     print()
     print("anchors:")
     for name, value in anchors().items():

@@ -140,3 +140,16 @@ def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     inside = row["server_side_mean_ms"]
     assert inside["next"] > 0 and inside["complete"] > 0
     assert "inside the server" in out
+
+
+def test_request_ab_pairs_two_servers_call_by_call(tmp_path) -> None:
+    python = sys.executable  # the same tree on both sides: the pipeline, not a figure
+    out = run(
+        "request_ab.py", python, python, "--studies", "2", "--json", str(tmp_path / "ab.json")
+    )
+    assert "server CPU per request" in out
+    rows = json.loads((tmp_path / "ab.json").read_text())["median_cpu"]
+    assert set(rows) == {"next", "complete", "get"}
+    for row in rows.values():
+        assert row["A_ms"] > 0 and row["B_ms"] > 0
+        assert row["B_over_A"] == pytest.approx(row["B_ms"] / row["A_ms"])
