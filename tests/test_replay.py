@@ -201,6 +201,24 @@ def test_an_altered_forecast_is_named_with_the_recomputed_value(store, tmp_path,
     assert isinstance(found[0].replayed, float) and found[0].replayed != 9.75
 
 
+@pytest.mark.parametrize(("factor", "flagged"), [(1 + 1e-6, False), (1 + 1e-2, True)])
+def test_a_forecast_off_in_its_last_bits_is_the_same_one_moved_further_is_not(
+    store, tmp_path, optimizer, factor: float, flagged: bool
+) -> None:
+    # Another machine's float kernels move a fit's last bit; an edit moves it further.
+    copy, sid = altered_copy(
+        store,
+        tmp_path,
+        optimizer,
+        f"UPDATE forecasts SET prediction = prediction * {factor!r} WHERE segment_id = "
+        "(SELECT id FROM segments WHERE seq = 6)",
+    )
+    with copy:
+        report = replay_study(copy, sid, optimizer)
+    found = [m for m in report.mismatches if m.field == "forecast.prediction"]
+    assert bool(found) is flagged and report.ok is not flagged
+
+
 def test_the_cli_exits_1_on_a_mismatch_and_prints_stage_and_values(
     store, tmp_path, optimizer
 ) -> None:
