@@ -497,6 +497,18 @@ def test_an_unknown_metric_is_an_input_error(store: Store) -> None:
 # --------------------------------------------------------------------------- forecasts, history
 
 
+def test_a_touch_shows_in_the_study_read_before_it_in_one_transaction(store: Store) -> None:
+    study_id = new_study(store)
+    with store.transaction() as repo:
+        before = repo.lock_study(study_id)  # now held by the session
+        repo.touch_study(study_id)  # a Core UPDATE: the held row must follow it
+        after = repo.get_study(study_id)
+    with store.transaction(read_only=True) as repo:
+        stored = repo.get_study(study_id)
+    assert before is not None and after is not None and stored is not None
+    assert after.updated_at == stored.updated_at > before.updated_at
+
+
 def test_a_forecast_read_then_replaced_in_one_transaction_reads_back_replaced(
     store: Store,
 ) -> None:
