@@ -784,7 +784,8 @@ class Repository:
 
         Raises DuplicateSegmentError when segment ``seq`` of the study exists already:
         another request or replica computed and stored it first. The transaction stays
-        usable (the insert ran in a SAVEPOINT); re-read the study and answer from it.
+        usable (the INSERT .. ON CONFLICT DO NOTHING wrote nothing); re-read the study
+        and answer from it.
         """
         stage = self._s.get(StageRow, stage_id)
         if stage is None or stage.study_id != study_id:
