@@ -87,11 +87,11 @@ class Tokens:
     def cached_project(self, token: str | None) -> str | None:
         """The project of ``token`` if it was checked within the cache's seconds, else
         None; never touches the store (so it may run on the event loop)."""
-        if not token:
-            return None
-        now = self._clock()
+        return self._cached(hash_token(token), self._clock()) if token else None
+
+    def _cached(self, digest: str, now: float) -> str | None:
         with self._lock:
-            cached = self._cache.get(hash_token(token))
+            cached = self._cache.get(digest)
         return cached[0] if cached is not None and cached[1] > now else None
 
     def project_of(self, token: str | None) -> str:
@@ -103,10 +103,9 @@ class Tokens:
             )
         digest = hash_token(token)
         now = self._clock()
-        with self._lock:
-            cached = self._cache.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        cached = self._cached(digest, now)
+        if cached is not None:
+            return cached
         with self.store.transaction() as repo:
             found = repo.token_by_hash(digest)
             if found is not None:
