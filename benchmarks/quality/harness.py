@@ -323,7 +323,10 @@ def execute(task: Task) -> dict[str, Any]:
     if task.kind == "stagelr":
         assert _URL is not None, "stagelr runs need the server"
         preset = task.method.removeprefix("stagelr-")
-        run = tuned.run_stagelr(_URL, task.variant, task.seed, preset)
+        # A stagelr task's config holds an ablation's overrides (none: the preset).
+        run = tuned.run_stagelr(
+            _URL, task.variant, task.seed, preset, overrides=dict(task.config) or None
+        )
     else:
         run = methods.run_method(task.variant, task.seed, task.method, dict(task.config))
     return _with_expected(task, run)

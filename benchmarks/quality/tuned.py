@@ -32,10 +32,29 @@ def preset_overrides(preset: str, steps: int) -> dict[str, Any]:
     return {}
 
 
+def _use_data_seed(job: Any, base_seed: int, segment: Any) -> None:
+    """Draw an explore segment's batches from its ``data_seed`` (what a job's
+    ``stagelr.torch.SegmentSampler`` does); training segments keep the run's own data
+    order, the one the baselines see. The workloads draw step ``t``'s batch (or NQM's
+    gradient noise) from ``(job.seed, t)``, so the seed is what changes."""
+    if segment.kind == "explore":
+        job.seed = 1_000_000 + segment.data_seed % 2**20
+    else:
+        job.seed = base_seed
+    if hasattr(job, "_epoch"):
+        job._epoch = -1  # the digits job caches its epoch's order
+
+
 def run_stagelr(
-    url: str, variant: Variant, seed: int, preset: str, study_prefix: str = "quality"
+    url: str,
+    variant: Variant,
+    seed: int,
+    preset: str,
+    study_prefix: str = "quality",
+    overrides: dict[str, Any] | None = None,
 ) -> Run:
-    """Train one seed of ``variant`` under ``preset``; every step and evaluation counted."""
+    """Train one seed of ``variant`` under ``preset`` (with config ``overrides``, for an
+    ablation); every step and evaluation counted."""
     job = make_job(variant, seed)
     checkpoints = job.checkpointer()
     steps = variant.steps
@@ -55,16 +74,24 @@ def run_stagelr(
         lr_max=max(variant.grid),
         total_steps=steps,
         seed=seed,
-        **preset_overrides(preset, steps),
+        **{**preset_overrides(preset, steps), **(overrides or {})},
     ) as tuner:
         for segment in tuner:
             checkpoints.begin(segment)
+            _use_data_seed(job, seed, segment)
             exploit = segment.kind == "exploit"
+            decaying = exploit and segment.lr_shape != "constant"
             if exploit and (not lr_path or lr_path[-1][1] != segment.lr):
-                lr_path.append((segment.start_step, segment.lr))
+                # A segment that continues a candidate (continue_best) starts
+                # horizon - steps into its stage, at the LR the candidate had.
+                offset = segment.horizon - segment.planned_steps
+                lr_path.append((segment.start_step - offset, segment.lr))
             for step in segment.steps():
                 t = segment.start_step + step - 1
-                loss = job.train_step(t, segment.lr)
+                lr = segment.lr_at(step)
+                if decaying and step > 1 and (step - 1) % max(1, segment.planned_steps // 25) == 0:
+                    lr_path.append((t, lr))
+                loss = job.train_step(t, lr)
                 charged += 1
                 if exploit and not math.isfinite(loss):
                     diverged = True

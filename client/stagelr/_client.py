@@ -31,6 +31,7 @@ from .models import (
     StudyConfig,
     StudyCreate,
     StudyList,
+    StudyPlan,
     StudyStatus,
     StudyView,
 )
@@ -126,6 +127,11 @@ class Client:
     def stop_study(self, study_id: int) -> StudyView:
         """End a study: no more segments are handed out."""
         return self._request("POST", f"/v1/studies/{study_id}/stop", StudyView)
+
+    def get_plan(self, study_id: int) -> StudyPlan:
+        """The study's plan (stage lengths, searches, final decay), known before training
+        starts when it has a step budget, with what each stage has charged so far."""
+        return self._request("GET", f"/v1/studies/{study_id}/plan", StudyPlan)
 
     def get_stage(self, study_id: int, index: int) -> StageDetail:
         """A stage's BO state: candidates, forecasts, posterior on a grid."""

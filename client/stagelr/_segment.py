@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
 from ._exceptions import ConflictError, ServerError, TransportError
-from .models import Metric, ObservationIn, SegmentKind, SegmentStatus, SegmentView
+from .models import LRShape, Metric, ObservationIn, SegmentKind, SegmentStatus, SegmentView
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -66,6 +66,8 @@ class Segment:
         save_end: str | None
         discard: list[str]
         stop_above: float | None
+        lr_end: float | None
+        lr_shape: LRShape
         data_seed: int
 
     def __init__(
@@ -94,6 +96,7 @@ class Segment:
         # What the job asked for that has not reached the service yet.
         self._closing: Literal["complete", "fail"] | None = None
         self._fail_reason = ""
+        self._step_hooks: list[Callable[[int], None]] = []
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found on the Segment itself.
@@ -124,6 +127,15 @@ class Segment:
         """True once :meth:`complete` or :meth:`fail` has gone through."""
         return self._closed
 
+    def lr_at(self, step: int) -> float:
+        """The LR of step ``step`` (1-based): ``lr`` unless the segment is a decay."""
+        return self.view.lr_at(step)
+
+    def add_step_hook(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(step)`` before :meth:`steps` yields each step (the checkpointers
+        use it to set a decaying segment's LR every step)."""
+        self._step_hooks.append(hook)
+
     def steps(self) -> Iterator[int]:
         """Yield the step numbers 1..planned_steps; stop early once :attr:`should_stop`."""
         self._tracked = True
@@ -133,6 +145,8 @@ class Segment:
             # Counted as trained when handed out: a loop that breaks after training
             # this step never resumes the iterator.
             self._trained = max(self._trained, step)
+            for hook in self._step_hooks:
+                hook(step)
             yield step
 
     def report_due(self, step: int) -> bool:

@@ -47,7 +47,15 @@ import torch
 import torch.distributed as dist
 
 from ._exceptions import StagelrError
-from .models import Metric, SegmentKind, SegmentStatus, SegmentView, StudyStatus, StudyView
+from .models import (
+    LRShape,
+    Metric,
+    SegmentKind,
+    SegmentStatus,
+    SegmentView,
+    StudyStatus,
+    StudyView,
+)
 
 if TYPE_CHECKING:
     from ._segment import Segment
@@ -167,6 +175,8 @@ class DistributedSegment:
         save_end: str | None
         discard: list[str]
         stop_above: float | None
+        lr_end: float | None
+        lr_shape: LRShape
         data_seed: int
 
     def __init__(
@@ -184,6 +194,7 @@ class DistributedSegment:
         self._stop = False
         self._trained = 0
         self._closed = False
+        self._step_hooks: list[Callable[[int], None]] = []
 
     def __getattr__(self, name: str) -> Any:
         view = self.__dict__.get("view")
@@ -230,12 +241,22 @@ class DistributedSegment:
             return self._inner.should_stop
         return self._stop
 
+    def lr_at(self, step: int) -> float:
+        """The LR of step ``step`` (1-based): ``lr`` unless the segment is a decay."""
+        return self.view.lr_at(step)
+
+    def add_step_hook(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(step)`` before :meth:`steps` yields each step."""
+        self._step_hooks.append(hook)
+
     def steps(self) -> Iterator[int]:
         """Yield 1..planned_steps; stop early once :attr:`should_stop`."""
         for step in range(1, self.view.steps + 1):
             if self.should_stop:
                 return
             self._trained = max(self._trained, step)
+            for hook in self._step_hooks:
+                hook(step)
             yield step
 
     def report_due(self, step: int) -> bool:

@@ -52,7 +52,7 @@ import torch
 
 from ._tuner import Tuner
 from .distributed import DistributedSegment, DistributedTuner
-from .models import Metric
+from .models import LRShape, Metric
 from .torch import Checkpointer, _capture_rng, _restore_rng, apply_lr
 
 __all__ = ["LightningCheckpointer", "StagelrCallback"]
@@ -151,6 +151,15 @@ class StagelrCallback(pl.Callback):
         self._checkpointer = LightningCheckpointer(trainer, directory=self.directory)
         self._global_step = trainer.global_step
         self._next(trainer)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        segment = self._segment
+        if segment is not None and segment.lr_shape is not LRShape.constant:
+            # A decaying segment: the LR of the optimizer step this batch belongs to.
+            assert self._checkpointer is not None
+            self._checkpointer._apply_lr(segment.lr_at(self._step + 1))
 
     def on_train_batch_end(
         self,

@@ -19,8 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "LEGACY_CONFIG",
     "PRESETS",
     "Acquisition",
+    "LRShape",
     "CandidateView",
     "CompleteRequest",
     "DivergedPolicy",
@@ -33,6 +35,7 @@ __all__ = [
     "ObservationIn",
     "ObservationView",
     "ObservationsAccepted",
+    "PlanStage",
     "PosteriorPoint",
     "Problem",
     "ReplayCandidate",
@@ -49,8 +52,12 @@ __all__ = [
     "StudyConfig",
     "StudyCreate",
     "StudyList",
+    "StudyPlan",
     "StudyStatus",
     "StudyView",
+    "budget_taus",
+    "decay_steps",
+    "lr_at",
 ]
 
 
@@ -84,6 +91,53 @@ class SegmentStatus(str, Enum):
 class Metric(str, Enum):
     val_loss = "val_loss"
     train_loss = "train_loss"
+
+
+class LRShape(str, Enum):
+    """How the LR moves over a segment, from ``lr`` at its first step towards ``lr_end``
+    after its last (see :meth:`SegmentView.lr_at`)."""
+
+    constant = "constant"
+    linear = "linear"
+    # WSD's cooldown: lr_end + (lr - lr_end) * (1 - sqrt(progress))
+    one_minus_sqrt = "one_minus_sqrt"
+    cosine = "cosine"
+
+
+def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int) -> float:
+    """The LR of step ``step`` (1-based) of a ``steps``-step segment.
+
+    Progress is ``(step - 1) / steps``: the first step trains at ``lr`` and the LR after
+    the last step would be ``lr_end``. Steps outside 1..steps are clamped.
+    """
+    if shape is LRShape.constant or lr_end is None or steps <= 0:
+        return lr
+    p = min(max((step - 1) / steps, 0.0), 1.0)
+    if shape is LRShape.linear:
+        factor = 1.0 - p
+    elif shape is LRShape.one_minus_sqrt:
+        factor = 1.0 - math.sqrt(p)
+    else:
+        factor = 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr_end + (lr - lr_end) * factor
+
+
+def decay_steps(total_steps: int | None, decay_fraction: float | None) -> int:
+    """Steps of the final decay segment: ``round(decay_fraction * total_steps)``."""
+    if total_steps is None or not decay_fraction:
+        return 0
+    return min(total_steps - 1, round(decay_fraction * total_steps))
+
+
+def budget_taus(total_steps: int, stages: int, growth: float, decay_fraction: float) -> list[int]:
+    """The budget planner's stage lengths: the steps before the decay, split into
+    ``stages`` parts growing by ``growth`` (the last takes the rounding remainder)."""
+    train = total_steps - decay_steps(total_steps, decay_fraction)
+    weights = [growth**i for i in range(stages)]
+    total_weight = sum(weights)
+    taus = [max(1, round(train * w / total_weight)) for w in weights[:-1]]
+    taus.append(train - sum(taus))
+    return [t for t in taus if t > 0]
 
 
 class Acquisition(str, Enum):
@@ -137,6 +191,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "metric_schedule": "reference",
         "reports_per_explore": 10,
         "reports_per_exploit": 10,
+        "planner": "fixed",
+        "budget_stages": 3,
+        "decay_fraction": 0.0,
+        "decay_shape": LRShape.one_minus_sqrt,
+        "continue_best": False,
+        "same_data": False,
     },
     # stagelr's own: a real acquisition, a robust forecast with uncertainty fed to a
     # noise-aware GP, divergence stop, and carry-over of the previous stage's best LR.
@@ -158,7 +218,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "metric_schedule": "val_loss",
         "reports_per_explore": 10,
         "reports_per_exploit": 10,
+        "planner": "budget",
+        "budget_stages": 3,
+        "decay_fraction": 0.2,
+        "decay_shape": LRShape.one_minus_sqrt,
+        "continue_best": True,
+        "same_data": True,
     },
+}
+
+#: What a stored config written before a field existed means by its absence: the
+#: behaviour stagelr had then. Migration 0003 (and the exchange format's version 2)
+#: write these into older configs, so a stored study never changes its decisions.
+LEGACY_CONFIG: dict[str, Any] = {
+    "planner": "fixed",
+    "budget_stages": 3,
+    "decay_fraction": 0.0,
+    "decay_shape": "one_minus_sqrt",
+    "continue_best": False,
+    "same_data": True,
 }
 
 
@@ -207,6 +285,32 @@ class StudyConfig(_Wire):
     )
     reports_per_explore: int | None = Field(default=None, ge=2, le=1000)
     reports_per_exploit: int | None = Field(default=None, ge=1, le=1000)
+    planner: Literal["fixed", "budget"] | None = Field(
+        default=None,
+        description="'fixed': stages of tau0 * tau_growth**i steps up to tau_max, as "
+        "AutoLRS. 'budget' (needs total_steps; without it, as 'fixed'): the training part "
+        "of the budget is split into budget_stages stages growing by tau_growth, planned "
+        "before training starts (GET /v1/studies/{id}/plan); tau0 and tau_max are unused.",
+    )
+    budget_stages: int | None = Field(default=None, ge=1, le=50)
+    decay_fraction: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.9,
+        description="With total_steps: the last fraction of the steps is one decay "
+        "segment, from the last chosen LR to 0, with no search. 0: no decay.",
+    )
+    decay_shape: LRShape | None = None
+    continue_best: bool | None = Field(
+        default=None,
+        description="After a stage's search, train on from the chosen candidate's end "
+        "state (its steps count on the trajectory) instead of restarting the stage.",
+    )
+    same_data: bool | None = Field(
+        default=None,
+        description="Every candidate of a stage gets the same data_seed (equal batches); "
+        "false: each segment its own.",
+    )
 
     @field_validator("lr_min", "lr_max")
     @classmethod
@@ -244,6 +348,19 @@ class StudyConfig(_Wire):
         if self.tau_max < self.tau0:
             raise ValueError(f"tau_max ({self.tau_max}) must be at least tau0 ({self.tau0})")
         assert self.explore_ratio is not None
+        if self.decay_shape is LRShape.constant:
+            raise ValueError("decay_shape cannot be 'constant': set decay_fraction to 0 instead")
+        if self.planner == "budget" and self.total_steps is not None:
+            assert self.budget_stages is not None and self.tau_growth is not None
+            first = budget_taus(
+                self.total_steps, self.budget_stages, self.tau_growth, self.decay_fraction or 0.0
+            )[0]
+            if round(first * self.explore_ratio) < 1:
+                raise ValueError(
+                    f"total_steps = {self.total_steps} leaves the first of "
+                    f"{self.budget_stages} stages {first} steps, too few for an explore "
+                    "window: lower budget_stages, raise explore_ratio or total_steps"
+                )
         if round(self.tau0 * self.explore_ratio) < 1:
             raise ValueError(
                 f"tau0 * explore_ratio = {self.tau0 * self.explore_ratio:g} rounds to 0 "
@@ -303,6 +420,14 @@ class SegmentView(_Wire):
     save_end: str | None = None
     discard: list[str] = Field(default_factory=list)
     stop_above: float | None = None
+    lr_end: float | None = Field(
+        default=None, description="The LR the segment moves towards (None: constant)."
+    )
+    lr_shape: LRShape = Field(
+        default=LRShape.constant,
+        description="How the LR moves from lr to lr_end over the segment: set "
+        "lr_at(step) before every step when it is not constant.",
+    )
     data_seed: int
     steps_done: int | None = None
     heartbeat_at: datetime | None = Field(
@@ -315,6 +440,11 @@ class SegmentView(_Wire):
         description="Open, with no sign of life for longer than the server's lease: the "
         "job may be gone; `next` hands it out again.",
     )
+
+
+    def lr_at(self, step: int) -> float:
+        """The LR of step ``step`` (1-based within the segment)."""
+        return lr_at(self.lr, self.lr_end, self.lr_shape, step, self.steps)
 
 
 class ObservationIn(_Wire):
@@ -389,6 +519,37 @@ class StudyView(_Wire):
     stalled: bool = Field(
         default=False, description="Running, and its open segment is stale (no job alive)."
     )
+
+
+class PlanStage(_Wire):
+    """One stage of a study's plan, and what happened to it so far."""
+
+    index: int
+    start_step: int
+    tau: int = Field(description="Training steps of the stage.")
+    tau_explore: int = Field(description="Steps per candidate (0: no search).")
+    candidates: int = Field(description="Candidates the search tries (0: no search).")
+    kind: Literal["search", "train_on", "decay"]
+    planned_charge: int = Field(description="Steps this stage charges if run as planned.")
+    status: Literal["planned", "searching", "training", "completed"] = "planned"
+    actual_charge: int = Field(default=0, description="Steps charged so far in this stage.")
+    chosen_lr: float | None = None
+
+
+class StudyPlan(_Wire):
+    """The study's plan (``GET /v1/studies/{id}/plan``): known before training starts
+    when the study has a step budget."""
+
+    study_id: int
+    planner: Literal["fixed", "budget"]
+    total_steps: int | None
+    open_ended: bool = Field(
+        description="No budget: the stages listed are the first ones; stages of tau_max "
+        "steps follow until the job stops the study."
+    )
+    planned_charge: int = Field(description="Every step the listed stages charge.")
+    actual_charge: int
+    stages: list[PlanStage]
 
 
 class NextSegment(_Wire):

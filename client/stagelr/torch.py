@@ -34,12 +34,15 @@ from urllib.parse import quote, unquote
 
 import torch
 
+from .models import LRShape
+
 __all__ = [
     "CheckpointNotFoundError",
     "Checkpointer",
     "DistributedSegment",
     "DistributedTuner",
     "SegmentPlan",
+    "SegmentSampler",
     "apply_lr",
 ]
 
@@ -91,6 +94,46 @@ def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
                 group[key] = lr
 
 
+class SegmentSampler(torch.utils.data.Sampler[int]):
+    """A data order driven by the segment's ``data_seed``, for a ``DataLoader``.
+
+    Every segment of a stage carries the same ``data_seed`` (the ``same_data`` switch),
+    so with this sampler every candidate of a stage trains on the same batches: the
+    search compares LRs, not luck of the draw. Each pass over the data is a permutation
+    seeded by ``(data_seed, pass)``; :meth:`set_segment` (called by
+    ``Checkpointer(sampler=...)`` in ``begin``) starts the order again. Create the
+    DataLoader's iterator after ``begin``::
+
+        sampler = SegmentSampler(len(dataset))
+        loader = DataLoader(dataset, batch_size=64, sampler=sampler)
+        checkpointer = Checkpointer(model, optimizer, sampler=sampler)
+        for segment in tuner:
+            checkpointer.begin(segment)
+            batches = _cycle(loader)   # iter(loader), restarted when it runs out
+            ...
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        if size < 1:
+            raise ValueError("a SegmentSampler needs a dataset of at least one item")
+        self.size = size
+        self.seed = seed
+        self._pass = 0
+
+    def set_segment(self, segment: Any) -> None:
+        """Start the order of ``segment.data_seed`` from its beginning."""
+        self.seed = int(segment.data_seed)
+        self._pass = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._pass)
+        self._pass += 1
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 class Checkpointer:
     """Saves and restores training state by the names a segment gives.
 
@@ -102,6 +145,8 @@ class Checkpointer:
         directory: Keep checkpoints as ``<directory>/<name>.pt`` files, written
             atomically, so that a restarted job can restore them. By default they are
             kept in memory, as independent copies (later training does not change them).
+        sampler: A :class:`SegmentSampler` to set to each segment's data seed in
+            :meth:`begin`.
     """
 
     def __init__(
@@ -111,7 +156,9 @@ class Checkpointer:
         *,
         scaler: _Stateful | None = None,
         directory: str | os.PathLike[str] | None = None,
+        sampler: SegmentSampler | None = None,
     ) -> None:
+        self.sampler = sampler
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -145,6 +192,18 @@ class Checkpointer:
         if segment.save_start:
             self.save(segment.save_start)
         self._apply_lr(segment.lr)
+        self.follow_lr(segment)
+        if self.sampler is not None:
+            self.sampler.set_segment(segment)
+
+    def follow_lr(self, segment: SegmentPlan) -> None:
+        """For a segment whose LR moves (the budget's final decay), set the LR of every
+        step as ``segment.steps()`` yields it. ``begin`` calls it; a loop that does not
+        iterate ``segment.steps()`` sets ``segment.lr_at(step)`` itself."""
+        shape = getattr(segment, "lr_shape", LRShape.constant)
+        add_hook = getattr(segment, "add_step_hook", None)
+        if LRShape(shape) is not LRShape.constant and add_hook is not None:
+            add_hook(lambda step: self._apply_lr(segment.lr_at(step)))  # type: ignore[attr-defined]
 
     def end(self, segment: SegmentPlan) -> None:
         """After training a segment: save save_end, then drop the discarded checkpoints

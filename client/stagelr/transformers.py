@@ -53,7 +53,7 @@ import torch
 
 from ._tuner import Tuner
 from .distributed import DistributedSegment, DistributedTuner
-from .models import Metric, SegmentView
+from .models import LRShape, Metric, SegmentView
 from .torch import Checkpointer, apply_lr
 
 __all__ = ["StagelrCallback"]
@@ -140,6 +140,20 @@ class StagelrCallback(TrainerCallback):
             model, optimizer, kwargs.get("lr_scheduler"), self.directory
         )
         self._next(control)
+        return control
+
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        segment = self._segment
+        if segment is not None and segment.lr_shape is not LRShape.constant:
+            # A decaying segment: the LR of the step about to run.
+            assert self._checkpointer is not None
+            self._checkpointer._apply_lr(segment.lr_at(self._step + 1))
         return control
 
     def on_step_end(

@@ -23,7 +23,15 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
+from stagelr.models import (
+    LEGACY_CONFIG,
+    LRShape,
+    Metric,
+    SegmentKind,
+    SegmentStatus,
+    StudyConfig,
+    StudyStatus,
+)
 
 from . import __version__
 from .errors import InputError
@@ -46,8 +54,10 @@ __all__ = [
 
 #: The format name in the header line.
 FORMAT = "stagelr-studies"
-#: The format version this stagelr writes and reads.
-VERSION = 1
+#: The format version this stagelr writes and reads. Version 2 added a segment's
+#: ``lr_end``/``lr_shape`` and the planner's config fields; a version 1 file reads with
+#: constant-LR segments and :data:`stagelr.models.LEGACY_CONFIG` filled into its configs.
+VERSION = 2
 
 
 class _Line(BaseModel):
@@ -92,6 +102,8 @@ class ExportedSegment(_Line):
     save_end: str | None
     discard: list[str]
     stop_above: float | None
+    lr_end: float | None = None
+    lr_shape: LRShape = LRShape.constant
     data_seed: int
     steps_done: int | None
     fail_reason: str | None
@@ -149,6 +161,8 @@ def exported_study(history: StudyHistory) -> ExportedStudy:
                 save_end=seg.save_end,
                 discard=list(seg.discard),
                 stop_above=seg.stop_above,
+                lr_end=seg.lr_end,
+                lr_shape=seg.lr_shape,
                 data_seed=seg.data_seed,
                 steps_done=seg.steps_done,
                 fail_reason=seg.fail_reason,
@@ -256,6 +270,8 @@ def read_lines(lines: Iterable[str]) -> Iterator[tuple[int, ExportedStudy]]:
             study = ExportedStudy.model_validate_json(line)
         except ValidationError as exc:
             raise InputError(f"line {number}: not a valid study ({_errors(exc)})") from None
+        if header.version < 2:
+            study = study.model_copy(update={"config": {**LEGACY_CONFIG, **study.config}})
         _check(study, number)
         yield number, study
 

@@ -30,6 +30,7 @@ from stagelr.models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    PlanStage,
     PosteriorPoint,
     ReplayReport,
     SegmentKind,
@@ -40,6 +41,7 @@ from stagelr.models import (
     StudyConfig,
     StudyCreate,
     StudyList,
+    StudyPlan,
     StudyStatus,
     StudyView,
 )
@@ -102,6 +104,8 @@ def segment_view(
         save_end=seg.save_end,
         discard=list(seg.discard),
         stop_above=seg.stop_above,
+        lr_end=seg.lr_end,
+        lr_shape=seg.lr_shape,
         data_seed=seg.data_seed,
         steps_done=seg.steps_done,
         heartbeat_at=seg.heartbeat_at,
@@ -231,6 +235,12 @@ class StudyService:
         with self.store.transaction(read_only=True) as repo:
             return self._study_view(self._history(repo, study_id, scope))
 
+    def get_plan(self, study_id: int, *, scope: str | None = None) -> StudyPlan:
+        """The study's plan from its config, against what its history has done so far."""
+        with self.store.transaction(read_only=True) as repo:
+            history = self._history(repo, study_id, scope)
+        return study_plan(history)
+
     def list_studies(
         self,
         *,
@@ -332,6 +342,8 @@ class StudyService:
                     discard=list(plan.discard),
                     stop_above=plan.stop_above,
                     data_seed=plan.data_seed,
+                    lr_end=plan.lr_end,
+                    lr_shape=plan.lr_shape,
                 )
             except DuplicateSegmentError:
                 return None
@@ -644,15 +656,20 @@ class StudyService:
         trajectory = charged = 0
         best: float | None = None
         schedule: list[tuple[int, float]] = []
+        # A training segment that continues a candidate starts after the candidate's
+        # steps; its LR holds from the stage's start.
+        stage_start = {st.index: st.start_step for st in history.stages}
         for seg in history.segments:
             done = 0 if seg.status is SegmentStatus.open else (seg.steps_done or 0)
             if seg.status is not SegmentStatus.open and seg.steps_done is None:
                 done = seg.steps
             charged += done
             if seg.kind is SegmentKind.exploit:
-                schedule.append((seg.start_step, seg.lr))
+                schedule.append((stage_start.get(seg.stage, seg.start_step), seg.lr))
                 if seg.status is SegmentStatus.completed:
-                    trajectory += done
+                    # A training segment may continue a candidate (continue_best): the
+                    # trajectory ends where the last one ended.
+                    trajectory = max(trajectory, seg.start_step + done)
                 for o in history.observations.get(seg.id, ()):
                     if o.metric is seg.metric and math.isfinite(o.value):
                         best = o.value if best is None else min(best, o.value)
@@ -692,6 +709,47 @@ class StudyService:
             and open_view is not None
             and open_view.stale,
         )
+
+
+def study_plan(history: StudyHistory) -> StudyPlan:
+    """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
+    chosen LR from the history."""
+    config = StudyConfig.model_validate(history.study.config)
+    planned, open_ended = tuner.plan_stages(config)
+    charge: dict[int, int] = {}
+    for seg in history.segments:
+        if seg.status is not SegmentStatus.open:
+            done = seg.steps if seg.steps_done is None else min(seg.steps_done, seg.steps)
+            charge[seg.stage] = charge.get(seg.stage, 0) + done
+    actual = {st.index: st for st in history.stages}
+    stages = []
+    for p in planned:
+        g = p.geometry
+        record = actual.get(g.index)
+        stages.append(
+            PlanStage(
+                index=g.index,
+                start_step=g.start_step,
+                tau=g.tau,
+                tau_explore=g.tau_explore,
+                candidates=p.candidates,
+                kind=p.kind,  # type: ignore[arg-type]
+                planned_charge=p.charge,
+                status=record.status if record is not None else "planned",
+                actual_charge=charge.get(g.index, 0),
+                chosen_lr=record.chosen_lr if record is not None else None,
+            )
+        )
+    assert config.planner is not None
+    return StudyPlan(
+        study_id=history.study.id,
+        planner=config.planner,
+        total_steps=config.total_steps,
+        open_ended=open_ended,
+        planned_charge=sum(p.charge for p in planned),
+        actual_charge=sum(charge.values()),
+        stages=stages,
+    )
 
 
 def _merged(

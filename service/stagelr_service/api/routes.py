@@ -24,6 +24,7 @@ from stagelr.models import (
     StageDetail,
     StudyCreate,
     StudyList,
+    StudyPlan,
     StudyStatus,
     StudyView,
 )
@@ -100,6 +101,15 @@ def next_segment(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Nex
 @router.post("/studies/{study_id}/stop", response_model=StudyView, summary="Stop a study")
 def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
     return service.stop_study(study_id, scope=scope.project)
+
+
+@router.get(
+    "/studies/{study_id}/plan",
+    response_model=StudyPlan,
+    summary="The study's plan (stage lengths, searches, final decay) against what ran",
+)
+def study_plan(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyPlan:
+    return service.get_plan(study_id, scope=scope.project)
 
 
 @router.get(

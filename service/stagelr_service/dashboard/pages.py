@@ -16,11 +16,18 @@ from urllib.parse import urlencode
 
 from markupsafe import Markup
 
-from stagelr.models import SegmentKind, SegmentStatus, StageDetail, StudyConfig, StudyView
+from stagelr.models import (
+    SegmentKind,
+    SegmentStatus,
+    StageDetail,
+    StudyConfig,
+    StudyPlan,
+    StudyView,
+)
 
 from ..errors import InputError, NotFoundError
 from ..store.records import StageRecord, StudySummaryRecord
-from ..studies import StudyService
+from ..studies import StudyService, study_plan
 from . import charts
 from .plots import fmt_number
 
@@ -201,6 +208,7 @@ class StudyPage:
     schedule_chart: Markup
     loss_chart: Markup
     stages: list[StageView] = field(default_factory=list)
+    plan: StudyPlan | None = None
 
 
 def _candidate_rows(detail: StageDetail) -> list[CandidateRow]:
@@ -304,4 +312,5 @@ def load_study(
             config, history.segments, history.stages, history.observations
         ),
         stages=list(reversed(stages)),  # the stage being searched now first
+        plan=study_plan(history),
     )

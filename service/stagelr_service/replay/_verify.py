@@ -50,6 +50,8 @@ DECISION_FIELDS = (
     "save_end",
     "discard",
     "stop_above",
+    "lr_end",
+    "lr_shape",
     "data_seed",
 )
 

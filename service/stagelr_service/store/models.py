@@ -169,6 +169,9 @@ class SegmentRow(Base):
     save_end: Mapped[str | None] = mapped_column(String(200))
     discard: Mapped[list[str]]
     stop_above: Mapped[float | None] = mapped_column(Float)
+    # The LR moves from ``lr`` towards ``lr_end`` over the segment (migration 0003).
+    lr_end: Mapped[float | None] = mapped_column(Float)
+    lr_shape: Mapped[str] = mapped_column(String(32), server_default="constant")
     # Up to 2**32 - 1: does not fit a signed 32-bit INTEGER on PostgreSQL.
     data_seed: Mapped[int] = mapped_column(BigInteger)
     steps_done: Mapped[int | None] = mapped_column(Integer)

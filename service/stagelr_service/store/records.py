@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
+from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
 
 __all__ = [
     "ForecastRecord",
@@ -106,6 +106,8 @@ class SegmentRecord:
     completed_at: datetime | None
     #: Last sign of life from the job (None only for rows written before migration 0002).
     heartbeat_at: datetime | None = None
+    lr_end: float | None = None
+    lr_shape: LRShape = LRShape.constant
 
 
 class ObservationRecord(NamedTuple):

@@ -42,7 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
+from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
 from stagelr_service.errors import (
     DuplicateSegmentError,
     InputError,
@@ -746,6 +746,8 @@ class Repository:
             created_at=row.created_at,
             completed_at=row.completed_at,
             heartbeat_at=row.heartbeat_at,
+            lr_end=row.lr_end,
+            lr_shape=LRShape(row.lr_shape),
         )
 
     def _one_segment(
@@ -779,6 +781,8 @@ class Repository:
         save_end: str | None = None,
         discard: Sequence[str] = (),
         stop_above: float | None = None,
+        lr_end: float | None = None,
+        lr_shape: LRShape | str = LRShape.constant,
     ) -> SegmentRecord:
         """Issue segment ``seq`` of the study (status ``open``).
 
@@ -790,7 +794,7 @@ class Repository:
         stage = self._s.get(StageRow, stage_id)
         if stage is None or stage.study_id != study_id:
             raise NotFoundError(f"stage {stage_id} of study {study_id} does not exist")
-        for name, value in (("lr", lr), ("stop_above", stop_above)):
+        for name, value in (("lr", lr), ("stop_above", stop_above), ("lr_end", lr_end)):
             if value is not None and not math.isfinite(value):
                 raise InputError(f"segment {name} must be finite, not {value!r}")
         self.touch_study(study_id)
@@ -814,6 +818,8 @@ class Repository:
             "discard": list(discard),
             "stop_above": None if stop_above is None else float(stop_above),
             "data_seed": data_seed,
+            "lr_end": None if lr_end is None else float(lr_end),
+            "lr_shape": LRShape(lr_shape).value,
             "steps_done": None,
             "fail_reason": None,
             "created_at": now,
@@ -1329,7 +1335,7 @@ class Repository:
         included) in one statement; returns seq -> row id."""
         rows = []
         for seg in segments:
-            for name in ("lr", "stop_above"):
+            for name in ("lr", "stop_above", "lr_end"):
                 value = seg.get(name)
                 if value is not None and not math.isfinite(value):
                     raise InputError(f"segment {seg['seq']}: {name} must be finite, not {value!r}")
@@ -1341,6 +1347,7 @@ class Repository:
                     "status": SegmentStatus(seg["status"]).value,
                     "metric": _metric(seg["metric"]),
                     "discard": list(seg["discard"]),
+                    "lr_shape": LRShape(seg.get("lr_shape", LRShape.constant)).value,
                 }
             )
         if rows:

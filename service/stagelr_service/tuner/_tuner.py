@@ -25,18 +25,22 @@ import numpy as np
 
 from stagelr.models import (
     DivergedPolicy,
+    LRShape,
     Metric,
     SegmentKind,
     SegmentStatus,
     Selection,
     StudyConfig,
     StudyStatus,
+    budget_taus,
+    decay_steps,
 )
 
 from ..forecast import Forecast, forecast
 from ._types import (
     CandidateAnalysis,
     Optimizer,
+    PlannedStage,
     SegmentPlan,
     StageAnalysis,
     StageGeometry,
@@ -69,19 +73,50 @@ def nominal_tau(config: StudyConfig, index: int) -> int:
 def stage_geometry(
     config: StudyConfig, index: int, start_step: int, has_previous_lr: bool
 ) -> StageGeometry | None:
-    """The size and reporting cadence of stage ``index``; None when the budget is spent."""
+    """The size and reporting cadence of stage ``index``; None when the budget is spent.
+
+    With a step budget, the last ``decay_steps`` steps are a decay stage (no search).
+    The ``fixed`` planner grows stages from tau0 and clips the last one to the budget (a
+    clipped stage under half its nominal length trains on without a search); the
+    ``budget`` planner splits the steps before the decay into ``budget_stages`` stages
+    (:func:`stagelr.models.budget_taus`), each with a search.
+    """
     assert config.explore_ratio is not None
     assert config.reports_per_explore is not None and config.reports_per_exploit is not None
-    nominal = nominal_tau(config, index)
-    tau = nominal
-    if config.total_steps is not None:
-        remaining = config.total_steps - start_step
-        if remaining <= 0:
-            return None
-        tau = min(nominal, remaining)
+    total = config.total_steps
+    train_end = None if total is None else total - decay_steps(total, config.decay_fraction)
+    if total is not None and start_step >= total:
+        return None
+    decay = train_end is not None and start_step >= train_end
+    is_tail = False
+    if decay:
+        assert total is not None
+        nominal = tau = total - start_step
+    elif config.planner == "budget" and train_end is not None:
+        assert config.budget_stages is not None and config.tau_growth is not None
+        assert total is not None
+        taus = budget_taus(
+            total,
+            config.budget_stages,
+            config.tau_growth,
+            config.decay_fraction or 0.0,
+        )
+        remaining = train_end - start_step
+        if index < len(taus) - 1:
+            nominal = tau = min(taus[index], remaining)
+        else:
+            # The last planned stage takes what is left (more than planned only when an
+            # earlier stage's training was cut short); beyond the plan, train on.
+            nominal = tau = remaining
+            is_tail = index >= len(taus) and has_previous_lr
+    else:
+        nominal = nominal_tau(config, index)
+        tau = nominal
+        if train_end is not None:
+            tau = min(nominal, train_end - start_step)
+        is_tail = has_previous_lr and tau < TAIL_FRACTION * nominal
     tau_explore = round(tau * config.explore_ratio)
-    is_tail = has_previous_lr and tau < TAIL_FRACTION * nominal
-    search = tau_explore >= 1 and not is_tail
+    search = tau_explore >= 1 and not is_tail and not decay
 
     if config.metric_schedule == "reference":
         # AutoLRS: per-step training loss while tau grows, validation loss every tau'/16
@@ -103,6 +138,7 @@ def stage_geometry(
         explore_report_every=explore_every,
         exploit_metric=metric,
         exploit_report_every=max(1, tau // config.reports_per_exploit),
+        decay=decay,
     )
 
 
@@ -117,13 +153,24 @@ def from_unit(config: StudyConfig, x: float) -> float:
     return float(config.lr_min * (config.lr_max / config.lr_min) ** min(1.0, max(0.0, x)))
 
 
-def data_seed(config: StudyConfig, stage: int) -> int:
-    """The data-order seed of a stage: every candidate of a stage sees the same batches."""
-    return int(np.random.SeedSequence([config.seed, stage, 1]).generate_state(1)[0])
+def data_seed(config: StudyConfig, stage: int, index: int = 0) -> int:
+    """The data-order seed of a segment. With ``same_data`` every segment of a stage
+    gets the stage's seed, so its candidates see the same batches; without, candidate
+    ``index`` gets its own."""
+    if config.same_data is False:
+        key = [config.seed, stage, 1, index + 1]
+    else:
+        key = [config.seed, stage, 1]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def checkpoint_name(stage: int) -> str:
     return f"stage-{stage}"
+
+
+def candidate_checkpoint(stage: int, index: int) -> str:
+    """Where ``continue_best`` keeps a candidate's end state."""
+    return f"stage-{stage}-candidate-{index}"
 
 
 # --------------------------------------------------------------------------- analysis
@@ -271,21 +318,67 @@ def _reference_loss(
 
 def _choose(
     config: StudyConfig, analysis: StageAnalysis, optimizer: Optimizer
-) -> tuple[float, dict[str, object]]:
+) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
+    """The stage's LR, the candidate it comes from (None: no usable one) and why."""
     usable = [c for c in analysis.candidates if not c.diverged]
     if not usable:
         # Every candidate diverged: the range is too hot; fall back to its cool end.
-        return config.lr_min, {"source": "all_diverged"}
+        return config.lr_min, None, {"source": "all_diverged"}
     if config.selection is Selection.min_posterior_mean:
         xs, ys, yvar = _gp_data(analysis)
         post = optimizer.posterior(xs, ys, yvar, [c.x for c in usable])
         best = min(range(len(usable)), key=lambda i: (post.mean[i], i))
-        return usable[best].trial.lr, {"source": "min_posterior_mean", "index": best}
+        chosen = usable[best]
+        source = "min_posterior_mean"
+    else:
+        chosen = min(usable, key=lambda c: (_keep_key(config, c), c.trial.index))
+        source = config.selection.value if config.selection else "min_forecast"
+    return chosen.trial.lr, chosen, {"source": source, "index": chosen.trial.index}
+
+
+def _keep_key(config: StudyConfig, candidate: CandidateAnalysis) -> float:
+    """What ranks candidates when one is chosen without the GP (lower is better)."""
     if config.selection is Selection.min_upper_bound:
-        best_c = min(usable, key=lambda c: (c.objective + c.forecast.std, c.trial.index))
-        return best_c.trial.lr, {"source": "min_upper_bound", "index": best_c.trial.index}
-    best_c = min(usable, key=lambda c: (c.objective, c.trial.index))
-    return best_c.trial.lr, {"source": "min_forecast", "index": best_c.trial.index}
+        return candidate.objective + candidate.forecast.std
+    return candidate.objective
+
+
+def _best_so_far(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -> int | None:
+    """The candidate whose end state ``continue_best`` keeps: None keeps every one
+    (selection by GP posterior mean ranks candidates only once the search is over), -1
+    keeps none (no candidate is usable)."""
+    if config.selection is Selection.min_posterior_mean:
+        return None
+    usable = [c for c in candidates if not c.diverged]
+    if not usable:
+        return -1
+    return min(usable, key=lambda c: (_keep_key(config, c), c.trial.index)).trial.index
+
+
+def _held_checkpoints(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -> list[int]:
+    """``continue_best``: the candidates whose end states the job holds once the
+    segments planned so far have ended, before the next plan's discards.
+
+    Each candidate saves its end state; each later plan drops every held state but the
+    best so far, so the job holds at most the stage start, the best candidate and the
+    newest one (every candidate when selecting by posterior mean).
+    """
+    held: list[int] = []
+    for i, candidate in enumerate(candidates):
+        keep = _best_so_far(config, candidates[:i])
+        held = [j for j in held if keep is None or j == keep]
+        held.append(candidate.trial.index)
+    return held
+
+
+def _candidate_discards(config: StudyConfig, analysis: StageAnalysis) -> tuple[str, ...]:
+    """The candidate end states the next explore segment drops after it ends."""
+    if not config.continue_best:
+        return ()
+    keep = _best_so_far(config, analysis.candidates)
+    held = _held_checkpoints(config, analysis.candidates)
+    stage = analysis.geometry.index
+    return tuple(candidate_checkpoint(stage, j) for j in held if keep is not None and j != keep)
 
 
 def _explore(
@@ -332,9 +425,11 @@ def _explore(
         horizon=geometry.tau,
         metric=geometry.explore_metric,
         report_every=geometry.explore_report_every,
-        data_seed=data_seed(config, geometry.index),
+        data_seed=data_seed(config, geometry.index, index),
         restore=name if index > 0 else None,
         save_start=name if index == 0 else None,
+        save_end=candidate_checkpoint(geometry.index, index) if config.continue_best else None,
+        discard=_candidate_discards(config, analysis),
         stop_above=stop_above,
         why=why,
     )
@@ -346,23 +441,61 @@ def _exploit(
     lr: float,
     index: int,
     why: dict[str, object],
+    analysis: StageAnalysis | None = None,
+    chosen: CandidateAnalysis | None = None,
 ) -> SegmentPlan:
+    """The stage's training segment. After a search it restores the stage start, or
+    with ``continue_best`` the chosen candidate's end state and trains the rest of the
+    stage; the decay stage moves the LR to 0."""
     name = checkpoint_name(geometry.index)
+    restore = name if geometry.search else None
+    discard: tuple[str, ...] = (name,) if geometry.search else ()
+    offset = 0
+    if config.continue_best and analysis is not None:
+        held = _held_checkpoints(config, analysis.candidates)
+        discard += tuple(candidate_checkpoint(geometry.index, j) for j in held)
+        if (
+            chosen is not None
+            and chosen.trial.index in held
+            and chosen.trial.status is SegmentStatus.completed
+            and chosen.trial.trained == geometry.tau_explore
+            and chosen.trial.trained < geometry.tau
+        ):
+            offset = chosen.trial.trained
+            restore = candidate_checkpoint(geometry.index, chosen.trial.index)
+            why = {**why, "continues": chosen.trial.index}
+    lr_end, shape = None, LRShape.constant
+    if geometry.decay:
+        assert config.decay_shape is not None
+        lr_end, shape = 0.0, config.decay_shape
     return SegmentPlan(
         stage=geometry,
         index=index,
         kind=SegmentKind.exploit,
         lr=lr,
-        steps=geometry.tau,
-        start_step=geometry.start_step,
+        steps=geometry.tau - offset,
+        start_step=geometry.start_step + offset,
         horizon=geometry.tau,
         metric=geometry.exploit_metric,
         report_every=geometry.exploit_report_every,
-        data_seed=data_seed(config, geometry.index),
-        restore=name if geometry.search else None,
-        discard=(name,) if geometry.search else (),
+        data_seed=data_seed(config, geometry.index, index),
+        restore=restore,
+        discard=discard,
+        lr_end=lr_end,
+        lr_shape=shape,
         why=why,
     )
+
+
+def _stage_end(geometry: StageGeometry, exploit: Trial) -> int:
+    """The trajectory step where a stage ended: a training segment that continues a
+    candidate starts ``tau - steps`` into the stage."""
+    return geometry.start_step + geometry.tau - exploit.steps + exploit.trained
+
+
+def _no_search(config: StudyConfig, geometry: StageGeometry, previous_lr: float) -> SegmentPlan:
+    source = "decay" if geometry.decay else "tail"
+    return _exploit(config, geometry, previous_lr, 0, {"source": source})
 
 
 def next_segment(
@@ -379,14 +512,17 @@ def next_segment(
     start_step = 0
     previous_lr: float | None = None
     stages = _group_by_stage(trials)
-    for stage_trials in stages[:-1]:
+    for index, stage_trials in enumerate(stages[:-1]):
         trained = next((t for t in stage_trials if t.kind is SegmentKind.exploit), None)
         if trained is None:
             raise ValueError(
                 f"history out of order: stage {stage_trials[0].stage} has no training "
                 "segment but a later stage exists"
             )
-        start_step += trained.trained
+        past = stage_geometry(config, index, start_step, previous_lr is not None)
+        if past is None:
+            raise ValueError(f"history out of order: stage {index} is beyond the budget")
+        start_step = _stage_end(past, trained)
         previous_lr = trained.lr
 
     current = stages[-1] if stages else []
@@ -399,12 +535,12 @@ def next_segment(
     if exploit is not None:
         if exploit.status is SegmentStatus.failed:
             return StudyEnd(StudyStatus.failed, f"stage {index} training segment failed")
-        start_step += exploit.trained
+        start_step = _stage_end(geometry, exploit)
         geometry = stage_geometry(config, index + 1, start_step, True)
         if geometry is None:
             return StudyEnd(StudyStatus.completed, f"trained {start_step} steps")
         if not geometry.search:
-            return _exploit(config, geometry, exploit.lr, 0, {"source": "tail"})
+            return _no_search(config, geometry, exploit.lr)
         return _explore(
             config,
             geometry,
@@ -415,14 +551,15 @@ def next_segment(
         )
 
     if not geometry.search:
-        assert previous_lr is not None
-        return _exploit(config, geometry, previous_lr, 0, {"source": "tail"})
+        if previous_lr is None:  # a budget too small to search: train at the range's centre
+            previous_lr = math.sqrt(config.lr_min * config.lr_max)
+        return _no_search(config, geometry, previous_lr)
     analysis = analyze_stage(config, geometry, current)
     if len(analysis.candidates) < config.k:
         reference = _reference_loss(trials, current, geometry.explore_metric)
         return _explore(config, geometry, analysis, previous_lr, reference, optimizer)
-    lr, why = _choose(config, analysis, optimizer)
-    return _exploit(config, geometry, lr, len(analysis.candidates), why)
+    lr, chosen, why = _choose(config, analysis, optimizer)
+    return _exploit(config, geometry, lr, len(analysis.candidates), why, analysis, chosen)
 
 
 def stage_geometries(config: StudyConfig, trials: Sequence[Trial]) -> list[StageGeometry]:
@@ -438,6 +575,34 @@ def stage_geometries(config: StudyConfig, trials: Sequence[Trial]) -> list[Stage
         exploit = next((t for t in stage_trials if t.kind is SegmentKind.exploit), None)
         if exploit is None:
             break
-        start_step += exploit.trained
+        start_step = _stage_end(geometry, exploit)
         previous_lr = exploit.lr
     return result
+
+
+#: Stages an open-ended plan lists: enough to reach tau_max for any sane growth.
+OPEN_ENDED_STAGES = 12
+
+
+def plan_stages(config: StudyConfig) -> tuple[list[PlannedStage], bool]:
+    """The study's plan from its config alone: every stage if it runs as planned (each
+    stage's training ends at its planned length), and whether the plan is open-ended
+    (no budget: the first stages, up to the first of tau_max steps)."""
+    assert config.k is not None
+    stages: list[PlannedStage] = []
+    start_step = 0
+    open_ended = config.total_steps is None
+    while True:
+        geometry = stage_geometry(config, len(stages), start_step, bool(stages))
+        if geometry is None:
+            break
+        candidates = config.k if geometry.search else 0
+        continued = geometry.tau_explore if config.continue_best and geometry.search else 0
+        charge = candidates * geometry.tau_explore + geometry.tau - continued
+        stages.append(PlannedStage(geometry, candidates, charge))
+        start_step += geometry.tau
+        if open_ended and (
+            geometry.tau >= (config.tau_max or 0) or len(stages) >= OPEN_ENDED_STAGES
+        ):
+            break
+    return stages, open_ended

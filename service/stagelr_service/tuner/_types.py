@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyStatus
+from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
 
 from ..forecast import Forecast
 
@@ -54,6 +54,23 @@ class StageGeometry:
     explore_report_every: int
     exploit_metric: Metric
     exploit_report_every: int
+    #: The final decay segment of a budget: trains on from the last LR down to 0.
+    decay: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage as the plan foresees it, before anything is trained."""
+
+    geometry: StageGeometry
+    candidates: int
+    charge: int
+
+    @property
+    def kind(self) -> str:
+        if self.geometry.decay:
+            return "decay"
+        return "search" if self.geometry.search else "train_on"
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,8 @@ class SegmentPlan:
     save_end: str | None = None
     discard: tuple[str, ...] = ()
     stop_above: float | None = None
+    lr_end: float | None = None
+    lr_shape: LRShape = LRShape.constant
     why: dict[str, Any] = field(default_factory=dict)
 
 
