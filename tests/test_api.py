@@ -377,3 +377,50 @@ def test_a_completion_carrying_a_conflicting_point_is_a_409_and_closes_nothing(a
     refused = api.post(url, json={"observations": [{"step": 1, "value": 2.0}]})
     assert_problem(refused, 409, "observation-conflict")
     assert api.get(f"/v1/segments/{segment['id']}").json()["status"] == "open"
+
+
+# ------------------------------------------------------------------ the plan (issue 7)
+
+
+def test_the_plan_is_shown_before_training_and_tracks_what_ran(api) -> None:
+    study = create(api, total_steps=1000, k=3)
+    plan = api.get(f"/v1/studies/{study['id']}/plan")
+    assert plan.status_code == 200, plan.text
+    body = plan.json()
+    assert body["planner"] == "budget" and body["total_steps"] == 1000 and not body["open_ended"]
+    kinds = [st["kind"] for st in body["stages"]]
+    assert kinds == ["search", "search", "search", "decay"]
+    assert sum(st["tau"] for st in body["stages"]) == 1000
+    assert all(st["status"] == "planned" and st["actual_charge"] == 0 for st in body["stages"])
+    assert body["planned_charge"] == sum(st["planned_charge"] for st in body["stages"])
+
+    segment = next_segment(api, study["id"])["segment"]
+    train(api, segment)
+    after = api.get(f"/v1/studies/{study['id']}/plan").json()
+    first = after["stages"][0]
+    assert first["status"] == "searching" and first["actual_charge"] == segment["steps"]
+    assert after["actual_charge"] == segment["steps"]
+
+
+def test_a_decay_segment_carries_its_lr_shape(api) -> None:
+    study = create(api, total_steps=200, k=1, budget_stages=1, decay_fraction=0.5)
+    explore = next_segment(api, study["id"])["segment"]
+    assert explore["lr_shape"] == "constant" and explore["lr_end"] is None
+    train(api, explore)
+    exploit = next_segment(api, study["id"])["segment"]
+    assert exploit["kind"] == "exploit" and exploit["restore"] == "stage-0-candidate-0"
+    train(api, exploit)
+    decay = next_segment(api, study["id"])["segment"]
+    assert decay["lr_shape"] == "one_minus_sqrt" and decay["lr_end"] == 0.0
+    assert decay["steps"] == 100 and decay["start_step"] == 100
+    assert decay["lr"] == exploit["lr"]
+
+
+def test_the_plan_of_an_unknown_study_is_404(api) -> None:
+    assert_problem(api.get("/v1/studies/999999/plan"), 404, "not-found")
+
+
+def test_a_constant_decay_shape_is_refused_naming_the_fix(api) -> None:
+    response = api.post("/v1/studies", json=study_body(decay_shape="constant"))
+    body = assert_problem(response, 422, "validation-error")
+    assert "decay_fraction" in body["detail"]

@@ -6,6 +6,7 @@ a conflicting study is skipped and reported, and imported studies still verify.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from io import StringIO
@@ -169,3 +170,28 @@ def test_the_export_and_import_commands(source, target, tmp_path) -> None:
     assert done.returncode == 1 and "skipped default/done" in done.stderr
     done = run_cli("import", str(tmp_path / "missing.jsonl"), env=target_env)
     assert done.returncode == 2 and "No such file" in done.stderr
+
+
+def test_a_version_1_file_imports_with_the_old_meaning_of_its_configs(source, target) -> None:
+    """Version 1 predates the planner: its configs get LEGACY_CONFIG, its segments a
+    constant LR, and the imported studies still verify."""
+    from stagelr.models import LEGACY_CONFIG
+
+    lines = exported(source).splitlines()
+    header = json.loads(lines[0])
+    header["version"] = 1
+    old_lines = [json.dumps(header)]
+    for line in lines[1:]:
+        study = json.loads(line)
+        for key in LEGACY_CONFIG:
+            study["config"].pop(key, None)
+        for seg in study["segments"]:
+            seg.pop("lr_end"), seg.pop("lr_shape")
+        old_lines.append(json.dumps(study))
+    import_studies(target, old_lines)
+    with target.transaction(read_only=True) as repo:
+        study = repo.find_study("default", "running")
+        assert study is not None
+        assert {k: study.config[k] for k in LEGACY_CONFIG} == LEGACY_CONFIG
+        segments = repo.segments_of_study(study.id)
+    assert all(s.lr_shape.value == "constant" and s.lr_end is None for s in segments)

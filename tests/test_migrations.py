@@ -194,3 +194,42 @@ def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
     with redirect_stdout(out):
         command.upgrade(config, "head", sql=True)
     assert "CREATE TABLE observations" in out.getvalue()
+
+
+def test_0003_fills_the_planner_fields_of_older_studies_with_their_old_meaning(
+    empty_database: URL,
+) -> None:
+    """A study stored before the planner existed keeps deciding as it did: fixed stages,
+    no decay, no continuation, one data seed per stage; its segments are constant-LR."""
+    import json
+
+    from stagelr.models import LEGACY_CONFIG, StudyConfig
+
+    assert migrate(empty_database, revision="0002") == "0002"
+    old = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=500).resolved()
+    for key in LEGACY_CONFIG:
+        old.pop(key)
+    engine = make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'p', :t)"),
+                {"t": "2026-01-01 00:00:00"},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO studies (id, project_id, name, status, config, created_at, "
+                    "updated_at) VALUES (1, 1, 'old', 'running', :c, :t, :t)"
+                ),
+                {"c": json.dumps(old), "t": "2026-01-01 00:00:00"},
+            )
+        assert migrate(empty_database) == "0003"
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT config FROM studies WHERE id = 1")).scalar_one()
+    finally:
+        engine.dispose()
+    config = json.loads(stored) if isinstance(stored, str) else stored
+    assert {k: config[k] for k in LEGACY_CONFIG} == LEGACY_CONFIG
+    assert {k: config[k] for k in old} == old  # nothing else changed
+    resolved = StudyConfig.model_validate(config)
+    assert resolved.planner == "fixed" and resolved.decay_fraction == 0.0

@@ -273,3 +273,52 @@ def test_apply_lr_fills_a_tensor_lr_in_place() -> None:
 
     assert optimizer.param_groups[0]["lr"] is lr_tensor
     assert lr_tensor.item() == pytest.approx(0.03)
+
+
+# ------------------------------------------------------------------ decay and data order
+
+
+def test_begin_makes_a_decaying_segment_set_the_lr_of_every_step() -> None:
+    from stagelr._segment import Segment
+
+    model, optimizer = make_model()
+    view = plan(kind="exploit", lr=0.4, steps=4, lr_end=0.0, lr_shape="linear")
+    segment = Segment(view, client=None, sender=None)  # type: ignore[arg-type]
+    Checkpointer(model, optimizer).begin(segment)
+    seen = []
+    for _ in segment.steps():
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
+
+
+def test_a_constant_segment_keeps_its_lr() -> None:
+    from stagelr._segment import Segment
+
+    model, optimizer = make_model()
+    segment = Segment(plan(lr=0.25, steps=3), client=None, sender=None)  # type: ignore[arg-type]
+    Checkpointer(model, optimizer).begin(segment)
+    assert [optimizer.param_groups[0]["lr"] for _ in segment.steps()] == [0.25] * 3
+
+
+def test_the_segment_sampler_gives_equal_batches_for_equal_data_seeds() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from stagelr.torch import SegmentSampler
+
+    data = TensorDataset(torch.arange(50))
+    sampler = SegmentSampler(len(data))
+    loader = DataLoader(data, batch_size=10, sampler=sampler)
+    model, optimizer = make_model()
+    checkpointer = Checkpointer(model, optimizer, sampler=sampler)
+
+    def order(seed: int) -> list[int]:
+        checkpointer.begin(plan(data_seed=seed))
+        return [int(x) for (batch,) in loader for x in batch]
+
+    first, again, other = order(7), order(7), order(8)
+    assert first == again and sorted(first) == list(range(50))
+    assert first != other
+    # a second pass of the same segment is a new permutation, not a repeat
+    sampler.set_segment(plan(data_seed=7))
+    one, two = list(sampler), list(sampler)
+    assert one == first and two != one
