@@ -132,9 +132,7 @@ def test_continue_best_trains_on_from_the_chosen_candidate(optimizer) -> None:
         if not stage[0].stage.search:
             continue
         *explores, exploit = stage
-        assert all(
-            p.save_end == tuner.candidate_checkpoint(index, p.index) for p in explores
-        )
+        assert all(p.save_end == tuner.candidate_checkpoint(index, p.index) for p in explores)
         chosen = exploit.why["index"]
         assert exploit.why["continues"] == chosen
         assert exploit.restore == tuner.candidate_checkpoint(index, chosen)
@@ -179,12 +177,25 @@ def test_a_diverged_best_is_not_continued(optimizer) -> None:
     geometry = tuner.stage_geometry(config, 0, 0, False)
     assert geometry is not None
     good = tuner.Trial(
-        0, 0, 0, SegmentKind.explore, 0.01, geometry.tau_explore, SegmentStatus.completed,
+        0,
+        0,
+        0,
+        SegmentKind.explore,
+        0.01,
+        geometry.tau_explore,
+        SegmentStatus.completed,
         observations=tuple((s, 2.0 - s / 1000) for s in range(10, 101, 10)),
     )
     bad = tuner.Trial(
-        1, 0, 1, SegmentKind.explore, 0.9, geometry.tau_explore, SegmentStatus.diverged,
-        steps_done=20, observations=((10, 5.0), (20, float("nan"))),
+        1,
+        0,
+        1,
+        SegmentKind.explore,
+        0.9,
+        geometry.tau_explore,
+        SegmentStatus.diverged,
+        steps_done=20,
+        observations=((10, 5.0), (20, float("nan"))),
     )
     plan = tuner.next_segment(config, [good, bad], optimizer)
     assert isinstance(plan, SegmentPlan)

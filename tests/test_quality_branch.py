@@ -79,3 +79,34 @@ def test_charlm_grid_completes_a_point_before_the_next_and_others_go_seed_by_see
     assert all(dict(c)["peak"] == centre for c in configs[:8])
     digits = harness.plan(VARIANTS["digits"], empty, ["grid"], False, None)
     assert [t.seed for t in digits[:32]] == [0] * 32  # seed 0 of every point first
+
+
+def test_the_ablation_turns_off_one_switch_per_row_and_reads_paired_differences(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from benchmarks.quality import ablation
+    from stagelr.models import StudyConfig
+
+    variant = harness.variants_for(False, ["nqm-b8"])[0]
+    tasks = ablation.tasks_for(variant, [0, 1])
+    assert len(tasks) == 2 * (1 + len(ablation.SWITCHES))
+    for task in tasks:
+        # every ablated config is a valid study config that differs from default
+        config = StudyConfig(lr_min=0.01, lr_max=1.0, total_steps=1000, **dict(task.config))
+        if task.config:
+            base = StudyConfig(lr_min=0.01, lr_max=1.0, total_steps=1000)
+            assert config.resolved() != base.resolved()
+
+    cache = harness.Cache(tmp_path).load()
+    # default 1.0 / 2.0; continue_best off is worse by 0.5 on both seeds; the rest equal
+    for task in tasks:
+        worse = dict(task.config) == {"continue_best": False}
+        loss = (1.0 if task.seed == 0 else 2.0) + (0.5 if worse else 0.0)
+        cache.add(task, {"final_loss": loss, "charged_steps": 1000})
+    summary = ablation.summarize(variant, cache, [0, 1])
+    rows = {row["switch"]: row for row in summary["rows"]}
+    assert rows["continue_best"]["verdict"] == "pays"
+    assert rows["continue_best"]["diff"][0] == pytest.approx(0.5)
+    assert rows["final decay"]["verdict"] == "no clear effect"
+    text = "\n".join(ablation.render([summary], "cmd", {"cpu": "x"}))
+    assert "| continue_best | restart each stage from its start | 2.0000 |" in text

@@ -213,7 +213,12 @@ def test_every_candidate_diverging_falls_back_to_the_low_end(optimizer) -> None:
 
 def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
     config = default(
-        tau0=100, tau_max=400, total_steps=1000, k=3, planner="fixed", decay_fraction=0.0,
+        tau0=100,
+        tau_max=400,
+        total_steps=1000,
+        k=3,
+        planner="fixed",
+        decay_fraction=0.0,
         continue_best=False,
     )
     plans, trials, end = simulate(config, optimizer)
@@ -225,7 +230,12 @@ def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
 
 def test_a_short_last_stage_trains_on_without_searching(optimizer) -> None:
     config = default(
-        tau0=100, tau_max=400, total_steps=750, k=3, planner="fixed", decay_fraction=0.0,
+        tau0=100,
+        tau_max=400,
+        total_steps=750,
+        k=3,
+        planner="fixed",
+        decay_fraction=0.0,
         continue_best=False,
     )
     plans, _, _ = simulate(config, optimizer)

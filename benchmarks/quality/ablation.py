@@ -35,8 +35,11 @@ METHOD = "stagelr-default"
 
 #: (label, what it turns off, overrides): one switch at a time, everything else default.
 SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
-    ("budget planner", "planner fixed (tau0 1000 .. tau_max 8000), no decay", {
-        "planner": "fixed", "decay_fraction": 0.0}),
+    (
+        "budget planner",
+        "planner fixed (tau0 1000 .. tau_max 8000), no decay",
+        {"planner": "fixed", "decay_fraction": 0.0},
+    ),
     ("final decay", "decay_fraction 0", {"decay_fraction": 0.0}),
     ("continue_best", "restart each stage from its start", {"continue_best": False}),
     ("same_data", "each candidate its own batches", {"same_data": False}),
@@ -44,8 +47,11 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
     ("robust forecast", "the reference's exponential fit", {"forecast": "exp_reference"}),
     ("divergence stop", "diverging candidates run to the end", {"divergence_stop": False}),
     ("carry-over", "first candidate random", {"carry_over": False}),
-    ("real acquisition", "LCB with the reference's kappa 1000", {
-        "acquisition": "lcb", "kappa": 1000.0}),
+    (
+        "real acquisition",
+        "LCB with the reference's kappa 1000",
+        {"acquisition": "lcb", "kappa": 1000.0},
+    ),
 ]
 QUICK_VARIANTS = ["nqm-b8", "digits"]
 FULL_VARIANTS = ["nqm-b8", "nqm-b64", "digits", "digits-noisy"]
@@ -114,7 +120,9 @@ def summarize(variant: harness.Variant, cache: Cache, seeds: list[int]) -> dict[
         records = [cache.get(Task(variant, METHOD, s, config)) for s in seeds]
         values = [_final(r) for r in records]
         pairs = [
-            (v - b) for v, b in zip(values, base, strict=True) if not (math.isnan(v) or math.isnan(b))
+            (v - b)
+            for v, b in zip(values, base, strict=True)
+            if not (math.isnan(v) or math.isnan(b))
         ]
         ci = report.paired_bootstrap(pairs)
         charged = [r["run"]["charged_steps"] for r in records if r is not None]
@@ -154,7 +162,8 @@ def render(summaries: list[dict[str, Any]], command: str, info: dict[str, Any]) 
         lines += [
             f"#### {s['variant']} (T = {s['steps']}, {len(s['seeds'])} seeds)",
             "",
-            "| switch | turned off to | final loss median | charged steps | ablated - default | verdict |",
+            "| switch | turned off to | final loss median | charged steps "
+            "| ablated - default | verdict |",
             "| --- | --- | ---: | ---: | --- | --- |",
         ]
         for row in s["rows"]:
@@ -198,23 +207,27 @@ def main(argv: list[str] | None = None) -> int:
     quick = bool(args.quick)
     scratch = ROOT / "benchmarks" / "results" / "tmp" / "ablation-quick"
     results = args.results or (scratch if quick else ROOT / "docs" / "results" / "quality")
-    docs = args.docs if args.docs is not None else (None if quick else ROOT / "docs" / "benchmarks.md")
-    json_path = args.json or (scratch / "ablation.json" if quick else ROOT / "docs" / "results" / "ablation.json")
+    docs = (
+        args.docs if args.docs is not None else (None if quick else ROOT / "docs" / "benchmarks.md")
+    )
+    json_path = args.json or (
+        scratch / "ablation.json" if quick else ROOT / "docs" / "results" / "ablation.json"
+    )
     names = args.workload or (QUICK_VARIANTS if quick else FULL_VARIANTS)
     variants = harness.variants_for(quick, names)
     cache = Cache(results).load()
     seed_count = args.seeds if args.seeds is not None else (2 if quick else None)
     started = time.perf_counter()
-    per_variant = {
-        v.name: harness.seeds(v, quick, seed_count, grid=False) for v in variants
-    }
+    per_variant = {v.name: harness.seeds(v, quick, seed_count, grid=False) for v in variants}
     if not args.report_only:
         tasks = [t for v in variants for t in tasks_for(v, per_variant[v.name])]
         trained = train(tasks, cache, args.jobs)
         print(f"trained {trained} runs in {time.perf_counter() - started:.0f} s", flush=True)
     summaries = [summarize(v, cache, per_variant[v.name]) for v in variants]
-    command = "python -m benchmarks.quality.ablation" + (" --quick" if quick else " --jobs 2") + (
-        f" --seeds {args.seeds}" if args.seeds is not None else ""
+    command = (
+        "python -m benchmarks.quality.ablation"
+        + (" --quick" if quick else " --jobs 2")
+        + (f" --seeds {args.seeds}" if args.seeds is not None else "")
     )
     lines = render(summaries, command, report.machine())
     print("\n".join(lines))

@@ -441,7 +441,6 @@ class SegmentView(_Wire):
         "job may be gone; `next` hands it out again.",
     )
 
-
     def lr_at(self, step: int) -> float:
         """The LR of step ``step`` (1-based within the segment)."""
         return lr_at(self.lr, self.lr_end, self.lr_shape, step, self.steps)
