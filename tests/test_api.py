@@ -383,7 +383,9 @@ def test_a_completion_carrying_a_conflicting_point_is_a_409_and_closes_nothing(a
 
 
 def test_the_plan_is_shown_before_training_and_tracks_what_ran(api) -> None:
-    study = create(api, total_steps=1000, k=3)
+    study = create(
+        api, total_steps=1000, k=3, planner="budget", decay_fraction=0.2, continue_best=True
+    )
     plan = api.get(f"/v1/studies/{study['id']}/plan")
     assert plan.status_code == 200, plan.text
     body = plan.json()
@@ -403,7 +405,15 @@ def test_the_plan_is_shown_before_training_and_tracks_what_ran(api) -> None:
 
 
 def test_a_decay_segment_carries_its_lr_shape(api) -> None:
-    study = create(api, total_steps=200, k=1, budget_stages=1, decay_fraction=0.5)
+    study = create(
+        api,
+        total_steps=200,
+        k=1,
+        planner="budget",
+        budget_stages=1,
+        decay_fraction=0.5,
+        continue_best=True,
+    )
     explore = next_segment(api, study["id"])["segment"]
     assert explore["lr_shape"] == "constant" and explore["lr_end"] is None
     train(api, explore)

@@ -136,7 +136,7 @@ def test_imported_studies_still_verify(source, target, optimizer) -> None:
         keys = repo.study_keys()
     reports = [replay_study(target, k[0], optimizer) for k in keys]
     assert [r.ok for r in reports] == [True] * 4
-    assert sum(r.decisions for r in reports) == 17 + 17 + 1
+    assert sum(r.decisions for r in reports) == 16 + 16 + 1
 
 
 def test_a_file_that_is_not_an_export_is_refused_with_the_reason(target) -> None:

@@ -21,7 +21,15 @@ from stagelr_service.tuner import SegmentPlan
 
 
 def budget(**overrides: object) -> StudyConfig:
-    base: dict[str, object] = {"lr_min": 1e-3, "lr_max": 1.0, "total_steps": 1000, "k": 4}
+    base: dict[str, object] = {
+        "lr_min": 1e-3,
+        "lr_max": 1.0,
+        "total_steps": 1000,
+        "k": 4,
+        "planner": "budget",
+        "decay_fraction": 0.2,
+        "continue_best": True,
+    }
     return StudyConfig(preset="default", **{**base, **overrides})  # type: ignore[arg-type]
 
 
@@ -66,9 +74,13 @@ def test_the_fixed_planner_can_end_with_a_decay_too() -> None:
     assert stages[-1].kind == "decay"
 
 
-def test_a_budget_too_small_for_the_stages_is_refused_with_the_fix() -> None:
-    with pytest.raises(ValueError, match="lower budget_stages"):
-        budget(total_steps=40, budget_stages=6)
+def test_a_small_budget_gets_fewer_stages_and_a_tiny_one_is_refused_with_the_fix() -> None:
+    assert budget_taus(40, 6, 2.0, 0.2, explore_ratio=0.1) == [11, 21]
+    stages, _ = tuner.plan_stages(budget(total_steps=40, budget_stages=6))
+    assert [s.kind for s in stages] == ["search", "search", "decay"]
+    assert all(s.geometry.tau_explore >= 1 for s in stages if s.kind == "search")
+    with pytest.raises(ValueError, match="raise total_steps"):
+        budget(total_steps=5)
 
 
 # ------------------------------------------------------------------ running it

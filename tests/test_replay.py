@@ -130,13 +130,14 @@ def test_verify_reproduces_every_decision_of_a_recorded_study(store, optimizer) 
     for name in ("plain", "diverging"):
         report = replay_study(store, study_id(store, name), optimizer)
         assert report.ok and report.mismatches == [] and report.error is None
-        # 3 searched stages of 4 candidates and a training segment, the final decay,
-        # and the end of the study.
-        assert report.decisions == 3 * 5 + 1 + 1
+        # 15 segments handed out, and the end of the study.
+        assert report.decisions == 16
         assert [s.replayed_lr for s in report.stages] == [s.recorded_lr for s in report.stages]
         assert all(s.lr_decades == 0.0 for s in report.stages)
-        assert all([c.lr for c in s.candidates] == s.recorded_lrs for s in report.stages)
-        assert [len(s.recorded_lrs) for s in report.stages] == [4, 4, 4, 0]
+        assert all(
+            [c.lr for c in s.candidates] == s.recorded_lrs and len(s.recorded_lrs) == 4
+            for s in report.stages
+        )
 
 
 def test_the_diverging_study_has_diverged_candidates_that_verify_still_matches(store) -> None:
@@ -255,7 +256,7 @@ def test_the_cli_exits_2_on_a_bad_database_url_or_no_selection(tmp_path) -> None
 def test_what_if_with_the_stored_config_reproduces_the_recorded_choices(store, optimizer) -> None:
     report = replay_study(store, study_id(store, "plain"), optimizer, {})
     assert report.mode == "what-if" and report.estimates == 0
-    assert report.stages_compared == 4 and report.stages_differing == 0
+    assert report.stages_compared == 3 and report.stages_differing == 0
     assert all(not c.estimated for s in report.stages for c in s.candidates)
 
 
@@ -272,11 +273,10 @@ def test_what_if_changes_decisions_and_flags_every_estimate(store, optimizer, ov
     for stage in report.stages:
         for c in stage.candidates:
             assert c.estimated == (c.lr not in stage.recorded_lrs)
-    assert report.stages_compared == 4
+    assert report.stages_compared == 3
     assert report.max_lr_decades is not None and report.max_lr_decades >= 0
     if "k" in overrides:
-        # every searched stage (the last, the decay, searches nothing)
-        assert [len(s.candidates) for s in report.stages] == [6, 6, 6, 0]
+        assert all(len(s.candidates) == 6 for s in report.stages)
 
 
 def test_what_if_refuses_fields_it_cannot_replay_naming_the_allowed_ones() -> None:
@@ -343,7 +343,7 @@ def test_a_batch_of_over_100_studies_in_2_workers_writes_json_and_csv(store, tmp
     ]
     with table.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 102 * 4  # a row per stage: 3 searched stages and the decay
+    assert len(rows) == 102 * 3
     assert {r["differs"] for r in rows} == {"0"} and {r["mismatches"] for r in rows} == {"0"}
 
     # what-if on a selection by project and name pattern: only the matching studies.
@@ -370,10 +370,10 @@ def test_verify_over_the_api_for_studies_recorded_through_a_live_server(live_ser
         ]
         for sid in ids:
             report = client.replay(sid)
-            assert report.ok and report.decisions == 17 and report.mode == "verify"
+            assert report.ok and report.decisions == 16 and report.mode == "verify"
         what_if = client.replay(ids[0], {"k": 5, "acquisition": "lcb"})
         assert what_if.mode == "what-if" and what_if.estimates > 0
-        assert [len(s.candidates) for s in what_if.stages] == [5, 5, 5, 0]
+        assert all(len(s.candidates) == 5 for s in what_if.stages)
     bad = httpx.post(
         f"{live_server.url}/v1/studies/{ids[0]}/replay", json={"overrides": {"tau0": 5}}
     )
@@ -411,6 +411,5 @@ def test_verify_passes_on_a_real_torch_trained_study(live_server) -> None:
         sid = tuner.study().id
         report = tuner.client.replay(sid)
     assert report.ok, report.mismatches
-    # the budget planner: 3 searched stages, the final decay, the end
-    assert report.decisions == 3 * 4 + 1 + 1
-    assert [len(s.candidates) for s in report.stages] == [3, 3, 3, 0]
+    assert report.decisions == 4 * 4 + 1
+    assert [len(s.candidates) for s in report.stages] == [3, 3, 3, 3]

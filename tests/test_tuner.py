@@ -212,15 +212,7 @@ def test_every_candidate_diverging_falls_back_to_the_low_end(optimizer) -> None:
 
 
 def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
-    config = default(
-        tau0=100,
-        tau_max=400,
-        total_steps=1000,
-        k=3,
-        planner="fixed",
-        decay_fraction=0.0,
-        continue_best=False,
-    )
+    config = default(tau0=100, tau_max=400, total_steps=1000, k=3)
     plans, trials, end = simulate(config, optimizer)
     assert end is not None and end.status is StudyStatus.completed
     trained = sum(t.steps_done for t in trials if t.kind is SegmentKind.exploit)
@@ -229,15 +221,7 @@ def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
 
 
 def test_a_short_last_stage_trains_on_without_searching(optimizer) -> None:
-    config = default(
-        tau0=100,
-        tau_max=400,
-        total_steps=750,
-        k=3,
-        planner="fixed",
-        decay_fraction=0.0,
-        continue_best=False,
-    )
+    config = default(tau0=100, tau_max=400, total_steps=750, k=3)
     plans, _, _ = simulate(config, optimizer)
     last = plans[-1]
     assert last.kind is SegmentKind.exploit and last.steps == 50

@@ -129,15 +129,29 @@ def decay_steps(total_steps: int | None, decay_fraction: float | None) -> int:
     return min(total_steps - 1, round(decay_fraction * total_steps))
 
 
-def budget_taus(total_steps: int, stages: int, growth: float, decay_fraction: float) -> list[int]:
+def budget_taus(
+    total_steps: int,
+    stages: int,
+    growth: float,
+    decay_fraction: float,
+    explore_ratio: float | None = None,
+) -> list[int]:
     """The budget planner's stage lengths: the steps before the decay, split into
-    ``stages`` parts growing by ``growth`` (the last takes the rounding remainder)."""
+    ``stages`` parts growing by ``growth`` (the last takes the rounding remainder).
+
+    With ``explore_ratio``, a budget too small for every stage to search gets fewer
+    stages, down to one.
+    """
     train = total_steps - decay_steps(total_steps, decay_fraction)
-    weights = [growth**i for i in range(stages)]
-    total_weight = sum(weights)
-    taus = [max(1, round(train * w / total_weight)) for w in weights[:-1]]
-    taus.append(train - sum(taus))
-    return [t for t in taus if t > 0]
+    while True:
+        weights = [growth**i for i in range(stages)]
+        total_weight = sum(weights)
+        taus = [max(1, round(train * w / total_weight)) for w in weights[:-1]]
+        taus.append(train - sum(taus))
+        taus = [t for t in taus if t > 0]
+        if explore_ratio is None or stages <= 1 or round(taus[0] * explore_ratio) >= 1:
+            return taus
+        stages -= 1
 
 
 class Acquisition(str, Enum):
@@ -218,11 +232,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "metric_schedule": "val_loss",
         "reports_per_explore": 10,
         "reports_per_exploit": 10,
-        "planner": "budget",
+        # The budget planner, its final decay and continue_best are off by default: on
+        # the W1/W2 ablation (docs/benchmarks.md) the planner helped the digits MLP and
+        # hurt the NQM; turn them on per study until a full run says otherwise.
+        "planner": "fixed",
         "budget_stages": 3,
-        "decay_fraction": 0.2,
+        "decay_fraction": 0.0,
         "decay_shape": LRShape.one_minus_sqrt,
-        "continue_best": True,
+        "continue_best": False,
         "same_data": True,
     },
 }
@@ -353,13 +370,17 @@ class StudyConfig(_Wire):
         if self.planner == "budget" and self.total_steps is not None:
             assert self.budget_stages is not None and self.tau_growth is not None
             first = budget_taus(
-                self.total_steps, self.budget_stages, self.tau_growth, self.decay_fraction or 0.0
+                self.total_steps,
+                self.budget_stages,
+                self.tau_growth,
+                self.decay_fraction or 0.0,
+                self.explore_ratio,
             )[0]
             if round(first * self.explore_ratio) < 1:
                 raise ValueError(
-                    f"total_steps = {self.total_steps} leaves the first of "
-                    f"{self.budget_stages} stages {first} steps, too few for an explore "
-                    "window: lower budget_stages, raise explore_ratio or total_steps"
+                    f"total_steps = {self.total_steps} leaves {first} steps before the "
+                    "decay, too few for an explore window: raise total_steps or "
+                    "explore_ratio, or lower decay_fraction"
                 )
         if round(self.tau0 * self.explore_ratio) < 1:
             raise ValueError(

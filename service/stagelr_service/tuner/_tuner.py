@@ -100,6 +100,7 @@ def stage_geometry(
             config.budget_stages,
             config.tau_growth,
             config.decay_fraction or 0.0,
+            config.explore_ratio,
         )
         remaining = train_end - start_step
         if index < len(taus) - 1:
