@@ -85,6 +85,7 @@ def test_the_ablation_turns_off_one_switch_per_row_and_reads_paired_differences(
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     from benchmarks.quality import ablation
+
     from stagelr.models import StudyConfig
 
     variant = harness.variants_for(False, ["nqm-b8"])[0]
