@@ -126,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def update_docs(path: Path, lines: list[str]) -> None:
+def update_docs(path: Path, lines: list[str], begin: str = BEGIN, end: str = END) -> None:
     """Replace the generated section of ``path`` (between the markers) with ``lines``."""
     text = path.read_text() if path.exists() else ""
-    block = BEGIN + "\n" + "\n".join(lines) + "\n" + END
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = begin + "\n" + "\n".join(lines) + "\n" + end
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

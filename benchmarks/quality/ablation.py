@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -182,16 +181,6 @@ def render(summaries: list[dict[str, Any]], command: str, info: dict[str, Any]) 
     return lines
 
 
-def update_docs(path: Path, lines: list[str]) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = BEGIN + "\n" + "\n".join(lines) + "\n" + END
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 2 seeds (CI smoke)")
@@ -234,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(json_path, {"command": command, "variants": summaries})
     print(f"json: {json_path}")
     if docs is not None:
-        update_docs(docs, lines)
+        from .__main__ import update_docs
+
+        update_docs(docs, lines, BEGIN, END)
         print(f"docs: {docs}")
     return 0
 
