@@ -660,9 +660,7 @@ class StudyService:
         # steps; its LR holds from the stage's start.
         stage_start = {st.index: st.start_step for st in history.stages}
         for seg in history.segments:
-            done = 0 if seg.status is SegmentStatus.open else (seg.steps_done or 0)
-            if seg.status is not SegmentStatus.open and seg.steps_done is None:
-                done = seg.steps
+            done = trained_steps(seg)
             charged += done
             if seg.kind is SegmentKind.exploit:
                 schedule.append((stage_start.get(seg.stage, seg.start_step), seg.lr))
@@ -711,6 +709,14 @@ class StudyService:
         )
 
 
+def trained_steps(seg: SegmentRecord) -> int:
+    """Steps a segment charged: none while open; all of them when closed without a
+    count (a completion never reports more than the segment's steps)."""
+    if seg.status is SegmentStatus.open:
+        return 0
+    return seg.steps if seg.steps_done is None else seg.steps_done
+
+
 def study_plan(history: StudyHistory) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
     chosen LR from the history."""
@@ -718,9 +724,7 @@ def study_plan(history: StudyHistory) -> StudyPlan:
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
     for seg in history.segments:
-        if seg.status is not SegmentStatus.open:
-            done = seg.steps if seg.steps_done is None else min(seg.steps_done, seg.steps)
-            charge[seg.stage] = charge.get(seg.stage, 0) + done
+        charge[seg.stage] = charge.get(seg.stage, 0) + trained_steps(seg)
     actual = {st.index: st for st in history.stages}
     stages = []
     for p in planned:
@@ -733,7 +737,7 @@ def study_plan(history: StudyHistory) -> StudyPlan:
                 tau=g.tau,
                 tau_explore=g.tau_explore,
                 candidates=p.candidates,
-                kind=p.kind,  # type: ignore[arg-type]
+                kind=p.kind,
                 planned_charge=p.charge,
                 status=record.status if record is not None else "planned",
                 actual_charge=charge.get(g.index, 0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
 
@@ -67,7 +67,7 @@ class PlannedStage:
     charge: int
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Literal["search", "train_on", "decay"]:
         if self.geometry.decay:
             return "decay"
         return "search" if self.geometry.search else "train_on"
