@@ -39,8 +39,8 @@ NEXT_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -85,11 +85,11 @@ def test_an_empty_database_is_refused_naming_stagelr_migrate(empty_database: URL
 
 
 def test_upgrade_to_head_creates_the_schema_and_passes_the_check(empty_database: URL) -> None:
-    assert migrate(empty_database) == "0003"
+    assert migrate(empty_database) == "0004"
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0003"
+    assert schema_check(empty_database) == "0004"
     with Store(empty_database) as store:
-        assert store.check_schema() == "0003"
+        assert store.check_schema() == "0004"
 
 
 def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
@@ -97,7 +97,7 @@ def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
     with Store(empty_database) as store:
         with store.transaction() as repo:
             repo.get_or_create_project("kept")
-        assert store.migrate() == "0003"
+        assert store.migrate() == "0004"
         with store.transaction(read_only=True) as repo:
             assert repo.get_project("kept") is not None
 
@@ -117,9 +117,9 @@ def test_downgrade_then_upgrade_round_trips(empty_database: URL) -> None:
     migrate(empty_database)
     assert downgrade(empty_database, "base") == ""
     assert tables(empty_database) == set()
-    assert migrate(empty_database) == "0003"
+    assert migrate(empty_database) == "0004"
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0003"
+    assert schema_check(empty_database) == "0004"
 
 
 def test_a_downgraded_database_is_refused(empty_database: URL) -> None:
@@ -134,17 +134,17 @@ def test_a_database_one_revision_behind_is_refused_then_upgraded(
 ) -> None:
     newer = tmp_path / "newer_migrations"
     shutil.copytree(script_location(), newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0004_note.py").write_text(NEXT_REVISION)
-    migrate(empty_database)  # this version's head, 0003
+    (newer / "versions" / "0005_note.py").write_text(NEXT_REVISION)
+    migrate(empty_database)  # this version's head, 0004
 
-    with pytest.raises(SchemaOutdatedError, match="at schema revision 0003") as caught:
+    with pytest.raises(SchemaOutdatedError, match="at schema revision 0004") as caught:
         schema_check(empty_database, location=newer)
-    assert "needs 0004" in caught.value.message
+    assert "needs 0005" in caught.value.message
     assert "`stagelr migrate`" in caught.value.message
 
-    assert migrate(empty_database, location=newer) == "0004"
-    assert schema_check(empty_database, location=newer) == "0004"
-    assert downgrade(empty_database, "0003", location=newer) == "0003"
+    assert migrate(empty_database, location=newer) == "0005"
+    assert schema_check(empty_database, location=newer) == "0005"
+    assert downgrade(empty_database, "0004", location=newer) == "0004"
 
 
 def test_a_schema_from_a_newer_stagelr_is_refused_naming_an_upgrade(
@@ -183,7 +183,7 @@ def test_the_developer_alembic_ini_runs_the_same_history(tmp_path: Path) -> None
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, "head")
     command.check(config)  # autogenerate finds nothing to add: models and history agree
-    assert schema_check(normalize_url(url)) == "0003"
+    assert schema_check(normalize_url(url)) == "0004"
 
 
 def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
@@ -196,11 +196,12 @@ def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
     assert "CREATE TABLE observations" in out.getvalue()
 
 
-def test_0003_fills_the_planner_fields_of_older_studies_with_their_old_meaning(
+def test_0003_and_0004_fill_the_new_fields_of_older_studies_with_their_old_meaning(
     empty_database: URL,
 ) -> None:
-    """A study stored before the planner existed keeps deciding as it did: fixed stages,
-    no decay, no continuation, one data seed per stage; its segments are constant-LR."""
+    """A study stored before the planner and the range test existed keeps deciding as it
+    did: fixed stages, no decay, no continuation, one data seed per stage, the given
+    bounds; its segments are constant-LR."""
     import json
 
     from stagelr.models import LEGACY_CONFIG, StudyConfig
@@ -223,7 +224,7 @@ def test_0003_fills_the_planner_fields_of_older_studies_with_their_old_meaning(
                 ),
                 {"c": json.dumps(old), "t": "2026-01-01 00:00:00"},
             )
-        assert migrate(empty_database) == "0003"
+        assert migrate(empty_database) == "0004"
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT config FROM studies WHERE id = 1")).scalar_one()
     finally:
@@ -233,3 +234,4 @@ def test_0003_fills_the_planner_fields_of_older_studies_with_their_old_meaning(
     assert {k: config[k] for k in old} == old  # nothing else changed
     resolved = StudyConfig.model_validate(config)
     assert resolved.planner == "fixed" and resolved.decay_fraction == 0.0
+    assert resolved.lr_bounds == "given"

@@ -42,6 +42,11 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("final decay", "on: decay_fraction 0.2", {"decay_fraction": 0.2}),
     ("continue_best", "on: keep the chosen candidate's steps", {"continue_best": True}),
+    (
+        "range-test bounds",
+        "on: no bounds given; a 100-step range test over 1e-6..10 finds them",
+        {"lr_bounds": "range_test"},
+    ),
     ("same_data", "off: each candidate its own batches", {"same_data": False}),
     ("noise-aware GP", "off: GP learns its own noise", {"noise_aware": False}),
     ("robust forecast", "off: the reference's exponential fit", {"forecast": "exp_reference"}),

@@ -18,7 +18,8 @@ from .methods import Run, eval_every
 from .workloads import Variant, make_job
 
 #: The LR search range: the span of the variant's Tier A grid, the same prior the grid
-#: gets. Nothing else of a preset changes with the workload.
+#: gets (unless an ablation turns on the range test, which finds its own). Nothing else
+#: of a preset changes with the workload.
 PRESETS = ("default", "autolrs")
 
 
@@ -66,15 +67,17 @@ def run_stagelr(
     tuner_evals = 0
     diverged = False
     lr_path: list[tuple[int, float]] = []
+    config = {**preset_overrides(preset, steps), **(overrides or {})}
+    if config.get("lr_bounds") != "range_test":
+        # A range test is the tuner's own way to bounds: it gets none from the grid.
+        config.update(lr_min=min(variant.grid), lr_max=max(variant.grid))
     with stagelr.Tuner(
         url,
         study=name,
         preset=preset,  # type: ignore[arg-type]
-        lr_min=min(variant.grid),
-        lr_max=max(variant.grid),
         total_steps=steps,
         seed=seed,
-        **{**preset_overrides(preset, steps), **(overrides or {})},
+        **config,
     ) as tuner:
         for segment in tuner:
             checkpoints.begin(segment)

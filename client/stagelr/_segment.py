@@ -88,7 +88,7 @@ class Segment:
         self._client = client
         self._sender = sender
         self._flush_timeout = flush_timeout
-        self._checks_divergence = view.kind is SegmentKind.explore
+        self._checks_divergence = view.kind in (SegmentKind.explore, SegmentKind.range_test)
         self._trained = 0
         self._tracked = False
         self._closed = False

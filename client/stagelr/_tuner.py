@@ -76,8 +76,9 @@ class Tuner:
     Args:
         url: The service, e.g. ``http://127.0.0.1:8321``.
         study: The study's name, unique within the project.
-        lr_min: Lower bound of the LR search.
-        lr_max: Upper bound of the LR search.
+        lr_min: Lower bound of the LR search (with ``lr_bounds="range_test"``: of the
+            range test's sweep, optional).
+        lr_max: Upper bound of the LR search (likewise).
         total_steps: Training steps the job will run; None for no planned end.
         preset: ``"default"`` (stagelr's tuner) or ``"autolrs"`` (the published method).
         project: The project the study belongs to (default: the token's project, or
@@ -113,8 +114,8 @@ class Tuner:
         url: str,
         *,
         study: str,
-        lr_min: float,
-        lr_max: float,
+        lr_min: float | None = None,
+        lr_max: float | None = None,
         total_steps: int | None = None,
         preset: Literal["autolrs", "default"] = "default",
         project: str | None = None,
@@ -131,12 +132,12 @@ class Tuner:
         max_buffered: int = 1_000_000,
         **config_overrides: Any,
     ) -> None:
+        bounds: dict[str, Any] = {"lr_min": lr_min, "lr_max": lr_max}
         self.config = StudyConfig(
             preset=preset,
-            lr_min=lr_min,
-            lr_max=lr_max,
             total_steps=total_steps,
             seed=seed,
+            **{k: v for k, v in bounds.items() if v is not None},
             **config_overrides,
         )
         self.name = study
@@ -220,7 +221,8 @@ class Tuner:
             self._status = answer.status
             return None
         view = answer.segment
-        self._last_lr = view.lr
+        if view.kind is not SegmentKind.range_test:  # a sweep's LR is no LR to fall back to
+            self._last_lr = view.lr
         if view.kind is SegmentKind.exploit:
             self._last_exploit_lr = view.lr
         self._segment = Segment(

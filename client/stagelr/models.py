@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "RANGE_TEST_SWEEP",
     "LEGACY_CONFIG",
     "PRESETS",
     "Acquisition",
@@ -79,6 +80,9 @@ class StudyStatus(str, Enum):
 class SegmentKind(str, Enum):
     explore = "explore"
     exploit = "exploit"
+    #: An LR range test (``lr_bounds: range_test``): the LR sweeps up exponentially from
+    #: the study's first state, which the stage's candidates then restore.
+    range_test = "range_test"
 
 
 class SegmentStatus(str, Enum):
@@ -102,6 +106,8 @@ class LRShape(str, Enum):
     # WSD's cooldown: lr_end + (lr - lr_end) * (1 - sqrt(progress))
     one_minus_sqrt = "one_minus_sqrt"
     cosine = "cosine"
+    # A range test's sweep: lr * (lr_end / lr) ** progress
+    exponential = "exponential"
 
 
 def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int) -> float:
@@ -113,6 +119,8 @@ def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int
     if shape is LRShape.constant or lr_end is None or steps <= 0:
         return lr
     p = min(max((step - 1) / steps, 0.0), 1.0)
+    if shape is LRShape.exponential:
+        return float(lr * (lr_end / lr) ** p) if lr > 0 and lr_end > 0 else lr
     if shape is LRShape.linear:
         factor = 1.0 - p
     elif shape is LRShape.one_minus_sqrt:
@@ -211,6 +219,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decay_shape": LRShape.one_minus_sqrt,
         "continue_best": False,
         "same_data": False,
+        "lr_bounds": "given",
+        "range_test_steps": 100,
+        "range_test_decades": 3.0,
     },
     # stagelr's own: a real acquisition, a robust forecast with uncertainty fed to a
     # noise-aware GP, divergence stop, and carry-over of the previous stage's best LR.
@@ -241,8 +252,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decay_shape": LRShape.one_minus_sqrt,
         "continue_best": False,
         "same_data": True,
+        # Automatic bounds from a range test: off, the user's bounds are used as given.
+        "lr_bounds": "given",
+        "range_test_steps": 100,
+        "range_test_decades": 3.0,
     },
 }
+
+#: The range a range test sweeps when the study gives no lr_min / lr_max.
+RANGE_TEST_SWEEP = (1e-6, 10.0)
 
 #: What a stored config written before a field existed means by its absence: the
 #: behaviour stagelr had then. Migration 0003 (and the exchange format's version 2)
@@ -254,6 +272,9 @@ LEGACY_CONFIG: dict[str, Any] = {
     "decay_shape": "one_minus_sqrt",
     "continue_best": False,
     "same_data": True,
+    "lr_bounds": "given",
+    "range_test_steps": 100,
+    "range_test_decades": 3.0,
 }
 
 
@@ -268,8 +289,16 @@ class StudyConfig(_Wire):
     """
 
     preset: Literal["autolrs", "default"] = "default"
-    lr_min: float = Field(gt=0, description="Lower bound of the LR search (exclusive of 0).")
-    lr_max: float = Field(gt=0, description="Upper bound of the LR search.")
+    lr_min: float = Field(
+        gt=0,
+        description="Lower bound of the LR search (exclusive of 0). With lr_bounds "
+        "'range_test', the low end of the sweep (default 1e-6).",
+    )
+    lr_max: float = Field(
+        gt=0,
+        description="Upper bound of the LR search. With lr_bounds 'range_test', the high "
+        "end of the sweep (default 10).",
+    )
     total_steps: int | None = Field(
         default=None,
         ge=1,
@@ -329,6 +358,16 @@ class StudyConfig(_Wire):
         "false: each segment its own.",
     )
 
+    lr_bounds: Literal["given", "range_test"] | None = Field(
+        default=None,
+        description="'given': search between lr_min and lr_max. 'range_test': the study "
+        "starts with one range-test segment (the LR sweeps exponentially from lr_min to "
+        "lr_max over range_test_steps steps, reporting training loss every step); the "
+        "search then spans range_test_decades below the LR of the lowest smoothed loss.",
+    )
+    range_test_steps: int | None = Field(default=None, ge=10, le=100_000)
+    range_test_decades: float | None = Field(default=None, gt=0.0, le=12.0)
+
     @field_validator("lr_min", "lr_max")
     @classmethod
     def _finite(cls, v: float) -> float:
@@ -350,6 +389,16 @@ class StudyConfig(_Wire):
         for key, value in PRESETS[preset].items():
             if filled.get(key) is None:
                 filled[key] = value
+        if filled.get("lr_bounds") == "range_test":
+            # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
+            for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
+                if filled.get(key) is None:
+                    filled[key] = value
+        elif filled.get("lr_min") is None or filled.get("lr_max") is None:
+            raise ValueError(
+                "lr_min and lr_max are required: give the LR search range, or set "
+                "lr_bounds to 'range_test' to find it with a range test"
+            )
         return filled
 
     @model_validator(mode="after")
@@ -569,6 +618,14 @@ class StudyPlan(_Wire):
     )
     planned_charge: int = Field(description="Every step the listed stages charge.")
     actual_charge: int
+    range_test_steps: int = Field(
+        default=0, description="Steps of the range test (in stage 0's charge); 0: none."
+    )
+    lr_bounds: tuple[float, float] | None = Field(
+        default=None,
+        description="The LR range the search uses: the given one, or the range test's "
+        "once it has run (null until then).",
+    )
     stages: list[PlanStage]
 
 

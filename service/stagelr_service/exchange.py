@@ -55,9 +55,12 @@ __all__ = [
 #: The format name in the header line.
 FORMAT = "stagelr-studies"
 #: The format version this stagelr writes and reads. Version 2 added a segment's
-#: ``lr_end``/``lr_shape`` and the planner's config fields; a version 1 file reads with
-#: constant-LR segments and :data:`stagelr.models.LEGACY_CONFIG` filled into its configs.
-VERSION = 2
+#: ``lr_end``/``lr_shape`` and the planner's config fields; version 3 the range test
+#: (segment kind ``range_test``, shape ``exponential``, config ``lr_bounds`` and
+#: ``range_test_*``). An older file reads with :data:`stagelr.models.LEGACY_CONFIG`
+#: filled into its configs where they lack a field (a version 1 file's segments are
+#: constant-LR).
+VERSION = 3
 
 
 class _Line(BaseModel):
@@ -270,7 +273,7 @@ def read_lines(lines: Iterable[str]) -> Iterator[tuple[int, ExportedStudy]]:
             study = ExportedStudy.model_validate_json(line)
         except ValidationError as exc:
             raise InputError(f"line {number}: not a valid study ({_errors(exc)})") from None
-        if header.version < 2:
+        if header.version < VERSION:
             study = study.model_copy(update={"config": {**LEGACY_CONFIG, **study.config}})
         _check(study, number)
         yield number, study

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 import stagelr
-from stagelr.models import SegmentKind, SegmentStatus, StudyConfig, StudyStatus
+from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyConfig, StudyStatus, lr_at
 
 from . import tuner
 from .tuner import SegmentPlan, StudyEnd, Trial
@@ -81,12 +81,33 @@ class SyntheticJob:
             self.loss = reports[-1][1]
         return reports, False
 
-    def run(self, plan: SegmentPlan, seq: int) -> Trial:
-        """Train one planned segment and return it as the tuner's history records it."""
+    def sweep(self, lr: float, lr_end: float, steps: int) -> list[tuple[int, float]]:
+        """A range test: every step at the next LR of an exponential sweep from ``lr``
+        to ``lr_end``, the loss reported each step until it is NaN; it leaves no trace
+        (the stage then restores the state before it)."""
+        loss = self.loss
+        reports: list[tuple[int, float]] = []
+        for step in range(1, steps + 1):
+            rate = lr_at(lr, lr_end, LRShape.exponential, step, steps)
+            loss = self.expected(rate, loss, 3 if rate >= self.cliff_lr else 1)
+            reports.append((step, loss + self.noise * float(self.rng.standard_normal())))
+            if not math.isfinite(loss):
+                break
+        return reports
+
+    def segment(self, plan: SegmentPlan) -> tuple[list[tuple[int, float]], bool]:
+        """Train a planned segment: its reports and whether it diverged."""
+        if plan.kind is SegmentKind.range_test:
+            assert plan.lr_end is not None
+            return self.sweep(plan.lr, plan.lr_end, plan.steps), False
         explore = plan.kind is SegmentKind.explore
-        reports, diverged = self.train(
+        return self.train(
             plan.lr, plan.steps, plan.report_every, explore=explore, stop_above=plan.stop_above
         )
+
+    def run(self, plan: SegmentPlan, seq: int) -> Trial:
+        """Train one planned segment and return it as the tuner's history records it."""
+        reports, diverged = self.segment(plan)
         return Trial(
             seq=seq,
             stage=plan.stage.index,
@@ -95,7 +116,9 @@ class SyntheticJob:
             lr=plan.lr,
             steps=plan.steps,
             status=SegmentStatus.diverged if diverged else SegmentStatus.completed,
-            steps_done=reports[-1][0] if diverged else plan.steps,
+            steps_done=reports[-1][0]
+            if diverged or plan.kind is SegmentKind.range_test
+            else (plan.steps),
             metric=plan.metric,
             observations=tuple(reports),
         )
@@ -164,13 +187,17 @@ def drive_tuner(
             continue
         n += 1
         record.segments.append(segment.id)
-        reports, _ = job.train(
-            segment.lr,
-            segment.planned_steps,
-            segment.report_every,
-            explore=segment.kind is SegmentKind.explore,
-            stop_above=segment.stop_above,
-        )
+        if segment.kind is SegmentKind.range_test:
+            assert segment.lr_end is not None
+            reports = job.sweep(segment.lr, segment.lr_end, segment.planned_steps)
+        else:
+            reports, _ = job.train(
+                segment.lr,
+                segment.planned_steps,
+                segment.report_every,
+                explore=segment.kind is SegmentKind.explore,
+                stop_above=segment.stop_above,
+            )
         points = record.reported.setdefault(segment.id, [])
         for i, (step, value) in enumerate(reports):
             segment.report(step, value)

@@ -383,7 +383,7 @@ class StudyService:
                 repo.heartbeat_segment(segment_id)
         stop = (
             segment.status is SegmentStatus.open
-            and segment.kind is SegmentKind.explore
+            and segment.kind in (SegmentKind.explore, SegmentKind.range_test)
             and any(
                 value_diverged(o.value, segment.stop_above)
                 for o in batch.observations
@@ -546,8 +546,8 @@ class StudyService:
         """A stage's search: each candidate's losses and forecast, and the GP posterior."""
         with self.store.transaction(read_only=True) as repo:
             history = self._history(repo, study_id, scope)
-        config = StudyConfig.model_validate(history.study.config)
         trials = trials_of(history)
+        config = tuner.search_config(StudyConfig.model_validate(history.study.config), trials)
         geometries = tuner.stage_geometries(config, trials)
         if not 0 <= index < len(geometries):
             raise NotFoundError(
@@ -745,6 +745,11 @@ def study_plan(history: StudyHistory) -> StudyPlan:
             )
         )
     assert config.planner is not None
+    bounds: tuple[float, float] | None = (config.lr_min, config.lr_max)
+    if config.lr_bounds == "range_test":
+        searched = tuner.search_config(config, trials_of(history))
+        tested = searched is not config
+        bounds = (searched.lr_min, searched.lr_max) if tested else None
     return StudyPlan(
         study_id=history.study.id,
         planner=config.planner,
@@ -752,6 +757,8 @@ def study_plan(history: StudyHistory) -> StudyPlan:
         open_ended=open_ended,
         planned_charge=sum(p.charge for p in planned),
         actual_charge=sum(charge.values()),
+        range_test_steps=tuner.range_test_charge(config),
+        lr_bounds=bounds,
         stages=stages,
     )
 
@@ -795,7 +802,8 @@ def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]
 
 
 def value_diverged(value: float, stop_above: float | None) -> bool:
-    """A reported loss that ends an explore segment: NaN, inf, or above its threshold."""
+    """A reported loss that ends an explore segment or a range test: NaN, inf, or above
+    its threshold."""
     if not math.isfinite(value):
         return True
     return stop_above is not None and value > stop_above

@@ -167,13 +167,21 @@ def what_if_history(
         used: set[int] = set()
         estimated_lrs: set[float] = set()
         chosen: float | None = None
-        # k explore decisions and one exploit decision at most; the bound guards a bug.
-        for _ in range((config.k or 0) + 2):
+        # A range test, k explore decisions and one exploit decision at most; the bound
+        # guards a bug.
+        for _ in range((config.k or 0) + 3):
             plan = tuner.next_segment(config, replayed, optimizer)
             decisions += 1
             if isinstance(plan, tuner.StudyEnd) or plan.stage.index != index:
                 break
             seq = len(replayed)
+            if plan.kind is SegmentKind.range_test:
+                # Its losses do not depend on the what-if's keys: replayed as recorded.
+                test = next((t for t in recorded if t.kind is SegmentKind.range_test), None)
+                if test is None:
+                    break
+                replayed.append(replace(test, seq=seq))
+                continue
             if plan.kind is SegmentKind.exploit:
                 chosen = plan.lr
                 trained = recorded_exploit.trained if recorded_exploit else plan.steps
@@ -203,7 +211,8 @@ def what_if_history(
                 trial = replace(match, seq=seq, index=plan.index, forecast=fc)
             else:
                 if estimator is None:
-                    estimator = _Estimator(config, geometry, closed_explores, optimizer)
+                    searched = tuner.search_config(config, replayed)
+                    estimator = _Estimator(searched, geometry, closed_explores, optimizer)
                 estimates += 1
                 estimated_lrs.add(plan.lr)
                 trial = tuner.Trial(
@@ -221,7 +230,9 @@ def what_if_history(
             replayed.append(trial)
 
         stage_trials = [t for t in replayed if t.stage == index]
-        analysis = tuner.analyze_stage(config, geometry, stage_trials)
+        analysis = tuner.analyze_stage(
+            tuner.search_config(config, replayed), geometry, stage_trials
+        )
         candidates = [
             ReplayCandidate(
                 index=c.trial.index,

@@ -14,6 +14,13 @@ A stage ``s`` of length ``tau`` runs like this (``k`` candidates, ``tau'`` steps
     exploit     restore="stage-s", discard    lr = the best forecast, tau steps
 
 then the next stage starts where the exploit ended.
+
+With ``lr_bounds: range_test`` the study starts with one more segment, in stage 0:
+
+    range_test  save_start="stage-0"          lr sweeps lr_min -> lr_max exponentially
+
+and the search range of every stage is then derived from its losses
+(:func:`range_test_bounds`); stage 0's first candidate restores "stage-0" like the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from stagelr.models import (
     StudyStatus,
     budget_taus,
     decay_steps,
+    lr_at,
 )
 
 from ..forecast import Forecast, forecast
@@ -53,6 +61,11 @@ REFERENCE_PENALTY = 1e6
 #: A short last stage (below this fraction of its nominal length) does not search; it
 #: trains on with the previous stage's LR.
 TAIL_FRACTION = 0.5
+#: A range test's loss above this multiple of its lowest so far has blown up: the sweep
+#: is read only up to there.
+RANGE_TEST_BLOWUP = 4.0
+#: Fewer finite range-test losses than this: the sweep says nothing; the given bounds stay.
+RANGE_TEST_MIN_POINTS = 5
 
 
 # --------------------------------------------------------------------------- geometry
@@ -172,6 +185,103 @@ def checkpoint_name(stage: int) -> str:
 def candidate_checkpoint(stage: int, index: int) -> str:
     """Where ``continue_best`` keeps a candidate's end state."""
     return f"stage-{stage}-candidate-{index}"
+
+
+# --------------------------------------------------------------------------- range test
+
+
+def _range_test_plan(config: StudyConfig, geometry: StageGeometry) -> SegmentPlan:
+    """The study's first segment when its bounds come from a range test: the LR sweeps
+    from lr_min to lr_max, the training loss reported every step; it saves the study's
+    first state, which stage 0 then restores."""
+    assert config.range_test_steps is not None
+    steps = config.range_test_steps
+    return SegmentPlan(
+        stage=geometry,
+        index=0,
+        kind=SegmentKind.range_test,
+        lr=config.lr_min,
+        steps=steps,
+        start_step=0,
+        horizon=steps,
+        metric=Metric.train_loss,
+        report_every=1,
+        data_seed=data_seed(config, 0),
+        save_start=checkpoint_name(0),
+        lr_end=config.lr_max,
+        lr_shape=LRShape.exponential,
+        why={"source": "range_test"},
+    )
+
+
+def _smoothed(values: np.ndarray) -> np.ndarray:
+    """A centred moving average (half-width 1/20 of the points, at least 1): unlike an
+    exponential average it does not lag, so its minimum sits where the loss's does."""
+    half = max(1, len(values) // 20)
+    kernel = np.ones(2 * half + 1)
+    sums = np.convolve(values, kernel, mode="same")
+    counts = np.convolve(np.ones_like(values), kernel, mode="same")
+    return np.asarray(sums / counts)
+
+
+def range_test_bounds(config: StudyConfig, trial: Trial) -> tuple[float, float, dict[str, object]]:
+    """The search range a range test gives: ``(lr_min, lr_max, why)``.
+
+    The losses are read up to the first non-finite one or the first above
+    ``RANGE_TEST_BLOWUP`` times the lowest so far, smoothed, and the LR at the lowest
+    smoothed loss is the top of the range (beyond it, the loss rises: too hot); the
+    range reaches ``range_test_decades`` below it, not below the sweep's start. A sweep
+    with too few points keeps the given bounds; one whose loss never fell searches the
+    lowest decades of the sweep.
+    """
+    assert config.range_test_steps is not None and config.range_test_decades is not None
+    steps: list[int] = []
+    values: list[float] = []
+    lowest = math.inf
+    for step, value in trial.observations:
+        if not math.isfinite(value) or (lowest > 0 and value > RANGE_TEST_BLOWUP * lowest):
+            break
+        lowest = min(lowest, value)
+        steps.append(step)
+        values.append(value)
+    span = 10.0**config.range_test_decades
+    if len(values) < RANGE_TEST_MIN_POINTS:
+        return (
+            config.lr_min,
+            config.lr_max,
+            {"source": "range_test_failed", "points": len(values)},
+        )
+    best = int(np.argmin(_smoothed(np.asarray(values, dtype=float))))
+    top = lr_at(
+        config.lr_min, config.lr_max, LRShape.exponential, steps[best], config.range_test_steps
+    )
+    why: dict[str, object] = {"source": "range_test", "step": steps[best], "points": len(values)}
+    if best == 0:
+        top = min(config.lr_max, config.lr_min * span)
+        why["source"] = "range_test_no_descent"
+    bottom = max(config.lr_min, top / span)
+    if top <= bottom:
+        top = min(config.lr_max, bottom * span)
+    return bottom, top, why
+
+
+def search_config(config: StudyConfig, trials: Sequence[Trial]) -> StudyConfig:
+    """The config the search runs with: ``config`` itself, or with ``lr_bounds:
+    range_test`` and the range test done, its bounds in lr_min / lr_max."""
+    if config.lr_bounds != "range_test":
+        return config
+    test = next(
+        (
+            t
+            for t in trials
+            if t.kind is SegmentKind.range_test and t.status is not SegmentStatus.open
+        ),
+        None,
+    )
+    if test is None:
+        return config
+    low, high, _ = range_test_bounds(config, test)
+    return config.model_copy(update={"lr_min": low, "lr_max": high})
 
 
 # --------------------------------------------------------------------------- analysis
@@ -389,7 +499,10 @@ def _explore(
     previous_lr: float | None,
     stop_reference: float | None,
     optimizer: Optimizer,
+    saved: bool = False,
 ) -> SegmentPlan:
+    """A candidate of the stage. ``saved``: the stage-start state is saved already (a
+    range test did), so the first candidate restores it too."""
     assert config.acquisition is not None and config.kappa is not None
     index = len(analysis.candidates)
     why: dict[str, object]
@@ -427,8 +540,8 @@ def _explore(
         metric=geometry.explore_metric,
         report_every=geometry.explore_report_every,
         data_seed=data_seed(config, geometry.index, index),
-        restore=name if index > 0 else None,
-        save_start=name if index == 0 else None,
+        restore=name if index > 0 or saved else None,
+        save_start=name if index == 0 and not saved else None,
         save_end=candidate_checkpoint(geometry.index, index) if config.continue_best else None,
         discard=_candidate_discards(config, analysis),
         stop_above=stop_above,
@@ -444,13 +557,15 @@ def _exploit(
     why: dict[str, object],
     analysis: StageAnalysis | None = None,
     chosen: CandidateAnalysis | None = None,
+    saved: bool = False,
 ) -> SegmentPlan:
-    """The stage's training segment. After a search it restores the stage start, or
-    with ``continue_best`` the chosen candidate's end state and trains the rest of the
-    stage; the decay stage moves the LR to 0."""
+    """The stage's training segment. After a search (or a range test: ``saved``) it
+    restores the stage start, or with ``continue_best`` the chosen candidate's end state
+    and trains the rest of the stage; the decay stage moves the LR to 0."""
     name = checkpoint_name(geometry.index)
-    restore = name if geometry.search else None
-    discard: tuple[str, ...] = (name,) if geometry.search else ()
+    saved = saved or geometry.search
+    restore = name if saved else None
+    discard: tuple[str, ...] = (name,) if saved else ()
     offset = 0
     if config.continue_best and analysis is not None:
         held = _held_checkpoints(config, analysis.candidates)
@@ -494,9 +609,11 @@ def _stage_end(geometry: StageGeometry, exploit: Trial) -> int:
     return geometry.start_step + geometry.tau - exploit.steps + exploit.trained
 
 
-def _no_search(config: StudyConfig, geometry: StageGeometry, previous_lr: float) -> SegmentPlan:
+def _no_search(
+    config: StudyConfig, geometry: StageGeometry, previous_lr: float, saved: bool = False
+) -> SegmentPlan:
     source = "decay" if geometry.decay else "tail"
-    return _exploit(config, geometry, previous_lr, 0, {"source": source})
+    return _exploit(config, geometry, previous_lr, 0, {"source": source}, saved=saved)
 
 
 def next_segment(
@@ -508,6 +625,14 @@ def next_segment(
     """
     if any(t.status is SegmentStatus.open for t in trials):
         raise ValueError("a segment is still open: hand it out again instead of deciding")
+    tested = False
+    if config.lr_bounds == "range_test":
+        if not any(t.kind is SegmentKind.range_test for t in trials):
+            first = stage_geometry(config, 0, 0, False)
+            assert first is not None  # total_steps >= 1
+            return _range_test_plan(config, first)
+        config = search_config(config, trials)
+        tested = True
     assert config.k is not None
 
     start_step = 0
@@ -551,16 +676,18 @@ def next_segment(
             optimizer,
         )
 
+    # Stage 0 after a range test: its start state is saved already.
+    saved = tested and index == 0
     if not geometry.search:
         if previous_lr is None:  # a budget too small to search: train at the range's centre
             previous_lr = math.sqrt(config.lr_min * config.lr_max)
-        return _no_search(config, geometry, previous_lr)
+        return _no_search(config, geometry, previous_lr, saved)
     analysis = analyze_stage(config, geometry, current)
     if len(analysis.candidates) < config.k:
         reference = _reference_loss(trials, current, geometry.explore_metric)
-        return _explore(config, geometry, analysis, previous_lr, reference, optimizer)
+        return _explore(config, geometry, analysis, previous_lr, reference, optimizer, saved)
     lr, chosen, why = _choose(config, analysis, optimizer)
-    return _exploit(config, geometry, lr, len(analysis.candidates), why, analysis, chosen)
+    return _exploit(config, geometry, lr, len(analysis.candidates), why, analysis, chosen, saved)
 
 
 def stage_geometries(config: StudyConfig, trials: Sequence[Trial]) -> list[StageGeometry]:
@@ -579,6 +706,14 @@ def stage_geometries(config: StudyConfig, trials: Sequence[Trial]) -> list[Stage
         start_step = _stage_end(geometry, exploit)
         previous_lr = exploit.lr
     return result
+
+
+def range_test_charge(config: StudyConfig) -> int:
+    """Steps the study's range test charges (0 without one)."""
+    if config.lr_bounds != "range_test":
+        return 0
+    assert config.range_test_steps is not None
+    return config.range_test_steps
 
 
 #: Stages an open-ended plan lists: enough to reach tau_max for any sane growth.
@@ -600,6 +735,8 @@ def plan_stages(config: StudyConfig) -> tuple[list[PlannedStage], bool]:
         candidates = config.k if geometry.search else 0
         continued = geometry.tau_explore if config.continue_best and geometry.search else 0
         charge = candidates * geometry.tau_explore + geometry.tau - continued
+        if not stages:
+            charge += range_test_charge(config)
         stages.append(PlannedStage(geometry, candidates, charge))
         start_step += geometry.tau
         if open_ended and (
