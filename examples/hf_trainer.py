@@ -115,7 +115,7 @@ def main() -> None:
             args=training,
             train_dataset=Tokens(2048, seed=1),
             eval_dataset=Tokens(256, seed=2),
-            callbacks=[recorder, callback],
+            callbacks=[callback, recorder],  # the recorder sees the LR stagelr set
         )
         trainer.remove_callback(PrinterCallback)  # it would print every evaluation
         trainer.train()

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+
+from stagelr.models import LRShape, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +56,13 @@ def check_trained_as_planned(url: str, record_path: Path) -> dict[str, Any]:
     for segment in segments:
         steps = trained[position : position + segment["steps_done"]]
         position += segment["steps_done"]
-        assert {step["lr"] for step in steps} == {segment["lr"]}, segment
+        expected = [
+            lr_at(
+                segment["lr"], segment["lr_end"], LRShape(segment["lr_shape"]), i, segment["steps"]
+            )
+            for i in range(1, segment["steps_done"] + 1)
+        ]
+        assert [step["lr"] for step in steps] == pytest.approx(expected), segment
         if segment["restore"]:
             assert steps[0]["weights"] == start_weights[segment["restore"]], segment
         if segment["save_start"]:

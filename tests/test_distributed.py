@@ -8,6 +8,8 @@ import re
 import httpx
 import pytest
 
+from stagelr.models import LRShape, lr_at
+
 from .framework_runs import run_example
 
 pytestmark = pytest.mark.slow
@@ -43,11 +45,16 @@ def test_two_gloo_ranks_share_one_plan_and_only_rank_zero_talks(live_server, tmp
     segments = httpx.get(f"{live_server.url}/v1/studies/{study['id']}/segments").json()
     assert [s["id"] for s in rank0["segments"]] == [s["id"] for s in segments]
     for trained, planned in zip(rank0["segments"], segments, strict=True):
-        assert trained["lrs"] == [planned["lr"]] * planned["steps"]
+        shape = LRShape(planned["lr_shape"])
+        expected = [
+            lr_at(planned["lr"], planned["lr_end"], shape, step, planned["steps"])
+            for step in range(1, planned["steps"] + 1)
+        ]
+        assert trained["lrs"] == pytest.approx(expected)
         assert planned["status"] == "completed"
     # DDP averaged the gradients and both restored the same checkpoints: same weights.
     assert rank0["params"] == rank1["params"]
-    assert "completed: 6 segments" in stdout
+    assert "completed: 7 segments" in stdout  # and the final decay
 
     # Only rank 0 asked: one study creation, one `next` per segment plus the final one,
     # one completion per segment, and reports from one process.

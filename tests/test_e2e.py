@@ -39,14 +39,19 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
         result = train_digits(tuner, seed=1)
         study = tuner.study()
 
-    # The study ran its whole budget: stages of 40, 80, 80, 40 training steps.
+    # The study ran its whole budget: stages of 40, 80 and 72 training steps, then the
+    # default's final decay over the last 20% (48 steps) from the last LR to 0.
     assert study.status.value == "completed"
     assert study.trajectory_steps == 240
-    assert [steps for _, steps, _ in result.stages] == [40, 80, 80, 40]
+    assert [steps for _, steps, _ in result.stages] == [40, 80, 72, 48]
     assert math.isfinite(result.final_val_loss) and result.final_val_loss < 1.0
+    *searched, (decay_stage, _, decay_lr) = result.stages
+    assert decay_lr == searched[-1][2]
+    decay = httpx.get(f"{live_server.url}/v1/studies/{study.id}/stages/{decay_stage}").json()
+    assert decay["candidates"] == [] and decay["chosen_lr"] == decay_lr
 
-    # Each stage's decision is visible in the stage endpoint.
-    for stage, _, lr in result.stages:
+    # Each searched stage's decision is visible in the stage endpoint.
+    for stage, _, lr in searched:
         detail = httpx.get(f"{live_server.url}/v1/studies/{study.id}/stages/{stage}").json()
         assert detail["chosen_lr"] == lr
         assert len(detail["candidates"]) == 3
@@ -69,11 +74,11 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
             "WHERE study_id = ?",
             (study.id,),
         ).fetchone()[0]
-    assert sorted(k for k, _ in segments).count("explore") == 3 * 4
+    assert sorted(k for k, _ in segments).count("explore") == 3 * 3
     assert sorted(k for k, _ in segments).count("exploit") == 4
     assert all(status in ("completed", "diverged") for _, status in segments)
     assert observations > 0
-    assert forecasts == 3 * 4
+    assert forecasts == 3 * 3
 
 
 def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:

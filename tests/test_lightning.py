@@ -26,9 +26,10 @@ def test_a_lightning_module_trains_a_whole_study_through_the_callback(
         f"--out={out}",
     )
     record = check_trained_as_planned(live_server.url, out)
-    # Two stages (20 and 40 steps), each three candidates and its training segment.
-    assert len(record["segments"]) == 8
-    assert "completed: 8 segments" in stdout
+    # Two stages (20 and 28 steps), each three candidates and its training segment,
+    # then the default's final decay (the last 12 steps).
+    assert len(record["segments"]) == 9
+    assert "completed: 9 segments" in stdout
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ def budget(**overrides: object) -> StudyConfig:
         "planner": "budget",
         "decay_fraction": 0.2,
         "continue_best": True,
+        "selection": "min_forecast",
     }
     return StudyConfig(preset="default", **{**base, **overrides})  # type: ignore[arg-type]
 

@@ -41,8 +41,11 @@ from stagelr_service.studies import StudyService
 
 from .live import run_cli
 
-#: Three stages (60, 120, 120 steps) of four candidates: 15 decisions and the end.
-CONFIG = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4)
+#: Three stages (60, 120, 120 steps) of four candidates: 15 decisions and the end (no
+#: final decay, which would add a stage).
+CONFIG = StudyConfig(
+    lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4, decay_fraction=0.0
+)
 
 
 def record_study(
@@ -406,6 +409,7 @@ def test_verify_passes_on_a_real_torch_trained_study(live_server) -> None:
         tau_max=40,
         k=3,
         seed=5,
+        decay_fraction=0.0,
     ) as tuner:
         train_digits(tuner, seed=5)
         sid = tuner.study().id

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
+from stagelr.models import (
+    Metric,
+    SegmentKind,
+    SegmentStatus,
+    Selection,
+    StudyConfig,
+    StudyStatus,
+)
 from stagelr_service import tuner
 from stagelr_service.forecast import Forecast
 from stagelr_service.simulation import SyntheticJob, simulate
@@ -212,7 +219,7 @@ def test_every_candidate_diverging_falls_back_to_the_low_end(optimizer) -> None:
 
 
 def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
-    config = default(tau0=100, tau_max=400, total_steps=1000, k=3)
+    config = default(tau0=100, tau_max=400, total_steps=1000, k=3, decay_fraction=0.0)
     plans, trials, end = simulate(config, optimizer)
     assert end is not None and end.status is StudyStatus.completed
     trained = sum(t.steps_done for t in trials if t.kind is SegmentKind.exploit)
@@ -221,7 +228,7 @@ def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
 
 
 def test_a_short_last_stage_trains_on_without_searching(optimizer) -> None:
-    config = default(tau0=100, tau_max=400, total_steps=750, k=3)
+    config = default(tau0=100, tau_max=400, total_steps=750, k=3, decay_fraction=0.0)
     plans, _, _ = simulate(config, optimizer)
     last = plans[-1]
     assert last.kind is SegmentKind.exploit and last.steps == 50
@@ -267,7 +274,28 @@ def choose(config: StudyConfig, trials: list[Trial], optimizer) -> float:  # typ
 
 def test_min_forecast_trains_the_lowest_forecast_however_uncertain(optimizer) -> None:
     trials = [forecast_trial(0, 0.01, 0.10, 0.02), forecast_trial(1, 0.1, 0.11, 0.001)]
-    assert choose(default(tau0=100, k=2), trials, optimizer) == 0.01
+    assert choose(default(tau0=100, k=2, selection="min_forecast"), trials, optimizer) == 0.01
+
+
+def test_hottest_within_noise_gives_a_tie_to_the_hotter_lr(optimizer) -> None:
+    """The default: a forecast within one combined sd of the lowest counts as a tie, and
+    a tie goes to the hotter LR, up to half a decade above the lowest forecast's."""
+    config = default(tau0=100, k=3)
+    assert config.selection is Selection.hottest_within_noise
+    tied = [forecast_trial(0, 0.01, 0.100, 0.01), forecast_trial(1, 0.02, 0.105, 0.01)]
+    assert choose(default(tau0=100, k=2), tied, optimizer) == 0.02
+    apart = [forecast_trial(0, 0.01, 0.100, 0.001), forecast_trial(1, 0.02, 0.105, 0.001)]
+    assert choose(default(tau0=100, k=2), apart, optimizer) == 0.01
+    # 0.05 ties too, but lies more than half a decade above 0.01: 0.03 is as hot as it goes
+    capped = [
+        forecast_trial(0, 0.01, 0.100, 0.01),
+        forecast_trial(1, 0.05, 0.100, 0.01),
+        forecast_trial(2, 0.03, 0.101, 0.01),
+    ]
+    assert choose(config, capped, optimizer) == 0.03
+    # a diverged candidate is never a tie, however hot
+    with_diverged = [forecast_trial(0, 0.01, 0.10, 0.01), diverged_trial(1, 1, 0.02)]
+    assert choose(default(tau0=100, k=2), with_diverged, optimizer) == 0.01
 
 
 def test_min_upper_bound_charges_the_forecast_uncertainty(optimizer) -> None:
@@ -285,7 +313,7 @@ def test_min_posterior_mean_distrusts_a_noisy_forecast_its_neighbours_contradict
         forecast_trial(2, 0.0095, 0.13, 0.001),
         forecast_trial(3, 0.5, 0.115, 0.001),
     ]
-    assert choose(default(tau0=100, k=4), trials, optimizer) == 0.01
+    assert choose(default(tau0=100, k=4, selection="min_forecast"), trials, optimizer) == 0.01
     config = default(tau0=100, k=4, selection="min_posterior_mean")
     assert choose(config, trials, optimizer) == 0.5
 

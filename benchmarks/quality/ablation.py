@@ -37,10 +37,15 @@ METHOD = "stagelr-default"
 SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "budget planner",
-        "on: planner budget, 20% decay",
-        {"planner": "budget", "decay_fraction": 0.2},
+        "on: planner budget (3 searched stages, then the decay)",
+        {"planner": "budget"},
     ),
-    ("final decay", "on: decay_fraction 0.2", {"decay_fraction": 0.2}),
+    ("final decay", "off: constant to the end", {"decay_fraction": 0.0}),
+    (
+        "hottest within noise",
+        "off: the lowest forecast wins",
+        {"selection": "min_forecast"},
+    ),
     ("continue_best", "on: keep the chosen candidate's steps", {"continue_best": True}),
     (
         "range-test bounds",

@@ -188,6 +188,9 @@ class Selection(str, Enum):
     min_upper_bound = "min_upper_bound"
     # the lowest GP posterior mean at the candidates (smooths noisy forecasts)
     min_posterior_mean = "min_posterior_mean"
+    # the highest LR whose forecast is within noise of the lowest: a short window's
+    # forecast favours cool LRs (short-horizon bias), so a tie goes to the hotter one
+    hottest_within_noise = "hottest_within_noise"
 
 
 # --------------------------------------------------------------------------- config
@@ -239,16 +242,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "divergence_stop": True,
         "divergence_factor": 3.0,
         "carry_over": True,
-        "selection": Selection.min_forecast,
+        # A tie within the forecasts' noise goes to the hotter LR (at most half a decade
+        # hotter): a tau' window's forecast favours cool LRs, and with the final decay
+        # a hot LR pays (docs/benchmarks.md, section 8).
+        "selection": Selection.hottest_within_noise,
         "metric_schedule": "val_loss",
         "reports_per_explore": 10,
         "reports_per_exploit": 10,
-        # The budget planner, its final decay and continue_best are off by default: on
-        # the W1/W2 ablation (docs/benchmarks.md) the planner helped the digits MLP and
-        # hurt the NQM; turn them on per study until a full run says otherwise.
+        # With total_steps, the last 20% decay to 0 (WSD's 1-sqrt cooldown). The budget
+        # planner and continue_best are off: on the W1/W2 ablation the planner's short
+        # later stages chose cool LRs, and continue_best with this selection keeps every
+        # candidate's state until the stage ends (k model copies in the job).
         "planner": "fixed",
         "budget_stages": 3,
-        "decay_fraction": 0.0,
+        "decay_fraction": 0.2,
         "decay_shape": LRShape.one_minus_sqrt,
         "continue_best": False,
         "same_data": True,

@@ -61,6 +61,9 @@ REFERENCE_PENALTY = 1e6
 #: A short last stage (below this fraction of its nominal length) does not search; it
 #: trains on with the previous stage's LR.
 TAIL_FRACTION = 0.5
+#: ``hottest_within_noise`` goes at most this many decades above the lowest forecast's
+#: LR: a hotter LR that looks as good over tau' may still diverge later in the stage.
+HOTTEST_SPAN_DECADES = 0.5
 #: A range test's loss above this multiple of its lowest so far has blown up: the sweep
 #: is read only up to there.
 RANGE_TEST_BLOWUP = 4.0
@@ -441,10 +444,24 @@ def _choose(
         best = min(range(len(usable)), key=lambda i: (post.mean[i], i))
         chosen = usable[best]
         source = "min_posterior_mean"
+    elif config.selection is Selection.hottest_within_noise:
+        lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
+        cap = lowest.trial.lr * 10**HOTTEST_SPAN_DECADES
+        tied = [c for c in usable if _within_noise(c, lowest) and c.trial.lr <= cap]
+        chosen = max(tied, key=lambda c: (c.trial.lr, -c.trial.index))
+        source = "hottest_within_noise"
     else:
         chosen = min(usable, key=lambda c: (_keep_key(config, c), c.trial.index))
         source = config.selection.value if config.selection else "min_forecast"
     return chosen.trial.lr, chosen, {"source": source, "index": chosen.trial.index}
+
+
+def _within_noise(candidate: CandidateAnalysis, lowest: CandidateAnalysis) -> bool:
+    """Whether ``candidate``'s forecast is within one combined sd of the lowest one's."""
+    var = sum(
+        c.forecast.std**2 if math.isfinite(c.forecast.std) else 0.0 for c in (candidate, lowest)
+    )
+    return candidate.objective - lowest.objective <= math.sqrt(var)
 
 
 def _keep_key(config: StudyConfig, candidate: CandidateAnalysis) -> float:
@@ -456,9 +473,10 @@ def _keep_key(config: StudyConfig, candidate: CandidateAnalysis) -> float:
 
 def _best_so_far(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -> int | None:
     """The candidate whose end state ``continue_best`` keeps: None keeps every one
-    (selection by GP posterior mean ranks candidates only once the search is over), -1
+    (selection by GP posterior mean or within noise ranks candidates only once the search
+    is over), -1
     keeps none (no candidate is usable)."""
-    if config.selection is Selection.min_posterior_mean:
+    if config.selection in (Selection.min_posterior_mean, Selection.hottest_within_noise):
         return None
     usable = [c for c in candidates if not c.diverged]
     if not usable:
