@@ -220,17 +220,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, optimizer) -> Iterator[Store
         study, _ = service.create_study(StudyCreate(name="ranged", config=ranged()))
         job = SyntheticJob(seed=4)
         while (segment := service.next_segment(study.id).segment) is not None:
-            if segment.kind is SegmentKind.range_test:
-                assert segment.lr_end is not None
-                reports, diverged = job.sweep(segment.lr, segment.lr_end, segment.steps), False
-            else:
-                reports, diverged = job.train(
-                    segment.lr,
-                    segment.steps,
-                    segment.report_every,
-                    explore=segment.kind is SegmentKind.explore,
-                    stop_above=segment.stop_above,
-                )
+            reports, diverged = job.segment(segment)
             service.add_observations(
                 segment.id,
                 ObservationBatch(observations=[ObservationIn(step=s, value=v) for s, v in reports]),

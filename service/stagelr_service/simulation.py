@@ -95,8 +95,9 @@ class SyntheticJob:
                 break
         return reports
 
-    def segment(self, plan: SegmentPlan) -> tuple[list[tuple[int, float]], bool]:
-        """Train a planned segment: its reports and whether it diverged."""
+    def segment(self, plan: SegmentPlan | Any) -> tuple[list[tuple[int, float]], bool]:
+        """Train a segment, planned (:class:`SegmentPlan`) or handed out (a
+        ``SegmentView``): its reports and whether it diverged."""
         if plan.kind is SegmentKind.range_test:
             assert plan.lr_end is not None
             return self.sweep(plan.lr, plan.lr_end, plan.steps), False
@@ -187,17 +188,7 @@ def drive_tuner(
             continue
         n += 1
         record.segments.append(segment.id)
-        if segment.kind is SegmentKind.range_test:
-            assert segment.lr_end is not None
-            reports = job.sweep(segment.lr, segment.lr_end, segment.planned_steps)
-        else:
-            reports, _ = job.train(
-                segment.lr,
-                segment.planned_steps,
-                segment.report_every,
-                explore=segment.kind is SegmentKind.explore,
-                stop_above=segment.stop_above,
-            )
+        reports, _ = job.segment(segment.view)
         points = record.reported.setdefault(segment.id, [])
         for i, (step, value) in enumerate(reports):
             segment.report(step, value)
