@@ -153,3 +153,22 @@ def test_request_ab_pairs_two_servers_call_by_call(tmp_path) -> None:
     for row in rows.values():
         assert row["A_ms"] > 0 and row["B_ms"] > 0
         assert row["B_over_A"] == pytest.approx(row["B_ms"] / row["A_ms"])
+
+
+def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
+    out = run_module(
+        "benchmarks.quality.probe", "--variant", "nqm-b8", "--seeds", "2",
+        "--config", 'previous={"selection": "min_forecast", "decay_fraction": 0.0}',
+    )  # fmt: skip
+    rows = dict(re.findall(r"^nqm-b8 (\w+): median (\S+)", out, flags=re.M))
+    assert set(rows) == {"default", "previous"}
+    # the decay and the hotter LR: the same two seeds end lower than without them
+    assert float(rows["default"]) < float(rows["previous"])
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quality.probe", "--config", "broken"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert bad.returncode == 2 and "write NAME=JSON" in bad.stderr

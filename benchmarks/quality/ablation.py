@@ -118,7 +118,7 @@ def summarize(variant: harness.Variant, cache: Cache, seeds: list[int]) -> dict[
     ]
     rows = [
         {
-            "switch": "default (all on)",
+            "switch": "default (as shipped)",
             "off": "",
             "median": report._median(base),
             "charged": float(np.median(base_charge)) if base_charge else math.nan,
