@@ -26,6 +26,7 @@ def budget(**overrides: object) -> StudyConfig:
         "lr_max": 1.0,
         "total_steps": 1000,
         "k": 4,
+        "explore_ratio": 0.1,
         "planner": "budget",
         "decay_fraction": 0.2,
         "continue_best": True,

@@ -37,7 +37,7 @@ SERVICE = ROOT / "service" / "stagelr_service"
 GRID_SEEDS = {"nqm": 3, "digits": 3, "charlm": 2}
 METHOD_SEEDS = {"nqm": 10, "digits": 10, "charlm": 3}
 BASELINES = ("untuned", "range_test", "schedulefree")
-STAGELR = tuple(f"stagelr-{p}" for p in tuned.PRESETS)
+STAGELR = tuple(tuned.METHODS)
 ALL_METHODS = ("grid", *BASELINES, *STAGELR)
 QUICK_STEPS = {"nqm": 160, "digits": 160, "charlm": 32}
 QUICK_VARIANTS = ("nqm-b8", "digits", "charlm")
@@ -322,10 +322,15 @@ def execute(task: Task) -> dict[str, Any]:
         return {"final_loss": value, "lrs": lrs.tolist(), "expected_curve": curve.tolist()}
     if task.kind == "stagelr":
         assert _URL is not None, "stagelr runs need the server"
-        preset = task.method.removeprefix("stagelr-")
+        preset, budget = tuned.METHODS[task.method]
         # A stagelr task's config holds an ablation's overrides (none: the preset).
         run = tuned.run_stagelr(
-            _URL, task.variant, task.seed, preset, overrides=dict(task.config) or None
+            _URL,
+            task.variant,
+            task.seed,
+            preset,
+            overrides=dict(task.config) or None,
+            budget=budget,
         )
     else:
         run = methods.run_method(task.variant, task.seed, task.method, dict(task.config))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -49,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from . import harness, tuned, workloads
+    from . import harness, report, tuned, workloads
+
+    # The targets of the last full report, to count the seeds that reach them.
+    results = Path(__file__).resolve().parents[2] / "docs" / "results" / "quality.json"
+    targets = {}
+    if results.exists():
+        for row in json.loads(results.read_text())["variants"]:
+            if row.get("target") is not None:
+                targets[row["variant"]] = float(row["target"])
 
     variants = args.variant or ["nqm-b8", "nqm-b64", "digits", "digits-noisy"]
     with tempfile.TemporaryDirectory() as folder:
@@ -66,11 +75,20 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     losses = [r.final_loss for r in runs]
                     first_lrs = [r.extra["stages"][0]["chosen_lr"] for r in runs]
+                    hits = ""
+                    if name in targets:
+                        reached = [
+                            report.steps_to(r.curve, targets[name], 3 * variant.steps) for r in runs
+                        ]
+                        hits = (
+                            f"target {targets[name]:.4f} hit {sum(map(math.isfinite, reached))}"
+                            f"/{len(runs)} "
+                        )
                     print(
                         f"{name} {label}: median {statistics.median(losses):.4f} "
                         f"mean {statistics.mean(losses):.4f} "
                         f"charged {statistics.mean(r.charged_steps for r in runs):.0f} "
-                        f"first LR median {statistics.median(first_lrs):.4g} "
+                        f"first LR median {statistics.median(first_lrs):.4g} {hits}"
                         f"seeds {[round(v, 4) for v in losses]}",
                         flush=True,
                     )

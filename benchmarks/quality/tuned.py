@@ -17,10 +17,20 @@ import stagelr
 from .methods import Run, eval_every
 from .workloads import Variant, make_job
 
-#: The LR search range: the span of the variant's Tier A grid, the same prior the grid
+#: The LR search range is the span of the variant's Tier A grid, the same prior the grid
 #: gets (unless an ablation turns on the range test, which finds its own). Nothing else
 #: of a preset changes with the workload.
-PRESETS = ("default", "autolrs")
+#:
+#: The stagelr rows of the benchmark: method -> (preset, charged budget as a multiple of
+#: T, or None). With a budget the study is told the job's whole compute
+#: (``charged_steps``) and fits its search and trajectory into it: ``default`` at T is
+#: the equal-compute run, at 3T the run that answers "how soon does it reach the
+#: target". ``autolrs`` is the published method: T training steps, its search on top.
+METHODS: dict[str, tuple[str, float | None]] = {
+    "stagelr-default": ("default", 1.0),
+    "stagelr-default-3t": ("default", 3.0),
+    "stagelr-autolrs": ("autolrs", None),
+}
 
 
 def preset_overrides(preset: str, steps: int) -> dict[str, Any]:
@@ -53,14 +63,17 @@ def run_stagelr(
     preset: str,
     study_prefix: str = "quality",
     overrides: dict[str, Any] | None = None,
+    budget: float | None = None,
 ) -> Run:
     """Train one seed of ``variant`` under ``preset`` (with config ``overrides``, for an
-    ablation); every step and evaluation counted."""
+    ablation); every step and evaluation counted. ``budget``: the study's charged budget
+    as a multiple of T (``charged_steps``); None: ``total_steps`` = T, the search on top."""
     job = make_job(variant, seed)
     checkpoints = job.checkpointer()
     steps = variant.steps
     every = eval_every(variant)
-    name = f"{study_prefix}/{variant.name}/{preset}/seed{seed}/{uuid.uuid4().hex[:8]}"
+    label = preset if budget is None else f"{preset}-{budget:g}t"
+    name = f"{study_prefix}/{variant.name}/{label}/seed{seed}/{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     curve = [(0, 0, job.val_loss())]
     charged = 0
@@ -68,6 +81,8 @@ def run_stagelr(
     diverged = False
     lr_path: list[tuple[int, float]] = []
     config = {**preset_overrides(preset, steps), **(overrides or {})}
+    if budget is not None:
+        config["charged_steps"] = round(budget * steps)
     if config.get("lr_bounds") != "range_test":
         # A range test is the tuner's own way to bounds: it gets none from the grid.
         config.update(lr_min=min(variant.grid), lr_max=max(variant.grid))
@@ -75,7 +90,8 @@ def run_stagelr(
         url,
         study=name,
         preset=preset,  # type: ignore[arg-type]
-        total_steps=steps,
+        # With a charged budget the service fits the trajectory to it.
+        total_steps=None if "charged_steps" in config else steps,
         seed=seed,
         **config,
     ) as tuner:

@@ -213,7 +213,10 @@ class StudyService:
                 f"this token belongs to project {scope!r}, not {name!r}: create the study "
                 f"in {scope!r} (or leave the project out), or use a token of {name!r}"
             )
-        config = request.config.resolved()
+        try:
+            config = tuner.fit_charged_budget(request.config).resolved()
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
         with self.store.transaction() as repo:
             project = repo.get_or_create_project(name)
             study, created = repo.create_study(project.id, request.name, config)

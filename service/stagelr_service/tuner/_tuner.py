@@ -762,3 +762,59 @@ def plan_stages(config: StudyConfig) -> tuple[list[PlannedStage], bool]:
         ):
             break
     return stages, open_ended
+
+
+def planned_charge(config: StudyConfig) -> int:
+    """Steps the study charges if it runs as planned: every candidate, the range test
+    and the training (a finite plan needs ``total_steps``)."""
+    stages, open_ended = plan_stages(config)
+    if open_ended:
+        raise ValueError("an open-ended study (no total_steps) has no planned charge")
+    return sum(stage.charge for stage in stages)
+
+
+def fit_charged_budget(config: StudyConfig) -> StudyConfig:
+    """The config with ``total_steps`` fitted to ``charged_steps``, the job's whole budget.
+
+    Without ``charged_steps``: ``config`` itself. With ``total_steps`` too: ``config``, if
+    its plan charges at most the budget. Otherwise ``total_steps`` becomes the longest
+    trajectory (found by bisection) whose plan fits the budget: the search's candidates
+    and a range test come out of it, so the study ends, decay included, within the
+    compute the job has. Raises ValueError when nothing fits.
+    """
+    budget = config.charged_steps
+    if budget is None:
+        return config
+    if config.total_steps is not None:
+        charge = planned_charge(config)
+        if charge > budget:
+            raise ValueError(
+                f"total_steps = {config.total_steps} plans {charge} charged steps, more "
+                f"than charged_steps = {budget}: lower total_steps, or leave it out and "
+                "the service fits it to the budget"
+            )
+        return config
+    base = config.model_dump(mode="json")
+
+    def fitted(steps: int) -> StudyConfig | None:
+        try:
+            candidate = StudyConfig.model_validate({**base, "total_steps": steps})
+        except ValueError:  # e.g. too few steps for the budget planner's first window
+            return None
+        return candidate if planned_charge(candidate) <= budget else None
+
+    # A plan charges at least its trajectory, so total_steps <= budget.
+    low, high, best = 0, budget + 1, None
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = fitted(middle)
+        if candidate is None:
+            high = middle
+        else:
+            low, best = middle, candidate
+    if best is None:
+        raise ValueError(
+            f"charged_steps = {budget} is too small for any plan of this config: raise "
+            "it, or make the search cheaper (fewer candidates k, a lower explore_ratio)"
+        )
+    return best
