@@ -15,7 +15,13 @@ PROBLEM = "application/problem+json"
 
 
 def study_body(**config: object) -> dict[str, object]:
-    base: dict[str, object] = {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20, "k": 3}
+    base: dict[str, object] = {
+        "lr_min": 1e-3,
+        "lr_max": 1.0,
+        "tau0": 20,
+        "k": 3,
+        "explore_ratio": 0.1,
+    }
     base.update(config)
     return {"name": f"api-{next(_names)}", "config": base}
 

@@ -50,7 +50,10 @@ def ids(api: httpx.Client) -> dict[str, int]:
     one whose segment failed."""
     out: dict[str, int] = {}
     for name in ("open", "completed", "failed"):
-        body = {"name": f"bad-{name}", "config": {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20}}
+        body = {
+            "name": f"bad-{name}",
+            "config": {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20, "explore_ratio": 0.1},
+        }
         study = api.post("/v1/studies", json=body).json()
         segment = api.post(f"/v1/studies/{study['id']}/next").json()["segment"]
         points = {"observations": [{"step": 1, "value": 2.0}, {"step": 2, "value": 1.9}]}
@@ -120,7 +123,10 @@ CASES: list[Any] = [
     (
         "POST",
         "/v1/studies",
-        {"name": "bad-open", "config": {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 40}},
+        {
+            "name": "bad-open",
+            "config": {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 40, "explore_ratio": 0.1},
+        },
         409,
         "config-mismatch",
     ),

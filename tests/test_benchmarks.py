@@ -98,8 +98,12 @@ def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_pa
         assert summary["runs_done"] == summary["runs_planned"], name
         assert set(summary["methods"]) == {
             "target", "untuned", "range_test", "schedulefree", "stagelr-autolrs",
-            "stagelr-default",
+            "stagelr-default", "stagelr-default-3t",
         }  # fmt: skip
+        # default is told its compute: T for the equal-compute row, 3T for the other
+        steps = summary["steps"]
+        assert summary["methods"]["stagelr-default"]["charged_median"] <= steps
+        assert steps < summary["methods"]["stagelr-default-3t"]["charged_median"] <= 3 * steps
         assert (tmp_path / "img" / f"quality-{name}.png").stat().st_size > 10_000
         assert f"#### {name}" in out
     assert "oracle" in variants["nqm-b8"]

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tuner(url: str, study: str) -> stagelr.Tuner:
-    return stagelr.Tuner(url, study=study, lr_min=1e-3, lr_max=1.0, total_steps=40, tau0=10)
+    return stagelr.Tuner(
+        url, study=study, lr_min=1e-3, lr_max=1.0, total_steps=40, tau0=10, explore_ratio=0.1
+    )
 
 
 def studies_named(url: str, name: str) -> list[Any]:
@@ -113,8 +115,8 @@ RANKS = textwrap.dedent(
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                 rank=rank, world_size=2)
         # lr_max differs from the stored study's: the service answers 409 to rank 0.
-        tuner = DistributedTuner(stagelr.Tuner(url, study="ddp-clash", lr_min=1e-3,
-                                               lr_max=0.5, total_steps=40, tau0=10))
+        tuner = DistributedTuner(stagelr.Tuner(url, study="ddp-clash", lr_min=1e-3, lr_max=0.5,
+                                               total_steps=40, tau0=10, explore_ratio=0.1))
         try:
             with tuner:
                 tuner.next_segment()

@@ -136,7 +136,10 @@ def test_the_lease_is_a_server_setting(tmp_path: Path) -> None:
     )
     try:
         with httpx.Client(base_url=server.url, timeout=30) as api:
-            body = {"name": "lease", "config": {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20}}
+            body = {
+                "name": "lease",
+                "config": {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20, "explore_ratio": 0.1},
+            }
             study_id = api.post("/v1/studies", json=body).json()["id"]
             api.post(f"/v1/studies/{study_id}/next").raise_for_status()
             time.sleep(1.0)

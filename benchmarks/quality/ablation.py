@@ -40,6 +40,11 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
         "on: planner budget (3 searched stages, then the decay)",
         {"planner": "budget"},
     ),
+    (
+        "search size",
+        "the reference's: 10 candidates of tau/10 (default: 6 of tau/20)",
+        {"k": 10, "explore_ratio": 0.1},
+    ),
     ("final decay", "off: constant to the end", {"decay_fraction": 0.0}),
     (
         "hottest within noise",
