@@ -118,6 +118,10 @@ def test_a_job_given_its_compute_trains_within_it(live_server) -> None:
     total = study.config.total_steps
     assert total is not None and study.trajectory_steps == total
     assert study.charged_steps == plan.actual_charge <= plan.planned_charge <= budget
+    with httpx.Client(base_url=live_server.url) as api:
+        page = api.get(f"/dashboard/studies/{study.id}")
+    assert page.status_code == 200
+    assert f"{total:,} training steps fitted to a compute budget of 600 charged steps" in page.text
     # asking again with the same request finds the same study
     with stagelr.Tuner(
         live_server.url,
