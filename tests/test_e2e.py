@@ -98,6 +98,8 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"stage 0: trained\s+40 steps at lr=", done.stdout)
     assert re.search(r"final validation loss \d+\.\d+ after 120 training steps", done.stdout)
+    # the demo's short stages search with 10% windows: 2 stages x 2 candidates x 4 steps
+    assert "(136 charged, search included)" in done.stdout
     assert (tmp_path / "stagelr.db").exists()
 
 

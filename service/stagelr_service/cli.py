@@ -276,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tau0", type=int, default=150, help="first stage length")
     demo.add_argument("--tau-max", type=int, default=600, help="longest stage")
     demo.add_argument("--k", type=int, default=8, help="candidates per stage")
+    demo.add_argument(
+        "--explore-ratio",
+        type=float,
+        default=0.1,
+        help="a candidate's steps as a fraction of its stage (the demo's stages are short: "
+        "at the default preset's 0.05 a 150-step stage would rank LRs on 7 steps)",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     _add_replay_parsers(sub)

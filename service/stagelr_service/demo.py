@@ -161,6 +161,7 @@ def run_demo(args: object, settings: object) -> int:
                 tau0=args.tau0,
                 tau_max=args.tau_max,
                 k=args.k,
+                explore_ratio=args.explore_ratio,
             )
         )
         print(f"stagelr demo: study {name!r} at {url}", flush=True)
