@@ -101,15 +101,19 @@ def test_a_job_given_its_compute_trains_within_it(live_server) -> None:
     """The real client against the live server: the job names its compute, the service
     stores the fitted trajectory, and the whole study, search included, charges no more."""
     budget = 600
-    with stagelr.Tuner(
-        live_server.url,
-        study="charged-live",
-        lr_min=1e-3,
-        lr_max=1.0,
-        charged_steps=budget,
-        tau0=200,
-        k=4,
-    ) as client_tuner:
+
+    def open_tuner() -> stagelr.Tuner:
+        return stagelr.Tuner(
+            live_server.url,
+            study="charged-live",
+            lr_min=1e-3,
+            lr_max=1.0,
+            charged_steps=budget,
+            tau0=200,
+            k=4,
+        )
+
+    with open_tuner() as client_tuner:
         assert client_tuner.config.total_steps is None
         record = drive_tuner(client_tuner, SyntheticJob(best_lr=0.05, cliff_lr=0.5, seed=2))
         assert record.status is StudyStatus.completed
@@ -123,15 +127,7 @@ def test_a_job_given_its_compute_trains_within_it(live_server) -> None:
     assert page.status_code == 200
     assert f"{total:,} training steps fitted to a compute budget of 600 charged steps" in page.text
     # asking again with the same request finds the same study
-    with stagelr.Tuner(
-        live_server.url,
-        study="charged-live",
-        lr_min=1e-3,
-        lr_max=1.0,
-        charged_steps=budget,
-        tau0=200,
-        k=4,
-    ) as again:
+    with open_tuner() as again:
         assert again.study_id == study.id
 
 
