@@ -252,3 +252,52 @@ def test_the_autolrs_preset_keeps_the_reference_behaviour() -> None:
         False,
         False,
     )
+
+
+# ------------------------------------------------------------------ the hold planner
+
+
+def hold(**overrides: object) -> StudyConfig:
+    return budget(**{"planner": "hold", "tau0": 100, "tau_max": 400, "decay_fraction": 0.1,
+                     **overrides})  # fmt: skip
+
+
+def test_the_hold_planner_searches_only_the_first_stage_then_trains_on_to_the_decay() -> None:
+    stages, _ = tuner.plan_stages(hold())
+    # the fixed planner's stages, but only the first one searches
+    assert [s.geometry.tau for s in stages] == [100, 200, 400, 200, 100]
+    assert [s.kind for s in stages] == ["search", "train_on", "train_on", "train_on", "decay"]
+    assert [s.candidates for s in stages] == [4, 0, 0, 0, 0]
+
+
+def test_the_hold_planner_without_a_decay_or_a_budget_is_the_fixed_planner() -> None:
+    for overrides in ({"decay_fraction": 0.0}, {"total_steps": None}):
+        held, _ = tuner.plan_stages(hold(**overrides))
+        fixed, _ = tuner.plan_stages(hold(**{**overrides, "planner": "fixed"}))
+        assert [(s.kind, s.geometry.tau) for s in held] == [(s.kind, s.geometry.tau) for s in fixed]
+        assert sum(s.candidates for s in held) > 4  # later stages search as well
+
+
+def test_a_hold_study_holds_the_first_stages_lr_and_charges_what_was_planned(optimizer) -> None:
+    config = hold(continue_best=False)
+    plans, trials, end = simulate(config, optimizer)
+    assert end is not None and end.status is StudyStatus.completed
+    exploits = [p for p in plans if p.kind is SegmentKind.exploit]
+    assert [p.stage.index for p in plans if p.kind is SegmentKind.explore] == [0] * 4
+    assert len({p.lr for p in exploits}) == 1
+    assert exploits[-1].lr_shape is LRShape.one_minus_sqrt and exploits[-1].lr_end == 0.0
+    assert exploits[-1].start_step + exploits[-1].steps == 1000
+    stages, _ = tuner.plan_stages(config)
+    # a candidate the divergence stop cut short charges less than planned, never more
+    assert sum(t.trained for t in trials) <= sum(s.charge for s in stages)
+    assert sum(t.trained for t in trials if t.kind is SegmentKind.exploit) == 1000
+
+
+def test_under_a_charged_budget_hold_fits_a_longer_trajectory_than_fixed() -> None:
+    """What a later search would have cost goes to training instead."""
+    base = {"total_steps": None, "charged_steps": 3000, "tau0": 1000, "tau_max": 8000}
+    held = tuner.fit_charged_budget(budget(planner="hold", **base))
+    fixed = tuner.fit_charged_budget(budget(planner="fixed", **base))
+    assert held.total_steps is not None and fixed.total_steps is not None
+    assert held.total_steps > fixed.total_steps
+    assert tuner.planned_charge(held) <= 3000

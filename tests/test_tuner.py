@@ -278,10 +278,20 @@ def test_min_forecast_trains_the_lowest_forecast_however_uncertain(optimizer) ->
 
 
 def test_hottest_within_noise_gives_a_tie_to_the_hotter_lr(optimizer) -> None:
-    """The default: a forecast within one combined sd of the lowest counts as a tie, and
-    a tie goes to the hotter LR, up to half a decade above the lowest forecast's."""
+    """A forecast within one combined sd of the lowest counts as a tie, and a tie goes
+    to the hotter LR, up to half a decade above the lowest forecast's (the same for
+    hottest_within_best_noise, the default, when the hotter sd is no wider)."""
+    assert default(tau0=100, k=3).selection is Selection.hottest_within_best_noise
+    for selection in ("hottest_within_noise", "hottest_within_best_noise"):
+        _hottest_ties(selection, optimizer)
+
+
+def _hottest_ties(selection: str, optimizer) -> None:  # type: ignore[no-untyped-def]
+    def default(**overrides: object) -> StudyConfig:
+        return StudyConfig(preset="default", lr_min=1e-3, lr_max=1.0, selection=selection,
+                           **overrides)  # type: ignore[arg-type]  # fmt: skip
+
     config = default(tau0=100, k=3)
-    assert config.selection is Selection.hottest_within_noise
     tied = [forecast_trial(0, 0.01, 0.100, 0.01), forecast_trial(1, 0.02, 0.105, 0.01)]
     assert choose(default(tau0=100, k=2), tied, optimizer) == 0.02
     apart = [forecast_trial(0, 0.01, 0.100, 0.001), forecast_trial(1, 0.02, 0.105, 0.001)]
@@ -296,6 +306,24 @@ def test_hottest_within_noise_gives_a_tie_to_the_hotter_lr(optimizer) -> None:
     # a diverged candidate is never a tie, however hot
     with_diverged = [forecast_trial(0, 0.01, 0.10, 0.01), diverged_trial(1, 1, 0.02)]
     assert choose(default(tau0=100, k=2), with_diverged, optimizer) == 0.01
+
+
+def test_hottest_within_best_noise_does_not_count_a_candidates_own_noise_for_it(
+    optimizer,
+) -> None:
+    """A hot candidate whose window was turbulent has a wild forecast sd: under
+    hottest_within_noise that sd makes it a tie; under hottest_within_best_noise the
+    tie is judged by the lowest forecast's noise, so the cooler, steadier LR trains."""
+    wild = [forecast_trial(0, 0.3, 0.45, 0.4), forecast_trial(1, 0.85, 2.4, 16.9)]
+    assert choose(default(tau0=100, k=2, selection="hottest_within_noise"), wild, optimizer) == 0.85
+    best = default(tau0=100, k=2, selection="hottest_within_best_noise")
+    assert choose(best, wild, optimizer) == 0.3
+    # within the lowest's own noise a tie still goes to the hotter LR (capped as before)
+    tied = [forecast_trial(0, 0.3, 0.45, 0.4), forecast_trial(1, 0.6, 0.9, 16.9)]
+    assert choose(best, tied, optimizer) == 0.6
+    # a steadier hotter candidate keeps its own, smaller sd in the combined one
+    steady = [forecast_trial(0, 0.3, 0.45, 0.4), forecast_trial(1, 0.6, 0.95, 0.1)]
+    assert choose(best, steady, optimizer) == 0.3
 
 
 def test_min_upper_bound_charges_the_forecast_uncertainty(optimizer) -> None:

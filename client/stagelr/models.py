@@ -191,6 +191,10 @@ class Selection(str, Enum):
     # the highest LR whose forecast is within noise of the lowest: a short window's
     # forecast favours cool LRs (short-horizon bias), so a tie goes to the hotter one
     hottest_within_noise = "hottest_within_noise"
+    # as hottest_within_noise, but the tie is judged by the lowest forecast's noise only:
+    # a hotter candidate's own uncertainty (a turbulent window, a wild extrapolation)
+    # does not count in its favour
+    hottest_within_best_noise = "hottest_within_best_noise"
 
 
 # --------------------------------------------------------------------------- config
@@ -246,18 +250,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "divergence_stop": True,
         "divergence_factor": 3.0,
         "carry_over": True,
-        # A tie within the forecasts' noise goes to the hotter LR (at most half a decade
-        # hotter): a tau' window's forecast favours cool LRs, and with the final decay
-        # a hot LR pays (docs/benchmarks.md, section 8).
-        "selection": Selection.hottest_within_noise,
+        # A tie within the lowest forecast's noise goes to the hotter LR (at most half a
+        # decade hotter): a tau' window's forecast favours cool LRs, and with the final
+        # decay a hot LR pays. The hotter candidate's own sd does not widen the tie: on
+        # the digits MLP a turbulent hot window's sd made LRs that later collapsed the
+        # run look as good (docs/benchmarks.md, section 8).
+        "selection": Selection.hottest_within_best_noise,
         "metric_schedule": "val_loss",
         "reports_per_explore": 10,
         "reports_per_exploit": 10,
-        # With total_steps, the last 20% decay to 0 (WSD's 1-sqrt cooldown). The budget
-        # planner and continue_best are off: on the W1/W2 ablation the planner's short
-        # later stages chose cool LRs, and continue_best with this selection keeps every
-        # candidate's state until the stage ends (k model copies in the job).
-        "planner": "fixed",
+        # With total_steps, the last 20% decay to 0 (WSD's 1-sqrt cooldown), and only the
+        # first stage searches ('hold'): every later search on the char-LM chose an LR
+        # 3-9x cooler (a short window rewards annealing, which the decay does anyway).
+        # The budget planner and continue_best are off: on the W1/W2 ablation the
+        # planner's short later stages chose cool LRs, and continue_best with this
+        # selection keeps every candidate's state until the stage ends (k model copies).
+        "planner": "hold",
         "budget_stages": 3,
         "decay_fraction": 0.2,
         "decay_shape": LRShape.one_minus_sqrt,
@@ -351,12 +359,15 @@ class StudyConfig(_Wire):
     )
     reports_per_explore: int | None = Field(default=None, ge=2, le=1000)
     reports_per_exploit: int | None = Field(default=None, ge=1, le=1000)
-    planner: Literal["fixed", "budget"] | None = Field(
+    planner: Literal["fixed", "budget", "hold"] | None = Field(
         default=None,
         description="'fixed': stages of tau0 * tau_growth**i steps up to tau_max, as "
         "AutoLRS. 'budget' (needs total_steps; without it, as 'fixed'): the training part "
         "of the budget is split into budget_stages stages growing by tau_growth, planned "
-        "before training starts (GET /v1/studies/{id}/plan); tau0 and tau_max are unused.",
+        "before training starts (GET /v1/studies/{id}/plan); tau0 and tau_max are unused. "
+        "'hold' (needs total_steps and a decay; without them, as 'fixed'): stages as "
+        "'fixed', but only the first searches; the later ones train on at its LR until "
+        "the final decay (WSD with a searched peak LR).",
     )
     budget_stages: int | None = Field(default=None, ge=1, le=50)
     decay_fraction: float | None = Field(
@@ -630,7 +641,7 @@ class StudyPlan(_Wire):
     when the study has a step budget."""
 
     study_id: int
-    planner: Literal["fixed", "budget"]
+    planner: Literal["fixed", "budget", "hold"]
     total_steps: int | None
     open_ended: bool = Field(
         description="No budget: the stages listed are the first ones; stages of tau_max "

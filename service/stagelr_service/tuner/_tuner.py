@@ -93,7 +93,8 @@ def stage_geometry(
 
     With a step budget, the last ``decay_steps`` steps are a decay stage (no search).
     The ``fixed`` planner grows stages from tau0 and clips the last one to the budget (a
-    clipped stage under half its nominal length trains on without a search); the
+    clipped stage under half its nominal length trains on without a search); ``hold``
+    has the same stages but, with a decay, searches only the first; the
     ``budget`` planner splits the steps before the decay into ``budget_stages`` stages
     (:func:`stagelr.models.budget_taus`), each with a search.
     """
@@ -132,6 +133,10 @@ def stage_geometry(
         if train_end is not None:
             tau = min(nominal, train_end - start_step)
         is_tail = has_previous_lr and tau < TAIL_FRACTION * nominal
+        if config.planner == "hold" and train_end is not None and train_end < total:
+            # Search once, then hold its LR to the decay: a later window's forecast
+            # favours a cooler LR, whose gain the final decay delivers anyway.
+            is_tail = is_tail or has_previous_lr
     tau_explore = round(tau * config.explore_ratio)
     search = tau_explore >= 1 and not is_tail and not decay
 
@@ -444,24 +449,32 @@ def _choose(
         best = min(range(len(usable)), key=lambda i: (post.mean[i], i))
         chosen = usable[best]
         source = "min_posterior_mean"
-    elif config.selection is Selection.hottest_within_noise:
+    elif config.selection in (Selection.hottest_within_noise, Selection.hottest_within_best_noise):
         lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
         cap = lowest.trial.lr * 10**HOTTEST_SPAN_DECADES
-        tied = [c for c in usable if _within_noise(c, lowest) and c.trial.lr <= cap]
+        own = config.selection is Selection.hottest_within_noise
+        tied = [c for c in usable if _within_noise(c, lowest, own) and c.trial.lr <= cap]
         chosen = max(tied, key=lambda c: (c.trial.lr, -c.trial.index))
-        source = "hottest_within_noise"
+        source = config.selection.value
     else:
         chosen = min(usable, key=lambda c: (_keep_key(config, c), c.trial.index))
         source = config.selection.value if config.selection else "min_forecast"
     return chosen.trial.lr, chosen, {"source": source, "index": chosen.trial.index}
 
 
-def _within_noise(candidate: CandidateAnalysis, lowest: CandidateAnalysis) -> bool:
-    """Whether ``candidate``'s forecast is within one combined sd of the lowest one's."""
-    var = sum(
-        c.forecast.std**2 if math.isfinite(c.forecast.std) else 0.0 for c in (candidate, lowest)
-    )
-    return candidate.objective - lowest.objective <= math.sqrt(var)
+def _within_noise(candidate: CandidateAnalysis, lowest: CandidateAnalysis, own: bool) -> bool:
+    """Whether ``candidate``'s forecast is within one combined sd of the lowest one's.
+
+    ``own``: the candidate's own sd counts in full (``hottest_within_noise``); otherwise
+    (``hottest_within_best_noise``) at most the lowest one's, so that a turbulent window
+    or a wild extrapolation is not what makes a hotter LR look as good."""
+
+    def sd(c: CandidateAnalysis) -> float:
+        return c.forecast.std if math.isfinite(c.forecast.std) else 0.0
+
+    best = sd(lowest)
+    mine = sd(candidate) if own else min(sd(candidate), best)
+    return candidate.objective - lowest.objective <= math.sqrt(best**2 + mine**2)
 
 
 def _keep_key(config: StudyConfig, candidate: CandidateAnalysis) -> float:
@@ -476,7 +489,11 @@ def _best_so_far(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -
     (selection by GP posterior mean or within noise ranks candidates only once the search
     is over), -1
     keeps none (no candidate is usable)."""
-    if config.selection in (Selection.min_posterior_mean, Selection.hottest_within_noise):
+    if config.selection in (
+        Selection.min_posterior_mean,
+        Selection.hottest_within_noise,
+        Selection.hottest_within_best_noise,
+    ):
         return None
     usable = [c for c in candidates if not c.diverged]
     if not usable:
