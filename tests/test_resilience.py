@@ -23,8 +23,10 @@ pytestmark = pytest.mark.slow
 
 _names = itertools.count()
 
-#: A small study: two stages of three candidates each (a few seconds end to end).
+#: A small study: two stages of three candidates each (a few seconds end to end; the
+#: fixed planner, so that the second stage searches too).
 STUDY: dict[str, Any] = {
+    "planner": "fixed",
     "lr_min": 1e-3,
     "lr_max": 1.0,
     "total_steps": 60,
