@@ -47,9 +47,19 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("final decay", "off: constant to the end", {"decay_fraction": 0.0}),
     (
+        "hold",
+        "off: planner fixed (every stage before the decay searches)",
+        {"planner": "fixed"},
+    ),
+    (
         "hottest within noise",
         "off: the lowest forecast wins",
         {"selection": "min_forecast"},
+    ),
+    (
+        "tie by the best's noise",
+        "off: hottest_within_noise (the hotter candidate's own sd widens the tie)",
+        {"selection": "hottest_within_noise"},
     ),
     ("continue_best", "on: keep the chosen candidate's steps", {"continue_best": True}),
     (

@@ -133,7 +133,12 @@ def stage_geometry(
         if train_end is not None:
             tau = min(nominal, train_end - start_step)
         is_tail = has_previous_lr and tau < TAIL_FRACTION * nominal
-        if config.planner == "hold" and train_end is not None and train_end < total:
+        if (
+            config.planner == "hold"
+            and total is not None
+            and train_end is not None
+            and train_end < total
+        ):
             # Search once, then hold its LR to the decay: a later window's forecast
             # favours a cooler LR, whose gain the final decay delivers anyway.
             is_tail = is_tail or has_previous_lr
