@@ -64,6 +64,8 @@ TAIL_FRACTION = 0.5
 #: ``hottest_within_noise`` goes at most this many decades above the lowest forecast's
 #: LR: a hotter LR that looks as good over tau' may still diverge later in the stage.
 HOTTEST_SPAN_DECADES = 0.5
+#: The selections that give a tie within noise to the hotter LR.
+HOTTEST_SELECTIONS = (Selection.hottest_within_noise, Selection.hottest_within_best_noise)
 #: A range test's loss above this multiple of its lowest so far has blown up: the sweep
 #: is read only up to there.
 RANGE_TEST_BLOWUP = 4.0
@@ -454,7 +456,7 @@ def _choose(
         best = min(range(len(usable)), key=lambda i: (post.mean[i], i))
         chosen = usable[best]
         source = "min_posterior_mean"
-    elif config.selection in (Selection.hottest_within_noise, Selection.hottest_within_best_noise):
+    elif config.selection in HOTTEST_SELECTIONS:
         lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
         cap = lowest.trial.lr * 10**HOTTEST_SPAN_DECADES
         own = config.selection is Selection.hottest_within_noise
@@ -494,11 +496,7 @@ def _best_so_far(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -
     (selection by GP posterior mean or within noise ranks candidates only once the search
     is over), -1
     keeps none (no candidate is usable)."""
-    if config.selection in (
-        Selection.min_posterior_mean,
-        Selection.hottest_within_noise,
-        Selection.hottest_within_best_noise,
-    ):
+    if config.selection is Selection.min_posterior_mean or config.selection in HOTTEST_SELECTIONS:
         return None
     usable = [c for c in candidates if not c.diverged]
     if not usable:
