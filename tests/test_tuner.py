@@ -140,6 +140,47 @@ def test_default_carries_the_best_lr_over_as_next_stage_first_candidate(optimize
     assert stages[1][0].lr == stages[0][-1].lr
 
 
+def test_default_first_search_starts_with_one_candidate_in_each_stratum_of_the_range(
+    optimizer,
+) -> None:
+    for n in (2, 3):
+        for seed in range(5):
+            config = default(seed=seed, tau0=100, tau_max=100, k=6, initial_design=n)
+            plans, _, _ = simulate(config, optimizer, max_segments=n + 1)
+            units = [tuner.to_unit(config, p.lr) for p in plans[:n]]
+            assert sorted(int(u * n) for u in units) == list(range(n)), units
+            sources = [p.why["source"] for p in plans]
+            assert sources == ["initial_design"] * n + ["acquisition"]
+            assert units == pytest.approx(tuner.initial_design(config, 0))
+    assert default().initial_design == 2
+    # The order of the strata is seeded: not always cool to hot.
+    orders = {tuple(int(u * 2) for u in tuner.initial_design(default(seed=s), 0)) for s in range(8)}
+    assert orders == {(0, 1), (1, 0)}
+
+
+def test_an_initial_design_of_one_is_the_single_random_start_stored_studies_made(
+    optimizer,
+) -> None:
+    import numpy as np
+
+    config = default(seed=4, tau0=100, tau_max=100, k=4, initial_design=1)
+    plans, _, _ = simulate(config, optimizer, max_segments=2)
+    legacy = float(np.random.default_rng([4, 0, 0]).uniform())
+    assert tuner.to_unit(config, plans[0].lr) == pytest.approx(legacy)
+    assert [p.why["source"] for p in plans] == ["random", "acquisition"]
+    assert autolrs().initial_design == 1
+
+
+def test_the_initial_design_is_capped_at_k_and_skipped_after_a_carried_lr(optimizer) -> None:
+    config = default(tau0=100, tau_max=100, k=2)  # initial_design 3 > k
+    assert sorted(int(u * 2) for u in tuner.initial_design(config, 0)) == [0, 1]
+    plans, _, _ = simulate(
+        default(tau0=100, tau_max=100, k=4, planner="fixed"), optimizer, max_segments=7
+    )
+    stages = by_stage(plans)
+    assert [p.why["source"] for p in stages[1][:2]] == ["carry_over", "acquisition"]
+
+
 def test_autolrs_first_candidate_of_each_stage_is_random(optimizer) -> None:
     plans, _, _ = simulate(autolrs(tau0=100, tau_max=100, k=4), optimizer, max_segments=10)
     stages = by_stage(plans)

@@ -61,6 +61,11 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
         "off: hottest_within_noise (the hotter candidate's own sd widens the tie)",
         {"selection": "hottest_within_noise"},
     ),
+    (
+        "initial design",
+        "off: one random start (default: one candidate in each half of the range)",
+        {"initial_design": 1},
+    ),
     ("continue_best", "on: keep the chosen candidate's steps", {"continue_best": True}),
     (
         "range-test bounds",

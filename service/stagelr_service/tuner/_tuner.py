@@ -530,6 +530,20 @@ def _candidate_discards(config: StudyConfig, analysis: StageAnalysis) -> tuple[s
     return tuple(candidate_checkpoint(stage, j) for j in held if keep is not None and j != keep)
 
 
+def initial_design(config: StudyConfig, stage: int) -> list[float]:
+    """The unit-interval points a search with no carried-over LR starts from: the
+    interval cut into ``initial_design`` (at most k) equal strata, one uniform draw in
+    each, in a seeded order (a one-dimensional Latin hypercube). With one stratum it is
+    the single uniform draw stagelr has always made, so stored studies keep their
+    decisions."""
+    assert config.initial_design is not None and config.k is not None
+    n = min(config.initial_design, config.k)
+    rng = np.random.default_rng([config.seed, stage, 0])
+    draws = rng.uniform(size=n)
+    order = rng.permutation(n)
+    return [(int(order[i]) + float(draws[i])) / n for i in range(n)]
+
+
 def _explore(
     config: StudyConfig,
     geometry: StageGeometry,
@@ -544,12 +558,13 @@ def _explore(
     assert config.acquisition is not None and config.kappa is not None
     index = len(analysis.candidates)
     why: dict[str, object]
-    if index == 0:
-        if config.carry_over and previous_lr is not None:
-            lr, why = previous_lr, {"source": "carry_over"}
-        else:
-            rng = np.random.default_rng([config.seed, geometry.index, 0])
-            lr, why = from_unit(config, float(rng.uniform())), {"source": "random"}
+    carried = config.carry_over and previous_lr is not None
+    if index == 0 and carried:
+        assert previous_lr is not None
+        lr, why = previous_lr, {"source": "carry_over"}
+    elif not carried and index < len(design := initial_design(config, geometry.index)):
+        lr = from_unit(config, design[index])
+        why = {"source": "initial_design" if len(design) > 1 else "random"}
     else:
         xs, ys, yvar = _gp_data(analysis)
         proposal = optimizer.propose(
