@@ -36,6 +36,10 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
         k=3,
         seed=1,
         planner="fixed",  # every stage before the decay searches (default: the first only)
+        # The single random start this test was written with. Its windows are 2 steps
+        # long, too short to see a hot LR's damage: default's upper-half start (0.84 on
+        # this seed) won stage 0 and left the MLP at chance for the later stages.
+        initial_design=1,
     ) as tuner:
         result = train_digits(tuner, seed=1)
         study = tuner.study()
