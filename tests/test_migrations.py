@@ -235,3 +235,17 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     resolved = StudyConfig.model_validate(config)
     assert resolved.planner == "fixed" and resolved.decay_fraction == 0.0
     assert resolved.lr_bounds == "given"
+    assert resolved.initial_design == 1
+
+    # Down to 0003 takes out what 0004 and 0005 filled in, and keeps the rest.
+    assert downgrade(empty_database, "0003") == "0003"
+    engine = make_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT config FROM studies WHERE id = 1")).scalar_one()
+    finally:
+        engine.dispose()
+    config = json.loads(stored) if isinstance(stored, str) else stored
+    gone = {"initial_design", "lr_bounds", "range_test_steps", "range_test_decades"}
+    assert not gone & set(config)
+    assert {k: config[k] for k in old} == old and config["planner"] == "fixed"

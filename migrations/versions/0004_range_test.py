@@ -14,12 +14,10 @@ they were on the day of this revision. Segments need no new column: the kind
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
-from alembic import context, op
+from stagelr_service.store.config_fields import fill_study_configs, strip_study_configs
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
@@ -33,27 +31,10 @@ _BEFORE: dict[str, Any] = {
     "range_test_decades": 3.0,
 }
 
-_studies = sa.table("studies", sa.column("id", sa.Integer), sa.column("config", sa.JSON))
-
-
-def _rewrite(change: Any) -> None:
-    bind = op.get_bind()
-    for study_id, config in bind.execute(sa.select(_studies.c.id, _studies.c.config)).all():
-        if isinstance(config, str):  # a driver that hands JSON back as text
-            config = json.loads(config)
-        new = change(config)
-        if new != config:
-            bind.execute(_studies.update().where(_studies.c.id == study_id).values(config=new))
-
 
 def upgrade() -> None:
-    if context.is_offline_mode():
-        op.execute("-- 0004: fill old study configs by running `stagelr migrate` online")
-        return
-    _rewrite(lambda config: {**_BEFORE, **config})
+    fill_study_configs(_BEFORE, "0004")
 
 
 def downgrade() -> None:
-    if context.is_offline_mode():
-        return
-    _rewrite(lambda config: {k: v for k, v in config.items() if k not in _BEFORE})
+    strip_study_configs(_BEFORE)
