@@ -76,7 +76,7 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
     ("noise-aware GP", "off: GP learns its own noise", {"noise_aware": False}),
     ("robust forecast", "off: the reference's exponential fit", {"forecast": "exp_reference"}),
     ("divergence stop", "off: diverging candidates run on", {"divergence_stop": False}),
-    ("carry-over", "off: first candidate random", {"carry_over": False}),
+    ("carry-over", "off: every search starts from the initial design", {"carry_over": False}),
     (
         "real acquisition",
         "off: LCB with the reference's kappa 1000",
