@@ -15,12 +15,13 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
+
+from stagelr_service.store.config_fields import fill_study_configs, strip_study_configs
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
@@ -37,8 +38,6 @@ _BEFORE: dict[str, Any] = {
     "same_data": True,
 }
 
-_studies = sa.table("studies", sa.column("id", sa.Integer), sa.column("config", sa.JSON))
-
 
 def upgrade() -> None:
     with op.batch_alter_table("segments") as batch_op:
@@ -46,35 +45,11 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("lr_shape", sa.String(length=32), nullable=False, server_default="constant")
         )
-    if context.is_offline_mode():
-        # SQL written for later: no rows to read now. `stagelr migrate` (online) fills
-        # the stored configs; offline SQL is for a database with no studies yet.
-        op.execute("-- 0003: fill old study configs by running `stagelr migrate` online")
-        return
-    bind = op.get_bind()
-    rows = bind.execute(sa.select(_studies.c.id, _studies.c.config)).all()
-    for study_id, config in rows:
-        if isinstance(config, str):  # a driver that hands JSON back as text
-            config = json.loads(config)
-        missing = {k: v for k, v in _BEFORE.items() if k not in config}
-        if missing:
-            bind.execute(
-                _studies.update()
-                .where(_studies.c.id == study_id)
-                .values(config={**config, **missing})
-            )
+    fill_study_configs(_BEFORE, "0003")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("segments") as batch_op:
         batch_op.drop_column("lr_shape")
         batch_op.drop_column("lr_end")
-    if context.is_offline_mode():
-        return
-    bind = op.get_bind()
-    rows = bind.execute(sa.select(_studies.c.id, _studies.c.config)).all()
-    for study_id, config in rows:
-        if isinstance(config, str):
-            config = json.loads(config)
-        kept = {k: v for k, v in config.items() if k not in _BEFORE}
-        bind.execute(_studies.update().where(_studies.c.id == study_id).values(config=kept))
+    strip_study_configs(_BEFORE)
