@@ -166,6 +166,10 @@ def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
     )  # fmt: skip
     rows = dict(re.findall(r"^nqm-b8 (\w+): median (\S+)", out, flags=re.M))
     assert set(rows) == {"default", "previous"}
+    # each line names the seeds that miss the last report's target and where the median
+    # curve over the seeds reaches it (the tuning-inclusive ratio's figure)
+    assert len(re.findall(r"hit \d+/2 \(misses \[[\d, ]*\]\) median curve \S+ min", out)) == 2
+    assert len(re.findall(r"first LRs \[\S+, \S+\]", out)) == 2
     # the decay and the hotter LR: the same two seeds end lower than without them
     assert float(rows["default"]) < float(rows["previous"])
     bad = subprocess.run(
@@ -176,3 +180,21 @@ def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
         check=False,
     )
     assert bad.returncode == 2 and "write NAME=JSON" in bad.stderr
+
+
+def test_seedscan_trains_the_grid_on_every_seed_once_and_tables_each_seeds_reach(
+    tmp_path,
+) -> None:
+    cache = tmp_path / "cache"
+    args = ("--quick", "--results", str(cache), "--json", str(tmp_path / "scan.json"))
+    out = run_module("benchmarks.quality.seedscan", *args)
+    assert re.search(r"digits: trained [1-9]\d* grid runs", out)
+    (result,) = json.loads((tmp_path / "scan.json").read_text())["variants"]
+    (row,) = result["seeds"]
+    # the target is the median final of the best config over the (one) grid seed; a
+    # curve's lowest point is at most its final, so the grid reaches it on that seed
+    assert row["grid_reaches"] is True and row["grid_lowest"] <= result["target"]
+    assert row["method_lowest"] is None  # no stagelr run in this cache
+    assert "| 0 | " in out
+    again = run_module("benchmarks.quality.seedscan", *args)
+    assert "digits: trained 0 grid runs" in again  # cached: nothing retrained

@@ -80,15 +80,22 @@ def main(argv: list[str] | None = None) -> int:
                         reached = [
                             report.steps_to(r.curve, targets[name], 3 * variant.steps) for r in runs
                         ]
+                        # The report's figure: where the median curve over seeds reaches
+                        # the target (the tuning-inclusive ratio's denominator).
+                        middle = report.charged_median_curve([r.curve for r in runs], variant.steps)
+                        on_median = report.steps_to(middle, targets[name], 3 * variant.steps)
+                        misses = [i for i, v in enumerate(reached) if not math.isfinite(v)]
                         hits = (
                             f"target {targets[name]:.4f} hit {sum(map(math.isfinite, reached))}"
-                            f"/{len(runs)} "
+                            f"/{len(runs)} (misses {misses}) "
+                            f"median curve {on_median:.0f} min {min(v for _, _, v in middle):.4f} "
                         )
                     print(
                         f"{name} {label}: median {statistics.median(losses):.4f} "
                         f"mean {statistics.mean(losses):.4f} "
                         f"charged {statistics.mean(r.charged_steps for r in runs):.0f} "
                         f"first LR median {statistics.median(first_lrs):.4g} {hits}"
+                        f"first LRs {[round(v, 3) for v in first_lrs]} "
                         f"seeds {[round(v, 4) for v in losses]}",
                         flush=True,
                     )
