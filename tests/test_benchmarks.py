@@ -106,6 +106,11 @@ def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_pa
         assert steps < summary["methods"]["stagelr-default-3t"]["charged_median"] <= 3 * steps
         assert (tmp_path / "img" / f"quality-{name}.png").stat().st_size > 10_000
         assert f"#### {name}" in out
+        # the grid was trained on the one quick seed, so its reach there is known, and
+        # every seed of the 3T run is either a hit or a named miss
+        assert set(summary["grid_reach"]) == {"0"}
+        three_t = summary["methods"]["stagelr-default-3t"]
+        assert three_t["reached_target"] + len(three_t["missed_seeds"]) == len(three_t["seeds"])
     assert "oracle" in variants["nqm-b8"]
     assert set(data["verdicts"]) == {"Credible", "Strong", "Moonshot"}
     # Every stagelr run is a study in the benchmark's own SQLite database.

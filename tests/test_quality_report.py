@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.quality.report import tier_verdicts
+from benchmarks.quality.report import missed_seed_notes, tier_verdicts
 
 SEEDS = [0, 1, 2]
 
@@ -94,3 +94,20 @@ def test_an_incomplete_variant_leaves_the_tiers_pending() -> None:
     verdicts = tier_verdicts([summary("a", methods), unfinished])
     assert verdicts["Credible"]["status"] == "pending"
     assert verdicts["Credible"]["pending_variants"] == ["b"]
+
+
+def test_each_missed_seed_says_whether_the_grid_reaches_the_target_on_it() -> None:
+    three_t = {**row(2.0, hits=0), "missed_seeds": [3, 7, 8]}
+    variant = {
+        **summary("a", {"stagelr-default-3t": three_t}),
+        # seed 3: no schedule gets there; seed 7: one does; seed 8: grid not trained
+        "grid_reach": {3: 0.51, 7: 0.49},
+    }
+    clean = {**summary("b", {"stagelr-default-3t": {**row(2.0, hits=3), "missed_seeds": []}})}
+    notes = missed_seed_notes([variant, clean])
+    assert notes == [
+        "a seed 3 (no grid schedule reaches the target on it within T: lowest 0.5100)",
+        "a seed 7 (the grid's lowest point on it within T is 0.4900: reachable)",
+        "a seed 8 (the grid was not trained on it)",
+    ]
+    assert missed_seed_notes([clean]) == []

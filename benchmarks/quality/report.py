@@ -257,6 +257,23 @@ def summarize(
         untuned_steps = steps_to(untuned_median_curve, untuned_level, cap)
     out["untuned_level"] = untuned_level
 
+    # The grid's reach on each seed it was trained on (the grid seeds, and every method
+    # seed after `python -m benchmarks.quality.seedscan`): the lowest evaluation of any
+    # schedule within T, so a seed no schedule gets to the target on is known as such.
+    grid_reach: dict[int, float] = {}
+    for s in method_seeds:
+        records = [
+            cache.get(Task(variant, "grid", s, (("peak", peak), ("schedule", kind))))
+            for kind, peak in points
+        ]
+        if all(r is not None for r in records):
+            grid_reach[s] = min(
+                min((v for _, c, v in _curve(r) if c <= steps), default=math.inf)
+                for r in records
+                if r is not None
+            )
+    out["grid_reach"] = grid_reach
+
     rows: dict[str, Any] = {}
     sources: dict[str, dict[int, dict[str, Any]]] = {"target": target_records}
     for method in SINGLE:
@@ -294,6 +311,9 @@ def summarize(
             ),
             "steps_to_target": stt,
             "reached_target": sum(1 for v in to_target if math.isfinite(v)),
+            "missed_seeds": [
+                s for s, c in curves.items() if not math.isfinite(steps_to(c, target, cap))
+            ],
             "speedup": tier_a_steps / stt if math.isfinite(stt) and stt > 0 else 0.0,
             "speedup_vs_untuned": (
                 untuned_steps / _median(to_untuned)
@@ -586,6 +606,24 @@ def _machines(cache: Cache, summaries: list[dict[str, Any]]) -> list[tuple[str, 
     return counts.most_common()
 
 
+def missed_seed_notes(summaries: list[dict[str, Any]]) -> list[str]:
+    """Each seed where default told 3T misses the target, and whether any grid schedule
+    reaches the target on that seed within T (known where the grid was trained on it)."""
+    misses: list[str] = []
+    for s in summaries:
+        row = s.get("methods", {}).get("stagelr-default-3t")
+        for seed in row["missed_seeds"] if row else []:
+            reach = s.get("grid_reach", {}).get(seed)
+            if reach is None:
+                why = "the grid was not trained on it"
+            elif reach <= s["target"]:
+                why = f"the grid's lowest point on it within T is {reach:.4f}: reachable"
+            else:
+                why = f"no grid schedule reaches the target on it within T: lowest {reach:.4f}"
+            misses.append(f"{s['variant']} seed {seed} ({why})")
+    return misses
+
+
 def render(
     summaries: list[dict[str, Any]],
     verdicts: dict[str, dict[str, Any]],
@@ -636,6 +674,11 @@ def render(
         for c in v["checks"]:
             mark = {True: "yes", False: "no", None: "pending"}[c["ok"]]
             lines.append(f"- {tier}: {c['check']}: {mark}")
+    misses = missed_seed_notes(summaries)
+    if misses:
+        lines.append(
+            "- seeds where default (budget 3T) misses the target: " + "; ".join(misses) + "."
+        )
     if any(v["pending_variants"] for v in verdicts.values()):
         lines.append(
             "- pending variants (not yet in the verdicts): "
