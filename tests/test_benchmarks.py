@@ -203,3 +203,28 @@ def test_seedscan_trains_the_grid_on_every_seed_once_and_tables_each_seeds_reach
     assert "| 0 | " in out
     again = run_module("benchmarks.quality.seedscan", *args)
     assert "digits: trained 0 grid runs" in again  # cached: nothing retrained
+    assert "Per schedule over these 1 seeds: the most seeds at the target" in out
+    # every quick grid point (2 peaks x 4 schedules) is summarized; the target config's
+    # own run ends at the target, so at least that schedule misses no seed
+    assert len(result["schedules"]) == 8
+    assert any(r["missed_seeds"] == [] for r in result["schedules"])
+    # --budget 2: the schedules planned for 2T are runs of their own, in their own cache
+    # (not the quality benchmark's), evaluated as often as at T
+    longer = run_module(
+        "benchmarks.quality.seedscan", *args[:-2], "--budget", "2", "--seed-list", "0",
+        "--scan-results", str(tmp_path / "scan"), "--json", str(tmp_path / "scan2.json"),
+    )  # fmt: skip
+    assert re.search(r"digits: trained [1-9]\d* grid runs", longer)
+    assert "within 2T (schedules planned for 2T)" in longer
+    (result2,) = json.loads((tmp_path / "scan2.json").read_text())["variants"]
+    assert result2["budget"] == 2 and result2["seeds"][0]["seed"] == 0
+
+    def grid_records(folder: Path) -> list[dict]:
+        lines = (folder / "digits.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["method"] == "grid"]
+
+    short, long = grid_records(cache), grid_records(tmp_path / "scan")
+    assert {r["steps"] for r in long} == {2 * r["steps"] for r in short}
+    for r in short + long:  # the same evaluation cadence at either length
+        charged = [c for _, c, _ in r["run"]["curve"]]
+        assert charged[1] - charged[0] == short[0]["steps"] // 8

@@ -7,18 +7,28 @@ target is the median of three grid seeds and the seeds differ (a seed fixes the 
 data order and the label noise). This trains every grid point of Tier A on every method
 seed (the quality benchmark trains it on the grid seeds only) and prints, per seed, the
 lowest harness evaluation that any grid schedule reaches within T, beside the lowest point
-of `default` at 3T. A seed where no schedule of the grid ever gets to the target is one
-where `default` has no known schedule to find.
+of `default` at 3T; and, per schedule, the seeds it reaches the target on and where its
+median curve over them gets (what a fixed schedule chosen with hindsight would score on
+the Credible checks). A seed where no schedule of the grid ever gets to the target is
+one where `default` has no known schedule to find.
 
-The runs go to the quality benchmark's results cache (the same keys, so a rerun trains
+``--budget 3`` plans the grid's schedules for 3T instead (warmup and decay stretched,
+evaluated as often as at T): the compute the 3T check allows, spent by a schedule that
+knows it has it.
+
+The T runs go to the quality benchmark's results cache (the same keys, so a rerun trains
 only what is missing; the report reads the grid seeds only, so its figures do not move).
-The table is printed, written to ``docs/results/seedscan.json`` and, with ``--docs``, to
-a markdown file. ``--quick`` checks the pipeline on a tiny budget (no figures).
+``--budget`` runs go to a cache of their own (``--scan-results``; by default under
+``benchmarks/results/tmp``, not committed: a long run's per-step LR path is large). The
+tables are printed, written to ``docs/results/seedscan.json`` (``seedscan-3t.json`` with
+``--budget 3``) and, with ``--docs``, to a markdown file.
+``--quick`` checks the pipeline on a tiny budget (no figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -69,21 +79,46 @@ def _lowest(record: dict[str, Any], cap: int) -> float:
     return min(values) if values else math.inf
 
 
+def stretched(variant: Variant, budget: int) -> Variant:
+    """The variant with its schedules planned for ``budget`` x T, evaluated as often as
+    at T (every 2% of T): a grid schedule given the compute the 3T check allows."""
+    if budget == 1:
+        return variant
+    return dataclasses.replace(variant, steps=budget * variant.steps, evals=budget * variant.evals)
+
+
 def scan(
-    variant: Variant, cache: harness.Cache, seeds: list[int], target: float, quick: bool
+    variant: Variant,
+    cache: harness.Cache,
+    seeds: list[int],
+    target: float,
+    quick: bool,
+    budget: int = 1,
+    grid_cache: harness.Cache | None = None,
 ) -> dict[str, Any]:
-    """Per seed: the grid's lowest point within T (and whose), and METHOD's within 3T."""
+    """Per seed: the grid's lowest point within ``budget`` x T (schedules planned for
+    that budget; and whose), and METHOD's within 3T (from ``cache``). Per schedule: the
+    seeds it reaches the target on, and where its median curve over them gets.
+    ``grid_cache``: where the grid's runs are (default: ``cache``)."""
+    grid_cache = grid_cache or cache
+    grid_variant = stretched(variant, budget)
+    cap = grid_variant.steps
+    curves: dict[tuple[str, float], dict[int, list[tuple[int, int, float]]]] = {}
+    for kind, peak in harness.grid_points(variant, quick):
+        for seed in seeds:
+            record = grid_cache.get(
+                Task(grid_variant, "grid", seed, (("peak", peak), ("schedule", kind)))
+            )
+            if record is not None:
+                curves.setdefault((kind, peak), {})[seed] = report._curve(record)
     rows = []
     for seed in seeds:
         best: tuple[float, str] = (math.inf, "-")
-        for task in tasks_for(variant, [seed], quick):
-            record = cache.get(task)
-            if record is None:
-                continue
-            low = _lowest(record, variant.steps)
-            config = dict(task.config)
-            if low < best[0]:
-                best = (low, f"{config['schedule']} @ {config['peak']:g}")
+        for (kind, peak), by_seed in curves.items():
+            if seed in by_seed:
+                low = min((v for _, c, v in by_seed[seed] if c <= cap), default=math.inf)
+                if low < best[0]:
+                    best = (low, f"{kind} @ {peak:g}")
         method = cache.get(Task(variant, METHOD, seed))
         rows.append(
             {
@@ -99,16 +134,65 @@ def scan(
                 ),
             }
         )
-    return {"variant": variant.name, "steps": variant.steps, "target": target, "seeds": rows}
+    schedules = []
+    for (kind, peak), by_seed in curves.items():
+        if len(by_seed) < len(seeds):
+            continue  # a schedule not trained on every seed says nothing per schedule
+        middle = report.charged_median_curve(list(by_seed.values()), variant.steps)
+        middle = [p for p in middle if p[1] <= cap]
+        schedules.append(
+            {
+                "schedule": kind,
+                "peak": peak,
+                "missed_seeds": [
+                    s
+                    for s, c in by_seed.items()
+                    if not math.isfinite(report.steps_to(c, target, cap))
+                ],
+                "median_curve_steps": report.steps_to(middle, target, cap),
+                "median_curve_lowest": min(v for _, _, v in middle),
+            }
+        )
+    return {
+        "variant": variant.name,
+        "steps": variant.steps,
+        "budget": budget,
+        "target": target,
+        "seeds": rows,
+        "schedules": schedules,
+    }
+
+
+def schedule_summary(result: dict[str, Any]) -> list[str]:
+    """The best single schedule by seeds at the target, and the lowest median curve."""
+    schedules = result["schedules"]
+    if not schedules:
+        return []
+    n = len(result["seeds"])
+    most = min(schedules, key=lambda r: (len(r["missed_seeds"]), r["median_curve_steps"]))
+    low = min(schedules, key=lambda r: r["median_curve_lowest"])
+    reach = (
+        f"reaches it at {low['median_curve_steps']:,.0f} steps"
+        if math.isfinite(low["median_curve_steps"])
+        else "never reaches it"
+    )
+    return [
+        f"Per schedule over these {n} seeds: the most seeds at the target, "
+        f"{most['schedule']} @ {most['peak']:g}: {n - len(most['missed_seeds'])}/{n}"
+        f" (misses {most['missed_seeds'] or 'none'}); the lowest median curve, "
+        f"{low['schedule']} @ {low['peak']:g}: {low['median_curve_lowest']:.4f}, {reach}.",
+    ]
 
 
 def table(result: dict[str, Any]) -> list[str]:
     target = result["target"]
+    within = "T" if result["budget"] == 1 else f"{result['budget']}T"
+    planned = "" if result["budget"] == 1 else f" (schedules planned for {within})"
     lines = [
         f"{result['variant']} (target {target:.4f}): the lowest harness evaluation of any of the "
-        f"grid's schedules within T, and of `default` within 3T",
+        f"grid's schedules within {within}{planned}, and of `default` within 3T",
         "",
-        "| seed | grid's lowest point within T (schedule) | grid reaches the target | "
+        f"| seed | grid's lowest point within {within} (schedule) | grid reaches the target | "
         "default-3T's lowest point | default-3T reaches it |",
         "| ---: | --- | --- | ---: | --- |",
     ]
@@ -121,7 +205,7 @@ def table(result: dict[str, Any]) -> list[str]:
             f"{'-' if method is None else f'{method:.4f}'} | "
             f"{'-' if reaches is None else 'yes' if reaches else 'no'} |"
         )
-    return lines
+    return lines + [""] + schedule_summary(result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,9 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", type=int, default=None, help="seeds 0..N-1 (default: the method seeds)"
     )
+    parser.add_argument(
+        "--seed-list", default=None, help="comma-separated seeds (instead of --seeds)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=1,
+        help="plan the grid's schedules for this many T (evaluated every 2%% of T)",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a tiny budget: checks the pipeline")
-    parser.add_argument("--results", type=Path, default=None, help="the results cache folder")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="the quality benchmark's results cache"
+    )
+    parser.add_argument(
+        "--scan-results",
+        type=Path,
+        default=None,
+        help="where --budget runs go (default: benchmarks/results/tmp/seedscan, not committed)",
+    )
     parser.add_argument("--quality-json", type=Path, default=None, help="where the targets are")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=None, help="also write the tables here")
@@ -140,11 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     scratch = ROOT / "benchmarks" / "results" / "tmp" / "seedscan-quick"
     results = args.results or (scratch if quick else ROOT / "docs" / "results" / "quality")
+    if args.budget < 1:
+        parser.error("--budget: a whole number of T, at least 1")
+    stem = "seedscan" if args.budget == 1 else f"seedscan-{args.budget}t"
     out_json = args.json or (
-        scratch / "seedscan.json" if quick else ROOT / "docs" / "results" / "seedscan.json"
+        scratch / f"{stem}.json" if quick else ROOT / "docs" / "results" / f"{stem}.json"
     )
     variants = harness.variants_for(quick, args.variant or ["digits"])
     cache = harness.Cache(results).load()
+    # The T grid shares the quality cache's keys; longer schedules are big (a per-step LR
+    # path) and go to a cache of their own, not committed: the JSON summary is the record.
+    grid_cache = cache
+    if args.budget > 1:
+        grid_cache = harness.Cache(
+            args.scan_results
+            or (scratch if quick else ROOT / "benchmarks" / "results" / "tmp" / "seedscan")
+        ).load()
 
     targets: dict[str, float] = {}
     source = args.quality_json or (None if quick else ROOT / "docs" / "results" / "quality.json")
@@ -157,12 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     results_out = []
     lines: list[str] = []
     for variant in variants:
-        seeds = (
-            list(range(args.seeds))
-            if args.seeds is not None
-            else harness.seeds(variant, quick, None, grid=False)
-        )
-        trained = train_missing(cache, tasks_for(variant, seeds, quick), args.jobs)
+        if args.seed_list:
+            try:
+                seeds = [int(x) for x in args.seed_list.split(",")]
+            except ValueError:
+                parser.error(f"--seed-list {args.seed_list!r}: write seeds like 3,8")
+        elif args.seeds is not None:
+            seeds = list(range(args.seeds))
+        else:
+            seeds = harness.seeds(variant, quick, None, grid=False)
+        grid_tasks = tasks_for(stretched(variant, args.budget), seeds, quick)
+        trained = train_missing(grid_cache, grid_tasks, args.jobs)
         print(f"{variant.name}: trained {trained} grid runs", flush=True)
         if variant.name in targets:
             target = targets[variant.name]
@@ -171,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             if best is None:
                 raise SystemExit(f"{variant.name}: no target: run the quality benchmark first")
             target = best[1]
-        result = scan(variant, cache, seeds, target, quick)
+        result = scan(variant, cache, seeds, target, quick, args.budget, grid_cache)
         results_out.append(result)
         lines += table(result) + [""]
     text = "\n".join(lines)
