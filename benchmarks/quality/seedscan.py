@@ -296,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(
         json.dumps(
-            {"command": "python -m benchmarks.quality.seedscan", "variants": results_out},
+            {
+                "command": " ".join(
+                    ["python -m benchmarks.quality.seedscan"]
+                    + [f"--variant {v.name}" for v in variants]
+                    + ([f"--budget {args.budget}"] if args.budget > 1 else [])
+                    + (["--quick"] if quick else [])
+                ),
+                "variants": results_out,
+            },
             indent=1,
             default=lambda v: None,
         )
