@@ -90,6 +90,11 @@ def steps_to(curve: list[tuple[int, int, float]], level: float, cap: float) -> f
     return math.inf
 
 
+def lowest(curve: list[tuple[int, int, float]], budget: int) -> float:
+    """The lowest evaluation made within ``budget`` charged steps (inf if none)."""
+    return min((v for _, charged, v in curve if charged <= budget), default=math.inf)
+
+
 def loss_at(curve: list[tuple[int, int, float]], budget: int) -> float:
     """The last trajectory evaluation made within ``budget`` charged steps."""
     value = math.inf
@@ -267,11 +272,7 @@ def summarize(
             for kind, peak in points
         ]
         if all(r is not None for r in records):
-            grid_reach[s] = min(
-                min((v for _, c, v in _curve(r) if c <= steps), default=math.inf)
-                for r in records
-                if r is not None
-            )
+            grid_reach[s] = min(lowest(_curve(r), steps) for r in records if r is not None)
     out["grid_reach"] = grid_reach
 
     rows: dict[str, Any] = {}

@@ -74,11 +74,6 @@ def train_missing(cache: harness.Cache, tasks: list[Task], jobs: int) -> int:
     return trained
 
 
-def _lowest(record: dict[str, Any], cap: int) -> float:
-    values = [v for _, charged, v in report._curve(record) if charged <= cap]
-    return min(values) if values else math.inf
-
-
 def stretched(variant: Variant, budget: int) -> Variant:
     """The variant with its schedules planned for ``budget`` x T, evaluated as often as
     at T (every 2% of T): a grid schedule given the compute the 3T check allows."""
@@ -116,7 +111,7 @@ def scan(
         best: tuple[float, str] = (math.inf, "-")
         for (kind, peak), by_seed in curves.items():
             if seed in by_seed:
-                low = min((v for _, c, v in by_seed[seed] if c <= cap), default=math.inf)
+                low = report.lowest(by_seed[seed], cap)
                 if low < best[0]:
                     best = (low, f"{kind} @ {peak:g}")
         method = cache.get(Task(variant, METHOD, seed))
@@ -126,7 +121,9 @@ def scan(
                 "grid_lowest": best[0],
                 "grid_lowest_config": best[1],
                 "grid_reaches": best[0] <= target,
-                "method_lowest": _lowest(method, 3 * variant.steps) if method else None,
+                "method_lowest": (
+                    report.lowest(report._curve(method), 3 * variant.steps) if method else None
+                ),
                 "method_reaches": (
                     math.isfinite(report.steps_to(report._curve(method), target, 3 * variant.steps))
                     if method
