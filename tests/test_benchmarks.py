@@ -111,6 +111,11 @@ def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_pa
         assert set(summary["grid_reach"]) == {"0"}
         three_t = summary["methods"]["stagelr-default-3t"]
         assert three_t["reached_target"] + len(three_t["missed_seeds"]) == len(three_t["seeds"])
+        # read run by run, one seed: that run's own steps-to-target (or a miss)
+        per_seed = three_t["steps_to_target_per_seed"]
+        assert (per_seed == "Infinity") == bool(three_t["missed_seeds"])
+        if per_seed != "Infinity":
+            assert three_t["tuning_inclusive_ratio_per_seed"] == 8 * steps / per_seed
     assert "oracle" in variants["nqm-b8"]
     assert set(data["verdicts"]) == {"Credible", "Strong", "Moonshot"}
     # Every stagelr run is a study in the benchmark's own SQLite database.
@@ -208,6 +213,15 @@ def test_seedscan_trains_the_grid_on_every_seed_once_and_tables_each_seeds_reach
     # own run ends at the target, so at least that schedule misses no seed
     assert len(result["schedules"]) == 8
     assert any(r["missed_seeds"] == [] for r in result["schedules"])
+    # the config that set the target is named and judged by the same checks: on the
+    # one grid seed that set it, it reaches its own target
+    chosen = result["target_config"]
+    assert chosen is not None and {"schedule", "peak"} <= set(chosen)
+    assert re.search(
+        rf"The target config itself \({chosen['schedule']} @ {chosen['peak']:g}, whose median "
+        r"over the grid seeds set the target\): 1/1 \(misses none\)",
+        out,
+    )
     # --budget 2: the schedules planned for 2T are runs of their own, in their own cache
     # (not the quality benchmark's), evaluated as often as at T
     longer = run_module(

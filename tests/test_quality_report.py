@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.quality.report import missed_seed_notes, tier_verdicts
+from benchmarks.quality.report import missed_seed_notes, per_run_ratio_note, tier_verdicts
 
 SEEDS = [0, 1, 2]
 
@@ -111,3 +111,24 @@ def test_each_missed_seed_says_whether_the_grid_reaches_the_target_on_it() -> No
         "a seed 8 (the grid was not trained on it)",
     ]
     assert missed_seed_notes([clean]) == []
+
+
+def test_the_per_run_ratio_is_printed_beside_the_median_curves_and_not_judged() -> None:
+    # runs that each dip below the target at different steps: the median over runs of
+    # their own steps-to-target is finite while the median curve never gets there
+    three_t = {
+        **row(2.0, hits=2, ratio=0.0),
+        "missed_seeds": [2],
+        "steps_to_target_per_seed": 500.0,
+        "tuning_inclusive_ratio_per_seed": 16.0,
+    }
+    methods = {**rivals(), "stagelr-default": row(0.8), "stagelr-default-3t": three_t}
+    note = per_run_ratio_note([summary("a", methods), summary("b", {})])
+    assert note == (
+        "- default's tuning-inclusive compute ratio read run by run (the median over seeds "
+        "of each run's own steps-to-target; the verdict reads the median curve): "
+        "a 16.0x (median curve 0.0x)."
+    )
+    found = checks(tier_verdicts([summary("a", methods)]), "Credible")
+    assert found["default's tuning-inclusive compute ratio >= 2.5 everywhere"] is False
+    assert per_run_ratio_note([summary("b", {})]) is None
