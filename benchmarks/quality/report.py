@@ -7,7 +7,8 @@ Definitions (BENCHMARK.md section 1, made exact):
 - steps-to-target of a run: the charged steps at the first harness evaluation at or
   below the target, interpolated linearly from the evaluation before it; beyond 3T, or
   never, it is a miss (infinity). A method's figure: the same on its median curve over
-  seeds (sampled every T/100 charged steps); the per-seed hits are counted beside it.
+  seeds (sampled every T/100 charged steps); the per-seed hits are counted beside it,
+  and the median over seeds of each run's own figure is reported too (not judged).
 - best Tier A steps: the steps-to-target of the target config's median curve (the
   per-evaluation median over its grid seeds), which reaches the target by T.
 - speedup: best Tier A steps / the method's steps-to-target (every step charged).
@@ -15,7 +16,8 @@ Definitions (BENCHMARK.md section 1, made exact):
   loss at some step S; the method's steps to reach that loss, S / those steps.
 - equal-compute loss: the loss of the last trajectory evaluation made within T charged
   steps (a method that is still searching at T has only its starting loss).
-- tuning-inclusive compute ratio: 8T / the method's charged steps to target.
+- tuning-inclusive compute ratio: 8T / the method's charged steps to target (judged on
+  the median curve; also printed run by run, ``tuning_inclusive_ratio_per_seed``).
 - paired bootstrap: the mean over seeds of (method - target config) final loss, seeds
   paired, 10,000 resamples, 95% percentile interval. "matches": the interval lies within
   one seed-SD of the target config; "beats": it lies below zero.
