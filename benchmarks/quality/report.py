@@ -288,7 +288,8 @@ def summarize(
         finals = {s: harness._final(r) for s, r in records.items()}
         curves = {s: _curve(r) for s, r in records.items()}
         charged = [r["run"]["charged_steps"] for r in records.values()]
-        to_target = [steps_to(c, target, cap) for c in curves.values()]
+        to_target_by_seed = {seed: steps_to(c, target, cap) for seed, c in curves.items()}
+        to_target = list(to_target_by_seed.values())
         # A method's steps-to-X: where its median curve over seeds (on a common grid of
         # charged steps) reaches X; per-seed hits are counted separately.
         middle = charged_median_curve(list(curves.values()), steps)
@@ -314,9 +315,7 @@ def summarize(
             ),
             "steps_to_target": stt,
             "reached_target": sum(1 for v in to_target if math.isfinite(v)),
-            "missed_seeds": [
-                s for s, c in curves.items() if not math.isfinite(steps_to(c, target, cap))
-            ],
+            "missed_seeds": [s for s, v in to_target_by_seed.items() if not math.isfinite(v)],
             "speedup": tier_a_steps / stt if math.isfinite(stt) and stt > 0 else 0.0,
             "speedup_vs_untuned": (
                 untuned_steps / _median(to_untuned)
@@ -616,12 +615,18 @@ def _machines(cache: Cache, summaries: list[dict[str, Any]]) -> list[tuple[str, 
     return counts.most_common()
 
 
+def _three_t(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """default's row told a budget of 3T, the run the steps-to-target checks read."""
+    row: dict[str, Any] | None = summary.get("methods", {}).get("stagelr-default-3t")
+    return row
+
+
 def missed_seed_notes(summaries: list[dict[str, Any]]) -> list[str]:
     """Each seed where default told 3T misses the target, and whether any grid schedule
     reaches the target on that seed within T (known where the grid was trained on it)."""
     misses: list[str] = []
     for s in summaries:
-        row = s.get("methods", {}).get("stagelr-default-3t")
+        row = _three_t(s)
         for seed in row["missed_seeds"] if row else []:
             reach = s.get("grid_reach", {}).get(seed)
             if reach is None:
@@ -639,7 +644,7 @@ def per_run_ratio_note(summaries: list[dict[str, Any]]) -> str | None:
     verdict uses: the two differ where runs dip below the target at different steps."""
     cells = []
     for s in summaries:
-        row = s.get("methods", {}).get("stagelr-default-3t")
+        row = _three_t(s)
         if row is None or "tuning_inclusive_ratio_per_seed" not in row:
             continue
         cells.append(
