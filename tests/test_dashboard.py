@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import event, insert, select
 
 import stagelr
-from stagelr.models import SegmentKind, StudyConfig
+from stagelr.models import Metric, SegmentDecision, SegmentKind, StudyConfig
 from stagelr_service.dashboard.plots import Figure, LogScale
 from stagelr_service.forecast import forecast, forecast_curve
 from stagelr_service.simulation import SyntheticJob
@@ -105,15 +105,18 @@ def seed_studies(
                 study.id,
                 stage.id,
                 0,
-                index=0,
-                kind="exploit",
-                lr=0.01 * (1 + i % 50),
-                steps=100,
-                start_step=0,
-                horizon=100,
-                metric="val_loss",
-                report_every=10,
-                data_seed=0,
+                SegmentDecision(
+                    stage=0,
+                    index=0,
+                    kind=SegmentKind.exploit,
+                    lr=0.01 * (1 + i % 50),
+                    steps=100,
+                    start_step=0,
+                    horizon=100,
+                    metric=Metric.val_loss,
+                    report_every=10,
+                    data_seed=0,
+                ),
             )
             if loss is not None:
                 repo.add_observations(segment.id, [(10, "val_loss", loss)])

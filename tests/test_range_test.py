@@ -89,7 +89,7 @@ def test_no_preset_and_no_old_study_runs_a_range_test() -> None:
     assert all(p["lr_bounds"] == "given" for p in PRESETS.values())
     assert LEGACY_CONFIG["lr_bounds"] == "given"
     plan = tuner.next_segment(StudyConfig(lr_min=1e-3, lr_max=1.0), [], _NoOptimizer())
-    assert isinstance(plan, tuner.SegmentPlan) and plan.kind is SegmentKind.explore
+    assert isinstance(plan, tuner.Decision) and plan.kind is SegmentKind.explore
 
 
 def test_lr_at_sweeps_exponentially() -> None:
@@ -113,8 +113,8 @@ class _NoOptimizer:
 def test_the_study_starts_with_the_sweep_which_saves_the_first_state() -> None:
     config = ranged()
     plan = tuner.next_segment(config, [], _NoOptimizer())
-    assert isinstance(plan, tuner.SegmentPlan)
-    assert plan.kind is SegmentKind.range_test and plan.stage.index == 0
+    assert isinstance(plan, tuner.Decision)
+    assert plan.kind is SegmentKind.range_test and plan.stage == 0
     assert (plan.lr, plan.lr_end, plan.lr_shape) == (1e-6, 10.0, LRShape.exponential)
     assert plan.steps == 100 and plan.start_step == 0
     assert plan.metric is Metric.train_loss and plan.report_every == 1
@@ -187,7 +187,7 @@ def test_the_first_state_is_restored_for_every_candidate_and_dropped_once(optimi
                 held.add(plan.save_end)
             held -= set(plan.discard)
         assert held == set(), overrides
-        stage0 = [p for p in plans if p.stage.index == 0 and p.kind is not SegmentKind.range_test]
+        stage0 = [p for p in plans if p.stage == 0 and p.kind is not SegmentKind.range_test]
         assert stage0[0].restore == "stage-0" and stage0[0].save_start is None
 
 

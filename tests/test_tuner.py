@@ -28,10 +28,10 @@ def default(**overrides: object) -> StudyConfig:
     return StudyConfig(preset="default", lr_min=1e-3, lr_max=1.0, **overrides)
 
 
-def by_stage(plans: list[tuner.SegmentPlan]) -> dict[int, list[tuner.SegmentPlan]]:
-    stages: dict[int, list[tuner.SegmentPlan]] = {}
+def by_stage(plans: list[tuner.Decision]) -> dict[int, list[tuner.Decision]]:
+    stages: dict[int, list[tuner.Decision]] = {}
     for plan in plans:
-        stages.setdefault(plan.stage.index, []).append(plan)
+        stages.setdefault(plan.stage, []).append(plan)
     return stages
 
 
@@ -66,7 +66,7 @@ def test_candidates_restart_from_the_stage_checkpoint_and_exploit_restores_it(op
 def test_exploit_trains_the_candidate_with_the_lowest_forecast(optimizer) -> None:
     config = autolrs()
     plans, trials, _ = simulate(config, optimizer, max_segments=11)
-    geometry = plans[0].stage
+    geometry = plans[0].geometry
     analysis = tuner.analyze_stage(config, geometry, trials[:10])
     best = min(analysis.candidates, key=lambda c: c.objective)
     assert plans[10].kind is SegmentKind.exploit

@@ -12,6 +12,7 @@ what keeps replay and crash recovery exact.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -43,6 +44,8 @@ __all__ = [
     "ReplayMismatch",
     "ReplayReport",
     "ReplayRequest",
+    "DECISION_FIELDS",
+    "SegmentDecision",
     "SegmentKind",
     "SegmentStatus",
     "SegmentView",
@@ -507,8 +510,57 @@ class StudyCreate(_Wire):
 # --------------------------------------------------------------------------- segments
 
 
-class SegmentView(_Wire):
-    """One stretch of training the service hands out.
+class SegmentDecision(_Wire):
+    """What the tuner decided a segment trains: the one definition of a decision.
+
+    The tuner returns it, the store writes and reads it column by column, and every
+    view of a segment (:class:`SegmentView`, the export, replay's comparison) carries
+    exactly these fields: a new decision field is declared here once.
+    """
+
+    kind: SegmentKind
+    stage: int
+    index: int = Field(description="Candidate index within the stage (exploit: k).")
+    lr: float
+    steps: int
+    start_step: int = Field(description="Trajectory step at which the segment starts.")
+    horizon: int = Field(description="Stage length tau the forecast is made for.")
+    metric: Metric
+    report_every: int
+    restore: str | None = None
+    save_start: str | None = None
+    save_end: str | None = None
+    discard: Sequence[str] = ()
+    stop_above: float | None = None
+    lr_end: float | None = Field(
+        default=None, description="The LR the segment moves towards (None: constant)."
+    )
+    lr_shape: LRShape = Field(
+        default=LRShape.constant,
+        description="How the LR moves from lr to lr_end over the segment: set "
+        "lr_at(step) before every step when it is not constant.",
+    )
+    data_seed: int
+
+    def lr_at(self, step: int) -> float:
+        """The LR of step ``step`` (1-based within the segment)."""
+        return lr_at(self.lr, self.lr_end, self.lr_shape, step, self.steps)
+
+    def decision(self) -> SegmentDecision:
+        """The decision alone, from this or any subclass (a view, a stored record)."""
+        if type(self) is SegmentDecision:
+            return self
+        return SegmentDecision.model_validate(
+            {name: getattr(self, name) for name in DECISION_FIELDS}
+        )
+
+
+#: The fields of a decision, in their declared order.
+DECISION_FIELDS: tuple[str, ...] = tuple(SegmentDecision.model_fields)
+
+
+class SegmentView(SegmentDecision):
+    """One stretch of training the service hands out: a decision and its state.
 
     Before training: if ``restore`` is set, load that checkpoint; then if ``save_start``
     is set, save the current state under that name; then set the LR to ``lr`` on every
@@ -522,30 +574,7 @@ class SegmentView(_Wire):
     id: int
     study_id: int
     seq: int = Field(description="Position of the segment in its study, from 0.")
-    stage: int
-    index: int = Field(description="Candidate index within the stage (exploit: k).")
-    kind: SegmentKind
     status: SegmentStatus
-    lr: float
-    steps: int
-    start_step: int = Field(description="Trajectory step at which the segment starts.")
-    horizon: int = Field(description="Stage length tau the forecast is made for.")
-    metric: Metric
-    report_every: int
-    restore: str | None = None
-    save_start: str | None = None
-    save_end: str | None = None
-    discard: list[str] = Field(default_factory=list)
-    stop_above: float | None = None
-    lr_end: float | None = Field(
-        default=None, description="The LR the segment moves towards (None: constant)."
-    )
-    lr_shape: LRShape = Field(
-        default=LRShape.constant,
-        description="How the LR moves from lr to lr_end over the segment: set "
-        "lr_at(step) before every step when it is not constant.",
-    )
-    data_seed: int
     steps_done: int | None = None
     heartbeat_at: datetime | None = Field(
         default=None,
@@ -557,10 +586,6 @@ class SegmentView(_Wire):
         description="Open, with no sign of life for longer than the server's lease: the "
         "job may be gone; `next` hands it out again.",
     )
-
-    def lr_at(self, step: int) -> float:
-        """The LR of step ``step`` (1-based within the segment)."""
-        return lr_at(self.lr, self.lr_end, self.lr_shape, step, self.steps)
 
 
 class ObservationIn(_Wire):

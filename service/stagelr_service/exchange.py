@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stagelr.models import (
     LEGACY_CONFIG,
-    LRShape,
     Metric,
-    SegmentKind,
+    SegmentDecision,
     SegmentStatus,
     StudyConfig,
     StudyStatus,
@@ -88,26 +87,12 @@ class ExportedForecast(_Line):
     created_at: datetime
 
 
-class ExportedSegment(_Line):
+class ExportedSegment(SegmentDecision):
+    """A segment: its decision (every field of :class:`stagelr.models.SegmentDecision`),
+    its state, its observations and its forecast."""
+
     seq: int = Field(ge=0)
-    stage: int = Field(ge=0)
-    index: int = Field(ge=0)
-    kind: SegmentKind
     status: SegmentStatus
-    lr: float
-    steps: int
-    start_step: int
-    horizon: int
-    metric: Metric
-    report_every: int
-    restore: str | None
-    save_start: str | None
-    save_end: str | None
-    discard: list[str]
-    stop_above: float | None
-    lr_end: float | None = None
-    lr_shape: LRShape = LRShape.constant
-    data_seed: int
     steps_done: int | None
     fail_reason: str | None
     created_at: datetime
@@ -116,6 +101,19 @@ class ExportedSegment(_Line):
     #: (step, metric, value), sorted by step then metric
     observations: list[tuple[int, Metric, float]]
     forecast: ExportedForecast | None
+
+    @model_validator(mode="after")
+    def _placed(self) -> ExportedSegment:
+        for name in ("stage", "index"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"a segment's {name} cannot be negative")
+        return self
+
+
+#: What an exported segment takes from its stored record as it is.
+_RECORD_FIELDS = tuple(
+    name for name in ExportedSegment.model_fields if name not in ("observations", "forecast")
+)
 
 
 class ExportedStage(_Line):
@@ -142,36 +140,12 @@ class ExportedStudy(_Line):
 def exported_study(history: StudyHistory) -> ExportedStudy:
     """One stored study in the export format."""
     study = history.study
-    stage_index = {st.id: st.index for st in history.stages}
     segments = []
     for seg in history.segments:
         fc = history.forecasts.get(seg.id)
         segments.append(
             ExportedSegment(
-                seq=seg.seq,
-                stage=stage_index.get(seg.stage_id, seg.stage),
-                index=seg.index,
-                kind=seg.kind,
-                status=seg.status,
-                lr=seg.lr,
-                steps=seg.steps,
-                start_step=seg.start_step,
-                horizon=seg.horizon,
-                metric=seg.metric,
-                report_every=seg.report_every,
-                restore=seg.restore,
-                save_start=seg.save_start,
-                save_end=seg.save_end,
-                discard=list(seg.discard),
-                stop_above=seg.stop_above,
-                lr_end=seg.lr_end,
-                lr_shape=seg.lr_shape,
-                data_seed=seg.data_seed,
-                steps_done=seg.steps_done,
-                fail_reason=seg.fail_reason,
-                created_at=seg.created_at,
-                completed_at=seg.completed_at,
-                heartbeat_at=seg.heartbeat_at,
+                **{name: getattr(seg, name) for name in _RECORD_FIELDS},
                 observations=[
                     (o.step, o.metric, o.value) for o in history.observations.get(seg.id, ())
                 ],

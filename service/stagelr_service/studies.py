@@ -12,7 +12,6 @@ replicas, on SQLite and PostgreSQL alike, without holding a lock during the GP f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -81,35 +80,17 @@ def is_stale(seg: SegmentRecord, now: datetime | None, lease_seconds: float | No
     return (now - last).total_seconds() > lease_seconds
 
 
+#: What a segment's view shows of its record: its decision and the row's state.
+_VIEW_FIELDS = tuple(name for name in SegmentView.model_fields if name != "stale")
+
+
 def segment_view(
     seg: SegmentRecord, *, now: datetime | None = None, lease_seconds: float | None = None
 ) -> SegmentView:
     """The wire view of a segment; ``stale`` is computed when ``now`` and a lease are given."""
-    return SegmentView(
-        id=seg.id,
-        study_id=seg.study_id,
-        seq=seg.seq,
-        stage=seg.stage,
-        index=seg.index,
-        kind=seg.kind,
-        status=seg.status,
-        lr=seg.lr,
-        steps=seg.steps,
-        start_step=seg.start_step,
-        horizon=seg.horizon,
-        metric=seg.metric,
-        report_every=seg.report_every,
-        restore=seg.restore,
-        save_start=seg.save_start,
-        save_end=seg.save_end,
-        discard=list(seg.discard),
-        stop_above=seg.stop_above,
-        lr_end=seg.lr_end,
-        lr_shape=seg.lr_shape,
-        data_seed=seg.data_seed,
-        steps_done=seg.steps_done,
-        heartbeat_at=seg.heartbeat_at,
-        stale=is_stale(seg, now, lease_seconds),
+    return SegmentView.model_validate(
+        {name: getattr(seg, name) for name in _VIEW_FIELDS}
+        | {"stale": is_stale(seg, now, lease_seconds)}
     )
 
 
@@ -322,32 +303,12 @@ class StudyService:
                     return None  # another request decided first
                 repo.set_study_status(study_id, plan.status, plan.reason)
                 return NextSegment(status=plan.status, segment=None)
-            geometry = plan.stage
+            geometry = plan.geometry
             stage = repo.get_or_create_stage(
                 study_id, geometry.index, geometry.tau, geometry.tau_explore, geometry.start_step
             )
             try:
-                segment = repo.insert_segment(
-                    study_id=study_id,
-                    stage_id=stage.id,
-                    seq=next_seq,
-                    index=plan.index,
-                    kind=plan.kind,
-                    lr=plan.lr,
-                    steps=plan.steps,
-                    start_step=plan.start_step,
-                    horizon=plan.horizon,
-                    metric=plan.metric,
-                    report_every=plan.report_every,
-                    restore=plan.restore,
-                    save_start=plan.save_start,
-                    save_end=plan.save_end,
-                    discard=list(plan.discard),
-                    stop_above=plan.stop_above,
-                    data_seed=plan.data_seed,
-                    lr_end=plan.lr_end,
-                    lr_shape=plan.lr_shape,
-                )
+                segment = repo.insert_segment(study_id, stage.id, next_seq, plan)
             except DuplicateSegmentError:
                 return None
             if plan.kind is SegmentKind.exploit:
@@ -520,7 +481,7 @@ class StudyService:
             if o.metric is segment.metric
         )
         status = SegmentStatus.diverged if diverged else SegmentStatus.completed
-        closed = dataclasses.replace(segment, status=status, steps_done=steps_done)
+        closed = segment.model_copy(update={"status": status, "steps_done": steps_done})
         trial = trial_of(closed, observations)
         return status, steps_done, tuner.forecast_trial(config, trial, segment.horizon)
 

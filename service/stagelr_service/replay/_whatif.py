@@ -172,7 +172,7 @@ def what_if_history(
         for _ in range((config.k or 0) + 3):
             plan = tuner.next_segment(config, replayed, optimizer)
             decisions += 1
-            if isinstance(plan, tuner.StudyEnd) or plan.stage.index != index:
+            if isinstance(plan, tuner.StudyEnd) or plan.stage != index:
                 break
             seq = len(replayed)
             if plan.kind is SegmentKind.range_test:

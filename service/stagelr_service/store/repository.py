@@ -42,7 +42,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
+from stagelr.models import (
+    DECISION_FIELDS,
+    Metric,
+    SegmentDecision,
+    SegmentKind,
+    SegmentStatus,
+    StudyStatus,
+)
 from stagelr_service.errors import (
     DuplicateSegmentError,
     InputError,
@@ -141,6 +148,29 @@ def _metric(metric: Metric | str) -> str:
         raise InputError(
             f"unknown metric {metric!r}: use one of {', '.join(m.value for m in Metric)}"
         ) from None
+
+
+#: A segment's decision fields that are columns of its row: all but ``stage``, which the
+#: row holds as its ``stage_id``.
+_DECISION_COLUMNS = tuple(name for name in DECISION_FIELDS if name != "stage")
+#: The columns a segment's record reads: every field but ``stage``.
+_RECORD_COLUMNS = tuple(name for name in SegmentRecord.model_fields if name != "stage")
+
+
+def _decision_columns(decision: SegmentDecision, where: str = "segment ") -> dict[str, Any]:
+    """A decision as its row stores it: enums by value, a tuple as a JSON list. A float
+    must be finite (the columns keep only finite values)."""
+    values: dict[str, Any] = {}
+    for name in _DECISION_COLUMNS:
+        value = getattr(decision, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{where}{name} must be finite, not {value!r}")
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, (tuple, list)):
+            value = list(value)
+        values[name] = value
+    return values
 
 
 #: The forecast columns an upsert writes (all but the keys).
@@ -720,35 +750,11 @@ class Repository:
 
     @staticmethod
     def _segment(row: SegmentRow | Row[Any] | SimpleNamespace, stage: int) -> SegmentRecord:
-        return SegmentRecord(
-            id=row.id,
-            study_id=row.study_id,
-            stage_id=row.stage_id,
-            stage=stage,
-            seq=row.seq,
-            index=row.index,  # type: ignore[arg-type]  # the column, as above
-            kind=SegmentKind(row.kind),
-            status=SegmentStatus(row.status),
-            lr=row.lr,
-            steps=row.steps,
-            start_step=row.start_step,
-            horizon=row.horizon,
-            metric=Metric(row.metric),
-            report_every=row.report_every,
-            restore=row.restore,
-            save_start=row.save_start,
-            save_end=row.save_end,
-            discard=tuple(row.discard),
-            stop_above=row.stop_above,
-            data_seed=row.data_seed,
-            steps_done=row.steps_done,
-            fail_reason=row.fail_reason,
-            created_at=row.created_at,
-            completed_at=row.completed_at,
-            heartbeat_at=row.heartbeat_at,
-            lr_end=row.lr_end,
-            lr_shape=LRShape(row.lr_shape),
-        )
+        # Every field but the stage's index is a column of the same name; a JSON list
+        # column reads as a tuple (records are immutable).
+        values = {name: getattr(row, name) for name in _RECORD_COLUMNS}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return SegmentRecord.model_validate({**values, "stage": stage})
 
     def _one_segment(
         self, query: Select[SegmentRow, int], params: Mapping[str, Any] | None = None
@@ -762,29 +768,10 @@ class Repository:
         return self._segment(row, stage)
 
     def insert_segment(
-        self,
-        study_id: int,
-        stage_id: int,
-        seq: int,
-        *,
-        index: int,
-        kind: SegmentKind | str,
-        lr: float,
-        steps: int,
-        start_step: int,
-        horizon: int,
-        metric: Metric | str,
-        report_every: int,
-        data_seed: int,
-        restore: str | None = None,
-        save_start: str | None = None,
-        save_end: str | None = None,
-        discard: Sequence[str] = (),
-        stop_above: float | None = None,
-        lr_end: float | None = None,
-        lr_shape: LRShape | str = LRShape.constant,
+        self, study_id: int, stage_id: int, seq: int, decision: SegmentDecision
     ) -> SegmentRecord:
-        """Issue segment ``seq`` of the study (status ``open``).
+        """Issue segment ``seq`` of the study (status ``open``): ``decision`` in stage
+        ``stage_id``, which must be the study's stage of index ``decision.stage``.
 
         Raises DuplicateSegmentError when segment ``seq`` of the study exists already:
         another request or replica computed and stored it first. The transaction stays
@@ -794,38 +781,25 @@ class Repository:
         stage = self._s.get(StageRow, stage_id)
         if stage is None or stage.study_id != study_id:
             raise NotFoundError(f"stage {stage_id} of study {study_id} does not exist")
-        for name, value in (("lr", lr), ("stop_above", stop_above), ("lr_end", lr_end)):
-            if value is not None and not math.isfinite(value):
-                raise InputError(f"segment {name} must be finite, not {value!r}")
+        if stage.index != decision.stage:
+            raise InputError(
+                f"stage {stage_id} is stage {stage.index} of study {study_id}, not the "
+                f"decision's stage {decision.stage}"
+            )
+        values = _decision_columns(decision)
         self.touch_study(study_id)
         now = self._now()
-        values: dict[str, Any] = {
-            "study_id": study_id,
-            "stage_id": stage_id,
-            "seq": seq,
-            "index": index,
-            "kind": SegmentKind(kind).value,
-            "status": SegmentStatus.open.value,
-            "lr": float(lr),
-            "steps": steps,
-            "start_step": start_step,
-            "horizon": horizon,
-            "metric": _metric(metric),
-            "report_every": report_every,
-            "restore": restore,
-            "save_start": save_start,
-            "save_end": save_end,
-            "discard": list(discard),
-            "stop_above": None if stop_above is None else float(stop_above),
-            "data_seed": data_seed,
-            "lr_end": None if lr_end is None else float(lr_end),
-            "lr_shape": LRShape(lr_shape).value,
-            "steps_done": None,
-            "fail_reason": None,
-            "created_at": now,
-            "completed_at": None,
-            "heartbeat_at": now,
-        }
+        values.update(
+            study_id=study_id,
+            stage_id=stage_id,
+            seq=seq,
+            status=SegmentStatus.open.value,
+            steps_done=None,
+            fail_reason=None,
+            created_at=now,
+            completed_at=None,
+            heartbeat_at=now,
+        )
         segment_id = self._s.scalar(_Hot.insert_segment(self._dialect()), values)
         if segment_id is None:
             raise DuplicateSegmentError(
@@ -1335,19 +1309,16 @@ class Repository:
         included) in one statement; returns seq -> row id."""
         rows = []
         for seg in segments:
-            for name in ("lr", "stop_above", "lr_end"):
-                value = seg.get(name)
-                if value is not None and not math.isfinite(value):
-                    raise InputError(f"segment {seg['seq']}: {name} must be finite, not {value!r}")
+            where = f"segment {seg['seq']}: "
+            decision = SegmentDecision.model_validate(
+                {name: seg[name] for name in DECISION_FIELDS if name in seg} | {"stage": 0}
+            )
             rows.append(
                 {
                     **seg,
+                    **_decision_columns(decision, where),
                     "study_id": study_id,
-                    "kind": SegmentKind(seg["kind"]).value,
                     "status": SegmentStatus(seg["status"]).value,
-                    "metric": _metric(seg["metric"]),
-                    "discard": list(seg["discard"]),
-                    "lr_shape": LRShape(seg.get("lr_shape", LRShape.constant)).value,
                 }
             )
         if rows:

@@ -28,9 +28,9 @@ from ._tuner import (
 )
 from ._types import (
     CandidateAnalysis,
+    Decision,
     Optimizer,
     PlannedStage,
-    SegmentPlan,
     StageAnalysis,
     StageGeometry,
     StudyEnd,
@@ -40,9 +40,9 @@ from ._types import (
 __all__ = [
     "REFERENCE_PENALTY",
     "CandidateAnalysis",
+    "Decision",
     "Optimizer",
     "PlannedStage",
-    "SegmentPlan",
     "StageAnalysis",
     "StageGeometry",
     "StudyEnd",

@@ -47,9 +47,9 @@ from stagelr.models import (
 from ..forecast import Forecast, forecast
 from ._types import (
     CandidateAnalysis,
+    Decision,
     Optimizer,
     PlannedStage,
-    SegmentPlan,
     StageAnalysis,
     StageGeometry,
     StudyEnd,
@@ -205,14 +205,15 @@ def candidate_checkpoint(stage: int, index: int) -> str:
 # --------------------------------------------------------------------------- range test
 
 
-def _range_test_plan(config: StudyConfig, geometry: StageGeometry) -> SegmentPlan:
+def _range_test_plan(config: StudyConfig, geometry: StageGeometry) -> Decision:
     """The study's first segment when its bounds come from a range test: the LR sweeps
     from lr_min to lr_max, the training loss reported every step; it saves the study's
     first state, which stage 0 then restores."""
     assert config.range_test_steps is not None
     steps = config.range_test_steps
-    return SegmentPlan(
-        stage=geometry,
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
         index=0,
         kind=SegmentKind.range_test,
         lr=config.lr_min,
@@ -552,7 +553,7 @@ def _explore(
     stop_reference: float | None,
     optimizer: Optimizer,
     saved: bool = False,
-) -> SegmentPlan:
+) -> Decision:
     """A candidate of the stage. ``saved``: the stage-start state is saved already (a
     range test did), so the first candidate restores it too."""
     assert config.acquisition is not None and config.kappa is not None
@@ -582,8 +583,9 @@ def _explore(
         assert config.divergence_factor is not None
         stop_above = stop_reference * config.divergence_factor
     name = checkpoint_name(geometry.index)
-    return SegmentPlan(
-        stage=geometry,
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
         index=index,
         kind=SegmentKind.explore,
         lr=lr,
@@ -611,7 +613,7 @@ def _exploit(
     analysis: StageAnalysis | None = None,
     chosen: CandidateAnalysis | None = None,
     saved: bool = False,
-) -> SegmentPlan:
+) -> Decision:
     """The stage's training segment. After a search (or a range test: ``saved``) it
     restores the stage start, or with ``continue_best`` the chosen candidate's end state
     and trains the rest of the stage; the decay stage moves the LR to 0."""
@@ -637,8 +639,9 @@ def _exploit(
     if geometry.decay:
         assert config.decay_shape is not None
         lr_end, shape = 0.0, config.decay_shape
-    return SegmentPlan(
-        stage=geometry,
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
         index=index,
         kind=SegmentKind.exploit,
         lr=lr,
@@ -664,14 +667,14 @@ def _stage_end(geometry: StageGeometry, exploit: Trial) -> int:
 
 def _no_search(
     config: StudyConfig, geometry: StageGeometry, previous_lr: float, saved: bool = False
-) -> SegmentPlan:
+) -> Decision:
     source = "decay" if geometry.decay else "tail"
     return _exploit(config, geometry, previous_lr, 0, {"source": source}, saved=saved)
 
 
 def next_segment(
     config: StudyConfig, trials: Sequence[Trial], optimizer: Optimizer
-) -> SegmentPlan | StudyEnd:
+) -> Decision | StudyEnd:
     """Decide what the job trains next, from the study's whole history.
 
     ``trials`` must hold no open segment: an open one is handed out again, not decided.
