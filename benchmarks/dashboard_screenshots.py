@@ -84,8 +84,9 @@ def list_latency(server_url: str, database_url: str, count: int = 1000) -> None:
     first, middle and last page of each sort, warm, median of 5 tries each."""
     from stagelr.models import StudyConfig
     from stagelr_service.store import Store
+    from stagelr_service.tuner import resolve
 
-    config = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000).resolved()
+    config = resolve(StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000)).to_stored()
     started = time.perf_counter()
     with Store(database_url) as store, store.transaction() as repo:
         project = repo.get_or_create_project("load")

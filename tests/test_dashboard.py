@@ -26,13 +26,14 @@ from stagelr_service.forecast import forecast, forecast_curve
 from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.store.models import ObservationRow, SegmentRow, StageRow, StudyRow
+from stagelr_service.tuner import resolve
 
 from .live import LiveServer, run_cli, start_server
 from .store_fixtures import BACKENDS, fresh_database
 
 slow = pytest.mark.slow
 
-CONFIG = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000).resolved()
+CONFIG = resolve(StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000)).to_stored()
 
 
 # --------------------------------------------------------------------------- helpers

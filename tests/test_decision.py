@@ -39,10 +39,11 @@ from stagelr_service.exchange import (
     header_line,
     import_studies,
 )
+from stagelr_service.history import segment_view
 from stagelr_service.replay import verify_history
 from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import SegmentRecord, Store, StudyHistory, migrate
-from stagelr_service.studies import StudyService, segment_view
+from stagelr_service.studies import StudyService
 
 #: A study whose segments leave few decision fields at their defaults: a range test (an
 #: exponential sweep), candidates that save their end states and drop the others, a

@@ -4,23 +4,29 @@ stop and carry-over have their own tests in test_tuner.py and test_forecast.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from stagelr.models import (
     LRShape,
     SegmentKind,
     SegmentStatus,
-    StudyConfig,
     StudyStatus,
-    budget_taus,
     lr_at,
 )
 from stagelr_service import tuner
 from stagelr_service.simulation import simulate
 from stagelr_service.tuner import Decision
+from stagelr_service.tuner.config import ResolvedConfig, budget_taus, resolve
 
 
-def budget(**overrides: object) -> StudyConfig:
+def config_of(**fields: Any) -> ResolvedConfig:
+    """A config as the server resolves a request of ``fields``."""
+    return resolve(fields)
+
+
+def budget(**overrides: object) -> ResolvedConfig:
     base: dict[str, object] = {
         "lr_min": 1e-3,
         "lr_max": 1.0,
@@ -32,7 +38,7 @@ def budget(**overrides: object) -> StudyConfig:
         "continue_best": True,
         "selection": "min_forecast",
     }
-    return StudyConfig(preset="default", **{**base, **overrides})  # type: ignore[arg-type]
+    return config_of(preset="default", **{**base, **overrides})  # type: ignore[arg-type]
 
 
 def stages_of(plans: list[Decision]) -> dict[int, list[Decision]]:
@@ -245,7 +251,7 @@ def test_without_same_data_every_candidate_draws_its_own_batches(optimizer) -> N
 
 
 def test_the_autolrs_preset_keeps_the_reference_behaviour() -> None:
-    config = StudyConfig(preset="autolrs", lr_min=1e-3, lr_max=1.0, total_steps=1000)
+    config = config_of(preset="autolrs", lr_min=1e-3, lr_max=1.0, total_steps=1000)
     assert (config.planner, config.decay_fraction, config.continue_best, config.same_data) == (
         "fixed",
         0.0,
@@ -257,7 +263,7 @@ def test_the_autolrs_preset_keeps_the_reference_behaviour() -> None:
 # ------------------------------------------------------------------ the hold planner
 
 
-def hold(**overrides: object) -> StudyConfig:
+def hold(**overrides: object) -> ResolvedConfig:
     return budget(**{"planner": "hold", "tau0": 100, "tau_max": 400, "decay_fraction": 0.1,
                      **overrides})  # fmt: skip
 

@@ -32,10 +32,11 @@ from stagelr_service.errors import (
     ObservationConflictError,
 )
 from stagelr_service.store import Repository, SegmentRecord, Store, mask_url, migrate, normalize_url
+from stagelr_service.tuner import resolve
 
 from .store_fixtures import BACKENDS, clear_tables, fresh_database
 
-CONFIG = StudyConfig(lr_min=1e-4, lr_max=1.0).resolved()
+CONFIG = resolve(StudyConfig(lr_min=1e-4, lr_max=1.0)).to_stored()
 
 
 class TickingClock:

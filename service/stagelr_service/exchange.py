@@ -23,19 +23,13 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stagelr.models import (
-    LEGACY_CONFIG,
-    Metric,
-    SegmentDecision,
-    SegmentStatus,
-    StudyConfig,
-    StudyStatus,
-)
+from stagelr.models import Metric, SegmentDecision, SegmentStatus, StudyStatus
 
 from . import __version__
 from .errors import InputError
 from .store import Repository, Store
 from .store.records import StudyHistory
+from .tuner import LEGACY_CONFIG, ResolvedConfig, resolve
 
 __all__ = [
     "FORMAT",
@@ -57,7 +51,7 @@ FORMAT = "stagelr-studies"
 #: ``lr_end``/``lr_shape`` and the planner's config fields; version 3 the range test
 #: (segment kind ``range_test``, shape ``exponential``, config ``lr_bounds`` and
 #: ``range_test_*``); version 4 the config's ``initial_design``. An older file reads
-#: with :data:`stagelr.models.LEGACY_CONFIG` filled into its configs where they lack a
+#: with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs where they lack a
 #: field (a version 1 file's segments are constant-LR).
 VERSION = 4
 
@@ -257,7 +251,8 @@ def _check(study: ExportedStudy, number: int) -> None:
     """What the schema cannot say: the config resolves, seqs and stages are consistent."""
     where = f"line {number} ({study.project}/{study.name})"
     try:
-        StudyConfig.model_validate(study.config)
+        resolve(study.config)  # each field's bounds, as a request's
+        ResolvedConfig.stored(study.config)  # every field there
     except ValidationError as exc:
         raise InputError(f"{where}: the config is invalid ({_errors(exc)})") from None
     seqs = [s.seq for s in study.segments]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 import stagelr
-from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyConfig, StudyStatus, lr_at
+from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyStatus, lr_at
 
 from . import tuner
 from .tuner import Decision, StudyEnd, Trial
@@ -126,7 +126,7 @@ class SyntheticJob:
 
 
 def simulate(
-    config: StudyConfig,
+    config: tuner.ResolvedConfig,
     optimizer: tuner.Optimizer,
     job: SyntheticJob | None = None,
     max_segments: int = 1000,

@@ -23,14 +23,13 @@ from stagelr.models import (
     SegmentKind,
     SegmentStatus,
     StageReplay,
-    StudyConfig,
     StudyStatus,
 )
 
 from .. import tuner
 from ..forecast import Forecast
+from ..history import trials_of
 from ..store.records import SegmentRecord, StudyHistory
-from ..studies import trials_of
 from ._common import decades, finite, forecast_fields, mismatch, summarize_stages
 
 __all__ = ["verify_history"]
@@ -82,7 +81,7 @@ def _compare_decision(
 def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayReport:
     """Replay every decision of one stored study with its stored config; see the module."""
     study = history.study
-    config = StudyConfig.model_validate(study.config)
+    config = tuner.ResolvedConfig.stored(study.config)
     trials = trials_of(history)
     segments = history.segments
     mismatches: list[ReplayMismatch] = []
@@ -157,7 +156,7 @@ def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayR
 
 def _stage_replays(
     history: StudyHistory,
-    config: StudyConfig,
+    config: tuner.ResolvedConfig,
     trials: list[tuner.Trial],
     plans: dict[int, tuner.Decision],
     recomputed: dict[int, Forecast],

@@ -191,8 +191,9 @@ class ResolvedConfig(BaseModel):
     preset: Literal["autolrs", "default"]
     lr_min: float
     lr_max: float
-    total_steps: int | None
-    charged_steps: int | None
+    # None: no budget (and configs stored before a field existed lack it: None).
+    total_steps: int | None = None
+    charged_steps: int | None = None
     seed: int
     tau0: int
     tau_max: int
@@ -296,6 +297,4 @@ def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
         # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
         for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
             filled.setdefault(key, value)
-    filled.setdefault("total_steps", None)
-    filled.setdefault("charged_steps", None)
     return ResolvedConfig.model_validate(filled)
