@@ -28,9 +28,9 @@ from stagelr.models import (
 )
 from stagelr_service import tuner
 from stagelr_service.replay import replay_study
-from stagelr_service.simulation import SyntheticJob, drive_tuner, simulate
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, simulate
 from stagelr_service.tuner import Trial
 from stagelr_service.tuner.config import (
     LEGACY_CONFIG,
