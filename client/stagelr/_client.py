@@ -107,9 +107,13 @@ class Client:
         project: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        family: str | None = None,
     ) -> StudyList:
-        """Studies visible to this client, newest first, filtered and paged."""
+        """Studies visible to this client, newest first, filtered (by status, project,
+        family) and paged."""
         params: dict[str, str | int] = {}
+        if family is not None:
+            params["family"] = family
         if status is not None:
             params["status"] = StudyStatus(status).value
         if project is not None:

@@ -34,6 +34,9 @@ __all__ = [
     "ObservationView",
     "ObservationsAccepted",
     "PlanStage",
+    "PriorStudyView",
+    "PriorUse",
+    "PriorsView",
     "PosteriorPoint",
     "Problem",
     "ReplayCandidate",
@@ -72,6 +75,21 @@ class StudyStatus(str, Enum):
     completed = "completed"
     failed = "failed"
     stopped = "stopped"
+
+
+class PriorUse(str, Enum):
+    """What a study did with its priors (:class:`PriorsView`)."""
+
+    #: no priors named
+    none = "none"
+    #: priors named, but none was read (none completed, or none fitted the config)
+    unused = "unused"
+    #: the narrow search around the priors' LR is running
+    searching = "searching"
+    #: the narrow search confirmed the priors: the first stage trains at its choice
+    used = "used"
+    #: the narrow search found that the priors do not fit: a full search ran instead
+    fallback = "fallback"
 
 
 class SegmentKind(str, Enum):
@@ -280,6 +298,32 @@ class StudyConfig(_Wire):
     range_test_steps: int | None = Field(default=None, ge=10, le=100_000)
     range_test_decades: float | None = Field(default=None, gt=0.0, le=12.0)
 
+    family: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$",
+        description="The study's family (e.g. 'resnet50-imagenet'): the most recent "
+        "completed studies of the same project and family are its priors, read once, "
+        "when the study is created (see docs/history.md).",
+    )
+    prior_studies: list[int] | None = Field(
+        default=None,
+        max_length=50,
+        description="Ids of earlier studies of the same project to use as priors, "
+        "instead of (or besides) a family's; only completed ones are read.",
+    )
+
+    @field_validator("prior_studies")
+    @classmethod
+    def _ids(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if any(i < 1 or i > 2**53 for i in v):
+                raise ValueError("prior study ids are positive integers")
+            if len(set(v)) != len(v):
+                raise ValueError("a prior study is named twice: name each once")
+        return v
+
     @field_validator("lr_min", "lr_max")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
@@ -454,6 +498,38 @@ class StageSummary(_Wire):
     candidates: int
 
 
+class PriorStudyView(_Wire):
+    """One prior study as its summary was stored when the study was created."""
+
+    id: int
+    name: str
+    chosen_lr: float | None = Field(description="The LR its first stage trained with.")
+    start_loss: float | None = Field(description="Its first stage's first reported loss.")
+    final_loss: float | None = Field(description="Its last reported training loss.")
+    fits: bool = Field(description="Its config's fingerprint is the study's.")
+
+
+class PriorsView(_Wire):
+    """Which priors a study used, what it took from them and whether it fell back."""
+
+    family: str | None = None
+    requested: list[int] = Field(
+        default_factory=list, description="The prior_studies the config named."
+    )
+    summary_hash: str | None = Field(
+        default=None, description="sha256 of the prior summary stored at creation."
+    )
+    studies: list[PriorStudyView] = Field(default_factory=list)
+    use: PriorUse
+    lr: float | None = Field(
+        default=None, description="The priors' LR the narrow first search centred on."
+    )
+    candidates: list[float] = Field(
+        default_factory=list, description="The narrow search's LRs (empty: none planned)."
+    )
+    reason: str = Field(default="", description="Why the priors were used or not.")
+
+
 class StudyView(_Wire):
     id: int
     project: str
@@ -472,6 +548,9 @@ class StudyView(_Wire):
     open_segment: SegmentView | None = None
     stalled: bool = Field(
         default=False, description="Running, and its open segment is stale (no job alive)."
+    )
+    priors: PriorsView | None = Field(
+        default=None, description="Its priors (see docs/history.md); None: none named."
     )
 
 
@@ -580,6 +659,10 @@ class ReplayRequest(_Wire):
         description='Config fields to replace, e.g. {"k": 3, "acquisition": "lcb"}; '
         "only the fields that decide within a stage may change (see docs/replay.md).",
     )
+    without_priors: bool = Field(
+        default=False,
+        description="Replay as if the study had named no priors: a full first search.",
+    )
 
 
 class ReplayCandidate(_Wire):
@@ -632,6 +715,7 @@ class ReplayReport(_Wire):
     study_status: StudyStatus
     mode: Literal["verify", "what-if"]
     overrides: dict[str, Any] = Field(default_factory=dict)
+    without_priors: bool = Field(default=False, description="Replayed without its priors.")
     decisions: int = Field(description="Tuner decisions replayed.")
     ok: bool = Field(description="verify: every recorded decision came out the same.")
     mismatches: list[ReplayMismatch] = Field(default_factory=list)

@@ -146,11 +146,15 @@ def _guarded(command: str, run) -> int:  # type: ignore[no-untyped-def]
 def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .replay import parse_overrides
+    from .replay import WITHOUT_PRIORS, parse_overrides
     from .replay.console import run_replay
 
     def run() -> int:
-        overrides = parse_overrides(args.set) if args.replay == "what-if" else None
+        overrides = None
+        if args.replay == "what-if":
+            overrides = parse_overrides(args.set)
+            if args.without_priors:
+                overrides.update(WITHOUT_PRIORS)
         return run_replay(
             _settings(args).resolved_database_url,
             _selection(args),
@@ -208,6 +212,11 @@ def _add_replay_parsers(sub) -> None:  # type: ignore[no-untyped-def]
                 default=[],
                 metavar="KEY=VALUE",
                 help="a config field to change, e.g. --set k=6 --set acquisition=lcb",
+            )
+            parser.add_argument(
+                "--without-priors",
+                action="store_true",
+                help="replay as if the studies had named no priors (a full first search)",
             )
         parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
         parser.add_argument("--report", help="write the JSON report here")

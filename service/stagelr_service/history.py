@@ -19,6 +19,9 @@ from stagelr.models import (
     ForecastView,
     PlanStage,
     PosteriorPoint,
+    PriorStudyView,
+    PriorsView,
+    PriorUse,
     SegmentKind,
     SegmentStatus,
     SegmentView,
@@ -45,6 +48,7 @@ __all__ = [
     "finite",
     "forecast_view",
     "is_stale",
+    "priors_view",
     "segment_view",
     "stage_detail",
     "stored_forecast",
@@ -177,8 +181,10 @@ def study_view(
     *,
     now: datetime | None,
     lease_seconds: float | None,
+    trials: Sequence[tuner.Trial] | None = None,
 ) -> StudyView:
-    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`."""
+    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`.
+    ``trials``: its history's, for why it fell back from its priors (a list has none)."""
     trajectory = charged = 0
     schedule: list[tuple[int, float]] = []
     # A training segment that continues a candidate starts after the candidate's
@@ -225,6 +231,65 @@ def study_view(
         schedule=schedule,
         open_segment=open_view,
         stalled=study.status is StudyStatus.running and open_view is not None and open_view.stale,
+        priors=priors_view(study, segments, trials),
+    )
+
+
+def priors_view(
+    study: StudyRecord,
+    segments: Sequence[SegmentRecord],
+    trials: Sequence[tuner.Trial] | None = None,
+) -> PriorsView | None:
+    """Which priors the study used, what it took and whether it fell back (None: it
+    named none). What it did is read from its decisions: the first stage trains after
+    the narrow search (used) or after more candidates (fallback); with ``trials``, the
+    tuner's verdict says why."""
+    config = tuner.ResolvedConfig.stored(study.config)
+    if config.family is None and not config.prior_studies:
+        return None
+    summary = study.priors or {}
+    warm = config.warm_start
+    used = set(warm.priors) if warm is not None else set()
+    studies = [
+        PriorStudyView(
+            id=s["id"],
+            name=s["name"],
+            chosen_lr=s.get("chosen_lr"),
+            start_loss=s.get("start_loss"),
+            final_loss=s.get("final_loss"),
+            fits=s["id"] in used,
+        )
+        for s in summary.get("studies", [])
+    ]
+    base = {
+        "family": config.family,
+        "requested": list(config.prior_studies),
+        "summary_hash": summary.get("hash"),
+        "studies": studies,
+    }
+    if warm is None:
+        reason = (
+            "no completed prior study"
+            if not studies
+            else "no prior's config fingerprint matched (LR range, budget, stages, search)"
+        )
+        return PriorsView(**base, use=PriorUse.unused, reason=reason)
+    n = len(warm.candidates)
+    first = [s for s in segments if s.stage == 0]
+    explores = sum(1 for s in first if s.kind is SegmentKind.explore)
+    trained = any(s.kind is SegmentKind.exploit for s in first)
+    if explores > n:
+        use = PriorUse.fallback
+    elif trained:
+        use = PriorUse.used
+    else:
+        use = PriorUse.searching
+    reason = ""
+    if trials is not None and use is not PriorUse.searching:
+        verdict, _ = tuner.warm_verdict(config, trials)
+        reason = verdict.reason if verdict is not None else ""
+    return PriorsView(
+        **base, use=use, lr=warm.lr, candidates=list(warm.candidates), reason=reason
     )
 
 
@@ -232,6 +297,8 @@ def history_view(
     history: StudyHistory, *, now: datetime | None, lease_seconds: float | None
 ) -> StudyView:
     """:func:`study_view` of a whole history."""
+    config = history.study.config
+    named = config.get("family") is not None or bool(config.get("prior_studies"))
     return study_view(
         history.study,
         history.stages,
@@ -239,6 +306,7 @@ def history_view(
         best_loss(history),
         now=now,
         lease_seconds=lease_seconds,
+        trials=trials_of(history) if named else None,
     )
 
 

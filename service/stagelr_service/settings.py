@@ -45,6 +45,16 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Most observations accepted in one request."
     )
 
+    max_priors: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description=(
+            "Most prior studies a new study reads when it is created (its family's most "
+            "recent completed ones, or the ones it names): each costs one history read."
+        ),
+    )
+
     lease_seconds: float = Field(
         default=900.0,
         gt=0,

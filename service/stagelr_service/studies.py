@@ -107,8 +107,11 @@ class StudyService:
         *,
         max_batch: int = 10_000,
         lease_seconds: float = 900.0,
+        max_priors: int = 5,
     ):
         self.store = store
+        #: Most prior studies a new study reads (``STAGELR_MAX_PRIORS``).
+        self.max_priors = max_priors
         self.optimizer = optimizer
         self.max_batch = max_batch
         #: An open segment without a sign of life for this long is stale.
@@ -141,17 +144,32 @@ class StudyService:
                 f"in {scope!r} (or leave the project out), or use a token of {name!r}"
             )
         try:
-            config = tuner.fit_charged_budget(tuner.resolve(request.config)).to_stored()
+            resolved = tuner.resolve(request.config)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        summary = None
+        with self.store.transaction(read_only=True) as repo:
+            existing = repo.find_study(name, request.name)
+            if existing is None and (resolved.family or resolved.prior_studies):
+                summary = self._prior_summary(repo, name, resolved)
+        if summary is not None:
+            resolved = resolved.model_copy(
+                update={"warm_start": tuner.warm_start(resolved, summary)}
+            )
+        try:
+            config = tuner.fit_charged_budget(resolved).to_stored()
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         with self.store.transaction() as repo:
             project = repo.get_or_create_project(name)
-            study, created = repo.create_study(project.id, request.name, config)
-            if not created and study.config != config:
+            study, created = repo.create_study(project.id, request.name, config, priors=summary)
+            # What the priors gave (and the budget fitted with them) was decided when the
+            # study was created: a repeated create compares what the request sets.
+            mine = _as_requested(config)
+            if not created and _as_requested(study.config) != mine:
+                theirs = _as_requested(study.config)
                 changed = sorted(
-                    k
-                    for k in set(config) | set(study.config)
-                    if config.get(k) != study.config.get(k)
+                    k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
                 )
                 raise ConflictError(
                     f"study {request.name!r} of project {name!r} exists with "
@@ -160,6 +178,36 @@ class StudyService:
                 )
             history = self._history(repo, study.id)
         return self._study_view(history), created
+
+    def _prior_summary(
+        self, repo: Repository, project: str, config: ResolvedConfig
+    ) -> dict[str, Any]:
+        """The summary of a new study's priors: the completed studies of ``project`` it
+        names, or else its family's most recent ones, at most ``max_priors``. Another
+        project's study is never read: a named id outside the project reads as missing."""
+        named = list(config.prior_studies)
+        if len(named) > self.max_priors:
+            raise InputError(
+                f"{len(named)} prior studies named; this server reads at most "
+                f"{self.max_priors} (STAGELR_MAX_PRIORS): name fewer"
+            )
+        ids = repo.prior_study_ids(project, config.family, named, self.max_priors)
+        missing = sorted(set(named) - set(ids))
+        if missing:
+            raise InputError(
+                f"prior study {missing[0]} is not a completed study of project {project!r}: "
+                "name completed studies of this project (GET /v1/studies?status=completed)"
+            )
+        entries = []
+        for study_id in ids:
+            history = repo.history(study_id)
+            assert history is not None  # read in this transaction
+            entries.append(
+                tuner.summarize_prior(
+                    study_id, history.study.name, history.study.config, trials_of(history)
+                )
+            )
+        return tuner.prior_summary(entries, config.family, named)
 
     def get_study(self, study_id: int, *, scope: str | None = None) -> StudyView:
         with self.store.transaction(read_only=True) as repo:
@@ -179,6 +227,7 @@ class StudyService:
         limit: int = 50,
         offset: int = 0,
         scope: str | None = None,
+        family: str | None = None,
     ) -> StudyList:
         if scope is not None:
             if project is not None and project != scope:
@@ -188,7 +237,7 @@ class StudyService:
         # count, then every listed study's stages, segments and best loss at once.
         with self.store.transaction(read_only=True) as repo:
             records, total = repo.list_studies(
-                project=project, status=status, limit=limit, offset=offset
+                project=project, status=status, limit=limit, offset=offset, family=family
             )
             stages, segments, best = repo.studies_children([r.id for r in records])
         now = self.store.now()
@@ -223,6 +272,7 @@ class StudyService:
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
+        family: str | None = None,
     ) -> tuple[list[StudySummaryRecord], int]:
         """One page of the dashboard's study list and how many studies match
         (:meth:`Repository.study_summaries`: two statements whatever the page size)."""
@@ -236,6 +286,7 @@ class StudyService:
                 descending=descending,
                 limit=limit,
                 offset=offset,
+                family=family,
             )
 
     def study_page(
@@ -583,6 +634,15 @@ class StudyService:
 
     def _study_view(self, history: StudyHistory) -> StudyView:
         return history_view(history, now=self.store.now(), lease_seconds=self.lease_seconds)
+
+
+def _as_requested(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config without what its creation derived from the priors (the warm
+    start, and the trajectory fitted to the budget with it)."""
+    out = {k: v for k, v in config.items() if k != "warm_start"}
+    if out.get("charged_steps") is not None and (out.get("family") or out.get("prior_studies")):
+        out.pop("total_steps", None)
+    return out
 
 
 def _merged(

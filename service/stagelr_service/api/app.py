@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             optimizer,
             max_batch=settings.max_batch,
             lease_seconds=settings.lease_seconds,
+            max_priors=settings.max_priors,
         )
         app.state.studies.metrics = app.state.metrics
         app.state.tokens = Tokens(store, cache_seconds=settings.auth_cache_seconds)

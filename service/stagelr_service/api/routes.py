@@ -76,11 +76,17 @@ def list_studies(
     scope: ScopeDep,
     project: str | None = None,
     status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
+    family: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=_MAX_ID)] = 0,
 ) -> StudyList:
     return service.list_studies(
-        project=project, status=status_, limit=limit, offset=offset, scope=scope.project
+        project=project,
+        status=status_,
+        family=family,
+        limit=limit,
+        offset=offset,
+        scope=scope.project,
     )
 
 
@@ -140,7 +146,8 @@ def verify_replay(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Re
 def what_if_replay(
     study_id: StudyId, body: ReplayRequest, service: ServiceDep, scope: ScopeDep
 ) -> ReplayReport:
-    return service.replay(study_id, body.overrides, scope=scope.project)
+    overrides = {**body.overrides, **({"warm_start": None} if body.without_priors else {})}
+    return service.replay(study_id, overrides, scope=scope.project)
 
 
 @router.get(

@@ -43,7 +43,7 @@ from ..history import trials_of
 from ..store.records import StudyHistory
 from ._common import decades, finite, summarize_stages
 
-__all__ = ["ESTIMATED", "WHAT_IF_KEYS", "parse_overrides", "what_if_config", "what_if_history"]
+__all__ = ["ESTIMATED", "WHAT_IF_KEYS", "WITHOUT_PRIORS", "parse_overrides", "what_if_config", "what_if_history"]
 
 #: The forecast status of an estimate (an LR that never ran).
 ESTIMATED = "estimated"
@@ -85,10 +85,25 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+#: The override that replays a study as if it had named no priors (``--without-priors``):
+#: its first stage searches in full. The only value it takes is null.
+WITHOUT_PRIORS = {"warm_start": None}
+
+
 def what_if_config(stored: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuner.ResolvedConfig:
     """The stored config with ``overrides``, validated; InputError naming the fix."""
     fields = set(tuner.ResolvedConfig.model_fields)
+    warm = stored.get("warm_start")
+    if "warm_start" in overrides:
+        if overrides["warm_start"] is not None:
+            raise InputError(
+                "warm_start can only be replaced by null (--without-priors): what a study "
+                "took from its priors was fixed when it was created"
+            )
+        warm = None
     for key in overrides:
+        if key == "warm_start":
+            continue
         if key not in fields:
             raise InputError(
                 f"{key!r} is not a config field: a what-if may set {', '.join(WHAT_IF_KEYS)}"
@@ -98,8 +113,11 @@ def what_if_config(stored: Mapping[str, Any], overrides: Mapping[str, Any]) -> t
                 f"{key!r} changes what would have been trained, which a replay cannot know: "
                 f"a what-if may set {', '.join(WHAT_IF_KEYS)}"
             )
+    given = {k: v for k, v in {**stored, **overrides}.items() if k != "warm_start"}
     try:
-        return tuner.resolve({**stored, **overrides})
+        return tuner.resolve(given).model_copy(
+            update={"warm_start": None if warm is None else tuner.WarmStart.model_validate(warm)}
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
@@ -267,7 +285,8 @@ def what_if_history(
         name=study.name,
         study_status=study.status,
         mode="what-if",
-        overrides=dict(overrides),
+        overrides={k: v for k, v in overrides.items() if k != "warm_start"},
+        without_priors="warm_start" in overrides,
         decisions=decisions,
         ok=differing == 0,
         stages=stages,

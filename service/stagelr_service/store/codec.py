@@ -174,6 +174,8 @@ def study_record(row: StudyRow, project: str) -> StudyRecord:
         status_reason=row.status_reason,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        family=row.family,
+        priors=row.priors,
     )
 
 

@@ -14,7 +14,7 @@ first, so that on PostgreSQL the study row is always the first row a transaction
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from functools import cache
@@ -318,7 +318,12 @@ class LiveQueries:
         return None if found is None else study_record(*found)
 
     def create_study(
-        self, project_id: int, name: str, config: Mapping[str, Any]
+        self,
+        project_id: int,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        priors: Mapping[str, Any] | None = None,
     ) -> tuple[StudyRecord, bool]:
         """Create the study, or get the existing one of that project and name.
 
@@ -337,6 +342,8 @@ class LiveQueries:
             project_id=project_id,
             name=name,
             config=stored_config,
+            family=stored_config.get("family"),
+            priors=None if priors is None else json.loads(json.dumps(dict(priors))),
             status=StudyStatus.running.value,
             status_reason=None,
             created_at=now,
@@ -363,6 +370,29 @@ class LiveQueries:
         return self._one_study(
             study_query().where(ProjectRow.name == project, StudyRow.name == name)
         )
+
+    def prior_study_ids(
+        self, project: str, family: str | None, named: Sequence[int], limit: int
+    ) -> list[int]:
+        """The completed studies of ``project`` a new study takes as priors, newest
+        first: those of ``named`` that are, then the family's most recently updated
+        ones, at most ``limit`` in all (two statements at most)."""
+        base = (
+            select(StudyRow.id)
+            .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
+            .where(ProjectRow.name == project, StudyRow.status == StudyStatus.completed.value)
+        )
+        ids: list[int] = []
+        if named:
+            ids = list(self._s.scalars(base.where(StudyRow.id.in_(list(named)))))
+        if family is not None and len(ids) < limit:
+            found = self._s.scalars(
+                base.where(StudyRow.family == family, StudyRow.id.not_in(ids or [-1]))
+                .order_by(StudyRow.updated_at.desc(), StudyRow.id.desc())
+                .limit(limit - len(ids))
+            )
+            ids.extend(found)
+        return sorted(ids, reverse=True)[:limit]
 
     def lock_study(self, study_id: int) -> StudyRecord | None:
         """Read the study and hold it until the transaction ends.

@@ -117,6 +117,7 @@ class StudyRow(Base):
         UniqueConstraint("project_id", "name"),
         Index(None, "status"),
         Index(None, "updated_at"),
+        Index(None, "project_id", "family"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -125,6 +126,10 @@ class StudyRow(Base):
     # The resolved StudyConfig (every preset default filled in), so a later change of a
     # preset never changes a stored study.
     config: Mapped[dict[str, Any]]
+    # The family its config names (the study list filters on it; priors are read by it).
+    family: Mapped[str | None] = mapped_column(String(100))
+    # The prior summary read when the study was created (tuner/_priors.py); None: none.
+    priors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]

@@ -63,6 +63,9 @@ class StudyRecord:
     status_reason: str | None
     created_at: datetime
     updated_at: datetime
+    family: str | None = None
+    #: the prior summary stored at creation (``tuner.prior_summary``); None: no priors
+    priors: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +164,4 @@ class StudySummaryRecord:
     stage_status: str | None
     best_loss: float | None
     schedule: tuple[tuple[int, int, float], ...] = ()
+    family: str | None = None

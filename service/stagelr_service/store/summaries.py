@@ -60,14 +60,17 @@ class SummaryQueries(LiveQueries):
         status: StudyStatus | str | None = None,
         limit: int = 100,
         offset: int = 0,
+        family: str | None = None,
     ) -> tuple[list[StudyRecord], int]:
-        """Studies newest first, filtered by project name and status; and the total count
-        of studies that match the filters (for pagination)."""
+        """Studies newest first, filtered by project name, status and family; and the
+        total count of studies that match the filters (for pagination)."""
         if limit < 0 or offset < 0:
             raise InputError("limit and offset must not be negative")
         conditions = []
         if project is not None:
             conditions.append(ProjectRow.name == project)
+        if family is not None:
+            conditions.append(StudyRow.family == family)
         if status is not None:
             try:
                 conditions.append(StudyRow.status == StudyStatus(status).value)
@@ -121,6 +124,7 @@ class SummaryQueries(LiveQueries):
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
+        family: str | None = None,
     ) -> tuple[list[StudySummaryRecord], int]:
         """One page of the study list with everything its rows show, and how many studies
         match the filters.
@@ -179,6 +183,8 @@ class SummaryQueries(LiveQueries):
             conditions.append(shown == status)
         if study_id is not None:
             conditions.append(StudyRow.id == study_id)
+        if family is not None:
+            conditions.append(StudyRow.family == family)
         key = {
             "name": StudyRow.name,
             "updated": StudyRow.updated_at,
@@ -238,6 +244,7 @@ class SummaryQueries(LiveQueries):
                 status=StudyStatus(row[0].status),
                 stalled=bool(row.stalled),
                 config=row[0].config,
+                family=row[0].family,
                 created_at=row[0].created_at,
                 updated_at=row[0].updated_at,
                 stage=row.stage,

@@ -4,6 +4,14 @@ No HTTP, no database, no clock. Given a study's config and its recorded history 
 what to train next (:func:`next_segment`); replay and tests call it directly.
 """
 
+from ._priors import (
+    FINGERPRINT_FIELDS,
+    Verdict,
+    fingerprint,
+    prior_summary,
+    summarize_prior,
+    warm_start,
+)
 from ._tuner import (
     REFERENCE_PENALTY,
     analyze_stage,
@@ -25,6 +33,7 @@ from ._tuner import (
     stage_geometry,
     stage_posterior,
     to_unit,
+    warm_verdict,
 )
 from ._types import (
     CandidateAnalysis,
@@ -42,12 +51,21 @@ from .config import (
     PRESETS,
     RANGE_TEST_SWEEP,
     ResolvedConfig,
+    WarmStart,
     budget_taus,
     decay_steps,
     resolve,
 )
 
 __all__ = [
+    "FINGERPRINT_FIELDS",
+    "Verdict",
+    "WarmStart",
+    "fingerprint",
+    "prior_summary",
+    "summarize_prior",
+    "warm_start",
+    "warm_verdict",
     "DEFAULT_PRESET",
     "LEGACY_CONFIG",
     "PRESETS",

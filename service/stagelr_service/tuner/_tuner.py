@@ -25,6 +25,7 @@ and the search range of every stage is then derived from its losses
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -52,6 +53,7 @@ from ._types import (
     StudyEnd,
     Trial,
 )
+from . import _priors
 from .config import ResolvedConfig, budget_taus, decay_steps
 
 #: The reference's replacement for a diverged candidate's loss.
@@ -544,13 +546,17 @@ def _explore(
     stop_reference: float | None,
     optimizer: Optimizer,
     saved: bool = False,
+    given: tuple[float, dict[str, object]] | None = None,
 ) -> Decision:
     """A candidate of the stage. ``saved``: the stage-start state is saved already (a
-    range test did), so the first candidate restores it too."""
+    range test did), so the first candidate restores it too. ``given``: its LR and why,
+    decided by the caller (the priors' narrow search)."""
     index = len(analysis.candidates)
     why: dict[str, object]
     carried = config.carry_over and previous_lr is not None
-    if index == 0 and carried:
+    if given is not None:
+        lr, why = given
+    elif index == 0 and carried:
         assert previous_lr is not None
         lr, why = previous_lr, {"source": "carry_over"}
     elif not carried and index < len(design := initial_design(config, geometry.index)):
@@ -725,12 +731,107 @@ def next_segment(
         if previous_lr is None:  # a budget too small to search: train at the range's centre
             previous_lr = math.sqrt(config.lr_min * config.lr_max)
         return _no_search(config, geometry, previous_lr, saved)
+    if index == 0 and config.warm_start is not None:
+        return _warm_first_stage(config, geometry, trials, current, optimizer)
     analysis = analyze_stage(config, geometry, current)
     if len(analysis.candidates) < config.k:
         reference = _reference_loss(trials, current, geometry.explore_metric)
         return _explore(config, geometry, analysis, previous_lr, reference, optimizer, saved)
     lr, chosen, why = _choose(config, analysis, optimizer)
     return _exploit(config, geometry, lr, len(analysis.candidates), why, analysis, chosen, saved)
+
+
+# --------------------------------------------------------------------------- priors
+
+
+def _narrow_geometry(config: ResolvedConfig, geometry: StageGeometry) -> StageGeometry:
+    """The first stage as the priors' narrow search sees it: shorter windows."""
+    assert config.warm_start is not None
+    window = _priors.warm_window(config.warm_start, geometry)
+    every = max(1, geometry.explore_report_every * window // max(1, geometry.tau_explore))
+    return dataclasses.replace(geometry, tau_explore=window, explore_report_every=every)
+
+
+def _warm_split(
+    config: ResolvedConfig, geometry: StageGeometry, current: Sequence[Trial]
+) -> tuple[StageAnalysis, list[Trial]]:
+    """The narrow search's analysis, and the stage's other trials (a fallback's full
+    search), re-indexed from 0 as a search without priors would number them."""
+    warm = config.warm_start
+    assert warm is not None
+    narrow = [t for t in current if _priors.is_warm(warm, t)]
+    n = len(warm.candidates)
+    rest = [
+        dataclasses.replace(t, index=t.index - n)
+        for t in current
+        if t.kind is SegmentKind.explore and not _priors.is_warm(warm, t)
+    ]
+    return analyze_stage(config, _narrow_geometry(config, geometry), narrow), rest
+
+
+def warm_verdict(
+    config: ResolvedConfig, trials: Sequence[Trial]
+) -> tuple[_priors.Verdict | None, int]:
+    """The priors' verdict on a study's history (None: the narrow search has not ended
+    or there is none) and how many narrow candidates have finished."""
+    warm = config.warm_start
+    geometries = stage_geometries(config, trials)
+    if warm is None or not geometries or not geometries[0].search:
+        return None, 0
+    current = [t for t in trials if t.stage == 0]
+    analysis, _ = _warm_split(config, geometries[0], current)
+    if len(analysis.candidates) < len(warm.candidates):
+        return None, len(analysis.candidates)
+    narrow = [c.trial for c in analysis.candidates]
+    start = _reference_loss([], narrow, geometries[0].explore_metric)
+    return _priors.assess(warm, analysis, start), len(analysis.candidates)
+
+
+def _warm_first_stage(
+    config: ResolvedConfig,
+    geometry: StageGeometry,
+    trials: Sequence[Trial],
+    current: Sequence[Trial],
+    optimizer: Optimizer,
+) -> Decision:
+    """The first stage of a study with priors: the narrow search around the priors' LR
+    (``tuner/_priors.py``), then its training segment, or, when the priors do not fit,
+    the full search a study without priors runs, its cost taken from the stage's
+    training (:func:`_priors.fallback_skip`)."""
+    warm = config.warm_start
+    assert warm is not None
+    n = len(warm.candidates)
+    analysis, rest = _warm_split(config, geometry, current)
+    narrow = _narrow_geometry(config, geometry)
+    reference = _reference_loss(trials, current, geometry.explore_metric)
+    if len(analysis.candidates) < n:
+        index = len(analysis.candidates)
+        given = (warm.candidates[index], {"source": "priors", "priors": list(warm.priors)})
+        plan = _explore(config, narrow, analysis, None, reference, optimizer, given=given)
+        return plan.model_copy(update={"geometry": geometry})
+    verdict, _ = warm_verdict(config, trials)
+    assert verdict is not None
+    if verdict.fits:
+        lr, chosen, why = _choose(config, analysis, optimizer)
+        why = {**why, "priors": "used", "reason": verdict.reason}
+        return _exploit(config, geometry, lr, n, why, analysis, chosen)
+    full = analyze_stage(config, geometry, rest)
+    note = {"priors": "fallback", "reason": verdict.reason}
+    if len(full.candidates) < config.k:
+        plan = _explore(config, geometry, full, None, reference, optimizer, saved=True)
+        return plan.model_copy(
+            update={
+                "index": plan.index + n,
+                "data_seed": data_seed(config, geometry.index, plan.index + n),
+                "why": {**plan.why, **note},
+            }
+        )
+    lr, chosen, why = _choose(config, full, optimizer)
+    plan = _exploit(config, geometry, lr, n + len(full.candidates), {**why, **note}, full, chosen)
+    skip = _priors.fallback_skip(config, geometry)
+    return plan.model_copy(
+        update={"start_step": plan.start_step + skip, "steps": plan.steps - skip}
+    )
 
 
 def stage_geometries(config: ResolvedConfig, trials: Sequence[Trial]) -> list[StageGeometry]:
@@ -776,6 +877,12 @@ def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
         candidates = config.k if geometry.search else 0
         continued = geometry.tau_explore if config.continue_best and geometry.search else 0
         charge = candidates * geometry.tau_explore + geometry.tau - continued
+        if not stages and geometry.search and config.warm_start is not None:
+            # The priors' narrow search (a fallback's full search comes out of the
+            # stage's training: _priors.fallback_skip).
+            candidates = len(config.warm_start.candidates)
+            window = _priors.warm_window(config.warm_start, geometry)
+            charge = candidates * window + geometry.tau
         if not stages:
             charge += range_test_charge(config)
         stages.append(PlannedStage(geometry, candidates, charge))

@@ -30,6 +30,7 @@ from stagelr.models import (
 
 __all__ = [
     "DEFAULT_PRESET",
+    "WarmStart",
     "LEGACY_CONFIG",
     "PRESETS",
     "RANGE_TEST_SWEEP",
@@ -180,6 +181,31 @@ def budget_taus(
         stages -= 1
 
 
+class WarmStart(BaseModel):
+    """What a study took from its priors, fixed when it was created: the narrow first
+    search it runs and what it checks the priors against (``tuner/_priors.py``).
+
+    Derived from the prior summary stored with the study (``summary_hash`` names it);
+    the tuner reads only this, never another study.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    summary_hash: str
+    #: the prior studies whose config fingerprint is the study's (the ones used)
+    priors: tuple[int, ...]
+    #: the priors' first-stage LR (the median in log-LR), the search's centre
+    lr: float
+    #: the narrow search's LRs, in the order tried: the centre first
+    candidates: tuple[float, ...]
+    #: each narrow candidate trains this fraction of the stage's tau' steps
+    window: float
+    #: the priors' first-stage start loss (median), None: unknown
+    start_loss: float | None = None
+    #: the priors' forecast for their chosen LR (median), None: unknown
+    prediction: float | None = None
+
+
 class ResolvedConfig(BaseModel):
     """A study's config with every field decided (see the module): what the tuner reads
     and the store keeps. Its fields are :class:`stagelr.models.StudyConfig`'s, whose
@@ -222,6 +248,12 @@ class ResolvedConfig(BaseModel):
     lr_bounds: Literal["given", "range_test"]
     range_test_steps: int
     range_test_decades: float
+    # Where the priors come from, as the request named them, and what the study took
+    # from them at creation (None: a full first search). Absent in configs stored
+    # before priors existed: no priors.
+    family: str | None = None
+    prior_studies: tuple[int, ...] = ()
+    warm_start: WarmStart | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -279,7 +311,9 @@ class ResolvedConfig(BaseModel):
 
     def request(self) -> StudyConfig:
         """This config as the wire shows it (every field set)."""
-        return StudyConfig.model_validate(self.to_stored())
+        stored = self.to_stored()
+        stored.pop("warm_start")  # the server's, not the user's
+        return StudyConfig.model_validate(stored)
 
 
 def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
@@ -291,6 +325,8 @@ def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
     if not isinstance(request, StudyConfig):
         request = StudyConfig.model_validate(request)
     given = request.model_dump(exclude_none=True)
+    if "prior_studies" in given:
+        given["prior_studies"] = tuple(given["prior_studies"])
     preset = given.get("preset", DEFAULT_PRESET)
     filled: dict[str, Any] = {**PRESETS[preset], "seed": 0, **given, "preset": preset}
     if filled["lr_bounds"] == "range_test":

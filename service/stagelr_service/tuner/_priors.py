@@ -1,0 +1,257 @@
+"""Priors: what a study takes from earlier studies of its family, and whether it fits.
+
+Pure functions, in three steps:
+
+1. :func:`summarize_prior` turns one earlier study (its stored config and history) into a
+   compact entry: its config's fingerprint, its first stage's chosen LR, start loss and
+   candidates' forecasts, its final loss. :func:`prior_summary` puts the entries into the
+   summary the service stores with a new study, content-hashed.
+2. :func:`warm_start` decides, from that summary and the new study's config, the narrow
+   first search (a :class:`WarmStart` the resolved config keeps): three candidates around
+   the matching priors' LR, each over a shorter window. Priors whose fingerprint differs
+   from the study's are not used; with none left, the study searches as without priors.
+3. :func:`assess` judges the narrow search once it has run: the priors fit when the
+   centre LR trained without diverging, the stage started near the priors' start loss,
+   the centre's forecast is near the priors' and no neighbour beat the centre beyond the
+   forecasts' noise. A misfit falls back to the full search (:func:`fallback_skip` is what
+   that costs the trajectory, so that the study still ends within its budget).
+
+The tuner calls these from one hook in its first stage; nothing here reads a clock, a
+store or another study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stagelr.models import SegmentKind, SegmentStatus
+
+from ._types import StageAnalysis, StageGeometry, Trial
+from .config import ResolvedConfig, WarmStart
+
+__all__ = [
+    "FINGERPRINT_FIELDS",
+    "SUMMARY_VERSION",
+    "Verdict",
+    "assess",
+    "fallback_skip",
+    "fingerprint",
+    "prior_summary",
+    "summarize_prior",
+    "warm_start",
+    "warm_window",
+]
+
+#: The version of the stored summary's layout.
+SUMMARY_VERSION = 1
+#: The config fields that must be equal for a prior to fit: what the search and its
+#: forecasts mean (the LR range, the budget, the stage geometry, the reports). The seed
+#: and the names are not among them; with a charged budget, total_steps (fitted to it,
+#: and so different with and without a warm start) is not either.
+FINGERPRINT_FIELDS = (
+    "preset",
+    "lr_min",
+    "lr_max",
+    "charged_steps",
+    "tau0",
+    "tau_max",
+    "tau_growth",
+    "explore_ratio",
+    "k",
+    "forecast",
+    "selection",
+    "metric_schedule",
+    "reports_per_explore",
+    "planner",
+    "budget_stages",
+    "decay_fraction",
+    "decay_shape",
+    "continue_best",
+    "lr_bounds",
+)
+#: The narrow search's neighbours sit this many decades either side of the centre.
+WARM_SPAN_DECADES = 0.3
+#: Each narrow candidate trains this fraction of the stage's tau' steps.
+WARM_WINDOW = 0.5
+#: A stage-start loss beyond this factor of the priors' (either way) does not fit.
+START_LOSS_RATIO = 2.0
+#: A centre forecast further than this fraction from the priors' (plus twice its sd)
+#: does not fit.
+FORECAST_TOLERANCE = 0.5
+
+
+def fingerprint(config: ResolvedConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The workload-independent facts of a config two studies must share for one to be
+    the other's prior (JSON values)."""
+    stored = config.to_stored() if isinstance(config, ResolvedConfig) else dict(config)
+    found = {name: stored.get(name) for name in FINGERPRINT_FIELDS}
+    if stored.get("charged_steps") is None:
+        found["total_steps"] = stored.get("total_steps")
+    return found
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def summarize_prior(
+    study_id: int, name: str, config: Mapping[str, Any], trials: Sequence[Trial]
+) -> dict[str, Any]:
+    """One prior study's entry in a summary: what the tuner needs of it, JSON values."""
+    stage0 = [t for t in trials if t.stage == 0]
+    explores = [
+        t
+        for t in stage0
+        if t.kind is SegmentKind.explore and t.status is not SegmentStatus.open
+    ]
+    exploit = next((t for t in stage0 if t.kind is SegmentKind.exploit), None)
+    firsts = [
+        t.observations[0][1]
+        for t in explores
+        if t.observations and math.isfinite(t.observations[0][1]) and t.observations[0][1] > 0
+    ]
+    candidates = [
+        [t.lr, _finite(t.forecast.prediction)] for t in explores if t.forecast is not None
+    ]
+    exploits = [t for t in trials if t.kind is SegmentKind.exploit and t.observations]
+    final = exploits[-1].observations[-1][1] if exploits else None
+    return {
+        "id": study_id,
+        "name": name,
+        "fingerprint": fingerprint(config),
+        "chosen_lr": exploit.lr if exploit is not None else None,
+        "start_loss": min(firsts) if firsts else None,
+        "candidates": candidates,
+        "final_loss": _finite(final),
+    }
+
+
+def prior_summary(
+    entries: Sequence[Mapping[str, Any]], family: str | None, requested: Sequence[int]
+) -> dict[str, Any]:
+    """The summary stored with a new study: its priors' entries (newest first) and the
+    sha256 of their canonical JSON."""
+    studies = [dict(e) for e in entries]
+    canonical = json.dumps(studies, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return {
+        "version": SUMMARY_VERSION,
+        "family": family,
+        "requested": list(requested),
+        "hash": hashlib.sha256(canonical.encode()).hexdigest(),
+        "studies": studies,
+    }
+
+
+def _median_log(values: Sequence[float]) -> float:
+    return math.exp(statistics.median(math.log(v) for v in values))
+
+
+def warm_start(config: ResolvedConfig, summary: Mapping[str, Any]) -> WarmStart | None:
+    """The narrow first search the priors allow, or None (a full search): no prior of
+    the same fingerprint with a chosen LR inside the study's range, or a search that
+    continue_best or a range test makes different."""
+    if config.continue_best or config.lr_bounds == "range_test":
+        return None
+    mine = fingerprint(config)
+    fitting = [
+        s
+        for s in summary.get("studies", [])
+        if s.get("fingerprint") == mine
+        and s.get("chosen_lr") is not None
+        and config.lr_min <= s["chosen_lr"] <= config.lr_max
+    ]
+    if not fitting:
+        return None
+    centre = _median_log([s["chosen_lr"] for s in fitting])
+    step = 10**WARM_SPAN_DECADES
+    candidates = (
+        centre,
+        max(config.lr_min, centre / step),
+        min(config.lr_max, centre * step),
+    )
+    starts = [s["start_loss"] for s in fitting if s.get("start_loss") is not None]
+    predictions = []
+    for s in fitting:
+        chosen = [p for lr, p in s.get("candidates", []) if lr == s["chosen_lr"] and p is not None]
+        predictions.extend(chosen[:1])
+    return WarmStart(
+        summary_hash=str(summary["hash"]),
+        priors=tuple(int(s["id"]) for s in fitting),
+        lr=centre,
+        candidates=tuple(dict.fromkeys(candidates)),  # an edge of the range: no duplicate
+        window=WARM_WINDOW,
+        start_loss=statistics.median(starts) if starts else None,
+        prediction=statistics.median(predictions) if predictions else None,
+    )
+
+
+def warm_window(warm: WarmStart, geometry: StageGeometry) -> int:
+    """Steps of one narrow candidate."""
+    return max(1, round(geometry.tau_explore * warm.window))
+
+
+def is_warm(warm: WarmStart, trial: Trial) -> bool:
+    """Whether a stage-0 trial is one of the narrow search's candidates."""
+    return trial.kind is SegmentKind.explore and trial.index < len(warm.candidates)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The narrow search judged: whether the priors fit, and why."""
+
+    fits: bool
+    reason: str
+
+
+def assess(warm: WarmStart, analysis: StageAnalysis, start_loss: float | None) -> Verdict:
+    """Whether the priors fit the study, from its narrow search (``analysis``: the
+    finished narrow candidates, the centre first) and its stage-start loss."""
+    centre = next((c for c in analysis.candidates if c.trial.index == 0), None)
+    if centre is None or centre.diverged:
+        return Verdict(False, f"the priors' LR {warm.lr:.3g} diverged")
+    if warm.start_loss is not None and start_loss is not None:
+        ratio = start_loss / warm.start_loss
+        if not 1 / START_LOSS_RATIO <= ratio <= START_LOSS_RATIO:
+            return Verdict(
+                False,
+                f"the first loss {start_loss:.4g} is far from the priors' "
+                f"{warm.start_loss:.4g}",
+            )
+    sd = centre.forecast.std if math.isfinite(centre.forecast.std) else 0.0
+    if warm.prediction is not None:
+        gap = abs(centre.objective - warm.prediction)
+        allowed = FORECAST_TOLERANCE * max(abs(warm.prediction), abs(centre.objective)) + 2 * sd
+        if gap > allowed:
+            return Verdict(
+                False,
+                f"the forecast at the priors' LR, {centre.objective:.4g}, disagrees with "
+                f"theirs, {warm.prediction:.4g}",
+            )
+    usable = [c for c in analysis.candidates if not c.diverged]
+    lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
+    if lowest is not centre:
+        other = lowest.forecast.std if math.isfinite(lowest.forecast.std) else 0.0
+        if centre.objective - lowest.objective > math.sqrt(sd**2 + other**2):
+            side = "hotter" if lowest.trial.lr > centre.trial.lr else "cooler"
+            return Verdict(
+                False,
+                f"a {side} LR ({lowest.trial.lr:.3g}) beat the priors' LR beyond noise",
+            )
+    return Verdict(True, f"the priors' LR {warm.lr:.3g} is the best of the narrow search")
+
+
+def fallback_skip(config: ResolvedConfig, geometry: StageGeometry) -> int:
+    """Trajectory steps a fallback's full search takes from the first stage's training:
+    the plan charged only the narrow search, so the full one comes out of the stage
+    (the training starts this many steps into it) and the study ends within its budget.
+    At most half the stage; without a charged budget the search comes on top, as
+    always: nothing."""
+    if config.charged_steps is None:
+        return 0
+    return min(config.k * geometry.tau_explore, geometry.tau // 2)

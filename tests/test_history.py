@@ -1,0 +1,182 @@
+"""Learning from history: priors named by a family or by id, fixed at creation, used by
+the tuner's narrow first search, with a fallback when they do not fit; through a live
+server and the real client."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+import stagelr
+from stagelr.models import PriorUse, StudyStatus
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner
+
+from .live import LiveServer, run_cli, start_server
+
+CONFIG = {"lr_min": 1e-3, "lr_max": 1.0, "charged_steps": 3000, "tau0": 1000}
+
+
+def search_steps(client: stagelr.Client, study_id: int) -> int:
+    """Steps charged by the study's candidates (its search)."""
+    return sum(
+        s.steps_done if s.steps_done is not None else s.steps
+        for s in client.list_segments(study_id)
+        if s.kind == "explore"
+    )
+
+
+def run_job(url: str, name: str, job: SyntheticJob, **config: object) -> stagelr.models.StudyView:
+    with stagelr.Tuner(url, study=name, **{**CONFIG, **config}) as client_tuner:  # type: ignore[arg-type]
+        record = drive_tuner(client_tuner, job)
+        assert record.status is StudyStatus.completed
+        return client_tuner.study()
+
+
+def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
+    live_server: LiveServer,
+) -> None:
+    first = run_job(live_server.url, "fam-1", SyntheticJob(seed=1), family="mlp", seed=1)
+    assert first.config.family == "mlp"
+    assert first.priors is not None and first.priors.use is PriorUse.unused
+    assert first.priors.reason == "no completed prior study"
+    second = run_job(live_server.url, "fam-2", SyntheticJob(seed=2), family="mlp", seed=2)
+    client = stagelr.Client(live_server.url)
+    cold, warm = search_steps(client, first.id), search_steps(client, second.id)
+    # the narrow search: 3 candidates of half a window against 6 full ones
+    assert warm * 3 <= cold, (warm, cold)
+    assert warm <= 0.03 * CONFIG["charged_steps"]
+    priors = second.priors
+    assert priors is not None and priors.use is PriorUse.used
+    assert [s.id for s in priors.studies] == [first.id] and priors.studies[0].fits
+    assert priors.lr == pytest.approx(first.stages[0].chosen_lr)
+    assert len(priors.candidates) == 3 and priors.summary_hash
+    assert "best of the narrow search" in priors.reason
+    # what the search saved became trajectory; the whole run still fits the budget
+    assert second.config.total_steps > first.config.total_steps  # type: ignore[operator]
+    assert second.charged_steps <= CONFIG["charged_steps"]
+    # the list filters by family
+    listed = client.list_studies(family="mlp")
+    assert {s.id for s in listed.studies} == {first.id, second.id}
+    assert client.list_studies(family="other").total == 0
+    # the dashboard shows them
+    page = httpx.get(f"{live_server.url}/dashboard/studies/{second.id}").text
+    assert "Priors" in page and "fam-1" in page and "used" in page
+    rows = httpx.get(f"{live_server.url}/dashboard/?family=mlp").text
+    assert "fam-2" in rows
+    # a repeated create with the same request finds the same study
+    again = run_job(live_server.url, "fam-2", SyntheticJob(seed=2), family="mlp", seed=2)
+    assert again.id == second.id
+    client.close()
+
+
+def test_a_prior_that_does_not_fit_falls_back_to_a_full_search_within_the_budget(
+    live_server: LiveServer,
+) -> None:
+    prior = run_job(live_server.url, "misfit-1", SyntheticJob(seed=3), family="misfit", seed=3)
+    # another workload: a loss ten times higher from the start
+    other = SyntheticJob(seed=4, start_loss=25.0)
+    study = run_job(live_server.url, "misfit-2", other, prior_studies=[prior.id], seed=4)
+    priors = study.priors
+    assert priors is not None and priors.use is PriorUse.fallback
+    assert "far from the priors'" in priors.reason
+    client = stagelr.Client(live_server.url)
+    segments = client.list_segments(study.id)
+    explores = [s for s in segments if s.stage == 0 and s.kind == "explore"]
+    client.close()
+    assert len(explores) == 3 + 6  # the narrow search, then the full one
+    assert study.charged_steps <= CONFIG["charged_steps"]
+
+
+def test_a_fingerprint_that_differs_uses_no_prior(live_server: LiveServer) -> None:
+    prior = run_job(live_server.url, "fp-1", SyntheticJob(seed=5), family="fp", seed=5)
+    study = run_job(
+        live_server.url, "fp-2", SyntheticJob(seed=6), family="fp", seed=6, lr_max=2.0
+    )
+    priors = study.priors
+    assert priors is not None and priors.use is PriorUse.unused
+    assert [s.id for s in priors.studies] == [prior.id] and not priors.studies[0].fits
+    assert "fingerprint" in priors.reason
+
+
+def test_a_named_prior_must_be_a_completed_study_of_the_project(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url) as api:
+        running = api.post(
+            "/v1/studies", json={"name": "still-running", "config": CONFIG}
+        ).json()
+        r = api.post(
+            "/v1/studies",
+            json={"name": "names-running", "config": {**CONFIG, "prior_studies": [running["id"]]}},
+        )
+    assert r.status_code == 422
+    assert f"prior study {running['id']} is not a completed study" in r.json()["detail"]
+
+
+def test_replay_verify_holds_after_the_priors_are_deleted(tmp_path: Path) -> None:
+    db = tmp_path / "stagelr.db"
+    server = start_server(f"sqlite:///{db}", tmp_path / "server.log")
+    try:
+        prior = run_job(server.url, "del-1", SyntheticJob(seed=7), family="del", seed=7)
+        study = run_job(server.url, "del-2", SyntheticJob(seed=8), family="del", seed=8)
+        assert study.priors is not None and study.priors.use is PriorUse.used
+    finally:
+        server.stop()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM studies WHERE id = ?", (prior.id,))
+    env = {"STAGELR_DATABASE_URL": f"sqlite:///{db}"}
+    report = tmp_path / "verify.json"
+    done = run_cli("replay", "verify", "--id", str(study.id), "--report", str(report), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    verified = json.loads(report.read_text())
+    assert verified["studies"][0]["ok"] and verified["studies"][0]["decisions"] >= 5
+    what_if = tmp_path / "what-if.json"
+    without = run_cli(
+        "replay", "what-if", "--id", str(study.id), "--without-priors", "--report",
+        str(what_if), env=env,
+    )
+    assert without.returncode == 0, without.stdout + without.stderr
+    replayed = json.loads(what_if.read_text())["studies"][0]
+    assert replayed["without_priors"] is True
+    # without its priors the first stage searches in full: other candidates
+    first = replayed["stages"][0]
+    assert len(first["candidates"]) == 6 and len(first["recorded_lrs"]) == 3
+
+
+def test_another_projects_study_is_never_a_prior(tmp_path: Path) -> None:
+    from .test_auth import bearer, token_for
+
+    server = start_server(
+        f"sqlite:///{tmp_path / 'stagelr.db'}",
+        tmp_path / "server.log",
+        env={"STAGELR_AUTH": "required", "STAGELR_AUTH_CACHE_SECONDS": "0"},
+    )
+    try:
+        vision, speech = token_for(server, "vision"), token_for(server, "speech")
+        with stagelr.Tuner(
+            server.url, study="theirs", token=speech, family="shared", **CONFIG
+        ) as theirs:
+            drive_tuner(theirs, SyntheticJob(seed=9))
+            their_id = theirs.study_id
+        # by family: the other project's completed study of the same family is not read
+        with stagelr.Tuner(
+            server.url, study="mine", token=vision, family="shared", **CONFIG
+        ) as mine:
+            view = mine.connect()
+        assert view.priors is not None and view.priors.studies == []
+        assert view.priors.use is PriorUse.unused
+        # by id: refused exactly as a missing study would be
+        r = httpx.post(
+            server.url + "/v1/studies",
+            json={"name": "mine-2", "config": {**CONFIG, "prior_studies": [their_id]}},
+            headers=bearer(vision),
+        )
+        assert r.status_code == 422
+        assert f"prior study {their_id} is not a completed study of project 'vision'" in (
+            r.json()["detail"]
+        )
+    finally:
+        server.stop()
