@@ -46,6 +46,10 @@ def source(tmp_path_factory: pytest.TempPathFactory, optimizer) -> Iterator[Stor
             StudyCreate(project="other", name="stopped", config=CONFIG)
         )
         service.stop_study(stopped.id)
+        # a family: the second study's priors (a summary and a warm start) travel too
+        family = CONFIG.model_copy(update={"family": "fam"})
+        record_study(service, "fam-1", config=family, job=SyntheticJob(seed=3))
+        record_study(service, "fam-2", config=family, job=SyntheticJob(seed=4))
         yield store
 
 
@@ -83,6 +87,8 @@ def test_export_import_export_is_byte_identical(source, target) -> None:
     result = import_studies(target, first.splitlines())
     assert sorted(result.imported) == [
         "default/done",
+        "default/fam-1",
+        "default/fam-2",
         "default/nan",
         "default/running",
         "other/stopped",
@@ -92,10 +98,10 @@ def test_export_import_export_is_byte_identical(source, target) -> None:
 
 def test_the_file_has_a_versioned_header_and_non_finite_losses_as_strings(source) -> None:
     lines = exported(source).splitlines()
-    assert lines[0] == '{"format":"stagelr-studies","version":4,"generator":"stagelr ' + (
+    assert lines[0] == '{"format":"stagelr-studies","version":5,"generator":"stagelr ' + (
         __import__("stagelr").__version__ + '"}'
     )
-    assert len(lines) == 5
+    assert len(lines) == 7
     assert '"NaN"' in lines[2] or '"Infinity"' in lines[2]
 
 
@@ -113,7 +119,7 @@ def test_import_is_idempotent(source, target) -> None:
     import_studies(target, text.splitlines())
     before = counts(target)
     again = import_studies(target, text.splitlines())
-    assert again.imported == [] and again.conflicts == [] and len(again.unchanged) == 4
+    assert again.imported == [] and again.conflicts == [] and len(again.unchanged) == 6
     assert counts(target) == before
 
 
@@ -135,14 +141,14 @@ def test_imported_studies_still_verify(source, target, optimizer) -> None:
     with target.transaction(read_only=True) as repo:
         keys = repo.study_keys()
     reports = [replay_study(target, k[0], optimizer) for k in keys]
-    assert [r.ok for r in reports] == [True] * 4
-    assert sum(r.decisions for r in reports) == 16 + 16 + 1
+    assert [r.ok for r in reports] == [True] * 6
+    assert sum(r.decisions for r in reports) == 16 + 16 + 1 + 16 + 15  # fam-2: 3 narrow
 
 
 def test_a_file_that_is_not_an_export_is_refused_with_the_reason(target) -> None:
     with pytest.raises(InputError, match="not a stagelr-studies header"):
         import_studies(target, ['{"hello": 1}'])
-    newer = '{"format":"stagelr-studies","version":5,"generator":"stagelr 9"}'
+    newer = '{"format":"stagelr-studies","version":6,"generator":"stagelr 9"}'
     with pytest.raises(InputError, match="upgrade stagelr"):
         import_studies(target, [newer])
     header = '{"format":"stagelr-studies","version":1,"generator":"x"}'

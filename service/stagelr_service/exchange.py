@@ -50,10 +50,12 @@ FORMAT = "stagelr-studies"
 #: The format version this stagelr writes and reads. Version 2 added a segment's
 #: ``lr_end``/``lr_shape`` and the planner's config fields; version 3 the range test
 #: (segment kind ``range_test``, shape ``exponential``, config ``lr_bounds`` and
-#: ``range_test_*``); version 4 the config's ``initial_design``. An older file reads
+#: ``range_test_*``); version 4 the config's ``initial_design``; version 5 a study's
+#: priors (config ``family``, ``prior_studies``, ``warm_start``; the study's stored prior
+#: summary, ``priors``). An older file reads
 #: with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs where they lack a
 #: field (a version 1 file's segments are constant-LR).
-VERSION = 4
+VERSION = 5
 
 
 class _Line(BaseModel):
@@ -129,6 +131,9 @@ class ExportedStudy(_Line):
     updated_at: datetime
     stages: list[ExportedStage]
     segments: list[ExportedSegment]
+    priors: dict[str, Any] | None = Field(
+        default=None, description="The prior summary stored when the study was created."
+    )
 
 
 def exported_study(history: StudyHistory) -> ExportedStudy:
@@ -177,6 +182,7 @@ def exported_study(history: StudyHistory) -> ExportedStudy:
             for st in history.stages
         ],
         segments=segments,
+        priors=study.priors,
     )
 
 
@@ -251,7 +257,8 @@ def _check(study: ExportedStudy, number: int) -> None:
     """What the schema cannot say: the config resolves, seqs and stages are consistent."""
     where = f"line {number} ({study.project}/{study.name})"
     try:
-        resolve(study.config)  # each field's bounds, as a request's
+        # each field's bounds, as a request's (the warm start is the server's own)
+        resolve({k: v for k, v in study.config.items() if k != "warm_start"})
         ResolvedConfig.stored(study.config)  # every field there
     except ValidationError as exc:
         raise InputError(f"{where}: the config is invalid ({_errors(exc)})") from None
@@ -281,6 +288,7 @@ def _write(store: Store, study: ExportedStudy) -> tuple[str, str | None]:
                 status_reason=study.status_reason,
                 created_at=study.created_at,
                 updated_at=study.updated_at,
+                priors=study.priors,
             )
             if record is not None:
                 _write_children(repo, record.id, study)

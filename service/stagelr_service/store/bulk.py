@@ -82,8 +82,10 @@ class BulkQueries(LiveQueries):
         status_reason: str | None,
         created_at: datetime,
         updated_at: datetime,
+        priors: Mapping[str, Any] | None = None,
     ) -> StudyRecord | None:
-        """Insert a study exactly as given (an import keeps its status and times).
+        """Insert a study exactly as given (an import keeps its status, times and prior
+        summary).
 
         None when the project already has a study of that name (nothing is written).
         """
@@ -91,6 +93,8 @@ class BulkQueries(LiveQueries):
             project_id=project_id,
             name=name,
             config=json.loads(json.dumps(dict(config), allow_nan=False)),
+            family=config.get("family"),
+            priors=None if priors is None else json.loads(json.dumps(dict(priors))),
             status=StudyStatus(status).value,
             status_reason=status_reason,
             created_at=created_at,

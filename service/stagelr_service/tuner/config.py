@@ -146,6 +146,9 @@ LEGACY_CONFIG: dict[str, Any] = {
     "range_test_steps": 100,
     "range_test_decades": 3.0,
     "initial_design": 1,
+    "family": None,
+    "prior_studies": [],
+    "warm_start": None,
 }
 
 
