@@ -1,0 +1,126 @@
+"""The priors module (tuner/_priors.py) and its hook in the tuner, with no server: a
+prior that fits gives a narrow first search; one that does not falls back to the full
+search within the budget; both are deterministic."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stagelr.models import SegmentKind
+from stagelr_service import tuner
+from stagelr_service.testing.simulation import SyntheticJob, simulate
+
+REQUEST = {"lr_min": 1e-3, "lr_max": 1.0, "charged_steps": 4000}
+
+
+def with_forecasts(config: tuner.ResolvedConfig, plans, trials):  # type: ignore[no-untyped-def]
+    """The trials as the store keeps them: each candidate with its forecast."""
+    horizon = {p.stage: p.horizon for p in plans}
+    return [
+        dataclasses.replace(t, forecast=tuner.forecast_trial(config, t, horizon[t.stage]))
+        if t.kind is SegmentKind.explore
+        else t
+        for t in trials
+    ]
+
+
+@pytest.fixture(scope="module")
+def summary(optimizer):  # type: ignore[no-untyped-def]
+    config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 1}))
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=1))
+    assert end is not None
+    entry = tuner.summarize_prior(7, "prior", config.to_stored(), with_forecasts(config, plans, trials))
+    return tuner.prior_summary([entry], "fam", [])
+
+
+def warm_config(summary, **request):  # type: ignore[no-untyped-def]
+    resolved = tuner.resolve({**REQUEST, "seed": 2, "family": "fam", **request})
+    warm = tuner.warm_start(resolved, summary)
+    return tuner.fit_charged_budget(resolved.model_copy(update={"warm_start": warm}))
+
+
+def stage0(plans):  # type: ignore[no-untyped-def]
+    return [p for p in plans if p.stage == 0]
+
+
+def test_the_summary_is_compact_and_content_hashed(summary) -> None:
+    (entry,) = summary["studies"]
+    assert entry["id"] == 7 and entry["chosen_lr"] is not None
+    assert entry["fingerprint"]["charged_steps"] == 4000 and "seed" not in entry["fingerprint"]
+    assert entry["start_loss"] > 0 and entry["final_loss"] < entry["start_loss"]
+    assert len(summary["hash"]) == 64
+    again = tuner.prior_summary(summary["studies"], "fam", [])
+    assert again["hash"] == summary["hash"]
+    changed = [{**entry, "chosen_lr": entry["chosen_lr"] * 2}]
+    assert tuner.prior_summary(changed, "fam", [])["hash"] != summary["hash"]
+
+
+def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -> None:
+    config = warm_config(summary)
+    warm = config.warm_start
+    assert warm is not None and warm.priors == (7,)
+    assert warm.lr == pytest.approx(summary["studies"][0]["chosen_lr"])
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=2))
+    assert end is not None
+    first = stage0(plans)
+    explores = [p for p in first if p.kind is SegmentKind.explore]
+    assert [p.lr for p in explores] == list(warm.candidates)
+    cold = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 2}))
+    geometry = tuner.plan_stages(cold)[0][0].geometry
+    assert all(p.steps * 2 <= geometry.tau_explore + 1 for p in explores)
+    search = sum(t.trained for t in trials if t.kind is SegmentKind.explore)
+    assert search <= 0.03 * REQUEST["charged_steps"]
+    # the steps saved became trajectory, and the study charged what it planned
+    assert config.total_steps > cold.total_steps  # type: ignore[operator]
+    assert sum(t.trained for t in trials) == tuner.planned_charge(config)
+    exploit = next(p for p in first if p.kind is SegmentKind.exploit)
+    assert exploit.why["priors"] == "used" and exploit.index == len(warm.candidates)
+    verdict, finished = tuner.warm_verdict(config, trials)
+    assert verdict is not None and verdict.fits and finished == 3
+
+
+@pytest.mark.parametrize(
+    "job, reason",
+    [
+        (SyntheticJob(seed=2, start_loss=25.0), "far from the priors'"),
+        (SyntheticJob(seed=2, best_lr=0.003, cliff_lr=0.02), "diverged"),
+        (SyntheticJob(seed=2, best_lr=0.3, cliff_lr=3.0), "disagrees|beat the priors' LR"),
+    ],
+)
+def test_a_prior_that_does_not_fit_falls_back_to_the_full_search(
+    summary, optimizer, job, reason
+) -> None:
+    config = warm_config(summary)
+    plans, trials, end = simulate(config, optimizer, job)
+    assert end is not None
+    verdict, _ = tuner.warm_verdict(config, trials)
+    assert verdict is not None and not verdict.fits
+    assert __import__("re").search(reason, verdict.reason), verdict.reason
+    first = stage0(plans)
+    explores = [p for p in first if p.kind is SegmentKind.explore]
+    assert len(explores) == 3 + config.k
+    # the full search is the one a study without priors runs
+    cold_plans, _, _ = simulate(config.model_copy(update={"warm_start": None}), optimizer, job)
+    assert explores[3].lr == stage0(cold_plans)[0].lr
+    exploit = next(p for p in first if p.kind is SegmentKind.exploit)
+    assert exploit.why["priors"] == "fallback"
+    # its cost came out of the stage's training: the budget holds
+    assert sum(t.trained for t in trials) <= REQUEST["charged_steps"]
+
+
+def test_priors_of_another_fingerprint_are_not_used(summary) -> None:
+    assert warm_config(summary, lr_max=2.0).warm_start is None
+    assert warm_config(summary, charged_steps=5000).warm_start is None
+    assert warm_config(summary, continue_best=True).warm_start is None
+    # the seed is no part of the fingerprint
+    assert warm_config(summary, seed=99).warm_start is not None
+
+
+def test_decisions_with_priors_are_deterministic(summary, optimizer) -> None:
+    config = warm_config(summary)
+    for job in (SyntheticJob(seed=2), SyntheticJob(seed=2, start_loss=25.0)):
+        runs = [simulate(config, optimizer, dataclasses.replace(job))[0] for _ in range(2)]
+        assert [p.decision() for p in runs[0]] == [p.decision() for p in runs[1]]
+    assert warm_config(summary) == config
