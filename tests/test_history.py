@@ -65,8 +65,9 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
     # the dashboard shows them
     page = httpx.get(f"{live_server.url}/dashboard/studies/{second.id}").text
     assert "Priors" in page and "fam-1" in page and "used" in page
-    rows = httpx.get(f"{live_server.url}/dashboard/?family=mlp").text
-    assert "fam-2" in rows
+    rows = httpx.get(f"{live_server.url}/dashboard?family=mlp").text
+    assert "fam-1" in rows and "fam-2" in rows and "2 studies" in rows
+    assert "family <strong>mlp</strong>" in rows
     # a repeated create with the same request finds the same study
     again = run_job(live_server.url, "fam-2", SyntheticJob(seed=2), family="mlp", seed=2)
     assert again.id == second.id

@@ -82,6 +82,7 @@ class ListQuery:
     status: str | None = None
     page: int = 1
     per_page: int = 50
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if self.sort not in SORTS:
@@ -92,6 +93,8 @@ class ListQuery:
             raise InputError(f"unknown status {self.status!r}: use one of {', '.join(STATUSES)}")
         if self.page < 1:
             raise InputError(f"page {self.page} does not exist: pages count from 1")
+        if self.family is not None and len(self.family) > 100:
+            raise InputError("a family name has at most 100 characters")
         if not 1 <= self.per_page <= PER_PAGE_MAX:
             raise InputError(f"per_page must be between 1 and {PER_PAGE_MAX}")
 
@@ -100,7 +103,7 @@ class ListQuery:
         query = replace(self, **changes)
         params: dict[str, str | int] = {}
         defaults = ListQuery()
-        for name in ("sort", "order", "status", "page", "per_page"):
+        for name in ("sort", "order", "status", "page", "per_page", "family"):
             value = getattr(query, name)
             if value is not None and value != getattr(defaults, name):
                 params[name] = value
@@ -148,6 +151,7 @@ def load_list(
         lease_seconds=lease_seconds,
         scope=scope,
         status=query.status,
+        family=query.family,
         sort=query.sort,
         descending=query.order == "desc",
         limit=query.per_page,

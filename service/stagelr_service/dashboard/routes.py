@@ -161,12 +161,18 @@ def study_list(
     status: str | None = None,
     page: int = 1,
     per_page: int = 50,
+    family: str | None = None,
 ) -> Response:
     allowed, project = _scope(request)
     if not allowed:
         return _to_login(request)
     query = pages.ListQuery(
-        sort=sort, order=order, status=status or None, page=page, per_page=per_page
+        sort=sort,
+        order=order,
+        status=status or None,
+        page=page,
+        per_page=per_page,
+        family=family or None,
     )
     listing = pages.load_list(_service(request), _settings(request).lease_seconds, project, query)
     return render(

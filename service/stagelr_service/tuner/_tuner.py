@@ -881,8 +881,8 @@ def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
             # The priors' narrow search (a fallback's full search comes out of the
             # stage's training: _priors.fallback_skip).
             candidates = len(config.warm_start.candidates)
-            window = _priors.warm_window(config.warm_start, geometry)
-            charge = candidates * window + geometry.tau
+            geometry = _narrow_geometry(config, geometry)
+            charge = candidates * geometry.tau_explore + geometry.tau
         if not stages:
             charge += range_test_charge(config)
         stages.append(PlannedStage(geometry, candidates, charge))
