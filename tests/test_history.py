@@ -94,9 +94,7 @@ def test_a_prior_that_does_not_fit_falls_back_to_a_full_search_within_the_budget
 
 def test_a_fingerprint_that_differs_uses_no_prior(live_server: LiveServer) -> None:
     prior = run_job(live_server.url, "fp-1", SyntheticJob(seed=5), family="fp", seed=5)
-    study = run_job(
-        live_server.url, "fp-2", SyntheticJob(seed=6), family="fp", seed=6, lr_max=2.0
-    )
+    study = run_job(live_server.url, "fp-2", SyntheticJob(seed=6), family="fp", seed=6, lr_max=2.0)
     priors = study.priors
     assert priors is not None and priors.use is PriorUse.unused
     assert [s.id for s in priors.studies] == [prior.id] and not priors.studies[0].fits
@@ -105,9 +103,7 @@ def test_a_fingerprint_that_differs_uses_no_prior(live_server: LiveServer) -> No
 
 def test_a_named_prior_must_be_a_completed_study_of_the_project(live_server: LiveServer) -> None:
     with httpx.Client(base_url=live_server.url) as api:
-        running = api.post(
-            "/v1/studies", json={"name": "still-running", "config": CONFIG}
-        ).json()
+        running = api.post("/v1/studies", json={"name": "still-running", "config": CONFIG}).json()
         r = api.post(
             "/v1/studies",
             json={"name": "names-running", "config": {**CONFIG, "prior_studies": [running["id"]]}},
@@ -136,8 +132,14 @@ def test_replay_verify_holds_after_the_priors_are_deleted(tmp_path: Path) -> Non
     assert verified["studies"][0]["ok"] and verified["studies"][0]["decisions"] >= 5
     what_if = tmp_path / "what-if.json"
     without = run_cli(
-        "replay", "what-if", "--id", str(study.id), "--without-priors", "--report",
-        str(what_if), env=env,
+        "replay",
+        "what-if",
+        "--id",
+        str(study.id),
+        "--without-priors",
+        "--report",
+        str(what_if),
+        env=env,
     )
     assert without.returncode == 0, without.stdout + without.stderr
     replayed = json.loads(what_if.read_text())["studies"][0]
@@ -176,8 +178,9 @@ def test_another_projects_study_is_never_a_prior(tmp_path: Path) -> None:
             headers=bearer(vision),
         )
         assert r.status_code == 422
-        assert f"prior study {their_id} is not a completed study of project 'vision'" in (
-            r.json()["detail"]
+        assert (
+            f"prior study {their_id} is not a completed study of project 'vision'"
+            in (r.json()["detail"])
         )
     finally:
         server.stop()

@@ -31,7 +31,9 @@ def summary(optimizer):  # type: ignore[no-untyped-def]
     config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 1}))
     plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=1))
     assert end is not None
-    entry = tuner.summarize_prior(7, "prior", config.to_stored(), with_forecasts(config, plans, trials))
+    entry = tuner.summarize_prior(
+        7, "prior", config.to_stored(), with_forecasts(config, plans, trials)
+    )
     return tuner.prior_summary([entry], "fam", [])
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from stagelr.models import (
     CandidateView,
@@ -261,7 +262,7 @@ def priors_view(
         )
         for s in summary.get("studies", [])
     ]
-    base = {
+    base: dict[str, Any] = {
         "family": config.family,
         "requested": list(config.prior_studies),
         "summary_hash": summary.get("hash"),
@@ -288,9 +289,7 @@ def priors_view(
     if trials is not None and use is not PriorUse.searching:
         verdict, _ = tuner.warm_verdict(config, trials)
         reason = verdict.reason if verdict is not None else ""
-    return PriorsView(
-        **base, use=use, lr=warm.lr, candidates=list(warm.candidates), reason=reason
-    )
+    return PriorsView(**base, use=use, lr=warm.lr, candidates=list(warm.candidates), reason=reason)
 
 
 def history_view(

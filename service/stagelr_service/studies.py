@@ -168,9 +168,7 @@ class StudyService:
             mine = _as_requested(config)
             if not created and _as_requested(study.config) != mine:
                 theirs = _as_requested(study.config)
-                changed = sorted(
-                    k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
-                )
+                changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
                 raise ConflictError(
                     f"study {request.name!r} of project {name!r} exists with "
                     f"another config (differs in: {', '.join(changed)}); use a new name, "

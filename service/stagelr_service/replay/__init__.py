@@ -22,7 +22,14 @@ from .. import tuner
 from ..errors import NotFoundError
 from ..store import Store
 from ._verify import verify_history
-from ._whatif import ESTIMATED, WHAT_IF_KEYS, WITHOUT_PRIORS, parse_overrides, what_if_config, what_if_history
+from ._whatif import (
+    ESTIMATED,
+    WHAT_IF_KEYS,
+    WITHOUT_PRIORS,
+    parse_overrides,
+    what_if_config,
+    what_if_history,
+)
 
 __all__ = [
     "DECISION_FIELDS",

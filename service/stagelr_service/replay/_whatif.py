@@ -43,7 +43,14 @@ from ..history import trials_of
 from ..store.records import StudyHistory
 from ._common import decades, finite, summarize_stages
 
-__all__ = ["ESTIMATED", "WHAT_IF_KEYS", "WITHOUT_PRIORS", "parse_overrides", "what_if_config", "what_if_history"]
+__all__ = [
+    "ESTIMATED",
+    "WHAT_IF_KEYS",
+    "WITHOUT_PRIORS",
+    "parse_overrides",
+    "what_if_config",
+    "what_if_history",
+]
 
 #: The forecast status of an estimate (an LR that never ran).
 ESTIMATED = "estimated"

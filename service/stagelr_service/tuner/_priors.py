@@ -106,9 +106,7 @@ def summarize_prior(
     """One prior study's entry in a summary: what the tuner needs of it, JSON values."""
     stage0 = [t for t in trials if t.stage == 0]
     explores = [
-        t
-        for t in stage0
-        if t.kind is SegmentKind.explore and t.status is not SegmentStatus.open
+        t for t in stage0 if t.kind is SegmentKind.explore and t.status is not SegmentStatus.open
     ]
     exploit = next((t for t in stage0 if t.kind is SegmentKind.exploit), None)
     firsts = [
@@ -220,8 +218,7 @@ def assess(warm: WarmStart, analysis: StageAnalysis, start_loss: float | None) -
         if not 1 / START_LOSS_RATIO <= ratio <= START_LOSS_RATIO:
             return Verdict(
                 False,
-                f"the first loss {start_loss:.4g} is far from the priors' "
-                f"{warm.start_loss:.4g}",
+                f"the first loss {start_loss:.4g} is far from the priors' {warm.start_loss:.4g}",
             )
     sd = centre.forecast.std if math.isfinite(centre.forecast.std) else 0.0
     if warm.prediction is not None:

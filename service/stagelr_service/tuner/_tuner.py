@@ -43,6 +43,7 @@ from stagelr.models import (
 )
 
 from ..forecast import Forecast, forecast
+from . import _priors
 from ._types import (
     CandidateAnalysis,
     Decision,
@@ -53,7 +54,6 @@ from ._types import (
     StudyEnd,
     Trial,
 )
-from . import _priors
 from .config import ResolvedConfig, budget_taus, decay_steps
 
 #: The reference's replacement for a diverged candidate's loss.
@@ -806,7 +806,8 @@ def _warm_first_stage(
     reference = _reference_loss(trials, current, geometry.explore_metric)
     if len(analysis.candidates) < n:
         index = len(analysis.candidates)
-        given = (warm.candidates[index], {"source": "priors", "priors": list(warm.priors)})
+        why: dict[str, object] = {"source": "priors", "priors": list(warm.priors)}
+        given = (warm.candidates[index], why)
         plan = _explore(config, narrow, analysis, None, reference, optimizer, given=given)
         return plan.model_copy(update={"geometry": geometry})
     verdict, _ = warm_verdict(config, trials)
