@@ -54,7 +54,7 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
     assert [s.id for s in priors.studies] == [first.id] and priors.studies[0].fits
     assert priors.lr == pytest.approx(first.stages[0].chosen_lr)
     assert len(priors.candidates) == 3 and priors.summary_hash
-    assert "best of the narrow search" in priors.reason
+    assert "no LR of the narrow search beat the priors' LR" in priors.reason
     # what the search saved became trajectory; the whole run still fits the budget
     assert second.config.total_steps > first.config.total_steps  # type: ignore[operator]
     assert second.charged_steps <= CONFIG["charged_steps"]

@@ -55,6 +55,22 @@ def _final(r: dict[str, Any]) -> float:
     return math.inf if r["final"] is None or math.isnan(r["final"]) else float(r["final"])
 
 
+def _target_cache(cache_class: Any, hashes: dict[str, str]) -> Any:
+    """The committed cache of the quality benchmark, for its Tier-A targets: its grid runs
+    are read under the code hash they were recorded with (a later rename in the workloads'
+    code changes their hash, not their numbers)."""
+    folder = ROOT / "docs" / "results" / "quality"
+    recorded = set()
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            if '"method":"grid"' in line.replace(" ", ""):
+                recorded.add(json.loads(line)["code"])
+                break
+    if len(recorded) == 1:
+        hashes = {**hashes, "baseline": recorded.pop()}
+    return cache_class(folder, hashes=hashes).load()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=None)
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     code = harness.code_hashes()["stagelr"]
     runs_path = args.folder / "runs.json"
     store: dict[str, Any] = json.loads(runs_path.read_text()) if runs_path.exists() else {}
-    cache = Cache(ROOT / "docs" / "results" / "quality").load()
+    cache = _target_cache(Cache, harness.code_hashes())
 
     def key(variant: str, condition: str, seed: int) -> str:
         return json.dumps([variant, condition, seed, code])

@@ -240,7 +240,9 @@ def assess(warm: WarmStart, analysis: StageAnalysis, start_loss: float | None) -
                 False,
                 f"a {side} LR ({lowest.trial.lr:.3g}) beat the priors' LR beyond noise",
             )
-    return Verdict(True, f"the priors' LR {warm.lr:.3g} is the best of the narrow search")
+    return Verdict(
+        True, f"no LR of the narrow search beat the priors' LR {warm.lr:.3g} beyond noise"
+    )
 
 
 def fallback_skip(config: ResolvedConfig, geometry: StageGeometry) -> int:
