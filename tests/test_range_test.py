@@ -276,6 +276,7 @@ def test_a_job_that_gives_no_bounds_gets_them_from_the_range_test(live_server) -
         tau_max=200,
         k=3,
     ) as client_tuner:
+        client_tuner.connect()  # the service resolves the config: the sweep's range
         assert client_tuner.config.lr_min == RANGE_TEST_SWEEP[0]
         record = drive_tuner(client_tuner, SyntheticJob(best_lr=0.02, cliff_lr=0.3, seed=6))
         assert record.status is StudyStatus.completed

@@ -182,10 +182,13 @@ def study_view(
     *,
     now: datetime | None,
     lease_seconds: float | None,
+    config: tuner.ResolvedConfig | None = None,
     trials: Sequence[tuner.Trial] | None = None,
 ) -> StudyView:
-    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`.
-    ``trials``: its history's, for why it fell back from its priors (a list has none)."""
+    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`,
+    ``config`` its stored config, when the caller has read it already. ``trials``: its
+    history's, for why it fell back from its priors (a list has none)."""
+    config = config or tuner.ResolvedConfig.stored(study.config)
     trajectory = charged = 0
     schedule: list[tuple[int, float]] = []
     # A training segment that continues a candidate starts after the candidate's
@@ -222,7 +225,7 @@ def study_view(
         project=study.project,
         name=study.name,
         status=study.status,
-        config=tuner.ResolvedConfig.stored(study.config).request(),
+        config=config.request(),
         created_at=study.created_at,
         updated_at=study.updated_at,
         trajectory_steps=trajectory,
@@ -232,7 +235,7 @@ def study_view(
         schedule=schedule,
         open_segment=open_view,
         stalled=study.status is StudyStatus.running and open_view is not None and open_view.stale,
-        priors=priors_view(study, segments, trials),
+        priors=priors_view(study, segments, trials, config),
     )
 
 
@@ -240,12 +243,13 @@ def priors_view(
     study: StudyRecord,
     segments: Sequence[SegmentRecord],
     trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> PriorsView | None:
     """Which priors the study used, what it took and whether it fell back (None: it
     named none). What it did is read from its decisions: the first stage trains after
     the narrow search (used) or after more candidates (fallback); with ``trials``, the
     tuner's verdict says why."""
-    config = tuner.ResolvedConfig.stored(study.config)
+    config = config or tuner.ResolvedConfig.stored(study.config)
     if config.family is None and not config.prior_studies:
         return None
     summary = study.priors or {}
@@ -293,11 +297,15 @@ def priors_view(
 
 
 def history_view(
-    history: StudyHistory, *, now: datetime | None, lease_seconds: float | None
+    history: StudyHistory,
+    *,
+    now: datetime | None,
+    lease_seconds: float | None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StudyView:
     """:func:`study_view` of a whole history."""
-    config = history.study.config
-    named = config.get("family") is not None or bool(config.get("prior_studies"))
+    config = config or tuner.ResolvedConfig.stored(history.study.config)
+    named = config.family is not None or bool(config.prior_studies)
     return study_view(
         history.study,
         history.stages,
@@ -305,6 +313,7 @@ def history_view(
         best_loss(history),
         now=now,
         lease_seconds=lease_seconds,
+        config=config,
         trials=trials_of(history) if named else None,
     )
 
@@ -314,12 +323,15 @@ def stage_detail(
     index: int,
     optimizer: tuner.Optimizer,
     trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StageDetail:
     """A stage's search: each candidate's losses and forecast, and the GP posterior.
-    ``trials``: :func:`trials_of` the history, when the caller has them already."""
+    ``trials`` (:func:`trials_of` the history) and ``config`` (its stored config): when
+    the caller has them already."""
     study_id = history.study.id
     trials = trials_of(history) if trials is None else trials
-    config = tuner.search_config(tuner.ResolvedConfig.stored(history.study.config), trials)
+    stored = config or tuner.ResolvedConfig.stored(history.study.config)
+    config = tuner.search_config(stored, trials)
     geometries = tuner.stage_geometries(config, trials)
     if not 0 <= index < len(geometries):
         raise NotFoundError(f"study {study_id} has no stage {index} yet (it has {len(geometries)})")
@@ -359,10 +371,14 @@ def stage_detail(
     )
 
 
-def study_plan(history: StudyHistory, trials: Sequence[tuner.Trial] | None = None) -> StudyPlan:
+def study_plan(
+    history: StudyHistory,
+    trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
+) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
-    chosen LR from the history."""
-    config = tuner.ResolvedConfig.stored(history.study.config)
+    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`)."""
+    config = config or tuner.ResolvedConfig.stored(history.study.config)
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
     for seg in history.segments:
