@@ -67,8 +67,11 @@ def test_the_wire_config_carries_only_what_the_user_set() -> None:
     resolved = resolve(request)
     assert resolved.k == 4 and resolved.tau0 == PRESETS["default"]["tau0"]
     assert resolved.preset == "default"
-    assert list(ResolvedConfig.model_fields) == list(StudyConfig.model_fields)
-    assert resolved.request() == StudyConfig.model_validate(resolved.to_stored())
+    # the one field only the server sets: what a study took from its priors at creation
+    assert list(ResolvedConfig.model_fields) == [*StudyConfig.model_fields, "warm_start"]
+    stored = resolved.to_stored()
+    assert stored.pop("warm_start") is None
+    assert resolved.request() == StudyConfig.model_validate(stored)
     assert resolve(resolved.request()) == resolved
 
 

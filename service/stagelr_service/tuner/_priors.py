@@ -42,6 +42,7 @@ __all__ = [
     "assess",
     "fallback_skip",
     "fingerprint",
+    "is_warm",
     "prior_summary",
     "summarize_prior",
     "warm_start",

@@ -43,7 +43,7 @@ from stagelr.models import (
 )
 
 from ..forecast import Forecast, forecast
-from . import _priors
+from ._priors import Verdict, assess, fallback_skip, is_warm, warm_window
 from ._types import (
     CandidateAnalysis,
     Decision,
@@ -747,7 +747,7 @@ def next_segment(
 def _narrow_geometry(config: ResolvedConfig, geometry: StageGeometry) -> StageGeometry:
     """The first stage as the priors' narrow search sees it: shorter windows."""
     assert config.warm_start is not None
-    window = _priors.warm_window(config.warm_start, geometry)
+    window = warm_window(config.warm_start, geometry)
     every = max(1, geometry.explore_report_every * window // max(1, geometry.tau_explore))
     return dataclasses.replace(geometry, tau_explore=window, explore_report_every=every)
 
@@ -759,19 +759,17 @@ def _warm_split(
     search), re-indexed from 0 as a search without priors would number them."""
     warm = config.warm_start
     assert warm is not None
-    narrow = [t for t in current if _priors.is_warm(warm, t)]
+    narrow = [t for t in current if is_warm(warm, t)]
     n = len(warm.candidates)
     rest = [
         dataclasses.replace(t, index=t.index - n)
         for t in current
-        if t.kind is SegmentKind.explore and not _priors.is_warm(warm, t)
+        if t.kind is SegmentKind.explore and not is_warm(warm, t)
     ]
     return analyze_stage(config, _narrow_geometry(config, geometry), narrow), rest
 
 
-def warm_verdict(
-    config: ResolvedConfig, trials: Sequence[Trial]
-) -> tuple[_priors.Verdict | None, int]:
+def warm_verdict(config: ResolvedConfig, trials: Sequence[Trial]) -> tuple[Verdict | None, int]:
     """The priors' verdict on a study's history (None: the narrow search has not ended
     or there is none) and how many narrow candidates have finished."""
     warm = config.warm_start
@@ -784,7 +782,7 @@ def warm_verdict(
         return None, len(analysis.candidates)
     narrow = [c.trial for c in analysis.candidates]
     start = _reference_loss([], narrow, geometries[0].explore_metric)
-    return _priors.assess(warm, analysis, start), len(analysis.candidates)
+    return assess(warm, analysis, start), len(analysis.candidates)
 
 
 def _warm_first_stage(
@@ -797,7 +795,7 @@ def _warm_first_stage(
     """The first stage of a study with priors: the narrow search around the priors' LR
     (``tuner/_priors.py``), then its training segment, or, when the priors do not fit,
     the full search a study without priors runs, its cost taken from the stage's
-    training (:func:`_priors.fallback_skip`)."""
+    training (:func:`._priors.fallback_skip`)."""
     warm = config.warm_start
     assert warm is not None
     n = len(warm.candidates)
@@ -829,7 +827,7 @@ def _warm_first_stage(
         )
     lr, chosen, why = _choose(config, full, optimizer)
     plan = _exploit(config, geometry, lr, n + len(full.candidates), {**why, **note}, full, chosen)
-    skip = _priors.fallback_skip(config, geometry)
+    skip = fallback_skip(config, geometry)
     return plan.model_copy(
         update={"start_step": plan.start_step + skip, "steps": plan.steps - skip}
     )
@@ -880,7 +878,7 @@ def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
         charge = candidates * geometry.tau_explore + geometry.tau - continued
         if not stages and geometry.search and config.warm_start is not None:
             # The priors' narrow search (a fallback's full search comes out of the
-            # stage's training: _priors.fallback_skip).
+            # stage's training: fallback_skip).
             candidates = len(config.warm_start.candidates)
             geometry = _narrow_geometry(config, geometry)
             charge = candidates * geometry.tau_explore + geometry.tau
