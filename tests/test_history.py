@@ -126,10 +126,20 @@ def test_replay_verify_holds_after_the_priors_are_deleted(tmp_path: Path) -> Non
         conn.execute("DELETE FROM studies WHERE id = ?", (prior.id,))
     env = {"STAGELR_DATABASE_URL": f"sqlite:///{db}"}
     report = tmp_path / "verify.json"
-    done = run_cli("replay", "verify", "--id", str(study.id), "--report", str(report), env=env)
+    # the CLI selects by family: the prior is gone, the study remains
+    done = run_cli("replay", "verify", "--family", "del", "--report", str(report), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     verified = json.loads(report.read_text())
+    assert [s["study_id"] for s in verified["studies"]] == [study.id]
     assert verified["studies"][0]["ok"] and verified["studies"][0]["decisions"] >= 5
+    exported = tmp_path / "del.jsonl"
+    done = run_cli("export", "--family", "del", "-o", str(exported), env=env)
+    assert done.returncode == 0, done.stderr
+    header, line = exported.read_text().splitlines()
+    assert json.loads(header)["version"] == 5
+    record = json.loads(line)
+    assert record["config"]["family"] == "del"
+    assert [s["id"] for s in record["priors"]["studies"]] == [prior.id]
     what_if = tmp_path / "what-if.json"
     without = run_cli(
         "replay",

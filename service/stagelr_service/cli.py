@@ -123,6 +123,7 @@ def _selection(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         project=args.project,
         status=None if args.status is None else StudyStatus(args.status),
         all_=args.all,
+        family=args.family,
     )
 
 
@@ -192,6 +193,7 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--status", choices=["running", "completed", "failed", "stopped"], help="a study status"
     )
+    group.add_argument("--family", help="a family (studies whose config names it)")
     group.add_argument("--all", action="store_true", help="every study")
     parser.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
 

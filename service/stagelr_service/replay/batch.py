@@ -54,9 +54,12 @@ class StudySelection:
     project: str | None = None
     status: StudyStatus | None = None
     all_: bool = False
+    family: str | None = None
 
     def empty(self) -> bool:
-        return not (self.ids or self.name or self.project or self.status or self.all_)
+        return not (
+            self.ids or self.name or self.project or self.status or self.family or self.all_
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class StudySelection:
             "name": self.name,
             "project": self.project,
             "status": None if self.status is None else self.status.value,
+            "family": self.family,
             "all": self.all_,
         }
 
@@ -73,14 +77,17 @@ def select_studies(store: Store, selection: StudySelection) -> list[StudyKey]:
     a given id does not exist."""
     if selection.empty():
         raise InputError(
-            "select studies with --id, --name, --project, --status, or --all for every study"
+            "select studies with --id, --name, --project, --status, --family, or --all for "
+            "every study"
         )
     with store.transaction(read_only=True) as repo:
-        keys = repo.study_keys(project=selection.project, status=selection.status)
+        keys = repo.study_keys(
+            project=selection.project, status=selection.status, family=selection.family
+        )
     if selection.ids:
         wanted = set(selection.ids)
         known = {k[0] for k in keys}
-        if selection.project is None and selection.status is None:
+        if selection.project is None and selection.status is None and selection.family is None:
             missing = sorted(wanted - known)
             if missing:
                 raise InputError(f"no study {missing[0]}: list them with GET /v1/studies")

@@ -54,7 +54,10 @@ class BulkQueries(LiveQueries):
     # ------------------------------------------------------------------ replay and import
 
     def study_keys(
-        self, project: str | None = None, status: StudyStatus | str | None = None
+        self,
+        project: str | None = None,
+        status: StudyStatus | str | None = None,
+        family: str | None = None,
     ) -> list[tuple[int, str, str, StudyStatus]]:
         """``(id, project, name, status)`` of every study matching the filters, by id:
         the cheap listing replay and export select from (no configs, no paging)."""
@@ -67,6 +70,8 @@ class BulkQueries(LiveQueries):
             query = query.where(ProjectRow.name == project)
         if status is not None:
             query = query.where(StudyRow.status == StudyStatus(status).value)
+        if family is not None:
+            query = query.where(StudyRow.family == family)
         return [
             (study_id, project_name, name, StudyStatus(state))
             for study_id, project_name, name, state in self._s.execute(query).all()
