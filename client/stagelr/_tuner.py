@@ -107,7 +107,10 @@ class Tuner:
         max_buffered: Most observations kept while the service is unreachable.
         **config_overrides: Any other :class:`stagelr.models.StudyConfig` field, e.g.
             ``tau0=200, k=6``. Each field is checked here, before anything is sent;
-            the service fills in the rest from the preset.
+            the service fills in the rest from the preset. ``family="resnet-cifar"``
+            (or ``prior_studies=[ids]``) makes the family's completed studies of the
+            project this one's priors: a narrow first search around their LR, with a
+            fallback to the full search (docs/history.md).
     """
 
     def __init__(
