@@ -12,10 +12,16 @@ import httpx
 import pytest
 
 import stagelr
-from stagelr.models import PriorUse, StudyStatus
+from stagelr.models import PriorUse, StudyCreate, StudyStatus
+from stagelr_service.errors import InputError
+from stagelr_service.store import Store, migrate
+from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob, drive_tuner
 
 from .live import LiveServer, run_cli, start_server
+from .store_fixtures import BACKENDS, fresh_database
+from .test_replay import CONFIG as REPLAY_CONFIG
+from .test_replay import record_study
 
 CONFIG = {"lr_min": 1e-3, "lr_max": 1.0, "charged_steps": 3000, "tau0": 1000}
 
@@ -194,3 +200,43 @@ def test_another_projects_study_is_never_a_prior(tmp_path: Path) -> None:
         )
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_priors_on_both_stores(backend: str, tmp_path: Path, optimizer) -> None:  # type: ignore[no-untyped-def]
+    """The store's prior query (a family's most recent completed studies, named ids of
+    the project) and the stored summary, on SQLite and PostgreSQL."""
+    config = REPLAY_CONFIG.model_copy(update={"family": "pg"})
+    with fresh_database(backend, tmp_path) as url:
+        migrate(url)
+        with Store(url) as store:
+            service = StudyService(store, optimizer, max_priors=2)
+            ids = [record_study(service, f"pg-{i}", config, SyntheticJob(seed=i)) for i in range(3)]
+            other = record_study(service, "elsewhere", config, SyntheticJob(seed=9), "other")
+            warm, _ = service.create_study(StudyCreate(name="pg-next", config=config))
+            named, _ = service.create_study(
+                StudyCreate(
+                    name="pg-named",
+                    config=REPLAY_CONFIG.model_copy(update={"prior_studies": [ids[0]]}),
+                )
+            )
+            with pytest.raises(InputError, match=f"prior study {other} is not a completed"):
+                service.create_study(
+                    StudyCreate(
+                        name="pg-other",
+                        config=REPLAY_CONFIG.model_copy(update={"prior_studies": [other]}),
+                    )
+                )
+            with pytest.raises(InputError, match="at most 2"):
+                service.create_study(
+                    StudyCreate(
+                        name="pg-many",
+                        config=REPLAY_CONFIG.model_copy(update={"prior_studies": ids}),
+                    )
+                )
+            listed = service.list_studies(project="default", family="pg")
+    assert warm.priors is not None and named.priors is not None
+    # at most max_priors, the most recent first; the other project's study never
+    assert [s.id for s in warm.priors.studies] == [ids[2], ids[1]]
+    assert [s.id for s in named.priors.studies] == [ids[0]]
+    assert {s.id for s in listed.studies} == {*ids, warm.id}
