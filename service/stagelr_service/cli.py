@@ -180,6 +180,21 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return _guarded("import", lambda: run_import(_settings(args).resolved_database_url, args.file))
 
 
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from .schedule import run_schedule_export
+
+    return _guarded(
+        "schedule",
+        lambda: run_schedule_export(
+            _settings(args).resolved_database_url,
+            args.study,
+            args.project,
+            args.output,
+            args.format,
+        ),
+    )
+
+
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("which studies (every filter given must hold)")
     group.add_argument("--id", type=int, action="append", help="a study id (repeatable)")
@@ -286,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     _add_replay_parsers(sub)
+
+    schedule = sub.add_parser(
+        "schedule",
+        help="write a study's LR schedule (its kept trajectory) to train with again, "
+        "without the service (stagelr.torch.ScheduleLR reads it)",
+    )
+    schedule.add_argument("study", help="the study's id or name")
+    schedule.add_argument("--project", help="the study's project (when its name is not unique)")
+    schedule.add_argument("--output", "-o", default="-", help="the file (default: stdout)")
+    schedule.add_argument(
+        "--format", choices=["json", "csv"], default="json",
+        help="json: the piecewise schedule with its provenance (default); csv: step,lr,stage,kind",
+    )
+    schedule.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+    schedule.set_defaults(func=_cmd_schedule)
     return parser
 
 

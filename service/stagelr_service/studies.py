@@ -45,6 +45,7 @@ from stagelr.models import (
     StudyStatus,
     StudyView,
 )
+from stagelr.schedule import Schedule
 
 from . import tuner
 from .errors import (
@@ -243,6 +244,14 @@ class StudyService:
         with self.store.transaction(read_only=True) as repo:
             history = self._history(repo, study_id, scope)
         return study_plan(history)
+
+    def get_schedule(self, study_id: int, *, scope: str | None = None) -> Schedule:
+        """The study's kept trajectory as a portable LR schedule, with its provenance."""
+        from .schedule import study_schedule
+
+        with self.store.transaction(read_only=True) as repo:
+            history = self._history(repo, study_id, scope)
+        return study_schedule(history, exported_at=self.store.now())
 
     def list_studies(
         self,

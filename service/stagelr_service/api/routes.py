@@ -28,6 +28,7 @@ from stagelr.models import (
     StudyStatus,
     StudyView,
 )
+from stagelr.schedule import Schedule
 
 from ..studies import StudyService
 from .auth import ScopeDep
@@ -110,6 +111,15 @@ def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Study
 )
 def study_plan(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyPlan:
     return service.get_plan(study_id, scope=scope.project)
+
+
+@router.get(
+    "/studies/{study_id}/schedule",
+    response_model=Schedule,
+    summary="The study's trajectory as a portable LR schedule (piecewise, with provenance)",
+)
+def study_schedule(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Schedule:
+    return service.get_schedule(study_id, scope=scope.project)
 
 
 @router.get(
