@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import event, insert, select
 
 import stagelr
-from stagelr.models import SegmentKind, StudyConfig
+from stagelr.models import LRShape, SegmentKind, StudyConfig
 from stagelr_service.dashboard.plots import Figure, LogScale
 from stagelr_service.forecast import forecast, forecast_curve
 from stagelr_service.simulation import SyntheticJob
@@ -454,7 +454,7 @@ def test_a_page_of_a_thousand_studies_costs_two_queries(backend: str, tmp_path: 
             assert seen == names  # every study once, in order
             assert first.best_loss is None and first.schedule == () and first.stage is None
             assert second.best_loss == pytest.approx(1.001) and second.stage == 0
-            assert second.schedule == ((0, 100, pytest.approx(0.02)),)
+            assert second.schedule == ((0, 100, pytest.approx(0.02), None, LRShape.constant),)
             with store.transaction(read_only=True) as repo:
                 low, _ = repo.study_summaries(
                     lease_seconds=900, sort="best_loss", descending=False, limit=1

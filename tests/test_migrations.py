@@ -14,6 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
 
@@ -34,13 +35,17 @@ from .store_fixtures import BACKENDS, fresh_database, fresh_postgres_database, p
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"projects", "studies", "stages", "segments", "observations", "forecasts", "tokens"}
 
+#: The newest revision of this version's history.
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+assert HEAD is not None
+
 # A later revision, to test that a database one revision behind is refused and upgraded.
-NEXT_REVISION = """
+NEXT_REVISION = f"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "9999"
+down_revision = "{HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -85,11 +90,11 @@ def test_an_empty_database_is_refused_naming_stagelr_migrate(empty_database: URL
 
 
 def test_upgrade_to_head_creates_the_schema_and_passes_the_check(empty_database: URL) -> None:
-    assert migrate(empty_database) == "0005"
+    assert migrate(empty_database) == HEAD
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0005"
+    assert schema_check(empty_database) == HEAD
     with Store(empty_database) as store:
-        assert store.check_schema() == "0005"
+        assert store.check_schema() == HEAD
 
 
 def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
@@ -97,7 +102,7 @@ def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
     with Store(empty_database) as store:
         with store.transaction() as repo:
             repo.get_or_create_project("kept")
-        assert store.migrate() == "0005"
+        assert store.migrate() == HEAD
         with store.transaction(read_only=True) as repo:
             assert repo.get_project("kept") is not None
 
@@ -117,9 +122,9 @@ def test_downgrade_then_upgrade_round_trips(empty_database: URL) -> None:
     migrate(empty_database)
     assert downgrade(empty_database, "base") == ""
     assert tables(empty_database) == set()
-    assert migrate(empty_database) == "0005"
+    assert migrate(empty_database) == HEAD
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0005"
+    assert schema_check(empty_database) == HEAD
 
 
 def test_a_downgraded_database_is_refused(empty_database: URL) -> None:
@@ -134,17 +139,17 @@ def test_a_database_one_revision_behind_is_refused_then_upgraded(
 ) -> None:
     newer = tmp_path / "newer_migrations"
     shutil.copytree(script_location(), newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0006_note.py").write_text(NEXT_REVISION)
-    migrate(empty_database)  # this version's head, 0005
+    (newer / "versions" / "9999_note.py").write_text(NEXT_REVISION)
+    migrate(empty_database)  # this version's head
 
-    with pytest.raises(SchemaOutdatedError, match="at schema revision 0005") as caught:
+    with pytest.raises(SchemaOutdatedError, match=f"at schema revision {HEAD}") as caught:
         schema_check(empty_database, location=newer)
-    assert "needs 0006" in caught.value.message
+    assert "needs 9999" in caught.value.message
     assert "`stagelr migrate`" in caught.value.message
 
-    assert migrate(empty_database, location=newer) == "0006"
-    assert schema_check(empty_database, location=newer) == "0006"
-    assert downgrade(empty_database, "0005", location=newer) == "0005"
+    assert migrate(empty_database, location=newer) == "9999"
+    assert schema_check(empty_database, location=newer) == "9999"
+    assert downgrade(empty_database, HEAD, location=newer) == HEAD
 
 
 def test_a_schema_from_a_newer_stagelr_is_refused_naming_an_upgrade(
@@ -183,7 +188,7 @@ def test_the_developer_alembic_ini_runs_the_same_history(tmp_path: Path) -> None
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, "head")
     command.check(config)  # autogenerate finds nothing to add: models and history agree
-    assert schema_check(normalize_url(url)) == "0005"
+    assert schema_check(normalize_url(url)) == HEAD
 
 
 def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
@@ -224,7 +229,7 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
                 ),
                 {"c": json.dumps(old), "t": "2026-01-01 00:00:00"},
             )
-        assert migrate(empty_database) == "0005"
+        assert migrate(empty_database) == HEAD
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT config FROM studies WHERE id = 1")).scalar_one()
     finally:
@@ -249,3 +254,37 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     gone = {"initial_design", "lr_bounds", "range_test_steps", "range_test_decades"}
     assert not gone & set(config)
     assert {k: config[k] for k in old} == old and config["planner"] == "fixed"
+
+
+def test_0006_adds_archived_at_and_keeps_every_study_unarchived(empty_database: URL) -> None:
+    """Studies stored before archiving existed stay in the list (archived_at NULL), and
+    a downgrade drops the column and keeps the studies."""
+    assert migrate(empty_database, revision="0005") == "0005"
+    engine = make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'p', :t)"),
+                {"t": "2026-01-01 00:00:00"},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO studies (id, project_id, name, status, config, created_at, "
+                    "updated_at) VALUES (1, 1, 'old', 'completed', '{}', :t, :t)"
+                ),
+                {"t": "2026-01-01 00:00:00"},
+            )
+        assert migrate(empty_database, revision="0006") == "0006"
+        with engine.connect() as conn:
+            assert "archived_at" in {c["name"] for c in inspect(conn).get_columns("studies")}
+            assert conn.execute(
+                text("SELECT name, archived_at FROM studies")
+            ).all() == [("old", None)]
+        assert downgrade(empty_database, "0005") == "0005"
+        with engine.connect() as conn:
+            assert "archived_at" not in {
+                c["name"] for c in inspect(conn).get_columns("studies")
+            }
+            assert conn.execute(text("SELECT name FROM studies")).scalars().all() == ["old"]
+    finally:
+        engine.dispose()

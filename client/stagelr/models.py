@@ -635,6 +635,10 @@ class StudyView(_Wire):
     stalled: bool = Field(
         default=False, description="Running, and its open segment is stale (no job alive)."
     )
+    archived_at: datetime | None = Field(
+        default=None,
+        description="When the study was archived: out of the default list, its history kept.",
+    )
 
 
 class PlanStage(_Wire):

@@ -195,6 +195,21 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_housekeeping(args: argparse.Namespace) -> int:
+    from .housekeeping import run_housekeeping
+
+    return _guarded(
+        args.command,
+        lambda: run_housekeeping(
+            _settings(args).resolved_database_url,
+            args.command,
+            args.study,
+            args.project,
+            yes=args.yes,
+        ),
+    )
+
+
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("which studies (every filter given must hold)")
     group.add_argument("--id", type=int, action="append", help="a study id (repeatable)")
@@ -316,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schedule.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
     schedule.set_defaults(func=_cmd_schedule)
+
+    for action, text in (
+        ("archive", "take a study out of the list, keeping its history (replay, export)"),
+        ("unarchive", "bring an archived study back into the list"),
+        ("delete", "delete a study and its whole history, for good"),
+    ):
+        house = sub.add_parser(action, help=text)
+        house.add_argument("study", help="the study's id or name")
+        house.add_argument("--project", help="the study's project (when its name is not unique)")
+        house.add_argument("--yes", "-y", action="store_true", help="do not ask first")
+        house.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+        house.set_defaults(func=_cmd_housekeeping)
     return parser
 
 

@@ -57,6 +57,7 @@ from .errors import (
     SegmentClosedError,
 )
 from .forecast import Forecast
+from .housekeeping import audit as _audit
 from .store import DuplicateSegmentError, Repository, Store
 from .store.records import (
     ForecastRecord,
@@ -261,6 +262,8 @@ class StudyService:
         limit: int = 50,
         offset: int = 0,
         scope: str | None = None,
+        name: str | None = None,
+        archived: bool | None = False,
     ) -> StudyList:
         if scope is not None:
             if project is not None and project != scope:
@@ -268,7 +271,12 @@ class StudyService:
             project = scope
         with self.store.transaction(read_only=True) as repo:
             records, total = repo.list_studies(
-                project=project, status=status, limit=limit, offset=offset
+                project=project,
+                status=status,
+                limit=limit,
+                offset=offset,
+                name=name,
+                archived=archived,
             )
             views = [self._study_view(self._history(repo, r.id)) for r in records]
         return StudyList(studies=views, total=total)
@@ -279,6 +287,27 @@ class StudyService:
             if study.status is StudyStatus.running:
                 repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
             return self._study_view(self._history(repo, study_id))
+
+    def archive_study(
+        self, study_id: int, archived: bool = True, *, scope: str | None = None
+    ) -> StudyView:
+        """Archive the study (out of the default list; history kept for replay, priors
+        and the schedule export), or bring it back; logged for the audit."""
+        with self.store.transaction() as repo:
+            study = self._study(repo, study_id, scope)
+            record = repo.set_archived(study_id, archived)
+            view = self._study_view(self._history(repo, study_id))
+        if (study.archived_at is None) == archived:  # a change, not a repeat
+            _audit("archive" if archived else "unarchive", record, scope)
+        return view
+
+    def delete_study(self, study_id: int, *, scope: str | None = None) -> None:
+        """Delete the study and its whole history, for good; logged for the audit."""
+        with self.store.transaction() as repo:
+            study = self._study(repo, study_id, scope)
+            repo.lock_study(study_id)
+            repo.delete_study(study_id)
+        _audit("delete", study, scope)
 
     # ------------------------------------------------------------------ segments
 
@@ -718,6 +747,7 @@ class StudyService:
             stalled=study.status is StudyStatus.running
             and open_view is not None
             and open_view.stale,
+            archived_at=study.archived_at,
         )
 
 

@@ -249,7 +249,20 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request fields."""
 
     #: Record attributes written when present (the access log sets them).
-    FIELDS = ("request_id", "method", "path", "route", "status", "duration_ms")
+    FIELDS = (
+        "request_id",
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        # the audit log of housekeeping (stagelr.audit)
+        "action",
+        "study_id",
+        "study",
+        "project",
+        "scope",
+    )
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

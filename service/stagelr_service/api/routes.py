@@ -79,9 +79,22 @@ def list_studies(
     status_: Annotated[StudyStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=_MAX_ID)] = 0,
+    name: Annotated[
+        str | None,
+        Query(max_length=200, description="A part of the study's name (any case)."),
+    ] = None,
+    archived: Annotated[
+        bool, Query(description="List the archived studies instead of the others.")
+    ] = False,
 ) -> StudyList:
     return service.list_studies(
-        project=project, status=status_, limit=limit, offset=offset, scope=scope.project
+        project=project,
+        status=status_,
+        limit=limit,
+        offset=offset,
+        scope=scope.project,
+        name=name,
+        archived=archived,
     )
 
 
@@ -102,6 +115,35 @@ def next_segment(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Nex
 @router.post("/studies/{study_id}/stop", response_model=StudyView, summary="Stop a study")
 def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
     return service.stop_study(study_id, scope=scope.project)
+
+
+@router.post(
+    "/studies/{study_id}/archive",
+    response_model=StudyView,
+    summary="Archive a study: out of the default list, its history kept (replay, export)",
+)
+def archive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return service.archive_study(study_id, True, scope=scope.project)
+
+
+@router.post(
+    "/studies/{study_id}/unarchive",
+    response_model=StudyView,
+    summary="Bring an archived study back into the list",
+)
+def unarchive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return service.archive_study(study_id, False, scope=scope.project)
+
+
+@router.delete(
+    "/studies/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a study and its whole history, for good",
+)
+def delete_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Response:
+    service.delete_study(study_id, scope=scope.project)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

@@ -82,8 +82,14 @@ class ListQuery:
     status: str | None = None
     page: int = 1
     per_page: int = 50
+    #: A part of the study's name (any case); None: every name.
+    q: str | None = None
+    #: The archived studies instead of the others.
+    archived: bool = False
 
     def __post_init__(self) -> None:
+        if self.q is not None and len(self.q) > 200:
+            raise InputError("a name search is at most 200 characters")
         if self.sort not in SORTS:
             raise InputError(f"unknown sort {self.sort!r}: use one of {', '.join(SORTS)}")
         if self.order not in ("asc", "desc"):
@@ -100,10 +106,10 @@ class ListQuery:
         query = replace(self, **changes)
         params: dict[str, str | int] = {}
         defaults = ListQuery()
-        for name in ("sort", "order", "status", "page", "per_page"):
+        for name in ("q", "sort", "order", "status", "page", "per_page", "archived"):
             value = getattr(query, name)
             if value is not None and value != getattr(defaults, name):
-                params[name] = value
+                params[name] = int(value) if isinstance(value, bool) else value
         return "/dashboard" + (f"?{urlencode(params)}" if params else "")
 
     def sort_url(self, key: str) -> str:
@@ -153,6 +159,8 @@ def load_list(
             descending=query.order == "desc",
             limit=query.per_page,
             offset=(query.page - 1) * query.per_page,
+            name=query.q,
+            archived=query.archived,
         )
     rows = [ListRow(s, shown_status(s), charts.sparkline(s.schedule, s.config)) for s in summaries]
     return ListPage(query=query, rows=rows, total=total)
@@ -168,7 +176,11 @@ def load_summary(
     there is no such study in the scope."""
     with service.store.transaction(read_only=True) as repo:
         found, _ = repo.study_summaries(
-            lease_seconds=lease_seconds, project=scope, study_id=study_id, limit=1
+            lease_seconds=lease_seconds,
+            project=scope,
+            study_id=study_id,
+            limit=1,
+            archived=None,  # an archived study's page still shows
         )
     if not found:
         raise NotFoundError(f"no study {study_id}: see the list of studies")

@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..api.auth import COOKIE_NAME, current_scope
-from ..errors import InputError, NotFoundError, UnauthorizedError
+from ..errors import InputError, InvalidStateError, NotFoundError, UnauthorizedError
 from ..settings import Settings
 from ..studies import StudyService
-from . import pages
+from . import compare, csrf, pages
 from .assets import SECURITY_HEADERS, asset_url
 from .plots import fmt_number
 
@@ -55,7 +55,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(asset=asset_url, version=__version__)
+    env.globals.update(asset=asset_url, version=__version__, compare_url=compare.compare_url)
     env.filters.update(
         num=fmt_number,
         ago=_ago,
@@ -98,6 +98,8 @@ class _DashboardRoute(APIRoute):
                 response = _error_page(404, "Not found", exc.message, None)
             except InputError as exc:
                 response = _error_page(400, "Bad request", exc.message, None)
+            except InvalidStateError as exc:
+                response = _error_page(409, "Not possible now", exc.message, None)
             except RequestValidationError as exc:
                 detail = "; ".join(
                     f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
@@ -161,16 +163,27 @@ def study_list(
     status: str | None = None,
     page: int = 1,
     per_page: int = 50,
+    q: str | None = None,
+    archived: bool = False,
+    deleted: int | None = None,
 ) -> Response:
     allowed, project = _scope(request)
     if not allowed:
         return _to_login(request)
     query = pages.ListQuery(
-        sort=sort, order=order, status=status or None, page=page, per_page=per_page
+        sort=sort,
+        order=order,
+        status=status or None,
+        page=page,
+        per_page=per_page,
+        q=(q or "").strip() or None,
+        archived=archived,
     )
     listing = pages.load_list(_service(request), _settings(request).lease_seconds, project, query)
     return render(
         "list.html",
+        deleted=deleted,
+        max_compare=compare.MAX_STUDIES,
         listing=listing,
         sorts=pages.SORTS,
         statuses=pages.STATUSES,
@@ -185,11 +198,103 @@ def study_page(request: Request, study_id: int) -> Response:
     if not allowed:
         return _to_login(request)
     page = pages.load_study(_service(request), _settings(request).lease_seconds, project, study_id)
-    return render(
+    token, new = csrf.ensure_token(request)
+    response = render(
         "study.html",
         page=page,
+        csrf_token=token,
         scope_project=project,
         auth_on=_auth_on(request),
+    )
+    if new:
+        csrf.set_cookie(response, request, token)
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = (await request.body())[:4096].decode("utf-8", errors="replace")
+    return {k: v[0] for k, v in parse_qs(body).items()}
+
+
+@router.post("/dashboard/studies/{study_id}/archive")
+async def archive(request: Request, study_id: int) -> Response:
+    """Archive the study, or bring it back (``archived=0``): a form of the study page."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    form = await _form(request)
+    refused = csrf.check(request, form.get(csrf.FIELD))
+    if refused:
+        return _error_page(403, "Refused", refused, project)
+    archived = form.get("archived", "1") != "0"
+    await run_in_threadpool(
+        _service(request).archive_study, study_id, archived, scope=project
+    )
+    return RedirectResponse(f"/dashboard/studies/{study_id}", status_code=303)
+
+
+@router.get("/dashboard/studies/{study_id}/delete")
+def delete_form(request: Request, study_id: int) -> Response:
+    """Ask before deleting: the confirmation page, whose form POSTs the deletion."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    lease = _settings(request).lease_seconds
+    page = pages.load_summary(_service(request), lease, project, study_id)
+    token, new = csrf.ensure_token(request)
+    response = render(
+        "delete.html",
+        summary=page,
+        status=pages.shown_status(page),
+        csrf_token=token,
+        scope_project=project,
+        auth_on=_auth_on(request),
+    )
+    if new:
+        csrf.set_cookie(response, request, token)
+    return response
+
+
+@router.post("/dashboard/studies/{study_id}/delete")
+async def delete(request: Request, study_id: int) -> Response:
+    """Delete the study for good (the confirmation page's form)."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    form = await _form(request)
+    refused = csrf.check(request, form.get(csrf.FIELD))
+    if refused:
+        return _error_page(403, "Refused", refused, project)
+    await run_in_threadpool(_service(request).delete_study, study_id, scope=project)
+    return RedirectResponse(f"/dashboard?deleted={study_id}", status_code=303)
+
+
+@router.get("/dashboard/compare")
+def compare_page(request: Request) -> Response:
+    """Studies side by side: ``?id=3&id=7`` (the selection is the URL)."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    ids = compare.parse_ids(request.query_params.getlist("id"))
+    page = compare.load_compare(_service(request), project, ids)
+    return render("compare.html", page=page, scope_project=project, auth_on=_auth_on(request))
+
+
+@router.get("/dashboard/studies/{study_id}/schedule.{fmt}")
+def schedule_download(request: Request, study_id: int, fmt: str) -> Response:
+    """The study's schedule file (as ``GET /v1/studies/{id}/schedule``, or its CSV), for
+    the page's download links: the dashboard's login cookie opens it."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    if fmt not in ("json", "csv"):
+        raise NotFoundError(f"no schedule format {fmt!r}: use schedule.json or schedule.csv")
+    schedule = _service(request).get_schedule(study_id, scope=project)
+    name = f"study-{study_id}.schedule.{fmt}"
+    return Response(
+        schedule.dumps() if fmt == "json" else schedule.to_csv(),
+        media_type="application/json" if fmt == "json" else "text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

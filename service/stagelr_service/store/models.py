@@ -129,6 +129,8 @@ class StudyRow(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Archived: out of the default study list, history kept (migration 0006).
+    archived_at: Mapped[datetime | None]
 
 
 class StageRow(Base):

@@ -17,6 +17,7 @@ __all__ = [
     "ForecastRecord",
     "ObservationRecord",
     "ProjectRecord",
+    "ScheduleSegment",
     "SegmentRecord",
     "StageRecord",
     "StageStatus",
@@ -62,6 +63,8 @@ class StudyRecord:
     status_reason: str | None
     created_at: datetime
     updated_at: datetime
+    #: When the study was archived (None: it is not).
+    archived_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,17 @@ class ForecastRecord:
     created_at: datetime
 
 
+class ScheduleSegment(NamedTuple):
+    """A training segment as the study list draws it: where it starts, how long, and its
+    LR's shape (``lr`` towards ``lr_end``, :func:`stagelr.models.lr_at`)."""
+
+    start_step: int
+    steps: int
+    lr: float
+    lr_end: float | None = None
+    lr_shape: LRShape = LRShape.constant
+
+
 @dataclass(frozen=True, slots=True)
 class StudyHistory:
     """Everything the tuner needs about one study, read in one transaction."""
@@ -161,7 +175,7 @@ class StudySummaryRecord:
     ``stalled``: the study runs but its open segment has shown no sign of life (heartbeat)
     for longer than the lease. ``best_loss``: the lowest finite loss its exploit segments
     reported on their own metric. ``stage``/``stage_status``: its latest stage, if any.
-    ``schedule``: ``(start_step, steps, lr)`` of each exploit segment, in order.
+    ``schedule``: each exploit segment, in order.
     """
 
     id: int
@@ -175,4 +189,5 @@ class StudySummaryRecord:
     stage: int | None
     stage_status: str | None
     best_loss: float | None
-    schedule: tuple[tuple[int, int, float], ...] = ()
+    schedule: tuple[ScheduleSegment, ...] = ()
+    archived_at: datetime | None = None

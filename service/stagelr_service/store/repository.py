@@ -32,6 +32,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -63,6 +64,7 @@ from .records import (
     ForecastRecord,
     ObservationRecord,
     ProjectRecord,
+    ScheduleSegment,
     SegmentRecord,
     StageRecord,
     StageStatus,
@@ -154,6 +156,22 @@ _FORECAST_VALUES = (
     "objective",
     "created_at",
 )
+
+
+def _housekeeping_filters(name: str | None, archived: bool | None) -> list[ColumnElement[bool]]:
+    """The study list's name search (a part of the name, any case; ``%`` and ``_`` match
+    themselves) and archive filter."""
+    conditions: list[ColumnElement[bool]] = []
+    if name:
+        if len(name) > 200:
+            raise InputError("a name search is at most 200 characters")
+        escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(func.lower(StudyRow.name).like(f"%{escaped.lower()}%", escape="\\"))
+    if archived is True:
+        conditions.append(StudyRow.archived_at.is_not(None))
+    elif archived is False:
+        conditions.append(StudyRow.archived_at.is_(None))
+    return conditions
 
 
 def _dialect_insert(dialect: str, table: Any) -> Any:
@@ -483,6 +501,7 @@ class Repository:
             status_reason=row.status_reason,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            archived_at=row.archived_at,
         )
 
     def _one_study(self, query: Select[StudyRow, str]) -> StudyRecord | None:
@@ -552,12 +571,16 @@ class Repository:
         status: StudyStatus | str | None = None,
         limit: int = 100,
         offset: int = 0,
+        *,
+        name: str | None = None,
+        archived: bool | None = False,
     ) -> tuple[list[StudyRecord], int]:
-        """Studies newest first, filtered by project name and status; and the total count
-        of studies that match the filters (for pagination)."""
+        """Studies newest first, filtered by project name, status, a part of the name
+        (any case) and archiving (False: not archived, True: archived, None: both); and
+        the total count of studies that match the filters (for pagination)."""
         if limit < 0 or offset < 0:
             raise InputError("limit and offset must not be negative")
-        conditions = []
+        conditions = _housekeeping_filters(name, archived)
         if project is not None:
             conditions.append(ProjectRow.name == project)
         if status is not None:
@@ -624,6 +647,34 @@ class Repository:
         # no loaded copy can go stale under this Core statement.
         self._s.execute(_Hot.touch(), {"study_id": study_id, "now": self._now()})
         self._touched.add(study_id)
+
+    def set_archived(self, study_id: int, archived: bool) -> StudyRecord:
+        """Archive the study (it leaves the default list; nothing of it is removed), or
+        bring it back. Archiving an archived study keeps its first time."""
+        row = self._s.get(StudyRow, study_id)
+        if row is None:
+            raise NotFoundError(f"study {study_id} does not exist")
+        if archived and row.archived_at is None:
+            row.archived_at = self._now()
+        elif not archived:
+            row.archived_at = None
+        self._s.flush()
+        study = self.get_study(study_id)
+        assert study is not None
+        return study
+
+    def delete_study(self, study_id: int) -> bool:
+        """Delete the study and its whole history (observations, forecasts, segments,
+        stages), child tables first so no backend relies on cascades; False if there was
+        no such study."""
+        segments = select(SegmentRow.id).where(SegmentRow.study_id == study_id)
+        self._s.execute(delete(ObservationRow).where(ObservationRow.segment_id.in_(segments)))
+        self._s.execute(delete(ForecastRow).where(ForecastRow.segment_id.in_(segments)))
+        self._s.execute(delete(SegmentRow).where(SegmentRow.study_id == study_id))
+        self._s.execute(delete(StageRow).where(StageRow.study_id == study_id))
+        deleted = self._s.execute(delete(StudyRow).where(StudyRow.id == study_id))
+        self._s.expire_all()
+        return bool(cast(Any, deleted).rowcount)
 
     # ------------------------------------------------------------------ stages
 
@@ -1137,6 +1188,8 @@ class Repository:
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
+        name: str | None = None,
+        archived: bool | None = False,
     ) -> tuple[list[StudySummaryRecord], int]:
         """One page of the study list with everything its rows show, and how many studies
         match the filters.
@@ -1147,7 +1200,9 @@ class Repository:
         ``"stalled"`` (running, and the open segment's heartbeat is older than
         ``lease_seconds``; a running study that is not stalled shows as ``"running"``).
         ``study_id`` picks one study (its page's header). ``sort`` is one of
-        :attr:`SUMMARY_SORTS`; studies without a loss sort last.
+        :attr:`SUMMARY_SORTS`; studies without a loss sort last. ``name``: a part of the
+        name, any case; ``archived``: False (the default list), True (the archived only),
+        None (both).
         """
         if limit < 0 or offset < 0:
             raise InputError("limit and offset must not be negative")
@@ -1188,7 +1243,7 @@ class Repository:
         )
         stage = latest_stage.with_only_columns(StageRow.index).scalar_subquery()
         stage_status = latest_stage.with_only_columns(StageRow.status).scalar_subquery()
-        conditions = []
+        conditions = _housekeeping_filters(name, archived)
         if project is not None:
             conditions.append(ProjectRow.name == project)
         if status is not None:
@@ -1235,17 +1290,26 @@ class Repository:
                 )
                 or 0
             )
-        schedules: dict[int, list[tuple[int, int, float]]] = {}
+        schedules: dict[int, list[ScheduleSegment]] = {}
         if rows:
-            for study_id, start, steps, lr in self._s.execute(
-                select(SegmentRow.study_id, SegmentRow.start_step, SegmentRow.steps, SegmentRow.lr)
+            for study_id, start, steps, lr, lr_end, shape in self._s.execute(
+                select(
+                    SegmentRow.study_id,
+                    SegmentRow.start_step,
+                    SegmentRow.steps,
+                    SegmentRow.lr,
+                    SegmentRow.lr_end,
+                    SegmentRow.lr_shape,
+                )
                 .where(
                     SegmentRow.study_id.in_([row[0].id for row in rows]),
                     SegmentRow.kind == SegmentKind.exploit.value,
                 )
                 .order_by(SegmentRow.study_id, SegmentRow.seq)
             ):
-                schedules.setdefault(study_id, []).append((start, steps, lr))
+                schedules.setdefault(study_id, []).append(
+                    ScheduleSegment(start, steps, lr, lr_end, LRShape(shape or "constant"))
+                )
         return [
             StudySummaryRecord(
                 id=row[0].id,
@@ -1260,6 +1324,7 @@ class Repository:
                 stage_status=row.stage_status,
                 best_loss=_finite_or_none(row.best),
                 schedule=tuple(schedules.get(row[0].id, ())),
+                archived_at=row[0].archived_at,
             )
             for row in rows
         ], total
