@@ -109,6 +109,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.local and not args.url:
         print("stagelr demo: give --url URL of a running server, or --local", file=sys.stderr)
         return 2
+    if args.serve and not args.local:
+        print("stagelr demo: --serve keeps a --local server up; give --local", file=sys.stderr)
+        return 2
     return run_demo(args, _settings(args))
 
 
@@ -300,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--database-url", help="with --local: the store (default: SQLite in STAGELR_DATA_DIR)"
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="with --local: keep the server up after training (on --port, default 8321), "
+        "to look at the study in the dashboard; Ctrl-C stops it",
+    )
+    demo.add_argument("--port", type=int, help="with --local --serve: the port (8321)")
     demo.add_argument("--study", default=None, help="study name (default: a new one)")
     demo.add_argument("--preset", default="default", choices=["default", "autolrs"])
     demo.add_argument("--total-steps", type=int, default=2400, help="training steps")
