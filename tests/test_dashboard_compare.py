@@ -76,6 +76,8 @@ def test_the_schedule_chart_and_the_sparkline_draw_the_decay_with_its_shape(
     ys = [y for _, y in points]
     assert all(b >= a for a, b in zip(ys, ys[1:], strict=False)) and ys[-1] > ys[0] + 20
     assert 'data-shapes="one_minus_sqrt"' in listing
+    decay = re.search(r'<p class="muted stage-decay">([^<]+)</p>', page)
+    assert decay is not None and "one_minus_sqrt decay from lr" in decay.group(1)
 
 
 # --------------------------------------------------------------------------- compare

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from markupsafe import Markup
 
 from stagelr.models import (
+    LRShape,
     SegmentKind,
     SegmentStatus,
     StageDetail,
@@ -206,6 +207,8 @@ class StageView:
     posterior: Markup
     fits: Markup
     candidates: list[CandidateRow]
+    #: How a stage without a search trained when its LR moved (the final decay).
+    decay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,14 @@ def load_study(
         ("Losses reported", f"{observed:,}"),
         ("Best loss", fmt_number(study.best_loss, 4) if study.best_loss is not None else "–"),
     ]
+    decays = {
+        s.stage: f"a {s.lr_shape.value} decay from lr {fmt_number(s.lr)} to "
+        f"{fmt_number(s.lr_end or 0.0)} over {s.steps:,} steps"
+        for s in history.segments
+        if s.kind is SegmentKind.exploit
+        and s.lr_shape is not LRShape.constant
+        and s.lr_end is not None
+    }
     stages = [
         StageView(
             record=record,
@@ -305,6 +316,7 @@ def load_study(
             posterior=charts.posterior_chart(config, detail),
             fits=charts.fits_chart(detail),
             candidates=_candidate_rows(detail),
+            decay=decays.get(record.index),
         )
         for record, detail in zip(history.stages, details, strict=True)
     ]
