@@ -24,6 +24,8 @@ from .live import LiveServer, run_cli, start_server
 from .store_fixtures import BACKENDS, fresh_database
 from .test_dashboard import run_synthetic, seed_studies
 
+slow = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -63,6 +65,7 @@ def test_lr_path_samples_a_decay_at_the_lrs_the_job_trained() -> None:
     assert lr_path(0, 10, 0.1, hold_from=-5) == [(-5, 0.1), (10, 0.1)]
 
 
+@slow
 def test_the_schedule_chart_and_the_sparkline_draw_the_decay_with_its_shape(
     server: LiveServer, studies: list[int]
 ) -> None:
@@ -90,6 +93,7 @@ def test_compare_ids_are_parsed_in_order_without_repeats() -> None:
             parse_ids(bad)
 
 
+@slow
 def test_the_compare_page_overlays_the_studies_and_tabulates_them(
     server: LiveServer, studies: list[int]
 ) -> None:
@@ -130,6 +134,7 @@ def test_the_compare_page_overlays_the_studies_and_tabulates_them(
     assert views[b].charged_steps > views[b].trajectory_steps and charged[-1][0] >= lr[-1][0]
 
 
+@slow
 def test_the_compare_page_answers_bad_selections_with_a_clear_page(
     server: LiveServer, studies: list[int]
 ) -> None:
@@ -143,6 +148,7 @@ def test_the_compare_page_answers_bad_selections_with_a_clear_page(
         assert missing.status_code == 404
 
 
+@slow
 def test_the_list_offers_the_selection_as_a_get_form(
     server: LiveServer, studies: list[int]
 ) -> None:
@@ -153,6 +159,7 @@ def test_the_list_offers_the_selection_as_a_get_form(
         assert f'name="id" value="{study_id}"' in html
 
 
+@slow
 def test_the_schedule_downloads_from_the_study_page(server: LiveServer, studies: list[int]) -> None:
     with httpx.Client(base_url=server.url) as web:
         page = web.get(f"/dashboard/studies/{studies[0]}").text
@@ -168,6 +175,7 @@ def test_the_schedule_downloads_from_the_study_page(server: LiveServer, studies:
 # --------------------------------------------------------------------------- housekeeping
 
 
+@slow
 def test_the_list_searches_by_name_in_the_api_and_the_dashboard(server: LiveServer) -> None:
     for name in ("Resnet-A", "resnet-b", "vit.1", "vitx1"):
         run_synthetic(server.url, name, segments=1)
@@ -186,6 +194,7 @@ def test_the_list_searches_by_name_in_the_api_and_the_dashboard(server: LiveServ
         assert web.get("/dashboard", params={"q": "x" * 201}).status_code == 400
 
 
+@slow
 def test_an_archived_study_leaves_the_list_and_keeps_its_history(
     server: LiveServer, tmp_path: Path
 ) -> None:
@@ -210,6 +219,7 @@ def test_an_archived_study_leaves_the_list_and_keeps_its_history(
     assert all(x["request_id"] and x["project"] == "default" for x in audit)
 
 
+@slow
 def test_a_deleted_study_is_gone_with_its_history(server: LiveServer) -> None:
     study_id = run_synthetic(server.url, "to-delete", seed=6)
     with stagelr.Client(server.url) as api:
@@ -227,6 +237,7 @@ def test_a_deleted_study_is_gone_with_its_history(server: LiveServer) -> None:
     assert any(x.get("action") == "delete" and x.get("study_id") == study_id for x in lines)
 
 
+@slow
 def test_the_cli_asks_before_deleting_and_archiving(server: LiveServer) -> None:
     study_id = run_synthetic(server.url, "cli-house", segments=2)
     db = ["--database-url", server.database_url]
@@ -242,6 +253,7 @@ def test_the_cli_asks_before_deleting_and_archiving(server: LiveServer) -> None:
     assert missing.returncode == 2 and "no study named 'cli-house'" in missing.stderr
 
 
+@slow
 def test_the_dashboard_archives_and_deletes_only_with_its_csrf_token(
     server: LiveServer,
 ) -> None:
@@ -288,6 +300,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live
     live.stop()
 
 
+@slow
 def test_with_auth_on_housekeeping_is_project_scoped(
     auth_server: tuple[LiveServer, str],
 ) -> None:

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stagelr_service.server import free_port
 
 from .live import run_cli
 
 
+@pytest.mark.slow
 def test_serve_keeps_the_demo_server_up_with_the_study_page(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")
     out = tmp_path / "demo.out"

@@ -115,6 +115,7 @@ def _train_offline(schedule_file: Path) -> list[float]:
     return lrs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", sorted(CONFIGS))
 def test_the_exported_schedule_trains_at_the_live_runs_lr_at_every_step(
     live_server: ServerProcess, tmp_path: Path, label: str
@@ -158,6 +159,7 @@ def test_the_exported_schedule_trains_at_the_live_runs_lr_at_every_step(
         assert {p.kind for p in schedule.pieces} == {"search", "train_on", "decay"}
 
 
+@pytest.mark.slow
 def test_the_csv_export_has_one_row_per_step(live_server: ServerProcess, tmp_path: Path) -> None:
     study_id, live = _train_live(live_server.url, "schedule-csv", CONFIGS["hold-decay"])
     out = tmp_path / "s.csv"
@@ -178,12 +180,14 @@ def test_the_csv_export_has_one_row_per_step(live_server: ServerProcess, tmp_pat
     assert rows[-1]["kind"] == "decay"
 
 
+@pytest.mark.slow
 def test_an_unknown_study_is_a_clear_cli_error(live_server: ServerProcess) -> None:
     done = run_cli("schedule", "no-such-study", "--database-url", live_server.database_url)
     assert done.returncode == 2
     assert "no study named 'no-such-study'" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_api_answers_404_for_an_unknown_study(live_server: ServerProcess) -> None:
     with stagelr.Client(live_server.url) as client, pytest.raises(stagelr.NotFoundError):
         client.get_schedule(987654)
