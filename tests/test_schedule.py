@@ -132,6 +132,9 @@ def test_the_exported_schedule_trains_at_the_live_runs_lr_at_every_step(
     with stagelr.Client(live_server.url) as client:
         fetched = client.get_schedule(study_id)
     assert fetched.pieces == schedule.pieces
+    _, optimizer = _model()
+    remote = ScheduleLR.from_study(optimizer, live_server.url, study_id)
+    assert remote.schedule.pieces == fetched.pieces
 
     offline = _train_offline(out)
 

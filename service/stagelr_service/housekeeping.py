@@ -2,7 +2,7 @@
 `stagelr delete` on the store.
 
 An archived study leaves the default study list (API and dashboard) and keeps its whole
-history: replay, the schedule export and priors read it as before. A deleted one is gone
+history: its page, replay, export and the schedule export read it as before. A deleted one is gone
 with its history. Every change is one line of the ``stagelr.audit`` log with structured
 fields (``action``, ``study_id``, ``study``, ``project``, ``scope``; the request id when
 it came through the API or the dashboard).

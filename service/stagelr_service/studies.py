@@ -291,7 +291,7 @@ class StudyService:
     def archive_study(
         self, study_id: int, archived: bool = True, *, scope: str | None = None
     ) -> StudyView:
-        """Archive the study (out of the default list; history kept for replay, priors
+        """Archive the study (out of the default list; history kept for replay
         and the schedule export), or bring it back; logged for the audit."""
         with self.store.transaction() as repo:
             study = self._study(repo, study_id, scope)
