@@ -213,7 +213,7 @@ def run_demo(args: object, settings: object) -> int:
 
     from .server import BackgroundServer
     from .settings import Settings
-    from .store import Store
+    from .store import Store, mask_url
 
     assert isinstance(args, argparse.Namespace) and isinstance(settings, Settings)
     with contextlib.ExitStack() as stack:
@@ -223,8 +223,8 @@ def run_demo(args: object, settings: object) -> int:
             store = Store(settings.resolved_database_url)
             store.migrate()
             store.close()
-            database = store.safe_url
-            print(f"stagelr demo: starting a local server on {database}", flush=True)
+            database = mask_url(settings.resolved_database_url)
+            print(f"stagelr demo: starting a local server on {store.safe_url}", flush=True)
             port = settings.port if args.serve else 0
             server = stack.enter_context(
                 BackgroundServer(settings.model_copy(update={"port": port}))
