@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from stagelr.models import LRShape, SegmentKind, SegmentStatus, StageDetail, StudyConfig, lr_at
+from stagelr.models import LRShape, SegmentKind, SegmentStatus, StageDetail, lr_at
 
 from ..forecast import forecast_curve
 from ..store.records import ObservationRecord, ScheduleSegment, SegmentRecord, StageRecord
+from ..tuner import ResolvedConfig
 from .plots import Figure, fmt_number, nice_domain
 
 __all__ = [
@@ -96,7 +97,7 @@ def _loss_axis(focus: Sequence[float], rest: Sequence[float]) -> tuple[tuple[flo
 
 
 def _x_end(
-    config: StudyConfig, segments: Sequence[SegmentRecord], stages: Sequence[StageRecord]
+    config: ResolvedConfig, segments: Sequence[SegmentRecord], stages: Sequence[StageRecord]
 ) -> float:
     ends = [float(config.total_steps or 0)]
     ends += [float(s.start_step + s.tau) for s in stages]
@@ -105,7 +106,7 @@ def _x_end(
 
 
 def lr_schedule_chart(
-    config: StudyConfig,
+    config: ResolvedConfig,
     segments: Sequence[SegmentRecord],
     stages: Sequence[StageRecord],
     forecasts: Mapping[int, float | None] | None = None,
@@ -146,7 +147,7 @@ def lr_schedule_chart(
                 f"shaped {seg.lr_shape.value}",
                 data={"segment": seg.id, "shape": seg.lr_shape.value, "lr-end": seg.lr_end},
             )
-    k = max(config.k or 1, 1)
+    k = max(config.k, 1)
     forecasts = forecasts or {}
     for seg in segments:
         if seg.kind is not SegmentKind.explore:
@@ -194,7 +195,7 @@ def _own_losses(
 
 
 def loss_chart(
-    config: StudyConfig,
+    config: ResolvedConfig,
     segments: Sequence[SegmentRecord],
     stages: Sequence[StageRecord],
     observations: Mapping[int, Sequence[ObservationRecord]],
@@ -254,7 +255,7 @@ def loss_chart(
     return fig.render()
 
 
-def posterior_chart(config: StudyConfig, detail: StageDetail) -> Markup:
+def posterior_chart(config: ResolvedConfig, detail: StageDetail) -> Markup:
     """A stage's BO picture over log-LR: the GP posterior mean with a two-sigma band,
     the candidates at the value the GP saw (their forecast, error bar one sd), and the
     chosen LR."""

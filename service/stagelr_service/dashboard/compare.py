@@ -26,9 +26,10 @@ from markupsafe import Markup
 
 from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyView
 
-from ..errors import InputError, NotFoundError
+from ..errors import InputError
+from ..history import trained_steps
 from ..store.records import SegmentRecord, StudyHistory
-from ..studies import StudyService, trained_steps
+from ..studies import StudyService
 from .charts import _loss_axis, lr_path
 from .plots import Figure, fmt_number
 
@@ -262,12 +263,7 @@ def load_compare(service: StudyService, scope: str | None, ids: list[int]) -> Co
     """The comparison of studies ``ids`` (NotFoundError if one is outside the scope)."""
     rows: list[CompareRow] = []
     series: list[_Series] = []
-    for index, study_id in enumerate(ids):
-        study = service.get_study(study_id, scope=scope)
-        with service.store.transaction(read_only=True) as repo:
-            history = repo.history(study_id)
-        if history is None:  # deleted since get_study
-            raise NotFoundError(f"no study {study_id}: see the list of studies")
+    for index, (study, history) in enumerate(service.study_histories(ids, scope=scope)):
         rows.append(_row(index, study, history))
         series.append(_series(index, history))
     return ComparePage(
