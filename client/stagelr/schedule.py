@@ -31,9 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .models import LRShape, _Wire, lr_at
+from .models import LRShape, lr_at
 
 __all__ = [
     "SCHEDULE_FORMAT",
@@ -53,6 +53,11 @@ SCHEDULE_VERSION: Final = 1
 #: How a stage reached its LR: chosen by a search, trained on at the previous stage's LR
 #: (the hold planner, or a stage too short to search), or the final decay.
 StageKind = Literal["search", "train_on", "decay"]
+
+
+class _Wire(BaseModel):
+    # As the wire models: unknown fields refused, values frozen, NaN as a string.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
 class ScheduleFormatError(ValueError):

@@ -31,6 +31,7 @@ from .plots import Figure, fmt_number, nice_domain
 
 __all__ = [
     "fits_chart",
+    "loss_axis",
     "loss_chart",
     "lr_path",
     "lr_schedule_chart",
@@ -82,7 +83,7 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-def _loss_axis(focus: Sequence[float], rest: Sequence[float]) -> tuple[tuple[float, float], bool]:
+def loss_axis(focus: Sequence[float], rest: Sequence[float]) -> tuple[tuple[float, float], bool]:
     """A y domain for losses: spanning ``focus`` (and ``rest`` below its top; what is
     above is clipped), on a log axis when the positive values span over a decade."""
     focus = _finite(focus) or _finite(rest)
@@ -211,7 +212,7 @@ def loss_chart(
         for _, v in pts
     ]
     every = [v for _, pts in series for _, v in pts]
-    domain, log = _loss_axis(focus or calm, every)
+    domain, log = loss_axis(focus or calm, every)
     metrics = sorted({seg.metric.value for seg in segments})
     fig = Figure(
         width=960,
@@ -339,7 +340,7 @@ def fits_chart(detail: StageDetail, points: int = 80) -> Markup:
         if c.forecast is not None and c.forecast.prediction is not None
     ]
     every = [v for c in detail.candidates for _, v in c.observations]
-    domain, log = _loss_axis(focus, every)
+    domain, log = loss_axis(focus, every)
     # Log steps: the search window (tau' steps) and the horizon (tau, often ten times
     # further) both get room.
     fig = Figure(

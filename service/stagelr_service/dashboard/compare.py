@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..history import trained_steps
 from ..store.records import SegmentRecord, StudyHistory
 from ..studies import StudyService
-from .charts import _loss_axis, lr_path
+from .charts import loss_axis, lr_path
 from .plots import Figure, fmt_number
 
 __all__ = [
@@ -229,7 +229,7 @@ def _lr_chart(series: list[_Series], charged: bool) -> Markup:
 
 def _loss_chart(series: list[_Series], charged: bool) -> Markup:
     values = [v for s in series for _, v in (s.loss_charged if charged else s.loss)]
-    domain, log = _loss_axis(values, values)
+    domain, log = loss_axis(values, values)
     x_end = max([1.0] + [x for s in series for x, _ in (s.loss_charged if charged else s.loss)])
     fig = Figure(
         width=960,
