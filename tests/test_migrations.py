@@ -257,10 +257,25 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     assert {k: config[k] for k in old} == old and config["planner"] == "fixed"
 
 
-def test_0006_adds_archived_at_and_keeps_every_study_unarchived(empty_database: URL) -> None:
+def _revision_of(file_part: str) -> tuple[str, str]:
+    """The revision of the migration whose file name contains ``file_part``, and the
+    revision before it (ids may be renumbered when branches merge)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    for rev in script.walk_revisions():
+        if file_part in Path(rev.path).name:
+            down = rev.down_revision
+            assert isinstance(down, str)
+            return rev.revision, down
+    raise AssertionError(f"no migration named *{file_part}*")
+
+
+def test_the_archive_migration_adds_archived_at_and_keeps_every_study_unarchived(
+    empty_database: URL,
+) -> None:
     """Studies stored before archiving existed stay in the list (archived_at NULL), and
     a downgrade drops the column and keeps the studies."""
-    assert migrate(empty_database, revision="0005") == "0005"
+    archive, before = _revision_of("_archive")
+    assert migrate(empty_database, revision=before) == before
     engine = make_engine(empty_database)
     try:
         with engine.begin() as conn:
@@ -275,13 +290,13 @@ def test_0006_adds_archived_at_and_keeps_every_study_unarchived(empty_database: 
                 ),
                 {"t": "2026-01-01 00:00:00"},
             )
-        assert migrate(empty_database, revision="0006") == "0006"
+        assert migrate(empty_database, revision=archive) == archive
         with engine.connect() as conn:
             assert "archived_at" in {c["name"] for c in inspect(conn).get_columns("studies")}
             assert conn.execute(
                 text("SELECT name, archived_at FROM studies")
             ).all() == [("old", None)]
-        assert downgrade(empty_database, "0005") == "0005"
+        assert downgrade(empty_database, before) == before
         with engine.connect() as conn:
             assert "archived_at" not in {
                 c["name"] for c in inspect(conn).get_columns("studies")
