@@ -22,7 +22,7 @@ from stagelr_service.store import Store, migrate
 
 from .live import LiveServer, run_cli, start_server
 from .store_fixtures import BACKENDS, fresh_database
-from .test_dashboard import run_synthetic, seed_studies
+from .test_dashboard import CONFIG, run_synthetic, seed_studies
 
 slow = pytest.mark.slow
 
@@ -354,3 +354,40 @@ def test_the_store_searches_archives_and_deletes_on_both_backends(
                 assert repo.history(ids[1]) is None
                 assert repo.observations_of_study(ids[1]) == {}
                 assert repo.list_studies(archived=None)[1] == 2
+
+
+@slow
+def test_a_schedule_too_long_for_a_csv_download_says_what_to_take(server: LiveServer) -> None:
+    """A CSV is a row per step: past CSV_MAX_STEPS the page refuses it (the JSON stays
+    piecewise, one piece here) instead of writing millions of rows in one request."""
+    from stagelr.models import Metric, SegmentDecision, SegmentKind
+    from stagelr_service.dashboard.routes import CSV_MAX_STEPS
+
+    steps = CSV_MAX_STEPS + 1
+    with Store(server.database_url) as store, store.transaction() as repo:
+        project_id = repo.get_or_create_project("long").id
+        study, _ = repo.create_study(project_id, "very-long", CONFIG)
+        stage = repo.get_or_create_stage(study.id, 0, steps, 0, 0)
+        segment = repo.insert_segment(
+            study.id,
+            stage.id,
+            0,
+            SegmentDecision(
+                stage=0,
+                index=0,
+                kind=SegmentKind.exploit,
+                lr=0.05,
+                steps=steps,
+                start_step=0,
+                horizon=steps,
+                metric=Metric.val_loss,
+                report_every=1000,
+                data_seed=0,
+            ),
+        )
+        repo.update_segment_status(segment.id, "completed", steps_done=steps)
+    with httpx.Client(base_url=server.url) as web:
+        csv = web.get(f"/dashboard/studies/{study.id}/schedule.csv")
+        assert csv.status_code == 400 and "schedule.json" in csv.text
+        piecewise = web.get(f"/dashboard/studies/{study.id}/schedule.json").json()
+    assert piecewise["steps"] == steps and len(piecewise["pieces"]) == 1

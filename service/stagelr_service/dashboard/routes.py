@@ -35,6 +35,9 @@ log = logging.getLogger("stagelr.dashboard")
 
 _LOGIN = "/dashboard/login"
 
+#: The longest schedule the dashboard writes as CSV (one row per step) in one request.
+CSV_MAX_STEPS = 1_000_000
+
 
 def _ago(moment: datetime, now: datetime) -> str:
     seconds = max(0, int((now - moment).total_seconds()))
@@ -290,6 +293,12 @@ def schedule_download(request: Request, study_id: int, fmt: str) -> Response:
     if fmt not in ("json", "csv"):
         raise NotFoundError(f"no schedule format {fmt!r}: use schedule.json or schedule.csv")
     schedule = _service(request).get_schedule(study_id, scope=project)
+    if fmt == "csv" and schedule.steps > CSV_MAX_STEPS:
+        raise InputError(
+            f"the schedule has {schedule.steps:,} steps, more than the {CSV_MAX_STEPS:,} rows "
+            "a CSV download holds: take schedule.json (piecewise), or "
+            "`stagelr schedule ID --format csv -o FILE` on the server's database"
+        )
     name = f"study-{study_id}.schedule.{fmt}"
     return Response(
         schedule.dumps() if fmt == "json" else schedule.to_csv(),
