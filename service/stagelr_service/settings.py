@@ -26,6 +26,35 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the store; default: sqlite:///<data_dir>/stagelr.db.",
     )
+    db_connect_timeout: float = Field(
+        default=5.0,
+        ge=1,
+        le=600,
+        description=(
+            "Seconds to open a database connection (PostgreSQL's connect_timeout), and the "
+            "longest the liveness check of a pooled connection may take: an unreachable or "
+            "hung database then answers 503 `store-unavailable` instead of hanging."
+        ),
+    )
+    db_statement_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest one transaction (the database work of one request) may take. "
+            "PostgreSQL gets it as statement_timeout; a connection that does not answer "
+            "within it (a stalled network) is cut, and the request answers 503."
+        ),
+    )
+    db_pool_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds a request waits for a free pooled connection before it answers 503 "
+            "(all connections busy, e.g. while the database stalls)."
+        ),
+    )
     host: str = Field(default="127.0.0.1", description="Address `stagelr serve` binds.")
     port: int = Field(default=8321, ge=0, le=65535, description="Port `stagelr serve` binds.")
     auto_migrate: bool = Field(

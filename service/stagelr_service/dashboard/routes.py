@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..api.auth import COOKIE_NAME, current_scope
-from ..errors import InputError, NotFoundError, UnauthorizedError
+from ..api.errors import status_of
+from ..errors import InputError, NotFoundError, StagelrError, UnauthorizedError
 from ..settings import Settings
 from ..studies import StudyService
 from . import pages
@@ -104,6 +105,15 @@ class _DashboardRoute(APIRoute):
                     for e in exc.errors()
                 )
                 response = _error_page(400, "Bad request", detail, None)
+            except StagelrError as exc:  # the store away (503), and any other domain error
+                status, headers = status_of(exc)
+                response = _error_page(status, exc.title, exc.message, None)
+                response.headers.update(headers or {})
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = _error_page(
+                    500, "Internal error", "The server failed; its log says more.", None
+                )
             response.headers.update(SECURITY_HEADERS)
             return response
 
