@@ -199,6 +199,11 @@ class Selection(str, Enum):
 
 # --------------------------------------------------------------------------- config
 
+#: The widest LR range a study may search (bounds beyond it could never run: segment
+#: LRs derived from them stop being finite numbers).
+LR_FLOOR = 1e-30
+LR_CEILING = 1e30
+
 #: Preset defaults. A study names a preset and may override any field.
 PRESETS: dict[str, dict[str, Any]] = {
     # The published AutoLRS method (ICLR 2021), as its reference implementation runs it.
@@ -428,7 +433,7 @@ class StudyConfig(_Wire):
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", "default")
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ValueError(
                 f"unknown preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}"
             )
@@ -457,6 +462,12 @@ class StudyConfig(_Wire):
             )
         if self.lr_max / self.lr_min > 1e12:
             raise ValueError("the LR range spans more than 12 decades: narrow it")
+        if not (self.lr_min >= LR_FLOOR and self.lr_max <= LR_CEILING):
+            raise ValueError(
+                f"the LR range must lie within [{LR_FLOOR:g}, {LR_CEILING:g}]: no optimizer "
+                "trains at LRs outside it, and the tuner's LR arithmetic (range-test sweeps, "
+                "decays, the search's log scale) would not stay finite and exact there"
+            )
         assert self.tau0 is not None and self.tau_max is not None
         if self.tau_max < self.tau0:
             raise ValueError(f"tau_max ({self.tau_max}) must be at least tau0 ({self.tau0})")

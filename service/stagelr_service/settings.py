@@ -100,6 +100,24 @@ class Settings(BaseSettings):
         ),
     )
 
+    session_seconds: float = Field(
+        default=28_800.0,
+        gt=0,
+        le=30 * 86_400,
+        description=(
+            "How long a dashboard sign-in lasts (a server-side session; sign-out ends it at once)."
+        ),
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description=(
+            "When set, `GET /metrics` needs `Authorization: Bearer <this value>` (give it "
+            "to the Prometheus scraper); unset, anyone who reaches the port may scrape "
+            "it. The metrics hold request counts and study and segment counts of every "
+            "project, no names or data."
+        ),
+    )
+
     @field_validator("auth")
     @classmethod
     def _auth(cls, v: str) -> str:
