@@ -204,6 +204,43 @@ class Selection(str, Enum):
 LR_FLOOR = 1e-30
 LR_CEILING = 1e30
 
+#: Most stages a study's plan may have: a plan is listed, charged and drawn stage by
+#: stage, so this bounds the work of every request on the study.
+MAX_STAGES = 1000
+#: Most points one segment stores per metric (beyond its report cadence): a longer
+#: segment keeps every ``point_stride(steps)``-th step, so that what a request reads,
+#: forecasts and draws stays bounded.
+MAX_SEGMENT_POINTS = 10_000
+
+
+def point_stride(steps: int) -> int:
+    """The step stride a segment of ``steps`` steps stores points at (1 up to
+    :data:`MAX_SEGMENT_POINTS` steps)."""
+    return max(1, -(-steps // MAX_SEGMENT_POINTS))
+
+
+def keeps_step(step: int, steps: int, report_every: int) -> bool:
+    """Whether a segment of ``steps`` steps reporting every ``report_every`` stores a point
+    at ``step``: its report cadence, its last step, and every :func:`point_stride`-th
+    step (every step when the segment has at most :data:`MAX_SEGMENT_POINTS` steps)."""
+    return step % point_stride(steps) == 0 or step % report_every == 0 or step == steps
+
+
+def stage_count_bound(
+    total_steps: int, tau0: int, tau_max: int, growth: float, decay_fraction: float | None
+) -> int:
+    """An upper bound on the stages of a ``fixed`` or ``hold`` plan: the stages that grow
+    from tau0 to tau_max (each at least tau0 steps), the stages of tau_max steps after
+    them, a clipped last one and the decay."""
+    train = total_steps - decay_steps(total_steps, decay_fraction)
+    growing = train // tau0 + 1
+    if tau0 >= tau_max:
+        growing = 1
+    elif growth > 1.0:
+        growing = min(growing, math.ceil(math.log(tau_max / tau0) / math.log(growth)) + 1)
+    return growing + train // tau_max + 2
+
+
 #: Preset defaults. A study names a preset and may override any field.
 PRESETS: dict[str, dict[str, Any]] = {
     # The published AutoLRS method (ICLR 2021), as its reference implementation runs it.
@@ -488,6 +525,19 @@ class StudyConfig(_Wire):
                     f"total_steps = {self.total_steps} leaves {first} steps before the "
                     "decay, too few for an explore window: raise total_steps or "
                     "explore_ratio, or lower decay_fraction"
+                )
+        if self.planner != "budget" and self.total_steps is not None:
+            assert self.tau_growth is not None
+            bound = stage_count_bound(
+                self.total_steps, self.tau0, self.tau_max, self.tau_growth, self.decay_fraction
+            )
+            if bound > MAX_STAGES:
+                raise ValueError(
+                    f"total_steps = {self.total_steps} in stages of at most tau_max = "
+                    f"{self.tau_max} steps (from tau0 = {self.tau0}, growing by "
+                    f"{self.tau_growth:g}) makes up to {bound} stages, more than "
+                    f"{MAX_STAGES}: raise tau_max (to at least "
+                    f"{-(-self.total_steps // (MAX_STAGES // 2))}) or tau0 and tau_growth"
                 )
         if round(self.tau0 * self.explore_ratio) < 1:
             raise ValueError(

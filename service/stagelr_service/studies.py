@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from stagelr.models import (
+    MAX_SEGMENT_POINTS,
     CandidateView,
     CompleteRequest,
     FailRequest,
@@ -44,6 +45,8 @@ from stagelr.models import (
     StudyPlan,
     StudyStatus,
     StudyView,
+    keeps_step,
+    point_stride,
 )
 
 from . import tuner
@@ -424,6 +427,16 @@ class StudyService:
             raise InputError(
                 f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
                 "steps: report steps counted from 1 within the segment"
+            )
+        off = [
+            step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)
+        ]
+        if off:
+            raise InputError(
+                f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
+                f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
+                f"{point_stride(segment.steps)}th step and at its report cadence (every "
+                f"{segment.report_every} steps): report those steps only"
             )
         # It touches the study (its updated_at) when anything is new.
         accepted, duplicates = repo.add_observations(segment.id, rows, study_id=segment.study_id)

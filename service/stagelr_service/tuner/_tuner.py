@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stagelr.models import (
+    MAX_STAGES,
     DivergedPolicy,
     LRShape,
     Metric,
@@ -42,6 +43,7 @@ from stagelr.models import (
     budget_taus,
     decay_steps,
     lr_at,
+    stage_count_bound,
 )
 
 from ..forecast import Forecast, forecast
@@ -81,6 +83,8 @@ def nominal_tau(config: StudyConfig, index: int) -> int:
     assert config.tau0 is not None and config.tau_max is not None
     assert config.tau_growth is not None
     tau = float(config.tau0)
+    if config.tau_growth == 1.0:  # the loop below would multiply by 1, index times
+        return min(config.tau0, config.tau_max)
     for _ in range(index):
         tau *= config.tau_growth
         if tau >= config.tau_max:
@@ -830,6 +834,17 @@ def fit_charged_budget(config: StudyConfig) -> StudyConfig:
             )
         return config
     base = config.model_dump(mode="json")
+    # The trajectory is at most the budget: a config whose plan would have too many stages
+    # there is refused as such, not shrunk to fewer stages without a word.
+    longest = {**base, "total_steps": budget}
+    if config.planner != "budget":
+        assert config.tau0 is not None and config.tau_max is not None
+        assert config.tau_growth is not None
+        bound = stage_count_bound(
+            budget, config.tau0, config.tau_max, config.tau_growth, config.decay_fraction
+        )
+        if bound > MAX_STAGES:
+            StudyConfig.model_validate(longest)  # raises, naming the fix
 
     def fitted(steps: int) -> StudyConfig | None:
         try:
