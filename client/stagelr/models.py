@@ -677,6 +677,29 @@ class StageSummary(_Wire):
     candidates: int
 
 
+class OutageReport(_Wire):
+    """Steps a job trained on fallback segments while the service was unreachable
+    (``POST /v1/studies/{id}/outages``). The study's plan is shortened by them."""
+
+    key: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="The job's name for this outage: a report sent again with the same key "
+        "is a no-op.",
+    )
+    steps: int = Field(ge=1, le=10**12, description="Steps trained while the service was away.")
+
+
+class OutageView(_Wire):
+    key: str
+    steps: int
+    after_seq: int | None = Field(
+        description="Seq of the last segment handed out before the outage (None: before the first)."
+    )
+    reported_at: datetime
+
+
 class StudyView(_Wire):
     id: int
     project: str
@@ -695,6 +718,14 @@ class StudyView(_Wire):
     open_segment: SegmentView | None = None
     stalled: bool = Field(
         default=False, description="Running, and its open segment is stale (no job alive)."
+    )
+    outages: list[OutageView] = Field(
+        default_factory=list,
+        description="Times the job trained on while the service was unreachable, as it "
+        "reported them: the plan is shortened by their steps.",
+    )
+    offline_steps: int = Field(
+        default=0, description="Steps trained on fallback segments, over every outage."
     )
 
 

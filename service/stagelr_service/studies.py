@@ -31,6 +31,8 @@ from stagelr.models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
+    OutageView,
     PlanStage,
     PosteriorPoint,
     ReplayReport,
@@ -274,6 +276,27 @@ class StudyService:
                 repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
             return self._study_view(self._history(repo, study_id))
 
+    def report_outage(
+        self, study_id: int, report: OutageReport, *, scope: str | None = None
+    ) -> StudyView:
+        """Record steps the job trained on fallback segments while it could not reach the
+        service (idempotent per ``report.key``): the plan shrinks by them, so the job
+        still ends on its budget. The study's view lists the outage."""
+        with self.store.transaction() as repo:
+            self._study(repo, study_id, scope)
+            if repo.lock_study(study_id) is None:
+                raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
+            segments = repo.segments_of_study(study_id)
+            after = segments[-1].seq if segments else None
+            stored, created = repo.add_outage(study_id, report.key, report.steps, after)
+            if not created and stored.steps != report.steps:
+                raise ConflictError(
+                    f"outage {report.key!r} of study {study_id} was reported with "
+                    f"{stored.steps} steps, not {report.steps}: report a new outage under "
+                    "a new key"
+                )
+            return self._study_view(self._history(repo, study_id))
+
     # ------------------------------------------------------------------ segments
 
     def next_segment(self, study_id: int, *, scope: str | None = None) -> NextSegment:
@@ -310,7 +333,9 @@ class StudyService:
                 return None  # closed meanwhile by a racing request: read again
             return NextSegment(status=study.status, segment=self._view(beating))
 
-        config = StudyConfig.model_validate(study.config)
+        config = tuner.with_offline_steps(
+            StudyConfig.model_validate(study.config), history.offline_steps
+        )
         plan = tuner.next_segment(config, trials_of(history), self.optimizer)
         next_seq = history.segments[-1].seq + 1 if history.segments else 0
 
@@ -722,6 +747,13 @@ class StudyService:
             stalled=study.status is StudyStatus.running
             and open_view is not None
             and open_view.stale,
+            outages=[
+                OutageView(
+                    key=o.key, steps=o.steps, after_seq=o.after_seq, reported_at=o.reported_at
+                )
+                for o in history.outages
+            ],
+            offline_steps=history.offline_steps,
         )
 
 
@@ -736,7 +768,9 @@ def trained_steps(seg: SegmentRecord) -> int:
 def study_plan(history: StudyHistory) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
     chosen LR from the history."""
-    config = StudyConfig.model_validate(history.study.config)
+    config = tuner.with_offline_steps(
+        StudyConfig.model_validate(history.study.config), history.offline_steps
+    )
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
     for seg in history.segments:

@@ -17,6 +17,7 @@ from stagelr.models import (
     ObservationBatch,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     Problem,
     ReplayReport,
     ReplayRequest,
@@ -101,6 +102,17 @@ def next_segment(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Nex
 @router.post("/studies/{study_id}/stop", response_model=StudyView, summary="Stop a study")
 def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
     return service.stop_study(study_id, scope=scope.project)
+
+
+@router.post(
+    "/studies/{study_id}/outages",
+    response_model=StudyView,
+    summary="Report steps trained while the service was unreachable (idempotent per key)",
+)
+def report_outage(
+    study_id: StudyId, body: OutageReport, service: ServiceDep, scope: ScopeDep
+) -> StudyView:
+    return service.report_outage(study_id, body, scope=scope.project)
 
 
 @router.get(

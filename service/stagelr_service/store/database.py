@@ -46,6 +46,8 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.DisconnectionError,
 )
 
+_SQLITE_BUGS = ("no such table", "no such column", "syntax error")
+
 
 def store_unavailable(exc: Exception) -> StoreUnavailableError | None:
     """The domain error for a driver error that means "the database is away", else None.
@@ -53,6 +55,10 @@ def store_unavailable(exc: Exception) -> StoreUnavailableError | None:
     The message is generic (what the client should do); the driver's own text, which
     names hosts and ports, goes to the server log.
     """
+    if isinstance(exc, sa_exc.OperationalError) and any(
+        sign in str(exc.orig) for sign in _SQLITE_BUGS
+    ):
+        return None  # SQLite's word for a schema or statement error: a bug, not an outage
     if isinstance(exc, _UNAVAILABLE) or (
         isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     ):

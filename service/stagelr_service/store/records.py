@@ -16,6 +16,7 @@ from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudySta
 __all__ = [
     "ForecastRecord",
     "ObservationRecord",
+    "OutageRecord",
     "ProjectRecord",
     "SegmentRecord",
     "StageRecord",
@@ -142,6 +143,16 @@ class ForecastRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class OutageRecord:
+    """Steps a job trained on fallback segments while the service was unreachable."""
+
+    key: str
+    steps: int
+    after_seq: int | None
+    reported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class StudyHistory:
     """Everything the tuner needs about one study, read in one transaction."""
 
@@ -152,6 +163,13 @@ class StudyHistory:
     observations: dict[int, list[ObservationRecord]] = field(default_factory=dict)
     #: segment id -> its forecast; segments without one absent
     forecasts: dict[int, ForecastRecord] = field(default_factory=dict)
+    #: outages the job reported, in the order they were reported
+    outages: list[OutageRecord] = field(default_factory=list)
+
+    @property
+    def offline_steps(self) -> int:
+        """Steps trained on fallback segments, over every reported outage."""
+        return sum(o.steps for o in self.outages)
 
 
 @dataclass(frozen=True, slots=True)

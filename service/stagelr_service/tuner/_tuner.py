@@ -812,6 +812,29 @@ def planned_charge(config: StudyConfig) -> int:
     return sum(stage.charge for stage in stages)
 
 
+def with_offline_steps(config: StudyConfig, offline_steps: int) -> StudyConfig:
+    """The plan left after ``offline_steps`` trained on fallback segments (the job could
+    not reach the service): ``total_steps`` and ``charged_steps`` shortened by them, so
+    that the job still ends on its budget. The stages decided before keep their sizes;
+    the later ones, the decay included, fit in what is left. A study without a budget is
+    unchanged."""
+    if offline_steps <= 0 or config.total_steps is None:
+        return config
+    update: dict[str, int] = {"total_steps": max(1, config.total_steps - offline_steps)}
+    if config.charged_steps is not None:
+        update["charged_steps"] = max(1, config.charged_steps - offline_steps)
+    return config.model_copy(update=update)
+
+
+def offline_steps_before(outage_after_seqs: Sequence[tuple[int | None, int]], seq: int) -> int:
+    """Offline steps the decision of segment ``seq`` knew of: those of the outages
+    reported after segment ``after_seq`` (``(after_seq, steps)`` pairs; None: before the
+    first segment), which the job reports before it asks for the next one."""
+    return sum(
+        steps for after, steps in outage_after_seqs if (-1 if after is None else after) < seq
+    )
+
+
 def fit_charged_budget(config: StudyConfig) -> StudyConfig:
     """The config with ``total_steps`` fitted to ``charged_steps``, the job's whole budget.
 
