@@ -130,7 +130,13 @@ def make_engine(
     connect_args = {
         # libpq counts whole seconds, and takes anything under 2 as 2.
         "connect_timeout": max(2, round(connect_timeout)),
-        "options": f"-c statement_timeout={round(statement_timeout * 1000)}",
+        # A transaction whose client went away mid-way (a connection cut by a deadline,
+        # a network that dropped it unseen) must not hold its locks, e.g. on a study row,
+        # until TCP gives up: the server ends it after the same time.
+        "options": (
+            f"-c statement_timeout={round(statement_timeout * 1000)} "
+            f"-c idle_in_transaction_session_timeout={round(statement_timeout * 1000)}"
+        ),
     }
     engine = create_engine(
         parsed,
