@@ -794,7 +794,7 @@ class LiveQueries:
     # ------------------------------------------------------------------ history
 
     def history(self, study_id: int) -> StudyHistory | None:
-        """The study with its stages, segments, observations and forecasts (five
+        """The study with its stages, segments, observations, forecasts and outages (six
         queries), or None if there is no such study."""
         study = self.get_study(study_id)
         if study is None:
