@@ -24,9 +24,9 @@ from stagelr.models import (
     StudyCreate,
 )
 from stagelr_service.dashboard import pages
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 
 T = TypeVar("T")
 

@@ -25,9 +25,9 @@ from stagelr.models import (
 from stagelr_service import tuner
 from stagelr_service.errors import InputError
 from stagelr_service.history import trials_of
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 
 from .store_fixtures import BACKENDS, clear_tables, fresh_database
 
@@ -221,7 +221,8 @@ def test_a_decision_runs_a_bounded_number_of_statements(service) -> None:
         event.remove(service.store.engine, "before_cursor_execute", count)
     print(f"statements: completion {completing}, decision {deciding}")
     # Measured: 14 and 12 on SQLite (its BEGINs are statements too), 14 and 10 on
-    # PostgreSQL (the decision reads the study's outages too). Before: 19 and 13 on SQLite while the segment and the forecast were
+    # PostgreSQL (the decision reads the study's outages too). Before: 19 and 13 on
+    # SQLite while the segment and the forecast were
     # ORM inserts in SAVEPOINTs (now one INSERT .. ON CONFLICT each) and SQLite's
     # observation insert had a SAVEPOINT too; 34 and 16 before a completion stored its
     # reports in its own write transaction and each transaction touched its study once.

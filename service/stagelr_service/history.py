@@ -179,10 +179,12 @@ def study_view(
     *,
     now: datetime | None,
     lease_seconds: float | None,
+    config: tuner.ResolvedConfig | None = None,
     outages: Sequence[OutageRecord] = (),
 ) -> StudyView:
-    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`;
-    ``outages`` the ones its job reported (the study page and GET show them)."""
+    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`,
+    ``config`` its stored config, when the caller has read it already; ``outages`` the
+    ones its job reported (the study page and GET show them)."""
     trajectory = charged = 0
     schedule: list[tuple[int, float]] = []
     # A training segment that continues a candidate starts after the candidate's
@@ -219,7 +221,7 @@ def study_view(
         project=study.project,
         name=study.name,
         status=study.status,
-        config=tuner.ResolvedConfig.stored(study.config).request(),
+        config=(config or tuner.ResolvedConfig.stored(study.config)).request(),
         created_at=study.created_at,
         updated_at=study.updated_at,
         trajectory_steps=trajectory,
@@ -238,7 +240,11 @@ def study_view(
 
 
 def history_view(
-    history: StudyHistory, *, now: datetime | None, lease_seconds: float | None
+    history: StudyHistory,
+    *,
+    now: datetime | None,
+    lease_seconds: float | None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StudyView:
     """:func:`study_view` of a whole history."""
     return study_view(
@@ -248,6 +254,7 @@ def history_view(
         best_loss(history),
         now=now,
         lease_seconds=lease_seconds,
+        config=config,
         outages=history.outages,
     )
 
@@ -257,12 +264,15 @@ def stage_detail(
     index: int,
     optimizer: tuner.Optimizer,
     trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StageDetail:
     """A stage's search: each candidate's losses and forecast, and the GP posterior.
-    ``trials``: :func:`trials_of` the history, when the caller has them already."""
+    ``trials`` (:func:`trials_of` the history) and ``config`` (its stored config): when
+    the caller has them already."""
     study_id = history.study.id
     trials = trials_of(history) if trials is None else trials
-    config = tuner.search_config(tuner.ResolvedConfig.stored(history.study.config), trials)
+    stored = config or tuner.ResolvedConfig.stored(history.study.config)
+    config = tuner.search_config(stored, trials)
     geometries = tuner.stage_geometries(config, trials)
     if not 0 <= index < len(geometries):
         raise NotFoundError(f"study {study_id} has no stage {index} yet (it has {len(geometries)})")
@@ -302,11 +312,16 @@ def stage_detail(
     )
 
 
-def study_plan(history: StudyHistory, trials: Sequence[tuner.Trial] | None = None) -> StudyPlan:
+def study_plan(
+    history: StudyHistory,
+    trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
+) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
-    chosen LR from the history; its budget is shortened by the outages' offline steps."""
+    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`); its
+    budget is shortened by the outages' offline steps."""
     config = tuner.with_offline_steps(
-        tuner.ResolvedConfig.stored(history.study.config), history.offline_steps
+        config or tuner.ResolvedConfig.stored(history.study.config), history.offline_steps
     )
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
