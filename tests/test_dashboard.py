@@ -523,7 +523,7 @@ def test_a_token_logs_in_with_a_strict_http_only_cookie_and_shows_its_project_on
         assert login.status_code == 303
         assert login.headers["location"] == f"/dashboard/studies/{mine}"
         cookie = login.headers["set-cookie"]
-        assert cookie.startswith(f"stagelr_token={token};")
+        assert cookie.startswith("stagelr_session=sess_") and token not in cookie
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
         listed = [int(r["data-study"]) for r in study_rows(web.get("/dashboard").text)]
         assert listed == [mine]
@@ -533,8 +533,10 @@ def test_a_token_logs_in_with_a_strict_http_only_cookie_and_shows_its_project_on
         # An off-site "next" is ignored: no open redirect.
         bounced = web.post("/dashboard/login", data={"token": token, "next": "https://evil.test/"})
         assert bounced.headers["location"] == "/dashboard"
-        out = web.post("/dashboard/logout")
-        assert out.status_code == 303 and 'stagelr_token=""' in out.headers["set-cookie"]
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', web.get("/dashboard").text)
+        assert csrf is not None
+        out = web.post("/dashboard/logout", data={"csrf": csrf.group(1)})
+        assert out.status_code == 303 and 'stagelr_session=""' in out.headers["set-cookie"]
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -33,7 +33,16 @@ from stagelr_service.store.schema import alembic_config, script_location
 from .store_fixtures import BACKENDS, fresh_database, fresh_postgres_database, postgres_admin_url
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = {"projects", "studies", "stages", "segments", "observations", "forecasts", "tokens"}
+TABLES = {
+    "projects",
+    "studies",
+    "stages",
+    "segments",
+    "observations",
+    "forecasts",
+    "tokens",
+    "outages",
+}
 
 #: The newest revision of this version's history.
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -201,7 +210,7 @@ def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
     assert "CREATE TABLE observations" in out.getvalue()
 
 
-def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meaning(
+def test_0003_to_0006_fill_the_new_fields_of_older_studies_with_their_old_meaning(
     empty_database: URL,
 ) -> None:
     """A study stored before the planner and the range test existed keeps deciding as it
@@ -243,7 +252,7 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     assert resolved.lr_bounds == "given"
     assert resolved.initial_design == 1
 
-    # Down to 0003 takes out what 0004 and 0005 filled in, and keeps the rest.
+    # Down to 0003 takes out what 0004 and 0006 filled in, and keeps the rest.
     assert downgrade(empty_database, "0003") == "0003"
     engine = make_engine(empty_database)
     try:
@@ -293,14 +302,12 @@ def test_the_archive_migration_adds_archived_at_and_keeps_every_study_unarchived
         assert migrate(empty_database, revision=archive) == archive
         with engine.connect() as conn:
             assert "archived_at" in {c["name"] for c in inspect(conn).get_columns("studies")}
-            assert conn.execute(
-                text("SELECT name, archived_at FROM studies")
-            ).all() == [("old", None)]
+            assert conn.execute(text("SELECT name, archived_at FROM studies")).all() == [
+                ("old", None)
+            ]
         assert downgrade(empty_database, before) == before
         with engine.connect() as conn:
-            assert "archived_at" not in {
-                c["name"] for c in inspect(conn).get_columns("studies")
-            }
+            assert "archived_at" not in {c["name"] for c in inspect(conn).get_columns("studies")}
             assert conn.execute(text("SELECT name FROM studies")).scalars().all() == ["old"]
     finally:
         engine.dispose()

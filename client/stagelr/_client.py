@@ -24,6 +24,7 @@ from .models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     ReplayReport,
     ReplayRequest,
     SegmentView,
@@ -150,6 +151,13 @@ class Client:
     def get_schedule(self, study_id: int) -> Schedule:
         """The study's trajectory as a portable LR schedule (:mod:`stagelr.schedule`)."""
         return self._request("GET", f"/v1/studies/{study_id}/schedule", Schedule)
+
+    def report_outage(self, study_id: int, key: str, steps: int) -> StudyView:
+        """Tell the service that the job trained ``steps`` steps on fallback segments
+        while it could not reach it; the study's plan shrinks by them. Idempotent per
+        ``key`` (a retry is a no-op)."""
+        body = OutageReport(key=key, steps=steps)
+        return self._request("POST", f"/v1/studies/{study_id}/outages", StudyView, body=body)
 
     def get_plan(self, study_id: int) -> StudyPlan:
         """The study's plan (stage lengths, searches, final decay), known before training

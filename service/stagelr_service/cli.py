@@ -336,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--project", help="the study's project (when its name is not unique)")
     schedule.add_argument("--output", "-o", default="-", help="the file (default: stdout)")
     schedule.add_argument(
-        "--format", choices=["json", "csv"], default="json",
+        "--format",
+        choices=["json", "csv"],
+        default="json",
         help="json: the piecewise schedule with its provenance (default); csv: step,lr,stage,kind",
     )
     schedule.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")

@@ -17,6 +17,7 @@ from datetime import datetime
 from stagelr.models import (
     CandidateView,
     ForecastView,
+    OutageView,
     PlanStage,
     PosteriorPoint,
     SegmentKind,
@@ -35,6 +36,7 @@ from .forecast import Forecast
 from .store.records import (
     ForecastRecord,
     ObservationRecord,
+    OutageRecord,
     SegmentRecord,
     StageRecord,
     StudyHistory,
@@ -178,9 +180,11 @@ def study_view(
     now: datetime | None,
     lease_seconds: float | None,
     config: tuner.ResolvedConfig | None = None,
+    outages: Sequence[OutageRecord] = (),
 ) -> StudyView:
     """The wire view of a study from its rows; ``best`` is its :func:`best_loss`,
-    ``config`` its stored config, when the caller has read it already."""
+    ``config`` its stored config, when the caller has read it already; ``outages`` the
+    ones its job reported (the study page and GET show them)."""
     trajectory = charged = 0
     schedule: list[tuple[int, float]] = []
     # A training segment that continues a candidate starts after the candidate's
@@ -228,6 +232,11 @@ def study_view(
         open_segment=open_view,
         stalled=study.status is StudyStatus.running and open_view is not None and open_view.stale,
         archived_at=study.archived_at,
+        outages=[
+            OutageView(key=o.key, steps=o.steps, after_seq=o.after_seq, reported_at=o.reported_at)
+            for o in outages
+        ],
+        offline_steps=sum(o.steps for o in outages),
     )
 
 
@@ -247,6 +256,7 @@ def history_view(
         now=now,
         lease_seconds=lease_seconds,
         config=config,
+        outages=history.outages,
     )
 
 
@@ -309,8 +319,11 @@ def study_plan(
     config: tuner.ResolvedConfig | None = None,
 ) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
-    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`)."""
-    config = config or tuner.ResolvedConfig.stored(history.study.config)
+    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`); its
+    budget is shortened by the outages' offline steps."""
+    config = tuner.with_offline_steps(
+        config or tuner.ResolvedConfig.stored(history.study.config), history.offline_steps
+    )
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
     for seg in history.segments:

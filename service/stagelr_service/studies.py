@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stagelr.models import (
+    MAX_SEGMENT_POINTS,
     CompleteRequest,
     FailRequest,
     Metric,
@@ -27,6 +28,7 @@ from stagelr.models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     ReplayReport,
     SegmentKind,
     SegmentStatus,
@@ -37,6 +39,8 @@ from stagelr.models import (
     StudyPlan,
     StudyStatus,
     StudyView,
+    keeps_step,
+    point_stride,
 )
 from stagelr.schedule import Schedule
 
@@ -260,6 +264,27 @@ class StudyService:
             histories = [self._history(repo, study_id, scope) for study_id in study_ids]
         return [(self._study_view(history), history) for history in histories]
 
+    def report_outage(
+        self, study_id: int, report: OutageReport, *, scope: str | None = None
+    ) -> StudyView:
+        """Record steps the job trained on fallback segments while it could not reach the
+        service (idempotent per ``report.key``): the plan shrinks by them, so the job
+        still ends on its budget. The study's view lists the outage."""
+        with self.store.transaction() as repo:
+            self._study(repo, study_id, scope)
+            if repo.lock_study(study_id) is None:
+                raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
+            segments = repo.segments_of_study(study_id)
+            after = segments[-1].seq if segments else None
+            stored, created = repo.add_outage(study_id, report.key, report.steps, after)
+            if not created and stored.steps != report.steps:
+                raise ConflictError(
+                    f"outage {report.key!r} of study {study_id} was reported with "
+                    f"{stored.steps} steps, not {report.steps}: report a new outage under "
+                    "a new key"
+                )
+            return self._study_view(self._history(repo, study_id))
+
     def study_summaries(
         self,
         *,
@@ -360,7 +385,9 @@ class StudyService:
                 return None  # closed meanwhile by a racing request: read again
             return NextSegment(status=study.status, segment=self._view(beating))
 
-        config = ResolvedConfig.stored(study.config)
+        config = tuner.with_offline_steps(
+            ResolvedConfig.stored(study.config), history.offline_steps
+        )
         plan = tuner.next_segment(config, trials_of(history), self.optimizer)
         next_seq = history.segments[-1].seq + 1 if history.segments else 0
 
@@ -457,6 +484,16 @@ class StudyService:
             raise InputError(
                 f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
                 "steps: report steps counted from 1 within the segment"
+            )
+        off = [
+            step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)
+        ]
+        if off:
+            raise InputError(
+                f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
+                f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
+                f"{point_stride(segment.steps)}th step and at its report cadence (every "
+                f"{segment.report_every} steps): report those steps only"
             )
         # It touches the study (its updated_at) when anything is new.
         accepted, duplicates = repo.add_observations(segment.id, rows, study_id=segment.study_id)

@@ -17,6 +17,7 @@ from stagelr.models import (
     ObservationBatch,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     Problem,
     ReplayReport,
     ReplayRequest,
@@ -144,6 +145,17 @@ def unarchive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> 
 def delete_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Response:
     service.delete_study(study_id, scope=scope.project)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/studies/{study_id}/outages",
+    response_model=StudyView,
+    summary="Report steps trained while the service was unreachable (idempotent per key)",
+)
+def report_outage(
+    study_id: StudyId, body: OutageReport, service: ServiceDep, scope: ScopeDep
+) -> StudyView:
+    return service.report_outage(study_id, body, scope=scope.project)
 
 
 @router.get(

@@ -70,6 +70,7 @@ def lr_path(
     path.append((start + steps, path[-1][1]))
     return path
 
+
 #: Colour classes for candidates (c0..c9 in the CSS), reused past ten.
 PALETTE_SIZE = 10
 

@@ -56,6 +56,8 @@ STATUSES = ("running", "stalled", "completed", "failed", "stopped")
 #: The statuses after which a study does not change any more.
 FINISHED = frozenset({"completed", "failed", "stopped"})
 PER_PAGE_MAX = 200
+#: Pages beyond this hold no study any store has (and their offset would overflow 64 bits).
+PAGE_MAX = 10**9
 
 
 def shown_status(summary: StudySummaryRecord) -> str:
@@ -99,6 +101,8 @@ class ListQuery:
             raise InputError(f"unknown status {self.status!r}: use one of {', '.join(STATUSES)}")
         if self.page < 1:
             raise InputError(f"page {self.page} does not exist: pages count from 1")
+        if self.page > PAGE_MAX:
+            raise InputError(f"page {self.page} does not exist: the list has fewer pages")
         if not 1 <= self.per_page <= PER_PAGE_MAX:
             raise InputError(f"per_page must be between 1 and {PER_PAGE_MAX}")
 

@@ -3,10 +3,20 @@
 Like the API's routes they only translate: read the scope, load the page's data
 (:mod:`.pages`), render a template. Every response of this router, errors included, is
 HTML with the security headers of :data:`.assets.SECURITY_HEADERS`.
+
+With auth on, signing in with a project token opens a server-side session
+(:meth:`stagelr_service.tokens.Tokens.open_session`): the ``stagelr_session`` cookie
+(HttpOnly, SameSite=Strict, Secure over HTTPS, expiring with ``STAGELR_SESSION_SECONDS``)
+holds the session's random secret, never the project token; sign-out revokes the
+session in the store. The state-changing requests (sign-in, sign-out) refuse another
+site's ``Origin`` (or ``Sec-Fetch-Site: cross-site``), and sign-out also needs the
+session's CSRF token, which the pages put in the sign-out form.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
@@ -21,8 +31,16 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..api.auth import COOKIE_NAME, current_scope
-from ..errors import InputError, InvalidStateError, NotFoundError, UnauthorizedError
+from ..api.auth import current_scope, token_of
+from ..api.errors import status_of
+from ..errors import (
+    ForbiddenError,
+    InputError,
+    InvalidStateError,
+    NotFoundError,
+    StagelrError,
+    UnauthorizedError,
+)
 from ..settings import Settings
 from ..studies import StudyService
 from . import compare, csrf, pages
@@ -34,6 +52,16 @@ __all__ = ["router"]
 log = logging.getLogger("stagelr.dashboard")
 
 _LOGIN = "/dashboard/login"
+#: The session cookie: a server-side session's secret, never a project token.
+SESSION_COOKIE = "stagelr_session"
+#: Ids are 64-bit in the store: a larger one names no study (404), not a driver overflow.
+_MAX_ID = 2**63 - 1
+
+
+def _no_such_study(study_id: int) -> None:
+    if not 0 <= study_id <= _MAX_ID:
+        raise NotFoundError(f"no study {study_id}")
+
 
 #: The longest schedule the dashboard writes as CSV (one row per step) in one request.
 CSV_MAX_STEPS = 1_000_000
@@ -109,6 +137,15 @@ class _DashboardRoute(APIRoute):
                     for e in exc.errors()
                 )
                 response = _error_page(400, "Bad request", detail, None)
+            except StagelrError as exc:  # the store away (503), and any other domain error
+                status, headers = status_of(exc)
+                response = _error_page(status, exc.title, exc.message, None)
+                response.headers.update(headers or {})
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = _error_page(
+                    500, "Internal error", "The server failed; its log says more.", None
+                )
             response.headers.update(SECURITY_HEADERS)
             return response
 
@@ -134,11 +171,43 @@ def _auth_on(request: Request) -> bool:
 
 def _scope(request: Request) -> tuple[bool, str | None]:
     """``(allowed, project)``: whether the request may see the dashboard, and the one
-    project it may see (None: every project)."""
+    project it may see (None: every project). A bearer header (scripts) or the session
+    cookie (a signed-in browser) opens it."""
+    if not _auth_on(request):
+        return True, None
     try:
-        return True, current_scope(request).project
+        if token_of(request) is not None:
+            return True, current_scope(request).project
+        secret = request.cookies.get(SESSION_COOKIE)
+        return True, request.app.state.tokens.session_project(
+            secret, _settings(request).session_seconds
+        )
     except UnauthorizedError:
         return False, None
+
+
+def csrf_token(secret: str) -> str:
+    """The sign-out form's CSRF token: derived from the session's secret, which only the
+    HttpOnly cookie holds, so another site can neither read nor compute it."""
+    return hashlib.sha256(b"stagelr-csrf:" + secret.encode("utf-8")).hexdigest()[:32]
+
+
+def _csrf(request: Request) -> str:
+    secret = request.cookies.get(SESSION_COOKIE)
+    return csrf_token(secret) if secret else ""
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a state-changing request that another site's page sent (403)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise ForbiddenError("this form can only be sent from the dashboard's own pages")
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is not None and origin != own:
+        raise ForbiddenError(
+            f"a request from {origin!r} cannot change the dashboard's session; use the "
+            "dashboard's own pages"
+        )
 
 
 def _to_login(request: Request) -> RedirectResponse:
@@ -192,11 +261,13 @@ def study_list(
         statuses=pages.STATUSES,
         scope_project=project,
         auth_on=_auth_on(request),
+        csrf=_csrf(request),
     )
 
 
 @router.get("/dashboard/studies/{study_id}")
 def study_page(request: Request, study_id: int) -> Response:
+    _no_such_study(study_id)
     allowed, project = _scope(request)
     if not allowed:
         return _to_login(request)
@@ -208,6 +279,7 @@ def study_page(request: Request, study_id: int) -> Response:
         csrf_token=token,
         scope_project=project,
         auth_on=_auth_on(request),
+        csrf=_csrf(request),
     )
     if new:
         csrf.set_cookie(response, request, token)
@@ -230,9 +302,7 @@ async def archive(request: Request, study_id: int) -> Response:
     if refused:
         return _error_page(403, "Refused", refused, project)
     archived = form.get("archived", "1") != "0"
-    await run_in_threadpool(
-        _service(request).archive_study, study_id, archived, scope=project
-    )
+    await run_in_threadpool(_service(request).archive_study, study_id, archived, scope=project)
     return RedirectResponse(f"/dashboard/studies/{study_id}", status_code=303)
 
 
@@ -312,6 +382,7 @@ def study_live(request: Request, study_id: int, since: str = "") -> Response:
     """The study page's changing part, for its script to swap in: 204 while nothing
     changed since version ``since``. Headers: ``X-Stagelr-Version`` (the version to send
     next) and ``X-Stagelr-Live`` (``off`` once the study is finished: stop polling)."""
+    _no_such_study(study_id)
     allowed, project = _scope(request)
     if not allowed:
         return Response(status_code=401)
@@ -339,15 +410,18 @@ def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post(_LOGIN)
 async def login(request: Request) -> Response:
-    """Check the posted token; if it is valid, keep it in an HttpOnly, SameSite=Strict
-    cookie (the page's script never sees it) and go where the reader was headed."""
+    """Check the posted token; if it is valid, open a server-side session and keep its
+    secret in an HttpOnly, SameSite=Strict cookie (the page's script never sees it), then
+    go where the reader was headed."""
     if not _auth_on(request):
         return RedirectResponse("/dashboard", status_code=303)
+    _same_origin(request)
     form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
     token = (form.get("token") or [""])[0].strip()
     target = _safe_next(form.get("next", [""])[0])
+    tokens = request.app.state.tokens
     try:
-        project = await run_in_threadpool(request.app.state.tokens.project_of, token)
+        project = await run_in_threadpool(tokens.project_of, token)
     except UnauthorizedError:
         return render(
             "login.html",
@@ -357,11 +431,13 @@ async def login(request: Request) -> Response:
             scope_project=None,
             auth_on=True,
         )
-    log.info("dashboard login for project %s", project)
+    secret = await run_in_threadpool(tokens.open_session, project)
+    log.info("dashboard session opened for project %s", project)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
-        COOKIE_NAME,
-        token,
+        SESSION_COOKIE,
+        secret,
+        max_age=int(_settings(request).session_seconds),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -371,7 +447,17 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/dashboard/logout")
-def logout() -> Response:
+async def logout(request: Request) -> Response:
+    """End the session: revoke it in the store (the cookie is then worthless, even if a
+    copy survives) and clear the cookie."""
+    _same_origin(request)
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+        sent = (form.get("csrf") or [""])[0]
+        if not hmac.compare_digest(sent.encode(), csrf_token(secret).encode()):
+            raise ForbiddenError("sign out from the dashboard's own pages (the form's token)")
+        await run_in_threadpool(request.app.state.tokens.close_session, secret)
     response = RedirectResponse(_LOGIN, status_code=303)
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

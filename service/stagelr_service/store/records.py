@@ -17,6 +17,7 @@ from stagelr.models import LRShape, Metric, SegmentDecision, SegmentStatus, Stud
 __all__ = [
     "ForecastRecord",
     "ObservationRecord",
+    "OutageRecord",
     "ProjectRecord",
     "ScheduleSegment",
     "SegmentRecord",
@@ -141,6 +142,16 @@ class ScheduleSegment(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class OutageRecord:
+    """Steps a job trained on fallback segments while the service was unreachable."""
+
+    key: str
+    steps: int
+    after_seq: int | None
+    reported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class StudyHistory:
     """Everything the tuner needs about one study, read in one transaction."""
 
@@ -151,6 +162,13 @@ class StudyHistory:
     observations: dict[int, list[ObservationRecord]] = field(default_factory=dict)
     #: segment id -> its forecast; segments without one absent
     forecasts: dict[int, ForecastRecord] = field(default_factory=dict)
+    #: outages the job reported, in the order they were reported
+    outages: list[OutageRecord] = field(default_factory=list)
+
+    @property
+    def offline_steps(self) -> int:
+        """Steps trained on fallback segments, over every reported outage."""
+        return sum(o.steps for o in self.outages)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from ._tuner import (
     initial_design,
     next_segment,
     nominal_tau,
+    offline_steps_before,
     plan_stages,
     planned_charge,
     range_test_bounds,
@@ -25,6 +26,7 @@ from ._tuner import (
     stage_geometry,
     stage_posterior,
     to_unit,
+    with_offline_steps,
 )
 from ._types import (
     CandidateAnalysis,
@@ -74,6 +76,7 @@ __all__ = [
     "initial_design",
     "next_segment",
     "nominal_tau",
+    "offline_steps_before",
     "plan_stages",
     "planned_charge",
     "range_test_bounds",
@@ -84,4 +87,5 @@ __all__ = [
     "stage_geometry",
     "stage_posterior",
     "to_unit",
+    "with_offline_steps",
 ]
