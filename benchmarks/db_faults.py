@@ -33,8 +33,8 @@ import httpx
 
 import stagelr
 from stagelr_service.server import start_server
-from stagelr_service.simulation import SyntheticJob, drive_tuner
 from stagelr_service.store import Store, normalize_url
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.store_fixtures import fresh_postgres_database  # noqa: E402

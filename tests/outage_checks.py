@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import stagelr
-from stagelr_service.simulation import DrivenJob, study_decisions
+from stagelr_service.testing.simulation import DrivenJob, study_decisions
 
 
 def check_outage_accounted(

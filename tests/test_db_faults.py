@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import stagelr
-from stagelr_service.simulation import SyntheticJob, drive_tuner, study_decisions
 from stagelr_service.store import Store, normalize_url
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 
 from .live import ServerProcess, start_server
 from .store_fixtures import POSTGRES_ENV, fresh_postgres_database, postgres_admin_url

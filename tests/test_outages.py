@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import stagelr
-from stagelr_service.simulation import SyntheticJob, drive_tuner, study_decisions
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 
 from .outage_checks import check_outage_accounted
 from .tcp_proxy import TcpProxy
