@@ -15,6 +15,7 @@ import pytest
 import stagelr
 from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 
+from .live import LiveServer
 from .outage_checks import check_outage_accounted
 from .tcp_proxy import TcpProxy
 
@@ -86,8 +87,7 @@ def test_fallback_segments_are_cut_to_what_is_left_of_the_charged_budget(
 
 
 def test_after_an_outage_the_plan_shrinks_and_the_study_shows_it(
-    live_server,  # type: ignore[no-untyped-def]
-    proxy: TcpProxy,
+    live_server: LiveServer, proxy: TcpProxy
 ) -> None:
     with tuner_at(live_server.url) as tuner:
         drive_tuner(tuner, SyntheticJob(seed=11))
@@ -115,6 +115,8 @@ def test_after_an_outage_the_plan_shrinks_and_the_study_shows_it(
         check_outage_accounted(client, study_id, record, baseline, STUDY["total_steps"])
         (outage,) = client.get_study(study_id).outages
         assert outage.after_seq == 1  # reported before the third decision
+    page = httpx.get(f"{live_server.url}/dashboard/studies/{study_id}", timeout=60)
+    assert "Trained without the service: 10 steps in 1 outage" in page.text
 
 
 def test_an_outage_report_is_idempotent_and_checked(live_server) -> None:  # type: ignore[no-untyped-def]

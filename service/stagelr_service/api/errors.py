@@ -107,7 +107,7 @@ def problem_for(exc: Exception, request: Request) -> JSONResponse:
                 "(and /openapi.json)"
             )
         headers = dict(exc.headers or {})
-        if exc.status_code == 405:
+        if exc.status_code == 405 and "app" in request.scope:
             # RFC 9110: a 405 lists every method the resource has. Starlette names only
             # the first route that matched the path, and a path may have several.
             headers["Allow"] = ", ".join(_allowed_methods(request))
