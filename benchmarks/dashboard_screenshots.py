@@ -3,8 +3,9 @@
 Starts `stagelr serve` on a fresh SQLite file, tunes the digits MLP of `stagelr demo`
 under it (real PyTorch training), adds a few synthetic studies so the list has some
 variety (one left running, one stopped, one whose job went quiet past the lease), and
-then photographs the study list and the digits study's page with Debian's chromium
-driven by Playwright. Then it adds 1,000 studies and times list pages over HTTP (first,
+then photographs the study list, the digits study's page and the comparison of two
+digits runs (the default planner against the fixed one) with Debian's chromium driven by
+Playwright. Then it adds 1,000 studies and times list pages over HTTP (first,
 middle and last page of each sort):
 
     .venv/bin/python benchmarks/dashboard_screenshots.py            # docs/img/dashboard-*.png
@@ -174,12 +175,30 @@ def main() -> None:
             ) as tuner:
                 result = train_digits(tuner, seed=3)
                 digits = tuner.study_id
+            # The same job with every stage searched (the fixed planner), to compare.
+            with stagelr.Tuner(
+                server.url,
+                study="digits-mlp-fixed",
+                project="vision",
+                lr_min=1e-3,
+                lr_max=1.0,
+                total_steps=args.steps,
+                tau0=100,
+                tau_max=400,
+                k=6,
+                seed=3,
+                planner="fixed",
+            ) as tuner:
+                fixed = train_digits(tuner, seed=3)
+                digits_fixed = tuner.study_id
             time.sleep(max(0.0, quiet_since + LEASE_SECONDS + 1 - time.monotonic()))
-            synthetic(server.url, "bowl-in-progress", seed=1, segments=13)
+            synthetic(server.url, "bowl-in-progress", seed=1, segments=7)
             print(
                 f"studies ready in {time.perf_counter() - started:.1f} s; digits final "
                 f"val loss {result.final_val_loss:.4f}, stages "
                 + ", ".join(f"{lr:.3g}" for _, _, lr in result.stages)
+                + f"; digits (fixed planner) {fixed.final_val_loss:.4f}, stages "
+                + ", ".join(f"{lr:.3g}" for _, _, lr in fixed.stages)
             )
 
             with sync_playwright() as pw:
@@ -210,9 +229,24 @@ def main() -> None:
                     full_page=True,
                     clip={"x": 0, "y": 0, "width": 1200, "height": height},
                 )
+                # The two digits runs side by side, reached as a user does: tick them in
+                # the list, then Compare.
+                page.goto(f"{server.url}/dashboard")
+                for study_id in (digits, digits_fixed):
+                    page.locator(f'tr[data-study="{study_id}"] input[type=checkbox]').check()
+                page.get_by_role("button", name="Compare selected").click()
+                page.wait_for_load_state("networkidle")
+                compared = {
+                    "url": page.url.removeprefix(server.url),
+                    **{
+                        sel: page.locator(sel).count()
+                        for sel in ("tr.compare-row", "polyline.lr-path", "circle.loss-obs")
+                    },
+                }
+                page.screenshot(path=str(args.out / "dashboard-compare.png"), full_page=True)
                 browser.close()
-            print(f"list: {rows} studies; study page: {counts}")
-            for name in ("dashboard-list.png", "dashboard-study.png"):
+            print(f"list: {rows} studies; study page: {counts}; compare: {compared}")
+            for name in ("dashboard-list.png", "dashboard-study.png", "dashboard-compare.png"):
                 path = args.out / name
                 print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
             if args.list_timing:

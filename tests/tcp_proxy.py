@@ -1,4 +1,4 @@
-"""A real TCP proxy for fault injection: pass through, drop, delay, refuse.
+"""A real TCP proxy for fault injection: pass through, drop, delay, stall, refuse.
 
 It sits between a client and a live server on a loopback port and can, at any moment:
 
@@ -6,6 +6,10 @@ It sits between a client and a live server on a loopback port and can, at any mo
 - ``drop()``: accept connections and close them at once (the client sees a reset or an
   empty answer), and cut the ones open now;
 - ``delay(seconds)``: hold every chunk of bytes that long before forwarding it;
+- ``stall()``: accept connections and forward nothing, either way, on new or open
+  connections (a hung server or a black-holed network: nothing fails, nothing answers);
+  ``drop()`` after it is a stall that ends in resets, ``pass_through()`` one that ends
+  well (the held bytes then flow);
 - ``refuse()``: stop listening, so connecting fails with "connection refused" (and cut
   the open connections); ``pass_through()`` listens again on the same port.
 
@@ -56,6 +60,10 @@ class TcpProxy:
 
     def delay(self, seconds: float) -> None:
         self.mode, self.delay_s = "pass", seconds
+        self._listen()
+
+    def stall(self) -> None:
+        self.mode = "stall"
         self._listen()
 
     def drop(self) -> None:
@@ -123,6 +131,8 @@ class TcpProxy:
             except OSError:
                 return  # the listener was closed: refuse()
             self.connections += 1
+            while self.mode == "stall" and not self._closed:
+                time.sleep(0.02)  # hold the new connection unanswered
             if self.mode != "pass":
                 self._abort(client)
                 continue
@@ -142,6 +152,8 @@ class TcpProxy:
             while chunk := src.recv(65536):
                 if self.delay_s:
                     time.sleep(self.delay_s)
+                while self.mode == "stall" and not self._closed:
+                    time.sleep(0.02)  # hold the bytes until the stall ends
                 if self.mode != "pass":
                     break
                 dst.sendall(chunk)

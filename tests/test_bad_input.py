@@ -198,8 +198,16 @@ CASES: list[Any] = [
     ("POST", "/v1/segments/{failed}/complete", {}, 409, "invalid-state"),
     ("POST", "/v1/segments/{completed}/fail", {}, 409, "invalid-state"),
     ("POST", "/v1/segments/{open}/fail", {"reason": "x" * 2001}, 422, "validation-error"),
+    # ---- housekeeping and the schedule export
+    ("GET", "/v1/studies?name=" + "x" * 201, None, 422, "validation-error"),
+    ("GET", "/v1/studies?archived=maybe", None, 422, "validation-error"),
+    ("GET", "/v1/studies/987654321/schedule", None, 404, "not-found"),
+    ("POST", "/v1/studies/987654321/archive", None, 404, "not-found"),
+    ("POST", "/v1/studies/987654321/unarchive", None, 404, "not-found"),
+    ("DELETE", "/v1/studies/987654321", None, 404, "not-found"),
+    ("DELETE", "/v1/studies/-1", None, 422, "validation-error"),
     # ---- methods and routes
-    ("DELETE", "/v1/studies/{open_study}", None, 405, "method-not-allowed"),
+    ("PUT", "/v1/studies/{open_study}", None, 405, "method-not-allowed"),
     ("GET", "/v1/nothing-here", None, 404, "not-found"),
 ]
 

@@ -15,7 +15,7 @@ HEAVY = ["torch", "numpy", "fastapi", "sqlalchemy", "botorch", "gpytorch", "stag
 
 def test_import_stagelr_loads_no_heavy_module() -> None:
     code = (
-        "import json, sys, stagelr, stagelr.models; "
+        "import json, sys, stagelr, stagelr.models, stagelr.schedule; "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     client_dir = Path(stagelr.__file__).resolve().parent.parent

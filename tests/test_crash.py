@@ -83,7 +83,10 @@ def test_a_server_killed_mid_stage_comes_back_and_the_job_ends_as_if_nothing_hap
         assert restarted.wait(timeout=90)
         assert servers[0].process.returncode == -signal.SIGKILL
         assert record.status is StudyStatus.completed
-        assert record.fallback_segments >= 1  # trained on while the server was down
+        # The kill hits the study's last segment: the job has trained its planned length,
+        # so it trains no fallback segment past its plan; it waits for the restarted
+        # server to take the segment's completion, and the study completes.
+        assert record.fallback_segments == 0
         with stagelr.Client(servers[-1].url) as client:
             assert study_decisions(client, crashed_id) == study_decisions(client, baseline_id)
             for segment_id, reported in record.reported.items():

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import event, insert, select
 
 import stagelr
-from stagelr.models import Metric, SegmentDecision, SegmentKind, StudyConfig
+from stagelr.models import LRShape, Metric, SegmentDecision, SegmentKind, StudyConfig
 from stagelr_service.dashboard.plots import Figure, LogScale
 from stagelr_service.forecast import forecast, forecast_curve
 from stagelr_service.store import Store, migrate
@@ -458,7 +458,7 @@ def test_a_page_of_a_thousand_studies_costs_two_queries(backend: str, tmp_path: 
             assert seen == names  # every study once, in order
             assert first.best_loss is None and first.schedule == () and first.stage is None
             assert second.best_loss == pytest.approx(1.001) and second.stage == 0
-            assert second.schedule == ((0, 100, pytest.approx(0.02)),)
+            assert second.schedule == ((0, 100, pytest.approx(0.02), None, LRShape.constant),)
             with store.transaction(read_only=True) as repo:
                 low, _ = repo.study_summaries(
                     lease_seconds=900, sort="best_loss", descending=False, limit=1
@@ -523,7 +523,7 @@ def test_a_token_logs_in_with_a_strict_http_only_cookie_and_shows_its_project_on
         assert login.status_code == 303
         assert login.headers["location"] == f"/dashboard/studies/{mine}"
         cookie = login.headers["set-cookie"]
-        assert cookie.startswith(f"stagelr_token={token};")
+        assert cookie.startswith("stagelr_session=sess_") and token not in cookie
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
         listed = [int(r["data-study"]) for r in study_rows(web.get("/dashboard").text)]
         assert listed == [mine]
@@ -533,8 +533,10 @@ def test_a_token_logs_in_with_a_strict_http_only_cookie_and_shows_its_project_on
         # An off-site "next" is ignored: no open redirect.
         bounced = web.post("/dashboard/login", data={"token": token, "next": "https://evil.test/"})
         assert bounced.headers["location"] == "/dashboard"
-        out = web.post("/dashboard/logout")
-        assert out.status_code == 303 and 'stagelr_token=""' in out.headers["set-cookie"]
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', web.get("/dashboard").text)
+        assert csrf is not None
+        out = web.post("/dashboard/logout", data={"csrf": csrf.group(1)})
+        assert out.status_code == 303 and 'stagelr_session=""' in out.headers["set-cookie"]
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -303,9 +303,10 @@ def test_with_auth_on_a_token_signs_in_and_only_its_project_shows(
         page.click("button[type=submit]")
         page.wait_for_url(f"{server.url}/dashboard/studies/{mine}")
         assert page.locator("h1").inner_text().startswith("browser-vision")
-        (cookie,) = [c for c in context.cookies() if c["name"] == "stagelr_token"]
+        (cookie,) = [c for c in context.cookies() if c["name"] == "stagelr_session"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-        assert "stagelr_token" not in page.evaluate("document.cookie")
+        assert cookie["value"].startswith("sess_") and cookie["value"] != token
+        assert "stagelr_session" not in page.evaluate("document.cookie")
 
         watched.goto("/dashboard")
         assert page.locator("tr.study-row a.study-link").all_inner_texts() == ["browser-vision"]

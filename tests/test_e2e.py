@@ -101,7 +101,21 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
         env={"STAGELR_DATA_DIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # Each stage's search: its candidates with their forecasts, the chosen one marked.
+    assert "stage 0: searched 2 LRs for 4 steps each" in done.stdout
+    assert len(re.findall(r"lr=\S+\s+(?:forecast \d|diverged|no forecast)", done.stdout)) == 2
+    assert done.stdout.count("<- chosen") == 1
+    assert "(chosen by hottest_within_best_noise:" in done.stdout
     assert re.search(r"stage 0: trained\s+40 steps at lr=", done.stdout)
+    # The decay as a decay, not a constant LR.
+    assert re.search(
+        r"stage \d: one_minus_sqrt decay of 24 steps from lr=\S+ to lr=0 \(steps 96-120\)",
+        done.stdout,
+    )
+    # Where to see the study, and how to see it again.
+    assert "the study's dashboard: http://127.0.0.1:" in done.stdout
+    assert "/dashboard/studies/1" in done.stdout
+    assert "stagelr serve --database-url" in done.stdout and "--serve" in done.stdout
     assert re.search(r"final validation loss \d+\.\d+ after 120 training steps", done.stdout)
     # the demo's stage searches with 10% windows (2 candidates x 4 steps); the default
     # holds its LR to the decay, so the second stage trains on without a search

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -55,6 +56,7 @@ def request() -> Request:
         "path": "/v1/studies",
         "headers": [],
         "query_string": b"",
+        "app": FastAPI(),  # a 405's Allow header lists what the app's routes answer
     }
     return Request(scope)
 

@@ -14,6 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
 
@@ -32,15 +33,28 @@ from stagelr_service.store.schema import alembic_config, script_location
 from .store_fixtures import BACKENDS, fresh_database, fresh_postgres_database, postgres_admin_url
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = {"projects", "studies", "stages", "segments", "observations", "forecasts", "tokens"}
+TABLES = {
+    "projects",
+    "studies",
+    "stages",
+    "segments",
+    "observations",
+    "forecasts",
+    "tokens",
+    "outages",
+}
+
+#: The newest revision of this version's history.
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+assert HEAD is not None
 
 # A later revision, to test that a database one revision behind is refused and upgraded.
-NEXT_REVISION = """
+NEXT_REVISION = f"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "9999"
+down_revision = "{HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -85,11 +99,11 @@ def test_an_empty_database_is_refused_naming_stagelr_migrate(empty_database: URL
 
 
 def test_upgrade_to_head_creates_the_schema_and_passes_the_check(empty_database: URL) -> None:
-    assert migrate(empty_database) == "0007"
+    assert migrate(empty_database) == HEAD
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0007"
+    assert schema_check(empty_database) == HEAD
     with Store(empty_database) as store:
-        assert store.check_schema() == "0007"
+        assert store.check_schema() == HEAD
 
 
 def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
@@ -97,7 +111,7 @@ def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
     with Store(empty_database) as store:
         with store.transaction() as repo:
             repo.get_or_create_project("kept")
-        assert store.migrate() == "0007"
+        assert store.migrate() == HEAD
         with store.transaction(read_only=True) as repo:
             assert repo.get_project("kept") is not None
 
@@ -117,9 +131,9 @@ def test_downgrade_then_upgrade_round_trips(empty_database: URL) -> None:
     migrate(empty_database)
     assert downgrade(empty_database, "base") == ""
     assert tables(empty_database) == set()
-    assert migrate(empty_database) == "0007"
+    assert migrate(empty_database) == HEAD
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0007"
+    assert schema_check(empty_database) == HEAD
 
 
 def test_a_downgraded_database_is_refused(empty_database: URL) -> None:
@@ -134,17 +148,17 @@ def test_a_database_one_revision_behind_is_refused_then_upgraded(
 ) -> None:
     newer = tmp_path / "newer_migrations"
     shutil.copytree(script_location(), newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0008_note.py").write_text(NEXT_REVISION)
-    migrate(empty_database)  # this version's head, 0007
+    (newer / "versions" / "9999_note.py").write_text(NEXT_REVISION)
+    migrate(empty_database)  # this version's head
 
-    with pytest.raises(SchemaOutdatedError, match="at schema revision 0007") as caught:
+    with pytest.raises(SchemaOutdatedError, match=f"at schema revision {HEAD}") as caught:
         schema_check(empty_database, location=newer)
-    assert "needs 0008" in caught.value.message
+    assert "needs 9999" in caught.value.message
     assert "`stagelr migrate`" in caught.value.message
 
-    assert migrate(empty_database, location=newer) == "0008"
-    assert schema_check(empty_database, location=newer) == "0008"
-    assert downgrade(empty_database, "0007", location=newer) == "0007"
+    assert migrate(empty_database, location=newer) == "9999"
+    assert schema_check(empty_database, location=newer) == "9999"
+    assert downgrade(empty_database, HEAD, location=newer) == HEAD
 
 
 def test_a_schema_from_a_newer_stagelr_is_refused_naming_an_upgrade(
@@ -183,7 +197,7 @@ def test_the_developer_alembic_ini_runs_the_same_history(tmp_path: Path) -> None
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, "head")
     command.check(config)  # autogenerate finds nothing to add: models and history agree
-    assert schema_check(normalize_url(url)) == "0007"
+    assert schema_check(normalize_url(url)) == HEAD
 
 
 def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
@@ -196,7 +210,7 @@ def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
     assert "CREATE TABLE observations" in out.getvalue()
 
 
-def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meaning(
+def test_0003_to_0006_fill_the_new_fields_of_older_studies_with_their_old_meaning(
     empty_database: URL,
 ) -> None:
     """A study stored before the planner and the range test existed keeps deciding as it
@@ -225,7 +239,7 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
                 ),
                 {"c": json.dumps(old), "t": "2026-01-01 00:00:00"},
             )
-        assert migrate(empty_database) == "0007"
+        assert migrate(empty_database) == HEAD
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT config FROM studies WHERE id = 1")).scalar_one()
     finally:
@@ -238,7 +252,7 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     assert resolved.lr_bounds == "given"
     assert resolved.initial_design == 1
 
-    # Down to 0003 takes out what 0004 and 0005 filled in, and keeps the rest.
+    # Down to 0003 takes out what 0004 and 0006 filled in, and keeps the rest.
     assert downgrade(empty_database, "0003") == "0003"
     engine = make_engine(empty_database)
     try:
@@ -250,3 +264,50 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     gone = {"initial_design", "lr_bounds", "range_test_steps", "range_test_decades"}
     assert not gone & set(config)
     assert {k: config[k] for k in old} == old and config["planner"] == "fixed"
+
+
+def _revision_of(file_part: str) -> tuple[str, str]:
+    """The revision of the migration whose file name contains ``file_part``, and the
+    revision before it (ids may be renumbered when branches merge)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    for rev in script.walk_revisions():
+        if file_part in Path(rev.path).name:
+            down = rev.down_revision
+            assert isinstance(down, str)
+            return rev.revision, down
+    raise AssertionError(f"no migration named *{file_part}*")
+
+
+def test_the_archive_migration_adds_archived_at_and_keeps_every_study_unarchived(
+    empty_database: URL,
+) -> None:
+    """Studies stored before archiving existed stay in the list (archived_at NULL), and
+    a downgrade drops the column and keeps the studies."""
+    archive, before = _revision_of("_archive")
+    assert migrate(empty_database, revision=before) == before
+    engine = make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'p', :t)"),
+                {"t": "2026-01-01 00:00:00"},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO studies (id, project_id, name, status, config, created_at, "
+                    "updated_at) VALUES (1, 1, 'old', 'completed', '{}', :t, :t)"
+                ),
+                {"t": "2026-01-01 00:00:00"},
+            )
+        assert migrate(empty_database, revision=archive) == archive
+        with engine.connect() as conn:
+            assert "archived_at" in {c["name"] for c in inspect(conn).get_columns("studies")}
+            assert conn.execute(text("SELECT name, archived_at FROM studies")).all() == [
+                ("old", None)
+            ]
+        assert downgrade(empty_database, before) == before
+        with engine.connect() as conn:
+            assert "archived_at" not in {c["name"] for c in inspect(conn).get_columns("studies")}
+            assert conn.execute(text("SELECT name FROM studies")).scalars().all() == ["old"]
+    finally:
+        engine.dispose()

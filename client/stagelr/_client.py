@@ -24,6 +24,7 @@ from .models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     ReplayReport,
     ReplayRequest,
     SegmentView,
@@ -35,6 +36,7 @@ from .models import (
     StudyStatus,
     StudyView,
 )
+from .schedule import Schedule
 
 __all__ = ["DEFAULT_TIMEOUT", "Client"]
 
@@ -105,13 +107,20 @@ class Client:
         *,
         status: StudyStatus | str | None = None,
         project: str | None = None,
+        name: str | None = None,
+        archived: bool = False,
         limit: int | None = None,
         offset: int | None = None,
         family: str | None = None,
     ) -> StudyList:
         """Studies visible to this client, newest first, filtered (by status, project,
-        family) and paged."""
+        family) and paged: ``name`` (a part of the name, any case), ``archived`` (the
+        archived ones instead of the others)."""
         params: dict[str, str | int] = {}
+        if name is not None:
+            params["name"] = name
+        if archived:
+            params["archived"] = "true"
         if family is not None:
             params["family"] = family
         if status is not None:
@@ -131,6 +140,27 @@ class Client:
     def stop_study(self, study_id: int) -> StudyView:
         """End a study: no more segments are handed out."""
         return self._request("POST", f"/v1/studies/{study_id}/stop", StudyView)
+
+    def archive_study(self, study_id: int, archived: bool = True) -> StudyView:
+        """Archive a study (it leaves the default list; its history stays for replay and
+        the schedule export), or with ``archived=False`` bring it back."""
+        action = "archive" if archived else "unarchive"
+        return self._request("POST", f"/v1/studies/{study_id}/{action}", StudyView)
+
+    def delete_study(self, study_id: int) -> None:
+        """Delete a study and its whole history, for good."""
+        self._send("DELETE", f"/v1/studies/{study_id}")
+
+    def get_schedule(self, study_id: int) -> Schedule:
+        """The study's trajectory as a portable LR schedule (:mod:`stagelr.schedule`)."""
+        return self._request("GET", f"/v1/studies/{study_id}/schedule", Schedule)
+
+    def report_outage(self, study_id: int, key: str, steps: int) -> StudyView:
+        """Tell the service that the job trained ``steps`` steps on fallback segments
+        while it could not reach it; the study's plan shrinks by them. Idempotent per
+        ``key`` (a retry is a no-op)."""
+        body = OutageReport(key=key, steps=steps)
+        return self._request("POST", f"/v1/studies/{study_id}/outages", StudyView, body=body)
 
     def get_plan(self, study_id: int) -> StudyPlan:
         """The study's plan (stage lengths, searches, final decay), known before training

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
 from ._exceptions import ConflictError, ServerError, TransportError
-from .models import Metric, ObservationIn, SegmentKind, SegmentView
+from .models import Metric, ObservationIn, SegmentKind, SegmentView, keeps_step
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -81,6 +81,10 @@ class Segment(ViewAttributes):
         self.fallback = fallback
         #: True once the segment should end early; :meth:`steps` then stops yielding.
         self.should_stop = False
+        #: Reports not sent because the service stores no point at their step (a segment
+        #: of more than ``stagelr.models.MAX_SEGMENT_POINTS`` steps keeps every
+        #: ``point_stride(steps)``-th step and its report cadence).
+        self.thinned = 0
         self._client = client
         self._sender = sender
         self._flush_timeout = flush_timeout
@@ -164,8 +168,14 @@ class Segment(ViewAttributes):
                 self.should_stop = True
         self._tracked = True
         self._trained = max(self._trained, step)
-        if not self.fallback:
-            self._sender.put(self, step, number, metric)
+        if self.fallback:
+            return
+        if not keeps_step(step, self.view.steps, self.view.report_every):
+            # A segment longer than MAX_SEGMENT_POINTS steps stores every stride-th step
+            # (and its report cadence) only: a report between them is not sent.
+            self.thinned += 1
+            return
+        self._sender.put(self, step, number, metric)
 
     def complete(self, steps_done: int | None = None) -> SegmentView:
         """Send this segment's queued observations, then mark it completed.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Literal
@@ -15,6 +17,7 @@ from ._exceptions import ServerError, TransportError
 from ._segment import Segment
 from ._sender import ObservationSender
 from .models import (
+    LRShape,
     Metric,
     SegmentKind,
     SegmentStatus,
@@ -63,10 +66,20 @@ class Tuner:
     - :meth:`next_segment` (and so the ``for segment in tuner`` loop) yields a *fallback*
       segment (``segment.fallback`` is True) of ``fallback_steps`` steps at
       ``fallback_lr``; without one, at the LR of the last training (exploit) segment, else
-      of the last segment, else the geometric mean of ``lr_min`` and ``lr_max``. A
-      fallback segment has no checkpoint names and its reports are not sent. After it, the
-      tuner asks the service again; once it answers, the study resumes where it was, with
-      the decisions it would have made without the outage.
+      of the last segment. A job that has not reached the service yet has no such LR: it
+      decays linearly from the geometric mean of ``lr_min`` and ``lr_max`` to 0 at the
+      planned end (``total_steps``, else ``charged_steps``), each fallback segment a piece
+      of that decay (``segment.lr_at(step)``). A fallback segment has no checkpoint names
+      and its reports are not sent. After it, the tuner asks the service again.
+    - Fallback steps count against the job's planned length: a fallback segment is never
+      longer than what is left of ``total_steps`` (else ``charged_steps``), and once the
+      job has trained all of it without the service, :meth:`next_segment` returns None
+      and the loop ends (:attr:`status` stays None: the service decided nothing). When the
+      service answers again, the tuner first reports the steps trained meanwhile
+      (``POST /v1/studies/{id}/outages``, idempotent); the service shortens the study's
+      plan by them and lists the outage in the study, and the study resumes with what is
+      left. An outage without fallback steps changes nothing: the study then makes the
+      decisions it would have made without it.
 
     Nothing is raised into the training loop for an unreachable service unless
     ``raise_on_error=True``; then :class:`stagelr.TransportError` or
@@ -168,8 +181,16 @@ class Tuner:
         self.raise_on_error = raise_on_error
         #: Fallback segments handed out so far (each one: the service was unreachable).
         self.fallback_segments = 0
-        # Steps handed out on fallback segments since the service last answered.
+        #: Steps handed out on fallback segments so far, over every outage.
+        self.offline_steps = 0
+        # Steps handed out on fallback segments since the service last answered, not yet
+        # reported to it, and the key they are reported under.
         self._outage_steps = 0
+        self._outage_key: str | None = None
+        # Fallback steps the service has subtracted from the plan (its offline_steps).
+        self._offline_known = 0
+        # The trajectory step the service's segments have brought the job to.
+        self._position = 0
         self._last_lr: float | None = None
         self._last_exploit_lr: float | None = None
         self._study: StudyView | None = None
@@ -184,6 +205,7 @@ class Tuner:
             self._study = self.client.create_study(
                 self.name, self.request_config, project=self.project
             )
+            self._offline_known = self._study.offline_steps
         return self._study
 
     @property
@@ -217,17 +239,22 @@ class Tuner:
         try:
             if self._segment is not None and not self._segment._retry_close():
                 return self._fallback("the last segment could not be closed")
+            if self._outage_steps:
+                self._report_outage()
             answer = self.client.next_segment(self.study_id)
         except (TransportError, ServerError) as exc:
             if self.raise_on_error:
                 raise
             return self._fallback(str(exc))
-        self._outage_steps = 0
         if answer.segment is None:
             self._segment = None
             self._status = answer.status
             return None
         view = answer.segment
+        self._position = max(
+            self._position,
+            view.start_step + (view.steps if view.kind is SegmentKind.exploit else 0),
+        )
         if view.kind is not SegmentKind.range_test:  # a sweep's LR is no LR to fall back to
             self._last_lr = view.lr
         if view.kind is SegmentKind.exploit:
@@ -240,6 +267,29 @@ class Tuner:
             raise_on_error=self.raise_on_error,
         )
         return self._segment
+
+    def _report_outage(self) -> None:
+        """Tell the service the steps trained on fallback segments since it last answered
+        (raises TransportError or ServerError if it cannot be reached)."""
+        if self._outage_key is None:
+            self._outage_key = uuid.uuid4().hex
+        study = self.client.report_outage(self.study_id, self._outage_key, self._outage_steps)
+        logger.info(
+            "stagelr service back: reported %d steps trained without it; the plan is "
+            "shortened by them",
+            self._outage_steps,
+        )
+        self._study = study
+        self._offline_known = study.offline_steps
+        self._outage_steps = 0
+        self._outage_key = None
+
+    def _planned_end(self) -> int | None:
+        """The trajectory step the job's plan ends at, fallback steps reported so far
+        taken off; None without a planned length."""
+        config = self._study.config if self._study is not None else self.config
+        end = config.total_steps if config.total_steps is not None else config.charged_steps
+        return None if end is None else end - self._offline_known
 
     def _fallback_lr(self) -> float:
         if callable(self.fallback_lr):
@@ -264,14 +314,68 @@ class Tuner:
         tuner has connected; until then :attr:`request_config`, what this job set."""
         return self._study.config if self._study is not None else self.request_config
 
-    def _fallback(self, why: str) -> Segment:
-        """A stand-in segment to train on while the service is unreachable."""
+    def _decays(self) -> bool:
+        """Whether fallback segments follow the default decay to the planned end: no LR
+        given, none chosen by the service yet, and a planned length."""
+        return (
+            self.fallback_lr is None
+            and self._last_exploit_lr is None
+            and self._last_lr is None
+            and self._planned_end() is not None
+        )
+
+    def _end_offline(self, why: str, end: int) -> Segment | None:
+        """The job has trained its planned length without the service. What it still
+        owes the service (a segment's completion, the outage's steps) is worth waiting
+        for, up to ``flush_timeout``: then the study's record is complete, and the
+        service says how it ends. Then None: the loop ends."""
+        deadline = time.monotonic() + (self._flush_timeout or 0.0)
+        while self._owes_service():
+            try:
+                if self._segment is not None and not self._segment._retry_close():
+                    raise TransportError("the last segment could not be closed")
+                if self._outage_steps:
+                    self._report_outage()
+            except (TransportError, ServerError):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                continue
+            return self.next_segment()  # the service answers: it decides the end
+        logger.warning(
+            "stagelr service unreachable (%s) and the job has trained its planned %d steps: ending",
+            why,
+            end,
+        )
+        self._segment = None
+        return None
+
+    def _owes_service(self) -> bool:
+        # A job that never reached the service owes it nothing: there is no study yet.
+        pending = self._segment is not None and not self._segment.closed
+        return pending or (self._outage_steps > 0 and self._study is not None)
+
+    def _fallback(self, why: str) -> Segment | None:
+        """A stand-in segment to train on while the service is unreachable; None once the
+        job has trained its planned length."""
+        end = self._planned_end()
+        steps = self.fallback_steps
+        if end is not None:
+            left = end - self._position - self._outage_steps
+            if left <= 0:
+                return self._end_offline(why, end)
+            steps = min(steps, left)
         lr = self._fallback_lr()
+        lr_end: float | None = None
+        if self._decays():
+            assert end is not None
+            at = self._position + self._outage_steps
+            lr, lr_end = lr * (1 - at / end), lr * (1 - (at + steps) / end)
         self.fallback_segments += 1
         logger.warning(
             "stagelr service unreachable (%s): training %d steps at lr=%.3g, then asking again",
             why,
-            self.fallback_steps,
+            steps,
             lr,
         )
         view = SegmentView(
@@ -283,16 +387,19 @@ class Tuner:
             kind=SegmentKind.exploit,
             status=SegmentStatus.open,
             lr=lr,
-            steps=self.fallback_steps,
+            lr_end=lr_end,
+            lr_shape=LRShape.constant if lr_end is None else LRShape.linear,
+            steps=steps,
             start_step=-1,
-            horizon=self.fallback_steps,
+            horizon=steps,
             metric=Metric.train_loss
             if self.config.metric_schedule == "train_loss"
             else Metric.val_loss,
-            report_every=self.fallback_steps,
+            report_every=steps,
             data_seed=0,
         )
-        self._outage_steps += self.fallback_steps
+        self._outage_steps += steps
+        self.offline_steps += steps
         return Segment(view, client=self.client, sender=self._sender, fallback=True)
 
     def __iter__(self) -> Iterator[Segment]:

@@ -182,6 +182,32 @@ class Selection(str, Enum):
 
 # --------------------------------------------------------------------------- config
 
+#: The widest LR range a study may search (bounds beyond it could never run: segment
+#: LRs derived from them stop being finite numbers).
+LR_FLOOR = 1e-30
+LR_CEILING = 1e30
+
+#: Most stages a study's plan may have: a plan is listed, charged and drawn stage by
+#: stage, so this bounds the work of every request on the study.
+MAX_STAGES = 1000
+#: Most points one segment stores per metric (beyond its report cadence): a longer
+#: segment keeps every ``point_stride(steps)``-th step, so that what a request reads,
+#: forecasts and draws stays bounded.
+MAX_SEGMENT_POINTS = 10_000
+
+
+def point_stride(steps: int) -> int:
+    """The step stride a segment of ``steps`` steps stores points at (1 up to
+    :data:`MAX_SEGMENT_POINTS` steps)."""
+    return max(1, -(-steps // MAX_SEGMENT_POINTS))
+
+
+def keeps_step(step: int, steps: int, report_every: int) -> bool:
+    """Whether a segment of ``steps`` steps reporting every ``report_every`` stores a point
+    at ``step``: its report cadence, its last step, and every :func:`point_stride`-th
+    step (every step when the segment has at most :data:`MAX_SEGMENT_POINTS` steps)."""
+    return step % point_stride(steps) == 0 or step % report_every == 0 or step == steps
+
 
 class StudyConfig(_Wire):
     """How a study is tuned: what the user sets. Every field left out (None) is filled by
@@ -343,6 +369,14 @@ class StudyConfig(_Wire):
                 )
             if self.lr_max / self.lr_min > 1e12:
                 raise ValueError("the LR range spans more than 12 decades: narrow it")
+        for bound in (self.lr_min, self.lr_max):
+            if bound is not None and not LR_FLOOR <= bound <= LR_CEILING:
+                raise ValueError(
+                    f"the LR range must lie within [{LR_FLOOR:g}, {LR_CEILING:g}]: no "
+                    "optimizer trains at LRs outside it, and the tuner's LR arithmetic "
+                    "(range-test sweeps, decays, the search's log scale) would not stay "
+                    "finite and exact there"
+                )
         if self.tau0 is not None and self.tau_max is not None and self.tau_max < self.tau0:
             raise ValueError(f"tau_max ({self.tau_max}) must be at least tau0 ({self.tau0})")
         if self.decay_shape is LRShape.constant:
@@ -530,6 +564,29 @@ class PriorsView(_Wire):
     reason: str = Field(default="", description="Why the priors were used or not.")
 
 
+class OutageReport(_Wire):
+    """Steps a job trained on fallback segments while the service was unreachable
+    (``POST /v1/studies/{id}/outages``). The study's plan is shortened by them."""
+
+    key: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="The job's name for this outage: a report sent again with the same key "
+        "is a no-op.",
+    )
+    steps: int = Field(ge=1, le=10**12, description="Steps trained while the service was away.")
+
+
+class OutageView(_Wire):
+    key: str
+    steps: int
+    after_seq: int | None = Field(
+        description="Seq of the last segment handed out before the outage (None: before the first)."
+    )
+    reported_at: datetime
+
+
 class StudyView(_Wire):
     id: int
     project: str
@@ -548,6 +605,18 @@ class StudyView(_Wire):
     open_segment: SegmentView | None = None
     stalled: bool = Field(
         default=False, description="Running, and its open segment is stale (no job alive)."
+    )
+    archived_at: datetime | None = Field(
+        default=None,
+        description="When the study was archived: out of the default list, its history kept.",
+    )
+    outages: list[OutageView] = Field(
+        default_factory=list,
+        description="Times the job trained on while the service was unreachable, as it "
+        "reported them: the plan is shortened by their steps.",
+    )
+    offline_steps: int = Field(
+        default=0, description="Steps trained on fallback segments, over every outage."
     )
     priors: PriorsView | None = Field(
         default=None, description="Its priors (see docs/history.md); None: none named."

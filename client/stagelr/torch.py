@@ -34,14 +34,17 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from .models import LRShape
+from .schedule import Schedule
 
 __all__ = [
     "CheckpointNotFoundError",
     "Checkpointer",
     "DistributedSegment",
     "DistributedTuner",
+    "ScheduleLR",
     "SegmentPlan",
     "SegmentSampler",
     "apply_lr",
@@ -322,6 +325,79 @@ class Checkpointer:
         assert self.directory is not None
         # Names come from the service: quote them so none can leave the directory.
         return self.directory / f"{quote(name, safe='')}.pt"
+
+
+class ScheduleLR(LRScheduler):
+    """A plain PyTorch LR scheduler that replays a study's schedule, step for step, with
+    no service running.
+
+    Built from a schedule file (``stagelr schedule STUDY -o FILE.json``), a
+    :class:`stagelr.schedule.Schedule`, or a study on a running server
+    (:meth:`from_study`). Like any scheduler, call ``scheduler.step()`` after each
+    ``optimizer.step()``: the ``t``-th optimizer step (from 0) then trains at the LR the
+    study's trajectory trained its step ``t`` at, on every param group (as the service
+    sets it). Past the schedule's last step the LR stays at that step's::
+
+        schedule = ScheduleLR(optimizer, "digits.schedule.json")
+        for step in range(schedule.steps):
+            ...
+            optimizer.step()
+            schedule.step()
+
+    ``state_dict`` holds the position only (and the schedule as JSON text), so a
+    checkpoint of it loads with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule | str | os.PathLike[str],
+        last_epoch: int = -1,
+    ) -> None:
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule.load(schedule)
+        if self.schedule.steps < 1:
+            raise ValueError(
+                f"study {self.schedule.provenance.study_id}'s schedule has no steps: its "
+                "trajectory has not trained a stage yet"
+            )
+        super().__init__(optimizer, last_epoch)
+
+    @classmethod
+    def from_study(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        base_url: str,
+        study_id: int,
+        *,
+        token: str | None = None,
+    ) -> ScheduleLR:
+        """The schedule of study ``study_id``, fetched from the server at ``base_url``."""
+        return cls(optimizer, Schedule.fetch(base_url, study_id, token=token))
+
+    @property
+    def steps(self) -> int:
+        """The schedule's trajectory steps."""
+        return self.schedule.steps
+
+    def lr_of(self, step: int) -> float:
+        """The LR of optimizer step ``step`` (from 0); the last step's past the end."""
+        return self.schedule.lr(min(max(step, 0), self.schedule.steps - 1))
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        lr = self.lr_of(self.last_epoch)
+        return [lr for _ in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
+        state["schedule"] = self.schedule.model_dump_json()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        schedule = state.pop("schedule", None)
+        if schedule is not None:
+            self.schedule = Schedule.loads(schedule)
+        self.__dict__.update(state)
 
 
 #: A segment's own start checkpoint on disk (see Checkpointer.begin); service names are

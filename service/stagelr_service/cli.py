@@ -109,6 +109,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.local and not args.url:
         print("stagelr demo: give --url URL of a running server, or --local", file=sys.stderr)
         return 2
+    if args.serve and not args.local:
+        print("stagelr demo: --serve keeps a --local server up; give --local", file=sys.stderr)
+        return 2
     return run_demo(args, _settings(args))
 
 
@@ -183,6 +186,36 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from .exchange import run_import
 
     return _guarded("import", lambda: run_import(_settings(args).resolved_database_url, args.file))
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from .schedule import run_schedule_export
+
+    return _guarded(
+        "schedule",
+        lambda: run_schedule_export(
+            _settings(args).resolved_database_url,
+            args.study,
+            args.project,
+            args.output,
+            args.format,
+        ),
+    )
+
+
+def _cmd_housekeeping(args: argparse.Namespace) -> int:
+    from .housekeeping import run_housekeeping
+
+    return _guarded(
+        args.command,
+        lambda: run_housekeeping(
+            _settings(args).resolved_database_url,
+            args.command,
+            args.study,
+            args.project,
+            yes=args.yes,
+        ),
+    )
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--database-url", help="with --local: the store (default: SQLite in STAGELR_DATA_DIR)"
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="with --local: keep the server up after training (on --port, default 8321), "
+        "to look at the study in the dashboard; Ctrl-C stops it",
+    )
+    demo.add_argument("--port", type=int, help="with --local --serve: the port (8321)")
     demo.add_argument("--study", default=None, help="study name (default: a new one)")
     demo.add_argument("--preset", default="default", choices=["default", "autolrs"])
     demo.add_argument("--total-steps", type=int, default=2400, help="training steps")
@@ -297,6 +337,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     _add_replay_parsers(sub)
+
+    schedule = sub.add_parser(
+        "schedule",
+        help="write a study's LR schedule (its kept trajectory) to train with again, "
+        "without the service (stagelr.torch.ScheduleLR reads it)",
+    )
+    schedule.add_argument("study", help="the study's id or name")
+    schedule.add_argument("--project", help="the study's project (when its name is not unique)")
+    schedule.add_argument("--output", "-o", default="-", help="the file (default: stdout)")
+    schedule.add_argument(
+        "--format",
+        choices=["json", "csv"],
+        default="json",
+        help="json: the piecewise schedule with its provenance (default); csv: step,lr,stage,kind",
+    )
+    schedule.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+    schedule.set_defaults(func=_cmd_schedule)
+
+    for action, text in (
+        ("archive", "take a study out of the list, keeping its history (replay, export)"),
+        ("unarchive", "bring an archived study back into the list"),
+        ("delete", "delete a study and its whole history, for good"),
+    ):
+        house = sub.add_parser(action, help=text)
+        house.add_argument("study", help="the study's id or name")
+        house.add_argument("--project", help="the study's project (when its name is not unique)")
+        house.add_argument("--yes", "-y", action="store_true", help="do not ask first")
+        house.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+        house.set_defaults(func=_cmd_housekeeping)
     return parser
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import stagelr
+from stagelr.models import LRShape, SegmentView, StageDetail
 
 if TYPE_CHECKING:
     import torch
@@ -128,6 +129,82 @@ def train_digits(
     return result
 
 
+#: How each selection rule picks among the forecasts, for the demo's stage report.
+SELECTION_NOTES = {
+    "min_forecast": "the lowest forecast",
+    "min_upper_bound": "the lowest forecast + sd",
+    "min_posterior_mean": "the lowest GP mean",
+    "hottest_within_noise": "the hottest LR whose forecast is within noise of the lowest, "
+    "at most half a decade above it",
+    "hottest_within_best_noise": "the hottest LR whose forecast is within the lowest's "
+    "noise, at most half a decade above it",
+}
+
+
+def describe_stage(
+    detail: StageDetail, segment: SegmentView, selection: str | None = None
+) -> list[str]:
+    """What a stage did, as the demo prints it once the stage's training segment is done:
+    its search (each candidate's LR and forecast, the chosen one marked, and the rule that
+    chose it), then how it trained (a held LR, or a decay from its LR to its end)."""
+    lines = []
+    tried = detail.candidates
+    if tried:
+        lines.append(
+            f"  stage {detail.index}: searched {len(tried)} LRs for {detail.tau_explore} steps "
+            f"each, forecasting the loss at step {detail.tau} of the stage:"
+        )
+        for cand in sorted(tried, key=lambda c: c.lr):
+            fc = cand.forecast
+            if cand.status.value == "diverged":
+                note = "diverged"
+            elif fc is None or fc.prediction is None:
+                note = f"no forecast ({fc.status if fc else cand.status.value})"
+            else:
+                spread = f" ± {fc.std:.3f}" if fc.std is not None else ""
+                note = f"forecast {fc.prediction:.4f}{spread}"
+            chosen = detail.chosen_lr is not None and cand.lr == detail.chosen_lr
+            lines.append(f"      lr={cand.lr:<10.4g} {note}{'   <- chosen' if chosen else ''}")
+        if selection in SELECTION_NOTES:
+            lines.append(f"      (chosen by {selection}: {SELECTION_NOTES[selection]})")
+    shape = LRShape(segment.lr_shape)
+    steps = segment.steps
+    end = segment.start_step + steps
+    if shape is not LRShape.constant and segment.lr_end is not None:
+        lines.append(
+            f"  stage {detail.index}: {shape.value} decay of {steps} steps from "
+            f"lr={segment.lr:.4g} to lr={segment.lr_end:.4g} (steps {segment.start_step}-{end})"
+        )
+    else:
+        how = "trained" if tried else "no search: trained on"
+        lines.append(
+            f"  stage {detail.index}: {how} {steps:5d} steps at lr={segment.lr:.4g} "
+            f"(steps {segment.start_step}-{end})"
+        )
+    return lines
+
+
+def closing_lines(
+    url: str, study_id: int, database: str | None, serving: bool, port: int
+) -> list[str]:
+    """Where the study can be seen now, and how to see it again."""
+    lines = [f"stagelr demo: the study's dashboard: {url}/dashboard/studies/{study_id}"]
+    if database is None:  # a server of the user's own (--url): it stays up
+        return lines
+    if serving:
+        lines.append("stagelr demo: the server stays up (--serve); Ctrl-C stops it")
+        return lines
+    lines += [
+        "stagelr demo: the server stops with the demo; to see the study again:",
+        f"  stagelr serve --database-url '{database}'",
+        f"  then http://127.0.0.1:{port}/dashboard/studies/{study_id}"
+        " (or run the demo with --serve to keep this one up)",
+        f"  and its schedule, to train with again without the service: stagelr schedule "
+        f"{study_id} --database-url '{database}' -o study-{study_id}.schedule.json",
+    ]
+    return lines
+
+
 def run_demo(args: object, settings: object) -> int:
     """`stagelr demo`: run the digits job against ``--url`` or a local server."""
     import argparse
@@ -136,17 +213,22 @@ def run_demo(args: object, settings: object) -> int:
 
     from .server import BackgroundServer
     from .settings import Settings
-    from .store import Store
+    from .store import Store, mask_url
 
     assert isinstance(args, argparse.Namespace) and isinstance(settings, Settings)
     with contextlib.ExitStack() as stack:
         url = args.url
+        database: str | None = None
         if args.local:
             store = Store(settings.resolved_database_url)
             store.migrate()
             store.close()
+            database = mask_url(settings.resolved_database_url)
             print(f"stagelr demo: starting a local server on {store.safe_url}", flush=True)
-            server = stack.enter_context(BackgroundServer(settings.model_copy(update={"port": 0})))
+            port = settings.port if args.serve else 0
+            server = stack.enter_context(
+                BackgroundServer(settings.model_copy(update={"port": port}))
+            )
             url = server.url
         name = args.study or f"demo-digits-{uuid.uuid4().hex[:8]}"
         tuner = stack.enter_context(
@@ -164,15 +246,15 @@ def run_demo(args: object, settings: object) -> int:
                 explore_ratio=args.explore_ratio,
             )
         )
-        print(f"stagelr demo: study {name!r} at {url}", flush=True)
+        print(f"stagelr demo: study {name!r} (id {tuner.study_id}) at {url}", flush=True)
 
         def show(segment: stagelr.Segment) -> None:
             if segment.kind == "exploit":
-                print(
-                    f"  stage {segment.stage}: trained {segment.planned_steps:5d} steps "
-                    f"at lr={segment.lr:.4g} (from step {segment.start_step})",
-                    flush=True,
-                )
+                detail = tuner.client.get_stage(segment.study_id, segment.stage)
+                rule = tuner.connect().config.selection
+                selection = None if rule is None else rule.value
+                lines = describe_stage(detail, segment.view, selection)
+                print("\n".join(lines), flush=True)
 
         result = train_digits(tuner, seed=args.seed, on_segment=show)
         study = tuner.study()
@@ -182,4 +264,10 @@ def run_demo(args: object, settings: object) -> int:
             f"included) in {result.seconds:.1f} s; study {result.study_id} is {study.status.value}",
             flush=True,
         )
+        lines = closing_lines(url, result.study_id, database, args.serve, settings.port)
+        print("\n".join(lines), flush=True)
+        if args.serve and args.local:
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
     return 0

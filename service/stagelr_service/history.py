@@ -18,6 +18,7 @@ from typing import Any
 from stagelr.models import (
     CandidateView,
     ForecastView,
+    OutageView,
     PlanStage,
     PosteriorPoint,
     PriorStudyView,
@@ -39,6 +40,7 @@ from .forecast import Forecast
 from .store.records import (
     ForecastRecord,
     ObservationRecord,
+    OutageRecord,
     SegmentRecord,
     StageRecord,
     StudyHistory,
@@ -184,9 +186,11 @@ def study_view(
     lease_seconds: float | None,
     config: tuner.ResolvedConfig | None = None,
     trials: Sequence[tuner.Trial] | None = None,
+    outages: Sequence[OutageRecord] = (),
 ) -> StudyView:
     """The wire view of a study from its rows; ``best`` is its :func:`best_loss`,
-    ``config`` its stored config, when the caller has read it already. ``trials``: its
+    ``config`` its stored config, when the caller has read it already; ``outages`` the
+    ones its job reported (the study page and GET show them). ``trials``: its
     history's, for why it fell back from its priors (a list has none)."""
     config = config or tuner.ResolvedConfig.stored(study.config)
     trajectory = charged = 0
@@ -235,6 +239,12 @@ def study_view(
         schedule=schedule,
         open_segment=open_view,
         stalled=study.status is StudyStatus.running and open_view is not None and open_view.stale,
+        archived_at=study.archived_at,
+        outages=[
+            OutageView(key=o.key, steps=o.steps, after_seq=o.after_seq, reported_at=o.reported_at)
+            for o in outages
+        ],
+        offline_steps=sum(o.steps for o in outages),
         priors=priors_view(study, segments, trials, config),
     )
 
@@ -315,6 +325,7 @@ def history_view(
         lease_seconds=lease_seconds,
         config=config,
         trials=trials_of(history) if named else None,
+        outages=history.outages,
     )
 
 
@@ -377,8 +388,11 @@ def study_plan(
     config: tuner.ResolvedConfig | None = None,
 ) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
-    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`)."""
-    config = config or tuner.ResolvedConfig.stored(history.study.config)
+    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`); its
+    budget is shortened by the outages' offline steps."""
+    config = tuner.with_offline_steps(
+        config or tuner.ResolvedConfig.stored(history.study.config), history.offline_steps
+    )
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
     for seg in history.segments:

@@ -26,6 +26,35 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the store; default: sqlite:///<data_dir>/stagelr.db.",
     )
+    db_connect_timeout: float = Field(
+        default=5.0,
+        ge=1,
+        le=600,
+        description=(
+            "Seconds to open a database connection (PostgreSQL's connect_timeout), and the "
+            "longest the liveness check of a pooled connection may take: an unreachable or "
+            "hung database then answers 503 `store-unavailable` instead of hanging."
+        ),
+    )
+    db_statement_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest one transaction (the database work of one request) may take. "
+            "PostgreSQL gets it as statement_timeout; a connection that does not answer "
+            "within it (a stalled network) is cut, and the request answers 503."
+        ),
+    )
+    db_pool_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds a request waits for a free pooled connection before it answers 503 "
+            "(all connections busy, e.g. while the database stalls)."
+        ),
+    )
     host: str = Field(default="127.0.0.1", description="Address `stagelr serve` binds.")
     port: int = Field(default=8321, ge=0, le=65535, description="Port `stagelr serve` binds.")
     auto_migrate: bool = Field(
@@ -78,6 +107,24 @@ class Settings(BaseSettings):
         description=(
             "How long a checked token is trusted without asking the store again (a revoked "
             "token stops working within this time on every replica)."
+        ),
+    )
+
+    session_seconds: float = Field(
+        default=28_800.0,
+        gt=0,
+        le=30 * 86_400,
+        description=(
+            "How long a dashboard sign-in lasts (a server-side session; sign-out ends it at once)."
+        ),
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description=(
+            "When set, `GET /metrics` needs `Authorization: Bearer <this value>` (give it "
+            "to the Prometheus scraper); unset, anyone who reaches the port may scrape "
+            "it. The metrics hold request counts and study and segment counts of every "
+            "project, no names or data."
         ),
     )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stagelr.models import (
+    MAX_SEGMENT_POINTS,
     CompleteRequest,
     FailRequest,
     Metric,
@@ -27,6 +28,7 @@ from stagelr.models import (
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     ReplayReport,
     SegmentKind,
     SegmentStatus,
@@ -37,7 +39,10 @@ from stagelr.models import (
     StudyPlan,
     StudyStatus,
     StudyView,
+    keeps_step,
+    point_stride,
 )
+from stagelr.schedule import Schedule
 
 from . import tuner
 from .errors import (
@@ -60,6 +65,7 @@ from .history import (
     trials_of,
     value_diverged,
 )
+from .housekeeping import audit as _audit
 from .replay import replay_study
 from .store import DuplicateSegmentError, Repository, Store
 from .store.records import (
@@ -218,6 +224,14 @@ class StudyService:
             history = self._history(repo, study_id, scope)
         return study_plan(history)
 
+    def get_schedule(self, study_id: int, *, scope: str | None = None) -> Schedule:
+        """The study's kept trajectory as a portable LR schedule, with its provenance."""
+        from .schedule import study_schedule
+
+        with self.store.transaction(read_only=True) as repo:
+            history = self._history(repo, study_id, scope)
+        return study_schedule(history, exported_at=self.store.now())
+
     def list_studies(
         self,
         *,
@@ -226,6 +240,8 @@ class StudyService:
         limit: int = 50,
         offset: int = 0,
         scope: str | None = None,
+        name: str | None = None,
+        archived: bool | None = False,
         family: str | None = None,
     ) -> StudyList:
         if scope is not None:
@@ -236,7 +252,13 @@ class StudyService:
         # count, then every listed study's stages, segments and best loss at once.
         with self.store.transaction(read_only=True) as repo:
             records, total = repo.list_studies(
-                project=project, status=status, limit=limit, offset=offset, family=family
+                project=project,
+                status=status,
+                limit=limit,
+                offset=offset,
+                name=name,
+                archived=archived,
+                family=family,
             )
             stages, segments, best = repo.studies_children([r.id for r in records])
         now = self.store.now()
@@ -260,6 +282,57 @@ class StudyService:
                 repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
             return self._study_view(self._history(repo, study_id))
 
+    def archive_study(
+        self, study_id: int, archived: bool = True, *, scope: str | None = None
+    ) -> StudyView:
+        """Archive the study (out of the default list; history kept for replay
+        and the schedule export), or bring it back; logged for the audit."""
+        with self.store.transaction() as repo:
+            study = self._study(repo, study_id, scope)
+            record = repo.set_archived(study_id, archived)
+            view = self._study_view(self._history(repo, study_id))
+        if (study.archived_at is None) == archived:  # a change, not a repeat
+            _audit("archive" if archived else "unarchive", record, scope)
+        return view
+
+    def delete_study(self, study_id: int, *, scope: str | None = None) -> None:
+        """Delete the study and its whole history, for good; logged for the audit."""
+        with self.store.transaction() as repo:
+            study = self._study(repo, study_id, scope)
+            repo.lock_study(study_id)
+            repo.delete_study(study_id)
+        _audit("delete", study, scope)
+
+    def study_histories(
+        self, study_ids: Sequence[int], *, scope: str | None = None
+    ) -> list[tuple[StudyView, StudyHistory]]:
+        """Each study's view and whole history, read in one transaction (the dashboard's
+        comparison of a few studies); NotFoundError for one outside the scope."""
+        with self.store.transaction(read_only=True) as repo:
+            histories = [self._history(repo, study_id, scope) for study_id in study_ids]
+        return [(self._study_view(history), history) for history in histories]
+
+    def report_outage(
+        self, study_id: int, report: OutageReport, *, scope: str | None = None
+    ) -> StudyView:
+        """Record steps the job trained on fallback segments while it could not reach the
+        service (idempotent per ``report.key``): the plan shrinks by them, so the job
+        still ends on its budget. The study's view lists the outage."""
+        with self.store.transaction() as repo:
+            self._study(repo, study_id, scope)
+            if repo.lock_study(study_id) is None:
+                raise NotFoundError(f"no study {study_id}: list studies with GET /v1/studies")
+            segments = repo.segments_of_study(study_id)
+            after = segments[-1].seq if segments else None
+            stored, created = repo.add_outage(study_id, report.key, report.steps, after)
+            if not created and stored.steps != report.steps:
+                raise ConflictError(
+                    f"outage {report.key!r} of study {study_id} was reported with "
+                    f"{stored.steps} steps, not {report.steps}: report a new outage under "
+                    "a new key"
+                )
+            return self._study_view(self._history(repo, study_id))
+
     def study_summaries(
         self,
         *,
@@ -271,10 +344,13 @@ class StudyService:
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
+        name: str | None = None,
+        archived: bool | None = False,
         family: str | None = None,
     ) -> tuple[list[StudySummaryRecord], int]:
         """One page of the dashboard's study list and how many studies match
-        (:meth:`Repository.study_summaries`: two statements whatever the page size)."""
+        (:meth:`Repository.study_summaries`: two statements whatever the page size);
+        ``name`` searches, ``archived`` picks the archived studies (None: every one)."""
         with self.store.transaction(read_only=True) as repo:
             return repo.study_summaries(
                 lease_seconds=lease_seconds,
@@ -285,6 +361,8 @@ class StudyService:
                 descending=descending,
                 limit=limit,
                 offset=offset,
+                name=name,
+                archived=archived,
                 family=family,
             )
 
@@ -296,7 +374,11 @@ class StudyService:
         its number of stages; computed outside it. NotFoundError outside the scope."""
         with self.store.transaction(read_only=True) as repo:
             found, _ = repo.study_summaries(
-                lease_seconds=lease_seconds, project=scope, study_id=study_id, limit=1
+                lease_seconds=lease_seconds,
+                project=scope,
+                study_id=study_id,
+                limit=1,
+                archived=None,  # an archived study's page still shows
             )
             history = repo.history(study_id) if found else None
         if not found or history is None:
@@ -353,7 +435,9 @@ class StudyService:
                 return None  # closed meanwhile by a racing request: read again
             return NextSegment(status=study.status, segment=self._view(beating))
 
-        config = ResolvedConfig.stored(study.config)
+        config = tuner.with_offline_steps(
+            ResolvedConfig.stored(study.config), history.offline_steps
+        )
         plan = tuner.next_segment(config, trials_of(history), self.optimizer)
         next_seq = history.segments[-1].seq + 1 if history.segments else 0
 
@@ -450,6 +534,16 @@ class StudyService:
             raise InputError(
                 f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
                 "steps: report steps counted from 1 within the segment"
+            )
+        off = [
+            step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)
+        ]
+        if off:
+            raise InputError(
+                f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
+                f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
+                f"{point_stride(segment.steps)}th step and at its report cadence (every "
+                f"{segment.report_every} steps): report those steps only"
             )
         # It touches the study (its updated_at) when anything is new.
         accepted, duplicates = repo.add_observations(segment.id, rows, study_id=segment.study_id)

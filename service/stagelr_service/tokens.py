@@ -6,6 +6,13 @@ listing). A request's token is hashed and looked up by digest; the stored digest
 compared to the computed one with :func:`hmac.compare_digest`, so no comparison that
 decides access depends on how many leading characters match.
 
+Dashboard sessions are rows of the same table: a login with a project token opens one,
+a fresh ``sess_`` secret kept only in the dashboard's HttpOnly cookie (its digest in the
+store, its row named :data:`SESSION_NAME`). A session is valid for ``session_seconds``
+after it was opened and until it is closed (sign-out revokes its row), on every replica;
+it opens the dashboard only, never the ``/v1`` API, and a project token never opens a
+dashboard page through the cookie.
+
 Checked tokens are remembered for ``cache_seconds`` (default 10 s) so that a job's
 stream of requests costs one store read per token per interval, not one per request; a
 revoked token therefore stops working within that interval on every replica.
@@ -24,16 +31,18 @@ from collections.abc import Callable
 from .errors import InputError, NotFoundError, UnauthorizedError
 from .store import Store, TokenRecord
 
-__all__ = ["TOKEN_PREFIX", "Tokens", "hash_token", "new_token"]
+__all__ = ["SESSION_NAME", "SESSION_PREFIX", "TOKEN_PREFIX", "Tokens", "hash_token", "new_token"]
 
 TOKEN_PREFIX = "stg_"
+SESSION_PREFIX = "sess_"
+SESSION_NAME = "dashboard session"
 _SHOWN = 12  # characters of the token kept in clear for listings ("stg_" + 8)
 _PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def new_token() -> str:
+def new_token(prefix: str = TOKEN_PREFIX) -> str:
     """A fresh secret token (256 bits of randomness)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return prefix + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
@@ -94,6 +103,44 @@ class Tokens:
             cached = self._cache.get(digest)
         return cached[0] if cached is not None and cached[1] > now else None
 
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(self, project: str) -> str:
+        """A new dashboard session of ``project``: its secret (the cookie's value)."""
+        secret = new_token(SESSION_PREFIX)
+        with self.store.transaction() as repo:
+            repo.create_token(project, SESSION_NAME, secret[:_SHOWN], hash_token(secret))
+        return secret
+
+    def session_project(self, secret: str | None, lifetime_seconds: float) -> str:
+        """The project of an open, unexpired session; UnauthorizedError otherwise. Read
+        from the store each time (a page view is rare), so a sign-out ends it at once."""
+        if not secret or not secret.startswith(SESSION_PREFIX):
+            raise UnauthorizedError("no dashboard session: sign in")
+        digest = hash_token(secret)
+        with self.store.transaction(read_only=True) as repo:
+            found = repo.token_by_hash(digest)
+            now = self.store.now()
+        if (
+            found is None
+            or not hmac.compare_digest(found[1], digest)
+            or found[0].name != SESSION_NAME
+            or (now - found[0].created_at).total_seconds() > lifetime_seconds
+        ):
+            raise UnauthorizedError("the dashboard session has ended: sign in again")
+        return found[0].project
+
+    def close_session(self, secret: str | None) -> None:
+        """Revoke a dashboard session (sign-out); nothing if it is unknown or closed."""
+        if not secret or not secret.startswith(SESSION_PREFIX):
+            return
+        with self.store.transaction() as repo:
+            found = repo.token_by_hash(hash_token(secret))
+            if found is not None and found[0].name == SESSION_NAME:
+                repo.revoke_token(found[0].id)
+
+    # ------------------------------------------------------------------ checks
+
     def project_of(self, token: str | None) -> str:
         """The project ``token`` belongs to; UnauthorizedError if none or unknown."""
         if not token:
@@ -110,7 +157,11 @@ class Tokens:
             found = repo.token_by_hash(digest)
             if found is not None:
                 repo.mark_token_used(found[0].id)
-        if found is None or not hmac.compare_digest(found[1], digest):
+        if (
+            found is None
+            or not hmac.compare_digest(found[1], digest)
+            or found[0].prefix.startswith(SESSION_PREFIX)  # a dashboard session: no API key
+        ):
             raise UnauthorizedError(
                 "the token is not valid (unknown or revoked): create one with "
                 "`stagelr token create --project NAME`"

@@ -7,6 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 
 from stagelr.models import Problem
@@ -20,6 +22,11 @@ from ..tokens import Tokens
 from . import errors, observability, routes
 
 log = logging.getLogger("stagelr.server")
+
+#: /readyz answers within this many seconds, ready or not.
+READY_TIMEOUT_S = 1.0
+# Unauthenticated: says nothing of hosts, ports or driver messages (those are logged).
+_NOT_READY = "the store does not answer: see the server log"
 
 
 def warn_auth_off(settings: Settings) -> None:
@@ -47,7 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from ..optimizer import GPOptimizer  # heavy import: paid once, at start
 
-        store = Store(settings.resolved_database_url)
+        store = Store(
+            settings.resolved_database_url,
+            connect_timeout=settings.db_connect_timeout,
+            statement_timeout=settings.db_statement_timeout,
+            pool_timeout=settings.db_pool_timeout,
+        )
         if settings.auto_migrate:
             store.migrate()
         store.check_schema()
@@ -98,14 +110,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Readiness: the store answers and its schema is current",
         responses={503: {"model": Problem, "content": {"application/problem+json": {}}}},
     )
-    def readyz(request: Request) -> dict[str, str]:
+    async def readyz(request: Request) -> dict[str, str]:
+        # Within a second, whatever the database does: a probe that hangs is no answer.
+        # The check's thread is left to finish on its own (the store's deadlines end it).
         service: StudyService = request.app.state.studies
         try:
-            revision = service.store.check_schema()
-        except SchemaOutdatedError:
-            raise
-        except Exception as exc:  # any driver error: not ready, and say why
-            raise StoreUnavailableError(f"the store does not answer: {exc}") from exc
+            with anyio.fail_after(READY_TIMEOUT_S):
+                revision = await anyio.to_thread.run_sync(
+                    service.store.check_schema, abandon_on_cancel=True
+                )
+        except SchemaOutdatedError as exc:
+            log.error("not ready: %s", exc.message)
+            raise SchemaOutdatedError(
+                "the database schema is not the one this version of stagelr needs: run "
+                "`stagelr migrate` (the server log says more)"
+            ) from exc
+        except TimeoutError as exc:
+            log.error("not ready: the store did not answer within %.1f s", READY_TIMEOUT_S)
+            raise StoreUnavailableError(_NOT_READY) from exc
+        except Exception as exc:  # any store or driver error: not ready; the log says why
+            log.error("not ready: the store failed its check: %s", exc)
+            raise StoreUnavailableError(_NOT_READY) from exc
         return {"status": "ready", "schema": revision}
 
     return app

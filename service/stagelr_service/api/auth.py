@@ -1,10 +1,11 @@
 """Who is asking: the project scope of a request.
 
-With ``STAGELR_AUTH=required`` every /v1 request (and the dashboard) carries a project
-token, as ``Authorization: Bearer <token>`` or, for the dashboard's pages, the
-``stagelr_token`` cookie its login form sets. The scope is then that project: studies of
-other projects do not exist for the request (404, never 403, so ids do not leak what
-exists). With ``STAGELR_AUTH=off`` the scope is every project.
+With ``STAGELR_AUTH=required`` every /v1 request carries a project token as
+``Authorization: Bearer <token>``, and nothing else: no cookie is a credential here, so
+another site cannot make a signed-in browser act on the API (the dashboard's pages use a
+session of their own, :mod:`stagelr_service.dashboard.routes`). The scope is then that
+project: studies of other projects do not exist for the request (404, never 403, so ids
+do not leak what exists). With ``STAGELR_AUTH=off`` the scope is every project.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..tokens import Tokens
 
-__all__ = ["COOKIE_NAME", "Scope", "ScopeDep", "current_scope", "token_of"]
-
-COOKIE_NAME = "stagelr_token"
+__all__ = ["Scope", "ScopeDep", "current_scope", "token_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +32,13 @@ class Scope:
 
 
 def token_of(request: Request) -> str | None:
-    """The bearer token of the request (header first, then the dashboard's cookie)."""
+    """The bearer token of the request's ``Authorization`` header (cookies never count)."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return None
-    return request.cookies.get(COOKIE_NAME) or None
+    return None
 
 
 def current_scope(request: Request) -> Scope:

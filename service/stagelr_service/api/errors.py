@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import errors
 
@@ -30,10 +32,23 @@ _STATUS: dict[type[errors.StagelrError], int] = {
     errors.ForbiddenError: 403,
 }
 
-# RFC 6750: a 401 names the scheme it wants.
+#: Seconds a client should wait before sending a request again after a 503.
+RETRY_AFTER_S = 2
+
+# RFC 6750: a 401 names the scheme it wants. A 503 says when to come back.
 _HEADERS: dict[type[errors.StagelrError], dict[str, str]] = {
     errors.UnauthorizedError: {"WWW-Authenticate": 'Bearer realm="stagelr"'},
+    errors.StoreUnavailableError: {"Retry-After": str(RETRY_AFTER_S)},
 }
+
+
+def status_of(exc: errors.StagelrError) -> tuple[int, dict[str, str] | None]:
+    """The HTTP status and extra headers of a domain error (the API's problem documents
+    and the dashboard's HTML pages both answer with these)."""
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+    headers = next((h for cls, h in _HEADERS.items() if isinstance(exc, cls)), None)
+    return status, headers
+
 
 _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}
 
@@ -61,8 +76,7 @@ def _problem(
 def problem_for(exc: Exception, request: Request) -> JSONResponse:
     """Map any exception to its problem document. Unknown ones are a logged 500."""
     if isinstance(exc, errors.StagelrError):
-        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-        headers = next((h for cls, h in _HEADERS.items() if isinstance(exc, cls)), None)
+        status, headers = status_of(exc)
         return _problem(status, exc.slug, exc.title, exc.message, request, headers)
     if isinstance(exc, RequestValidationError):
         problems = [
@@ -92,9 +106,62 @@ def problem_for(exc: Exception, request: Request) -> JSONResponse:
                 f"no route {request.method} {request.url.path}: the API is listed at /docs "
                 "(and /openapi.json)"
             )
-        return _problem(exc.status_code, slug, str(exc.detail), detail, request)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and "app" in request.scope:
+            # RFC 9110: a 405 lists every method the resource has. Starlette names only
+            # the first route that matched the path, and a path may have several.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _problem(exc.status_code, slug, str(exc.detail), detail, request, headers)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _problem(500, "internal", "Internal error", "the server failed; see its log", request)
+
+
+class UnhandledErrorMiddleware:
+    """Answers an unexpected exception with the 500 problem document, and keeps the
+    connection.
+
+    Starlette's outermost middleware answers it too, but then raises it again for the
+    server to log, and uvicorn closes a connection whose application raised: a keep-alive
+    client would see its next request on that connection fail with a reset. Here the
+    exception is logged (by :func:`problem_for`) and ends with the answer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:  # half an answer is out: only closing the connection can end it
+                raise
+            await problem_for(exc, Request(scope))(scope, receive, send)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers fully at the request's path."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 def install(app: FastAPI) -> None:
@@ -106,4 +173,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.StagelrError, handler)
     app.add_exception_handler(RequestValidationError, handler)
     app.add_exception_handler(StarletteHTTPException, handler)
-    app.add_exception_handler(Exception, handler)
+    app.add_middleware(UnhandledErrorMiddleware)

@@ -10,7 +10,8 @@
   (one per app, so that many apps in one process, as in the tests, keep apart): the
   request counters, the `next` latency histogram, the observation counters (told by
   :class:`stagelr_service.studies.StudyService`), and gauges of studies and segments per
-  status read from the store at scrape time.
+  status read from the store at scrape time. With ``STAGELR_METRICS_TOKEN`` set, a scrape
+  needs that bearer token; unset, anyone who reaches the port may scrape.
 
 :func:`log_config` is the logging setup of ``stagelr serve`` for ``STAGELR_LOG_FORMAT``
 ``text`` or ``json`` (one object per line: time, level, logger, message, and for a
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import hmac
 import json
 import logging
 import re
@@ -37,6 +39,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import UnauthorizedError
 from ..settings import Settings
 
 __all__ = ["JsonFormatter", "ServerMetrics", "install", "log_config", "request_id"]
@@ -249,7 +252,20 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request fields."""
 
     #: Record attributes written when present (the access log sets them).
-    FIELDS = ("request_id", "method", "path", "route", "status", "duration_ms")
+    FIELDS = (
+        "request_id",
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        # the audit log of housekeeping (stagelr.audit)
+        "action",
+        "study_id",
+        "study",
+        "project",
+        "scope",
+    )
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -319,6 +335,14 @@ def install(app: FastAPI) -> ServerMetrics:
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     def prometheus_metrics(request: Request) -> Response:
+        expected: str | None = request.app.state.settings.metrics_token
+        if expected:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+                raise UnauthorizedError(
+                    "/metrics needs the scraper's token (STAGELR_METRICS_TOKEN): send "
+                    "`Authorization: Bearer <token>`"
+                )
         return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

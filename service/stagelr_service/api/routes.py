@@ -17,6 +17,7 @@ from stagelr.models import (
     ObservationBatch,
     ObservationsAccepted,
     ObservationView,
+    OutageReport,
     Problem,
     ReplayReport,
     ReplayRequest,
@@ -28,6 +29,7 @@ from stagelr.models import (
     StudyStatus,
     StudyView,
 )
+from stagelr.schedule import Schedule
 
 from ..studies import StudyService
 from .auth import ScopeDep
@@ -79,14 +81,23 @@ def list_studies(
     family: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=_MAX_ID)] = 0,
+    name: Annotated[
+        str | None,
+        Query(max_length=200, description="A part of the study's name (any case)."),
+    ] = None,
+    archived: Annotated[
+        bool, Query(description="List the archived studies instead of the others.")
+    ] = False,
 ) -> StudyList:
     return service.list_studies(
         project=project,
         status=status_,
-        family=family,
         limit=limit,
         offset=offset,
         scope=scope.project,
+        name=name,
+        archived=archived,
+        family=family,
     )
 
 
@@ -109,6 +120,46 @@ def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Study
     return service.stop_study(study_id, scope=scope.project)
 
 
+@router.post(
+    "/studies/{study_id}/archive",
+    response_model=StudyView,
+    summary="Archive a study: out of the default list, its history kept (replay, export)",
+)
+def archive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return service.archive_study(study_id, True, scope=scope.project)
+
+
+@router.post(
+    "/studies/{study_id}/unarchive",
+    response_model=StudyView,
+    summary="Bring an archived study back into the list",
+)
+def unarchive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return service.archive_study(study_id, False, scope=scope.project)
+
+
+@router.delete(
+    "/studies/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a study and its whole history, for good",
+)
+def delete_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Response:
+    service.delete_study(study_id, scope=scope.project)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/studies/{study_id}/outages",
+    response_model=StudyView,
+    summary="Report steps trained while the service was unreachable (idempotent per key)",
+)
+def report_outage(
+    study_id: StudyId, body: OutageReport, service: ServiceDep, scope: ScopeDep
+) -> StudyView:
+    return service.report_outage(study_id, body, scope=scope.project)
+
+
 @router.get(
     "/studies/{study_id}/plan",
     response_model=StudyPlan,
@@ -116,6 +167,15 @@ def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Study
 )
 def study_plan(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyPlan:
     return service.get_plan(study_id, scope=scope.project)
+
+
+@router.get(
+    "/studies/{study_id}/schedule",
+    response_model=Schedule,
+    summary="The study's trajectory as a portable LR schedule (piecewise, with provenance)",
+)
+def study_schedule(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Schedule:
+    return service.get_schedule(study_id, scope=scope.project)
 
 
 @router.get(

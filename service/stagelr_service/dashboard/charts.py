@@ -22,14 +22,54 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from stagelr.models import SegmentKind, SegmentStatus, StageDetail
+from stagelr.models import LRShape, SegmentKind, SegmentStatus, StageDetail, lr_at
 
 from ..forecast import forecast_curve
-from ..store.records import ObservationRecord, SegmentRecord, StageRecord
+from ..store.records import ObservationRecord, ScheduleSegment, SegmentRecord, StageRecord
 from ..tuner import ResolvedConfig
 from .plots import Figure, fmt_number, nice_domain
 
-__all__ = ["fits_chart", "loss_chart", "lr_schedule_chart", "posterior_chart", "sparkline"]
+__all__ = [
+    "fits_chart",
+    "loss_axis",
+    "loss_chart",
+    "lr_path",
+    "lr_schedule_chart",
+    "posterior_chart",
+    "sparkline",
+]
+
+#: Points a shaped (decaying or ramping) segment is drawn with, at most.
+SHAPE_POINTS = 48
+
+
+def lr_path(
+    start: float,
+    steps: int,
+    lr: float,
+    lr_end: float | None = None,
+    shape: LRShape = LRShape.constant,
+    *,
+    hold_from: float | None = None,
+    points: int = SHAPE_POINTS,
+) -> list[tuple[float, float]]:
+    """The LR a training segment trained at, over trajectory steps, as chart points.
+
+    A constant segment is two points (from ``hold_from`` when its LR held from earlier:
+    a stage whose chosen candidate's steps were kept). A shaped one (the final decay, a
+    ramp) is its shape sampled at up to ``points`` steps, each at
+    ``stagelr.models.lr_at``: the same LR the job was given at that step.
+    """
+    if steps <= 0:
+        return []
+    if shape is LRShape.constant or lr_end is None:
+        return [(start if hold_from is None else hold_from, lr), (start + steps, lr)]
+    count = max(2, min(points, steps))
+    picks = sorted({1 + round(i * (steps - 1) / (count - 1)) for i in range(count)})
+    path = [(start + s - 1, lr_at(lr, lr_end, shape, s, steps)) for s in picks]
+    path.append((start + steps, path[-1][1]))
+    return path
+
 
 #: Colour classes for candidates (c0..c9 in the CSS), reused past ten.
 PALETTE_SIZE = 10
@@ -44,7 +84,7 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-def _loss_axis(focus: Sequence[float], rest: Sequence[float]) -> tuple[tuple[float, float], bool]:
+def loss_axis(focus: Sequence[float], rest: Sequence[float]) -> tuple[tuple[float, float], bool]:
     """A y domain for losses: spanning ``focus`` (and ``rest`` below its top; what is
     above is clipped), on a log axis when the positive values span over a decade."""
     focus = _finite(focus) or _finite(rest)
@@ -92,8 +132,23 @@ def lr_schedule_chart(
     exploits = [s for s in segments if s.kind is SegmentKind.exploit]
     line: list[tuple[float, float]] = []
     for seg in exploits:
-        line += [(seg.start_step, seg.lr), (seg.start_step + seg.steps, seg.lr)]
+        own = by_index.get(seg.stage)
+        line += lr_path(
+            seg.start_step,
+            seg.steps,
+            seg.lr,
+            seg.lr_end,
+            seg.lr_shape,
+            hold_from=own.start_step if own is not None else None,
+        )
     fig.polyline(line, "schedule")
+    for seg in exploits:
+        if seg.lr_shape is not LRShape.constant and seg.lr_end is not None:
+            fig.polyline(
+                lr_path(seg.start_step, seg.steps, seg.lr, seg.lr_end, seg.lr_shape),
+                f"shaped {seg.lr_shape.value}",
+                data={"segment": seg.id, "shape": seg.lr_shape.value, "lr-end": seg.lr_end},
+            )
     k = max(config.k, 1)
     forecasts = forecasts or {}
     for seg in segments:
@@ -114,13 +169,18 @@ def lr_schedule_chart(
             data={"segment": seg.id, "stage": seg.stage, "index": seg.index, "lr": seg.lr},
         )
     for seg in exploits:
+        shaped = seg.lr_shape is not LRShape.constant and seg.lr_end is not None
+        what = (
+            f"{seg.lr_shape.value} from lr {fmt_number(seg.lr)} to {fmt_number(seg.lr_end or 0)}"
+            if shaped
+            else f"trained at lr {fmt_number(seg.lr)}"
+        )
         fig.circle(
-            seg.start_step + seg.steps / 2,
+            seg.start_step if shaped else seg.start_step + seg.steps / 2,
             seg.lr,
             f"chosen {seg.status.value}",
             r=4.5,
-            title=f"stage {seg.stage}: trained at lr {fmt_number(seg.lr)} "
-            f"for {seg.steps} steps from step {seg.start_step}",
+            title=f"stage {seg.stage}: {what} for {seg.steps} steps from step {seg.start_step}",
             data={"segment": seg.id, "stage": seg.stage, "lr": seg.lr},
         )
     return fig.render()
@@ -153,7 +213,7 @@ def loss_chart(
         for _, v in pts
     ]
     every = [v for _, pts in series for _, v in pts]
-    domain, log = _loss_axis(focus or calm, every)
+    domain, log = loss_axis(focus or calm, every)
     metrics = sorted({seg.metric.value for seg in segments})
     fig = Figure(
         width=960,
@@ -281,7 +341,7 @@ def fits_chart(detail: StageDetail, points: int = 80) -> Markup:
         if c.forecast is not None and c.forecast.prediction is not None
     ]
     every = [v for c in detail.candidates for _, v in c.observations]
-    domain, log = _loss_axis(focus, every)
+    domain, log = loss_axis(focus, every)
     # Log steps: the search window (tau' steps) and the horizon (tau, often ten times
     # further) both get room.
     fig = Figure(
@@ -343,11 +403,14 @@ def fits_chart(detail: StageDetail, points: int = 80) -> Markup:
     return fig.render()
 
 
-def sparkline(schedule: Sequence[tuple[int, int, float]], config: Mapping[str, Any]) -> Markup:
-    """A study list's inline LR schedule: the chosen LR per stage as a step line."""
+def sparkline(schedule: Sequence[ScheduleSegment], config: Mapping[str, Any]) -> Markup:
+    """A study list's inline LR schedule: the chosen LR per stage as a step line, a decay
+    drawn with its shape."""
     lr_min = float(config.get("lr_min") or 1e-6)
     lr_max = float(config.get("lr_max") or 1.0)
-    end = max([float(config.get("total_steps") or 0)] + [float(s + n) for s, n, _ in schedule])
+    end = max(
+        [float(config.get("total_steps") or 0)] + [float(s.start_step + s.steps) for s in schedule]
+    )
     fig = Figure(
         width=120,
         height=28,
@@ -360,10 +423,13 @@ def sparkline(schedule: Sequence[tuple[int, int, float]], config: Mapping[str, A
         css_class="spark",
     )
     line: list[tuple[float, float]] = []
-    for start, steps, lr in schedule:
-        line += [(start, lr), (start + steps, lr)]
-    fig.polyline(line, "spark-line", data={"stages": len(schedule)})
+    for seg in schedule:
+        line += lr_path(seg.start_step, seg.steps, seg.lr, seg.lr_end, seg.lr_shape, points=16)
+    shapes = sorted({s.lr_shape.value for s in schedule if s.lr_shape is not LRShape.constant})
+    fig.polyline(
+        line, "spark-line", data={"stages": len(schedule), "shapes": " ".join(shapes) or None}
+    )
     if schedule:
-        start, steps, lr = schedule[-1]
-        fig.circle(start + steps, lr, "spark-end", r=1.8, title=f"now: lr {fmt_number(lr)}")
+        x, y = line[-1]
+        fig.circle(x, y, "spark-end", r=1.8, title=f"now: lr {fmt_number(y)}")
     return fig.render()

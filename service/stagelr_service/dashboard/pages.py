@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from markupsafe import Markup
 
 from stagelr.models import (
+    LRShape,
     SegmentKind,
     SegmentStatus,
     StageDetail,
@@ -55,6 +56,8 @@ STATUSES = ("running", "stalled", "completed", "failed", "stopped")
 #: The statuses after which a study does not change any more.
 FINISHED = frozenset({"completed", "failed", "stopped"})
 PER_PAGE_MAX = 200
+#: Pages beyond this hold no study any store has (and their offset would overflow 64 bits).
+PAGE_MAX = 10**9
 
 
 def shown_status(summary: StudySummaryRecord) -> str:
@@ -83,8 +86,14 @@ class ListQuery:
     page: int = 1
     per_page: int = 50
     family: str | None = None
+    #: A part of the study's name (any case); None: every name.
+    q: str | None = None
+    #: The archived studies instead of the others.
+    archived: bool = False
 
     def __post_init__(self) -> None:
+        if self.q is not None and len(self.q) > 200:
+            raise InputError("a name search is at most 200 characters")
         if self.sort not in SORTS:
             raise InputError(f"unknown sort {self.sort!r}: use one of {', '.join(SORTS)}")
         if self.order not in ("asc", "desc"):
@@ -95,6 +104,8 @@ class ListQuery:
             raise InputError(f"page {self.page} does not exist: pages count from 1")
         if self.family is not None and len(self.family) > 100:
             raise InputError("a family name has at most 100 characters")
+        if self.page > PAGE_MAX:
+            raise InputError(f"page {self.page} does not exist: the list has fewer pages")
         if not 1 <= self.per_page <= PER_PAGE_MAX:
             raise InputError(f"per_page must be between 1 and {PER_PAGE_MAX}")
 
@@ -103,10 +114,10 @@ class ListQuery:
         query = replace(self, **changes)
         params: dict[str, str | int] = {}
         defaults = ListQuery()
-        for name in ("sort", "order", "status", "page", "per_page", "family"):
+        for name in ("q", "sort", "order", "status", "page", "per_page", "archived", "family"):
             value = getattr(query, name)
             if value is not None and value != getattr(defaults, name):
-                params[name] = value
+                params[name] = int(value) if isinstance(value, bool) else value
         return "/dashboard" + (f"?{urlencode(params)}" if params else "")
 
     def sort_url(self, key: str) -> str:
@@ -156,6 +167,8 @@ def load_list(
         descending=query.order == "desc",
         limit=query.per_page,
         offset=(query.page - 1) * query.per_page,
+        name=query.q,
+        archived=query.archived,
     )
     rows = [ListRow(s, shown_status(s), charts.sparkline(s.schedule, s.config)) for s in summaries]
     return ListPage(query=query, rows=rows, total=total)
@@ -170,7 +183,11 @@ def load_summary(
     """The study's list row (status with stalling, best loss, stage); NotFoundError if
     there is no such study in the scope."""
     found, _ = service.study_summaries(
-        lease_seconds=lease_seconds, scope=scope, study_id=study_id, limit=1
+        lease_seconds=lease_seconds,
+        scope=scope,
+        study_id=study_id,
+        limit=1,
+        archived=None,  # an archived study's page still shows
     )
     if not found:
         raise NotFoundError(f"no study {study_id}: see the list of studies")
@@ -196,6 +213,8 @@ class StageView:
     posterior: Markup
     fits: Markup
     candidates: list[CandidateRow]
+    #: How a stage without a search trained when its LR moved (the final decay).
+    decay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +302,14 @@ def load_study(
         ("Losses reported", f"{observed:,}"),
         ("Best loss", fmt_number(study.best_loss, 4) if study.best_loss is not None else "–"),
     ]
+    decays = {
+        s.stage: f"a {s.lr_shape.value} decay from lr {fmt_number(s.lr)} to "
+        f"{fmt_number(s.lr_end or 0.0)} over {s.steps:,} steps"
+        for s in history.segments
+        if s.kind is SegmentKind.exploit
+        and s.lr_shape is not LRShape.constant
+        and s.lr_end is not None
+    }
     stages = [
         StageView(
             record=record,
@@ -290,6 +317,7 @@ def load_study(
             posterior=charts.posterior_chart(config, detail),
             fits=charts.fits_chart(detail),
             candidates=_candidate_rows(detail),
+            decay=decays.get(record.index),
         )
         for record, detail in zip(history.stages, details, strict=True)
     ]

@@ -3,10 +3,20 @@
 Like the API's routes they only translate: read the scope, load the page's data
 (:mod:`.pages`), render a template. Every response of this router, errors included, is
 HTML with the security headers of :data:`.assets.SECURITY_HEADERS`.
+
+With auth on, signing in with a project token opens a server-side session
+(:meth:`stagelr_service.tokens.Tokens.open_session`): the ``stagelr_session`` cookie
+(HttpOnly, SameSite=Strict, Secure over HTTPS, expiring with ``STAGELR_SESSION_SECONDS``)
+holds the session's random secret, never the project token; sign-out revokes the
+session in the store. The state-changing requests (sign-in, sign-out) refuse another
+site's ``Origin`` (or ``Sec-Fetch-Site: cross-site``), and sign-out also needs the
+session's CSRF token, which the pages put in the sign-out form.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
@@ -21,11 +31,19 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..api.auth import COOKIE_NAME, current_scope
-from ..errors import InputError, NotFoundError, UnauthorizedError
+from ..api.auth import current_scope, token_of
+from ..api.errors import status_of
+from ..errors import (
+    ForbiddenError,
+    InputError,
+    InvalidStateError,
+    NotFoundError,
+    StagelrError,
+    UnauthorizedError,
+)
 from ..settings import Settings
 from ..studies import StudyService
-from . import pages
+from . import compare, csrf, pages
 from .assets import SECURITY_HEADERS, asset_url
 from .plots import fmt_number
 
@@ -34,6 +52,19 @@ __all__ = ["router"]
 log = logging.getLogger("stagelr.dashboard")
 
 _LOGIN = "/dashboard/login"
+#: The session cookie: a server-side session's secret, never a project token.
+SESSION_COOKIE = "stagelr_session"
+#: Ids are 64-bit in the store: a larger one names no study (404), not a driver overflow.
+_MAX_ID = 2**63 - 1
+
+
+def _no_such_study(study_id: int) -> None:
+    if not 0 <= study_id <= _MAX_ID:
+        raise NotFoundError(f"no study {study_id}")
+
+
+#: The longest schedule the dashboard writes as CSV (one row per step) in one request.
+CSV_MAX_STEPS = 1_000_000
 
 
 def _ago(moment: datetime, now: datetime) -> str:
@@ -55,7 +86,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(asset=asset_url, version=__version__)
+    env.globals.update(asset=asset_url, version=__version__, compare_url=compare.compare_url)
     env.filters.update(
         num=fmt_number,
         ago=_ago,
@@ -98,12 +129,23 @@ class _DashboardRoute(APIRoute):
                 response = _error_page(404, "Not found", exc.message, None)
             except InputError as exc:
                 response = _error_page(400, "Bad request", exc.message, None)
+            except InvalidStateError as exc:
+                response = _error_page(409, "Not possible now", exc.message, None)
             except RequestValidationError as exc:
                 detail = "; ".join(
                     f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
                     for e in exc.errors()
                 )
                 response = _error_page(400, "Bad request", detail, None)
+            except StagelrError as exc:  # the store away (503), and any other domain error
+                status, headers = status_of(exc)
+                response = _error_page(status, exc.title, exc.message, None)
+                response.headers.update(headers or {})
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = _error_page(
+                    500, "Internal error", "The server failed; its log says more.", None
+                )
             response.headers.update(SECURITY_HEADERS)
             return response
 
@@ -129,11 +171,43 @@ def _auth_on(request: Request) -> bool:
 
 def _scope(request: Request) -> tuple[bool, str | None]:
     """``(allowed, project)``: whether the request may see the dashboard, and the one
-    project it may see (None: every project)."""
+    project it may see (None: every project). A bearer header (scripts) or the session
+    cookie (a signed-in browser) opens it."""
+    if not _auth_on(request):
+        return True, None
     try:
-        return True, current_scope(request).project
+        if token_of(request) is not None:
+            return True, current_scope(request).project
+        secret = request.cookies.get(SESSION_COOKIE)
+        return True, request.app.state.tokens.session_project(
+            secret, _settings(request).session_seconds
+        )
     except UnauthorizedError:
         return False, None
+
+
+def csrf_token(secret: str) -> str:
+    """The sign-out form's CSRF token: derived from the session's secret, which only the
+    HttpOnly cookie holds, so another site can neither read nor compute it."""
+    return hashlib.sha256(b"stagelr-csrf:" + secret.encode("utf-8")).hexdigest()[:32]
+
+
+def _csrf(request: Request) -> str:
+    secret = request.cookies.get(SESSION_COOKIE)
+    return csrf_token(secret) if secret else ""
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a state-changing request that another site's page sent (403)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise ForbiddenError("this form can only be sent from the dashboard's own pages")
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is not None and origin != own:
+        raise ForbiddenError(
+            f"a request from {origin!r} cannot change the dashboard's session; use the "
+            "dashboard's own pages"
+        )
 
 
 def _to_login(request: Request) -> RedirectResponse:
@@ -161,6 +235,9 @@ def study_list(
     status: str | None = None,
     page: int = 1,
     per_page: int = 50,
+    q: str | None = None,
+    archived: bool = False,
+    deleted: int | None = None,
     family: str | None = None,
 ) -> Response:
     allowed, project = _scope(request)
@@ -172,30 +249,133 @@ def study_list(
         status=status or None,
         page=page,
         per_page=per_page,
+        q=(q or "").strip() or None,
+        archived=archived,
         family=family or None,
     )
     listing = pages.load_list(_service(request), _settings(request).lease_seconds, project, query)
     return render(
         "list.html",
+        deleted=deleted,
+        max_compare=compare.MAX_STUDIES,
         listing=listing,
         sorts=pages.SORTS,
         statuses=pages.STATUSES,
         scope_project=project,
         auth_on=_auth_on(request),
+        csrf=_csrf(request),
     )
 
 
 @router.get("/dashboard/studies/{study_id}")
 def study_page(request: Request, study_id: int) -> Response:
+    _no_such_study(study_id)
     allowed, project = _scope(request)
     if not allowed:
         return _to_login(request)
     page = pages.load_study(_service(request), _settings(request).lease_seconds, project, study_id)
-    return render(
+    token, new = csrf.ensure_token(request)
+    response = render(
         "study.html",
         page=page,
+        csrf_token=token,
         scope_project=project,
         auth_on=_auth_on(request),
+        csrf=_csrf(request),
+    )
+    if new:
+        csrf.set_cookie(response, request, token)
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = (await request.body())[:4096].decode("utf-8", errors="replace")
+    return {k: v[0] for k, v in parse_qs(body).items()}
+
+
+@router.post("/dashboard/studies/{study_id}/archive")
+async def archive(request: Request, study_id: int) -> Response:
+    """Archive the study, or bring it back (``archived=0``): a form of the study page."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    form = await _form(request)
+    refused = csrf.check(request, form.get(csrf.FIELD))
+    if refused:
+        return _error_page(403, "Refused", refused, project)
+    archived = form.get("archived", "1") != "0"
+    await run_in_threadpool(_service(request).archive_study, study_id, archived, scope=project)
+    return RedirectResponse(f"/dashboard/studies/{study_id}", status_code=303)
+
+
+@router.get("/dashboard/studies/{study_id}/delete")
+def delete_form(request: Request, study_id: int) -> Response:
+    """Ask before deleting: the confirmation page, whose form POSTs the deletion."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    lease = _settings(request).lease_seconds
+    page = pages.load_summary(_service(request), lease, project, study_id)
+    token, new = csrf.ensure_token(request)
+    response = render(
+        "delete.html",
+        summary=page,
+        status=pages.shown_status(page),
+        csrf_token=token,
+        scope_project=project,
+        auth_on=_auth_on(request),
+    )
+    if new:
+        csrf.set_cookie(response, request, token)
+    return response
+
+
+@router.post("/dashboard/studies/{study_id}/delete")
+async def delete(request: Request, study_id: int) -> Response:
+    """Delete the study for good (the confirmation page's form)."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    form = await _form(request)
+    refused = csrf.check(request, form.get(csrf.FIELD))
+    if refused:
+        return _error_page(403, "Refused", refused, project)
+    await run_in_threadpool(_service(request).delete_study, study_id, scope=project)
+    return RedirectResponse(f"/dashboard?deleted={study_id}", status_code=303)
+
+
+@router.get("/dashboard/compare")
+def compare_page(request: Request) -> Response:
+    """Studies side by side: ``?id=3&id=7`` (the selection is the URL)."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    ids = compare.parse_ids(request.query_params.getlist("id"))
+    page = compare.load_compare(_service(request), project, ids)
+    return render("compare.html", page=page, scope_project=project, auth_on=_auth_on(request))
+
+
+@router.get("/dashboard/studies/{study_id}/schedule.{fmt}")
+def schedule_download(request: Request, study_id: int, fmt: str) -> Response:
+    """The study's schedule file (as ``GET /v1/studies/{id}/schedule``, or its CSV), for
+    the page's download links: the dashboard's login cookie opens it."""
+    allowed, project = _scope(request)
+    if not allowed:
+        return _to_login(request)
+    if fmt not in ("json", "csv"):
+        raise NotFoundError(f"no schedule format {fmt!r}: use schedule.json or schedule.csv")
+    schedule = _service(request).get_schedule(study_id, scope=project)
+    if fmt == "csv" and schedule.steps > CSV_MAX_STEPS:
+        raise InputError(
+            f"the schedule has {schedule.steps:,} steps, more than the {CSV_MAX_STEPS:,} rows "
+            "a CSV download holds: take schedule.json (piecewise), or "
+            "`stagelr schedule ID --format csv -o FILE` on the server's database"
+        )
+    name = f"study-{study_id}.schedule.{fmt}"
+    return Response(
+        schedule.dumps() if fmt == "json" else schedule.to_csv(),
+        media_type="application/json" if fmt == "json" else "text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
@@ -204,6 +384,7 @@ def study_live(request: Request, study_id: int, since: str = "") -> Response:
     """The study page's changing part, for its script to swap in: 204 while nothing
     changed since version ``since``. Headers: ``X-Stagelr-Version`` (the version to send
     next) and ``X-Stagelr-Live`` (``off`` once the study is finished: stop polling)."""
+    _no_such_study(study_id)
     allowed, project = _scope(request)
     if not allowed:
         return Response(status_code=401)
@@ -231,15 +412,18 @@ def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post(_LOGIN)
 async def login(request: Request) -> Response:
-    """Check the posted token; if it is valid, keep it in an HttpOnly, SameSite=Strict
-    cookie (the page's script never sees it) and go where the reader was headed."""
+    """Check the posted token; if it is valid, open a server-side session and keep its
+    secret in an HttpOnly, SameSite=Strict cookie (the page's script never sees it), then
+    go where the reader was headed."""
     if not _auth_on(request):
         return RedirectResponse("/dashboard", status_code=303)
+    _same_origin(request)
     form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
     token = (form.get("token") or [""])[0].strip()
     target = _safe_next(form.get("next", [""])[0])
+    tokens = request.app.state.tokens
     try:
-        project = await run_in_threadpool(request.app.state.tokens.project_of, token)
+        project = await run_in_threadpool(tokens.project_of, token)
     except UnauthorizedError:
         return render(
             "login.html",
@@ -249,11 +433,13 @@ async def login(request: Request) -> Response:
             scope_project=None,
             auth_on=True,
         )
-    log.info("dashboard login for project %s", project)
+    secret = await run_in_threadpool(tokens.open_session, project)
+    log.info("dashboard session opened for project %s", project)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
-        COOKIE_NAME,
-        token,
+        SESSION_COOKIE,
+        secret,
+        max_age=int(_settings(request).session_seconds),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -263,7 +449,17 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/dashboard/logout")
-def logout() -> Response:
+async def logout(request: Request) -> Response:
+    """End the session: revoke it in the store (the cookie is then worthless, even if a
+    copy survives) and clear the cookie."""
+    _same_origin(request)
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+        sent = (form.get("csrf") or [""])[0]
+        if not hmac.compare_digest(sent.encode(), csrf_token(secret).encode()):
+            raise ForbiddenError("sign out from the dashboard's own pages (the form's token)")
+        await run_in_threadpool(request.app.state.tokens.close_session, secret)
     response = RedirectResponse(_LOGIN, status_code=303)
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

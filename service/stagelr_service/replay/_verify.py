@@ -84,6 +84,7 @@ def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayR
     config = tuner.ResolvedConfig.stored(study.config)
     trials = trials_of(history)
     segments = history.segments
+    outages = [(o.after_seq, o.steps) for o in history.outages]
     mismatches: list[ReplayMismatch] = []
     plans: dict[int, tuner.Decision] = {}
     decisions = 0
@@ -94,7 +95,10 @@ def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayR
                 mismatch(seg.stage, seg.seq, "history", "an open segment before it", seg.kind.value)
             )
             break
-        plan = tuner.next_segment(config, trials[:cut], optimizer)
+        offline = tuner.offline_steps_before(outages, seg.seq)
+        plan = tuner.next_segment(
+            tuner.with_offline_steps(config, offline), trials[:cut], optimizer
+        )
         decisions += 1
         mismatches.extend(_compare_decision(seg, plan))
         if isinstance(plan, tuner.Decision):
@@ -102,7 +106,9 @@ def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayR
 
     ended = study.status in (StudyStatus.completed, StudyStatus.failed)
     if ended and not any(t.status is SegmentStatus.open for t in trials):
-        end = tuner.next_segment(config, trials, optimizer)
+        end = tuner.next_segment(
+            tuner.with_offline_steps(config, history.offline_steps), trials, optimizer
+        )
         decisions += 1
         replayed_end = (
             end.status.value if isinstance(end, tuner.StudyEnd) else f"a new {end.kind.value}"
@@ -164,10 +170,19 @@ def _stage_replays(
 ) -> list[StageReplay]:
     """Per stage: the recorded against the replayed candidates and choice; and the stored
     stage rows (sizes, chosen LR) against the tuner's geometry and decision."""
-    geometries = tuner.stage_geometries(config, trials)
+    outages = [(o.after_seq, o.steps) for o in history.outages]
+    by_offline: dict[int, list[tuner.StageGeometry]] = {}
     out = []
     for stage in history.stages:
         segs = [s for s in history.segments if s.stage == stage.index]
+        # A stage is sized by the plan its first decision saw: the outages reported by
+        # then shortened it.
+        offline = tuner.offline_steps_before(outages, segs[0].seq) if segs else 0
+        if offline not in by_offline:
+            by_offline[offline] = tuner.stage_geometries(
+                tuner.with_offline_steps(config, offline), trials
+            )
+        geometries = by_offline[offline]
         explores = [s for s in segs if s.kind is SegmentKind.explore]
         exploit = next((s for s in segs if s.kind is SegmentKind.exploit), None)
         exploit_plan = plans.get(exploit.seq) if exploit is not None else None

@@ -37,7 +37,7 @@ from stagelr.models import (
 )
 
 from .. import tuner
-from ..errors import InputError
+from ..errors import InputError, InvalidStateError
 from ..forecast import Forecast
 from ..history import trials_of
 from ..store.records import StudyHistory
@@ -204,6 +204,11 @@ def what_if_history(
                 test = next((t for t in recorded if t.kind is SegmentKind.range_test), None)
                 if test is None:
                     break
+                if test.status is SegmentStatus.open:
+                    raise InvalidStateError(
+                        f"study {study.id}'s range test is still running: a what-if replay "
+                        "starts from its losses; replay once it has completed"
+                    )
                 replayed.append(replace(test, seq=seq))
                 continue
             if plan.kind is SegmentKind.exploit:

@@ -176,6 +176,7 @@ def study_record(row: StudyRow, project: str) -> StudyRecord:
         updated_at=row.updated_at,
         family=row.family,
         priors=row.priors,
+        archived_at=row.archived_at,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -10,14 +12,63 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from .engine import SQLITE_BEGIN_OPTION, make_engine, mask_url, normalize_url
+from stagelr_service.errors import StoreUnavailableError
+
+from .engine import (
+    DEADLINES,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_POOL_TIMEOUT_S,
+    DEFAULT_STATEMENT_TIMEOUT_S,
+    SQLITE_BEGIN_OPTION,
+    make_engine,
+    mask_url,
+    normalize_url,
+)
 from .repository import Repository
 from .schema import check_schema, migrate
 
-__all__ = ["Store", "utcnow"]
+__all__ = ["Store", "store_unavailable", "utcnow"]
+
+log = logging.getLogger("stagelr.store")
+
+#: What a driver raises when the database cannot be reached or stops answering: a refused
+#: or cut connection, a timeout (connect, statement, or waiting for the pool), a server
+#: shutting down, SQLite's lock wait running out. Integrity and programming errors are not
+#: among them: those are bugs or domain conflicts, handled where they occur.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+)
+
+_SQLITE_BUGS = ("no such table", "no such column", "syntax error")
+
+
+def store_unavailable(exc: Exception) -> StoreUnavailableError | None:
+    """The domain error for a driver error that means "the database is away", else None.
+
+    The message is generic (what the client should do); the driver's own text, which
+    names hosts and ports, goes to the server log.
+    """
+    if isinstance(exc, sa_exc.OperationalError) and any(
+        sign in str(exc.orig) for sign in _SQLITE_BUGS
+    ):
+        return None  # SQLite's word for a schema or statement error: a bug, not an outage
+    if isinstance(exc, _UNAVAILABLE) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        log.warning("the database did not answer: %s", first_line)
+        return StoreUnavailableError(
+            "the database does not answer right now: send the request again shortly "
+            "(see Retry-After; every stagelr request is safe to repeat)"
+        )
+    return None
 
 
 def utcnow() -> datetime:
@@ -38,7 +89,12 @@ class Store:
             ...
 
     ``clock`` returns the aware UTC time stamped on created/updated rows (tests pass a
-    fake one). Extra keyword arguments go to ``sqlalchemy.create_engine``.
+    fake one). The timeouts are those of :func:`.engine.make_engine`; extra keyword
+    arguments go to ``sqlalchemy.create_engine``.
+
+    A database that cannot be reached or stops answering raises
+    :class:`~stagelr_service.errors.StoreUnavailableError` from :meth:`transaction` and
+    :meth:`check_schema` (the API's 503), never a driver error.
     """
 
     def __init__(
@@ -46,10 +102,21 @@ class Store:
         url: str | URL,
         *,
         clock: Callable[[], datetime] = utcnow,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
         **engine_options: Any,
     ) -> None:
         self.url: URL = normalize_url(url)
-        self.engine: Engine = make_engine(self.url, **engine_options)
+        self.engine: Engine = make_engine(
+            self.url,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            pool_timeout=pool_timeout,
+            **engine_options,
+        )
+        #: Longest one transaction may wait on PostgreSQL before its connection is cut.
+        self.statement_timeout = statement_timeout
         # Read-only transactions on SQLite start DEFERRED: in WAL mode they then never
         # wait for (nor block) the writer. The option is ignored on PostgreSQL.
         self._read_engine = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
@@ -89,20 +156,44 @@ class Store:
         Write transactions (the default) take SQLite's write lock at BEGIN, so that
         read-then-write logic never fails halfway on a lock upgrade. ``read_only=True``
         is for pure reads (dashboards, GETs): it must not write.
+
+        A driver error meaning the database is away (refused, cut, timed out) is raised
+        as StoreUnavailableError; on PostgreSQL a transaction that waits on the database
+        longer than ``statement_timeout`` has its connection cut (:mod:`.deadline`).
         """
         bind = self._read_engine if read_only else self.engine
         lock = self._write_lock if not read_only else None
-        with (
-            lock if lock is not None else nullcontext(),
-            Session(bind, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield Repository(session, self._clock)
+        try:
+            with (
+                lock if lock is not None else nullcontext(),
+                Session(bind, expire_on_commit=False) as session,
+            ):
+                transaction = session.begin()
+                # The deadline covers the commit too: it is entered before the transaction.
+                with self._deadline(session), transaction:
+                    yield Repository(session, self._clock)
+        except Exception as exc:
+            unavailable = store_unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    def _deadline(self, session: Session) -> contextlib.AbstractContextManager[None]:
+        if self._write_lock is not None:  # SQLite: a local file, its busy timeout bounds it
+            return nullcontext()
+        dbapi_connection = session.connection().connection.dbapi_connection
+        return DEADLINES.guard(dbapi_connection, self.statement_timeout)
 
     def check_schema(self) -> str:
         """The schema revision, if it is current; else SchemaOutdatedError naming
-        ``stagelr migrate``."""
-        return check_schema(self.engine)
+        ``stagelr migrate``; StoreUnavailableError when the database does not answer."""
+        try:
+            return check_schema(self.engine)
+        except Exception as exc:
+            unavailable = store_unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     def migrate(self) -> str:
         """Upgrade the schema to the latest revision (what ``stagelr migrate`` does);

@@ -10,6 +10,11 @@ This is SQLAlchemy's documented pysqlite recipe for serializable isolation and
 transactional DDL.
 
 PostgreSQL: psycopg 3; ``postgresql://`` and ``postgres://`` URLs are rewritten to it.
+Three timeouts keep a lost or hung database from holding requests: ``connect_timeout``
+(opening a connection, and the liveness check each pooled connection gets when it is
+checked out), ``statement_timeout`` (PostgreSQL's, and the deadline after which a
+connection that does not answer is cut, see :mod:`.deadline`) and ``pool_timeout`` (the
+wait for a free pooled connection).
 """
 
 from __future__ import annotations
@@ -20,16 +25,41 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from stagelr_service.errors import InputError
 
-__all__ = ["SQLITE_BEGIN_OPTION", "make_engine", "mask_url", "normalize_url"]
+from .deadline import Deadlines, shutdown_socket
+
+__all__ = [
+    "DEADLINES",
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_POOL_TIMEOUT_S",
+    "DEFAULT_STATEMENT_TIMEOUT_S",
+    "SQLITE_BEGIN_OPTION",
+    "make_engine",
+    "mask_url",
+    "normalize_url",
+]
 
 #: Execution option read by the SQLite ``begin`` hook: "IMMEDIATE" (default) or "DEFERRED".
 SQLITE_BEGIN_OPTION = "stagelr_sqlite_begin"
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+
+#: Defaults of the database timeouts (the STAGELR_DB_* settings).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_STATEMENT_TIMEOUT_S = 10.0
+DEFAULT_POOL_TIMEOUT_S = 5.0
+
+
+def _cut_connection(dbapi_connection: Any) -> None:
+    if not getattr(dbapi_connection, "closed", True):
+        shutdown_socket(dbapi_connection.fileno())
+
+
+#: The process's watcher of PostgreSQL connections (one thread, started on first use).
+DEADLINES = Deadlines(_cut_connection)
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -78,7 +108,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, default=_json_default)
 
 
-def make_engine(url: str | URL, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str | URL,
+    *,
+    foreign_keys: bool = True,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
+    **kwargs: Any,
+) -> Engine:
     """Create the engine for ``url`` (see the module docstring for what is set up).
 
     ``foreign_keys=False`` is for migrations only: Alembic's batch mode on SQLite copies a
@@ -86,8 +124,39 @@ def make_engine(url: str | URL, *, foreign_keys: bool = True, **kwargs: Any) -> 
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, foreign_keys=foreign_keys, **kwargs)
-    return create_engine(parsed, pool_pre_ping=True, json_serializer=_dumps, **kwargs)
+        return _sqlite_engine(
+            parsed, foreign_keys=foreign_keys, pool_timeout=pool_timeout, **kwargs
+        )
+    connect_args = {
+        # libpq counts whole seconds, and takes anything under 2 as 2.
+        "connect_timeout": max(2, round(connect_timeout)),
+        # A transaction whose client went away mid-way (a connection cut by a deadline,
+        # a network that dropped it unseen) must not hold its locks, e.g. on a study row,
+        # until TCP gives up: the server ends it after the same time.
+        "options": (
+            f"-c statement_timeout={round(statement_timeout * 1000)} "
+            f"-c idle_in_transaction_session_timeout={round(statement_timeout * 1000)}"
+        ),
+    }
+    engine = create_engine(
+        parsed,
+        json_serializer=_dumps,
+        pool_timeout=pool_timeout,
+        connect_args={**connect_args, **kwargs.pop("connect_args", {})},
+        **kwargs,
+    )
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # SQLAlchemy's pool_pre_ping, with a deadline: a connection whose server stopped
+        # answering is cut and replaced (DisconnectionError makes the pool connect anew).
+        try:
+            with DEADLINES.guard(dbapi_connection, connect_timeout):
+                engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"the pooled connection did not answer: {exc}") from exc
+
+    return engine
 
 
 def _sqlite_engine(url: URL, *, foreign_keys: bool, **kwargs: Any) -> Engine:

@@ -67,6 +67,7 @@ from .codec import (
 from .models import (
     ForecastRow,
     ObservationRow,
+    OutageRow,
     ProjectRow,
     SegmentRow,
     StageRow,
@@ -75,6 +76,7 @@ from .models import (
 from .records import (
     ForecastRecord,
     ObservationRecord,
+    OutageRecord,
     ProjectRecord,
     SegmentRecord,
     StageRecord,
@@ -822,7 +824,7 @@ class LiveQueries:
     # ------------------------------------------------------------------ history
 
     def history(self, study_id: int) -> StudyHistory | None:
-        """The study with its stages, segments, observations and forecasts (five
+        """The study with its stages, segments, observations, forecasts and outages (six
         queries), or None if there is no such study."""
         study = self.get_study(study_id)
         if study is None:
@@ -833,4 +835,36 @@ class LiveQueries:
             segments=self.segments_of_study(study_id),
             observations=self.observations_of_study(study_id),
             forecasts=self.forecasts_of_study(study_id),
+            outages=self.outages_of_study(study_id),
         )
+
+    # ------------------------------------------------------------------ outages
+
+    def outages_of_study(self, study_id: int) -> list[OutageRecord]:
+        """The outages a job reported for the study, in the order reported."""
+        rows = self._s.scalars(
+            select(OutageRow).where(OutageRow.study_id == study_id).order_by(OutageRow.id)
+        ).all()
+        return [OutageRecord(r.key, r.steps, r.after_seq, r.reported_at) for r in rows]
+
+    def add_outage(
+        self, study_id: int, key: str, steps: int, after_seq: int | None
+    ) -> tuple[OutageRecord, bool]:
+        """Record an outage (call with the study locked): ``(record, created)``; the
+        stored one, unchanged, when ``key`` was reported before."""
+        row = self._s.scalars(
+            select(OutageRow).where(OutageRow.study_id == study_id, OutageRow.key == key)
+        ).first()
+        created = row is None
+        if row is None:
+            row = OutageRow(
+                study_id=study_id,
+                key=key,
+                steps=steps,
+                after_seq=after_seq,
+                reported_at=self._now(),
+            )
+            self._s.add(row)
+            self._s.flush()
+            self.touch_study(study_id)
+        return OutageRecord(row.key, row.steps, row.after_seq, row.reported_at), created

@@ -34,6 +34,7 @@ __all__ = [
     "Base",
     "ForecastRow",
     "ObservationRow",
+    "OutageRow",
     "ProjectRow",
     "SegmentRow",
     "StageRow",
@@ -134,6 +135,8 @@ class StudyRow(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Archived: out of the default study list, history kept (migration 0006).
+    archived_at: Mapped[datetime | None]
 
 
 class StageRow(Base):
@@ -220,3 +223,20 @@ class ForecastRow(Base):
     # The value the GP was fitted to (a diverged candidate's is replaced by policy).
     objective: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime]
+
+
+class OutageRow(Base):
+    """Steps a job trained on fallback segments while the service was unreachable, as it
+    reported them once the service was back (migration 0006)."""
+
+    __tablename__ = "outages"
+    # The job's key for the outage: a retried report is a no-op, never a second row.
+    __table_args__ = (UniqueConstraint("study_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    steps: Mapped[int] = mapped_column(BigInteger)
+    # The seq of the last segment handed out before the outage (None: before the first).
+    after_seq: Mapped[int | None] = mapped_column(Integer)
+    reported_at: Mapped[datetime]

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from stagelr.models import Metric, SegmentDecision, SegmentStatus, StudyStatus
+from stagelr.models import LRShape, Metric, SegmentDecision, SegmentStatus, StudyStatus
 
 __all__ = [
     "ForecastRecord",
     "ObservationRecord",
+    "OutageRecord",
     "ProjectRecord",
+    "ScheduleSegment",
     "SegmentRecord",
     "StageRecord",
     "StageStatus",
@@ -66,6 +68,8 @@ class StudyRecord:
     family: str | None = None
     #: the prior summary stored at creation (``tuner.prior_summary``); None: no priors
     priors: dict[str, Any] | None = None
+    #: When the study was archived (None: it is not).
+    archived_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,27 @@ class ForecastRecord:
     created_at: datetime
 
 
+class ScheduleSegment(NamedTuple):
+    """A training segment as the study list draws it: where it starts, how long, and its
+    LR's shape (``lr`` towards ``lr_end``, :func:`stagelr.models.lr_at`)."""
+
+    start_step: int
+    steps: int
+    lr: float
+    lr_end: float | None = None
+    lr_shape: LRShape = LRShape.constant
+
+
+@dataclass(frozen=True, slots=True)
+class OutageRecord:
+    """Steps a job trained on fallback segments while the service was unreachable."""
+
+    key: str
+    steps: int
+    after_seq: int | None
+    reported_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class StudyHistory:
     """Everything the tuner needs about one study, read in one transaction."""
@@ -140,6 +165,13 @@ class StudyHistory:
     observations: dict[int, list[ObservationRecord]] = field(default_factory=dict)
     #: segment id -> its forecast; segments without one absent
     forecasts: dict[int, ForecastRecord] = field(default_factory=dict)
+    #: outages the job reported, in the order they were reported
+    outages: list[OutageRecord] = field(default_factory=list)
+
+    @property
+    def offline_steps(self) -> int:
+        """Steps trained on fallback segments, over every reported outage."""
+        return sum(o.steps for o in self.outages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +181,7 @@ class StudySummaryRecord:
     ``stalled``: the study runs but its open segment has shown no sign of life (heartbeat)
     for longer than the lease. ``best_loss``: the lowest finite loss its exploit segments
     reported on their own metric. ``stage``/``stage_status``: its latest stage, if any.
-    ``schedule``: ``(start_step, steps, lr)`` of each exploit segment, in order.
+    ``schedule``: each exploit segment, in order.
     """
 
     id: int
@@ -163,5 +195,6 @@ class StudySummaryRecord:
     stage: int | None
     stage_status: str | None
     best_loss: float | None
-    schedule: tuple[tuple[int, int, float], ...] = ()
+    schedule: tuple[ScheduleSegment, ...] = ()
+    archived_at: datetime | None = None
     family: str | None = None

@@ -8,7 +8,8 @@ who uses them, one module each:
   study's history), on every request of a training job;
 - :mod:`.token_queries`: projects' bearer tokens;
 - :mod:`.summaries`: the study lists of the API and the dashboard, and /metrics' counts;
-- :mod:`.bulk`: replay's selection and import's multi-row inserts.
+- :mod:`.bulk`: replay's selection and import's multi-row inserts;
+- :mod:`.housekeeping_queries`: archive and delete.
 
 :mod:`.codec` holds what they share: how values are stored and how a row becomes a
 record.
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 from .bulk import BulkQueries
 from .codec import KEEP, Keep
+from .housekeeping_queries import HousekeepingQueries
 from .summaries import SummaryQueries
 from .token_queries import TokenQueries
 
 __all__ = ["KEEP", "Keep", "Repository"]
 
 
-class Repository(TokenQueries, SummaryQueries, BulkQueries):
+class Repository(TokenQueries, SummaryQueries, BulkQueries, HousekeepingQueries):
     """Reads and writes of one transaction. Get one from ``Store.transaction()``."""

@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 
 from stagelr.models import (
+    LRShape,
     SegmentKind,
     SegmentStatus,
     StudyStatus,
@@ -33,6 +34,7 @@ from .codec import (
     study_query,
     study_record,
 )
+from .housekeeping_queries import housekeeping_filters
 from .live import LiveQueries
 from .models import (
     ObservationRow,
@@ -42,6 +44,7 @@ from .models import (
     StudyRow,
 )
 from .records import (
+    ScheduleSegment,
     SegmentRecord,
     StageRecord,
     StudyRecord,
@@ -60,13 +63,17 @@ class SummaryQueries(LiveQueries):
         status: StudyStatus | str | None = None,
         limit: int = 100,
         offset: int = 0,
+        *,
+        name: str | None = None,
+        archived: bool | None = False,
         family: str | None = None,
     ) -> tuple[list[StudyRecord], int]:
-        """Studies newest first, filtered by project name, status and family; and the
-        total count of studies that match the filters (for pagination)."""
+        """Studies newest first, filtered by project name, status, a part of the name
+        (any case), archiving (False: not archived, True: archived, None: both) and
+        family; and the total count of studies that match the filters (for pagination)."""
         if limit < 0 or offset < 0:
             raise InputError("limit and offset must not be negative")
-        conditions = []
+        conditions = housekeeping_filters(name, archived)
         if project is not None:
             conditions.append(ProjectRow.name == project)
         if family is not None:
@@ -124,6 +131,8 @@ class SummaryQueries(LiveQueries):
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
+        name: str | None = None,
+        archived: bool | None = False,
         family: str | None = None,
     ) -> tuple[list[StudySummaryRecord], int]:
         """One page of the study list with everything its rows show, and how many studies
@@ -135,7 +144,9 @@ class SummaryQueries(LiveQueries):
         ``"stalled"`` (running, and the open segment's heartbeat is older than
         ``lease_seconds``; a running study that is not stalled shows as ``"running"``).
         ``study_id`` picks one study (its page's header). ``sort`` is one of
-        :attr:`SUMMARY_SORTS`; studies without a loss sort last.
+        :attr:`SUMMARY_SORTS`; studies without a loss sort last. ``name``: a part of the
+        name, any case; ``archived``: False (the default list), True (the archived only),
+        None (both).
         """
         if limit < 0 or offset < 0:
             raise InputError("limit and offset must not be negative")
@@ -176,7 +187,7 @@ class SummaryQueries(LiveQueries):
         )
         stage = latest_stage.with_only_columns(StageRow.index).scalar_subquery()
         stage_status = latest_stage.with_only_columns(StageRow.status).scalar_subquery()
-        conditions = []
+        conditions = housekeeping_filters(name, archived)
         if project is not None:
             conditions.append(ProjectRow.name == project)
         if status is not None:
@@ -225,17 +236,26 @@ class SummaryQueries(LiveQueries):
                 )
                 or 0
             )
-        schedules: dict[int, list[tuple[int, int, float]]] = {}
+        schedules: dict[int, list[ScheduleSegment]] = {}
         if rows:
-            for study_id, start, steps, lr in self._s.execute(
-                select(SegmentRow.study_id, SegmentRow.start_step, SegmentRow.steps, SegmentRow.lr)
+            for study_id, start, steps, lr, lr_end, shape in self._s.execute(
+                select(
+                    SegmentRow.study_id,
+                    SegmentRow.start_step,
+                    SegmentRow.steps,
+                    SegmentRow.lr,
+                    SegmentRow.lr_end,
+                    SegmentRow.lr_shape,
+                )
                 .where(
                     SegmentRow.study_id.in_([row[0].id for row in rows]),
                     SegmentRow.kind == SegmentKind.exploit.value,
                 )
                 .order_by(SegmentRow.study_id, SegmentRow.seq)
             ):
-                schedules.setdefault(study_id, []).append((start, steps, lr))
+                schedules.setdefault(study_id, []).append(
+                    ScheduleSegment(start, steps, lr, lr_end, LRShape(shape or "constant"))
+                )
         return [
             StudySummaryRecord(
                 id=row[0].id,
@@ -251,6 +271,7 @@ class SummaryQueries(LiveQueries):
                 stage_status=row.stage_status,
                 best_loss=finite_or_none(row.best),
                 schedule=tuple(schedules.get(row[0].id, ())),
+                archived_at=row[0].archived_at,
             )
             for row in rows
         ], total

@@ -24,6 +24,7 @@ from ._tuner import (
     initial_design,
     next_segment,
     nominal_tau,
+    offline_steps_before,
     plan_stages,
     planned_charge,
     range_test_bounds,
@@ -34,6 +35,7 @@ from ._tuner import (
     stage_posterior,
     to_unit,
     warm_verdict,
+    with_offline_steps,
 )
 from ._types import (
     CandidateAnalysis,
@@ -92,6 +94,7 @@ __all__ = [
     "initial_design",
     "next_segment",
     "nominal_tau",
+    "offline_steps_before",
     "plan_stages",
     "planned_charge",
     "range_test_bounds",
@@ -102,4 +105,5 @@ __all__ = [
     "stage_geometry",
     "stage_posterior",
     "to_unit",
+    "with_offline_steps",
 ]

@@ -54,7 +54,7 @@ from ._types import (
     StudyEnd,
     Trial,
 )
-from .config import ResolvedConfig, budget_taus, decay_steps
+from .config import ResolvedConfig, budget_taus, check_stage_count, decay_steps
 
 #: The reference's replacement for a diverged candidate's loss.
 REFERENCE_PENALTY = 1e6
@@ -79,6 +79,8 @@ RANGE_TEST_MIN_POINTS = 5
 def nominal_tau(config: ResolvedConfig, index: int) -> int:
     """Stage length before the budget clips it: tau0 * growth**index, capped at tau_max."""
     tau = float(config.tau0)
+    if config.tau_growth == 1.0:  # the loop below would multiply by 1, index times
+        return min(config.tau0, config.tau_max)
     for _ in range(index):
         tau *= config.tau_growth
         if tau >= config.tau_max:
@@ -900,6 +902,29 @@ def planned_charge(config: ResolvedConfig) -> int:
     return sum(stage.charge for stage in stages)
 
 
+def with_offline_steps(config: ResolvedConfig, offline_steps: int) -> ResolvedConfig:
+    """The plan left after ``offline_steps`` trained on fallback segments (the job could
+    not reach the service): ``total_steps`` and ``charged_steps`` shortened by them, so
+    that the job still ends on its budget. The stages decided before keep their sizes;
+    the later ones, the decay included, fit in what is left. A study without a budget is
+    unchanged."""
+    if offline_steps <= 0 or config.total_steps is None:
+        return config
+    update: dict[str, int] = {"total_steps": max(1, config.total_steps - offline_steps)}
+    if config.charged_steps is not None:
+        update["charged_steps"] = max(1, config.charged_steps - offline_steps)
+    return config.model_copy(update=update)
+
+
+def offline_steps_before(outage_after_seqs: Sequence[tuple[int | None, int]], seq: int) -> int:
+    """Offline steps the decision of segment ``seq`` knew of: those of the outages
+    reported after segment ``after_seq`` (``(after_seq, steps)`` pairs; None: before the
+    first segment), which the job reports before it asks for the next one."""
+    return sum(
+        steps for after, steps in outage_after_seqs if (-1 if after is None else after) < seq
+    )
+
+
 def fit_charged_budget(config: ResolvedConfig) -> ResolvedConfig:
     """The config with ``total_steps`` fitted to ``charged_steps``, the job's whole budget.
 
@@ -922,6 +947,9 @@ def fit_charged_budget(config: ResolvedConfig) -> ResolvedConfig:
             )
         return config
     base = config.model_dump(mode="json")
+    # The trajectory is at most the budget: a config whose plan could have too many
+    # stages there is refused as such, not shrunk to fewer stages without a word.
+    check_stage_count(config, budget)
 
     def fitted(steps: int) -> ResolvedConfig | None:
         try:

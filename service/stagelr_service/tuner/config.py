@@ -14,12 +14,14 @@ that reads them: the thin client knows none of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from stagelr.models import (
+    MAX_STAGES,
     Acquisition,
     DivergedPolicy,
     ForecastModel,
@@ -209,6 +211,41 @@ class WarmStart(BaseModel):
     prediction: float | None = None
 
 
+def stage_count_bound(
+    total_steps: int, tau0: int, tau_max: int, growth: float, decay_fraction: float | None
+) -> int:
+    """An upper bound on the stages of a ``fixed`` or ``hold`` plan: the stages that grow
+    from tau0 to tau_max (each at least tau0 steps), the stages of tau_max steps after
+    them, a clipped last one and the decay."""
+    train = total_steps - decay_steps(total_steps, decay_fraction)
+    growing = train // tau0 + 1
+    if tau0 >= tau_max:
+        growing = 1
+    elif growth > 1.0:
+        growing = min(growing, math.ceil(math.log(tau_max / tau0) / math.log(growth)) + 1)
+    return growing + train // tau_max + 2
+
+
+def check_stage_count(config: ResolvedConfig, total_steps: int | None = None) -> None:
+    """Refuse (ValueError naming the fix) a new study whose plan could have more than
+    :data:`stagelr.models.MAX_STAGES` stages over ``total_steps`` (by default its own):
+    every request on a study costs work in proportion to its stages. Stored studies are
+    not checked: they keep working as they were created."""
+    total = config.total_steps if total_steps is None else total_steps
+    if config.planner == "budget" or total is None:
+        return
+    bound = stage_count_bound(
+        total, config.tau0, config.tau_max, config.tau_growth, config.decay_fraction
+    )
+    if bound > MAX_STAGES:
+        raise ValueError(
+            f"total_steps = {total} in stages of at most tau_max = {config.tau_max} steps "
+            f"(from tau0 = {config.tau0}, growing by {config.tau_growth:g}) makes up to "
+            f"{bound} stages, more than {MAX_STAGES}: raise tau_max (to at least "
+            f"{-(-total // (MAX_STAGES // 2))}) or tau0 and tau_growth"
+        )
+
+
 class ResolvedConfig(BaseModel):
     """A study's config with every field decided (see the module): what the tuner reads
     and the store keeps. Its fields are :class:`stagelr.models.StudyConfig`'s, whose
@@ -336,4 +373,6 @@ def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
         # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
         for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
             filled.setdefault(key, value)
-    return ResolvedConfig.model_validate(filled)
+    resolved = ResolvedConfig.model_validate(filled)
+    check_stage_count(resolved)
+    return resolved

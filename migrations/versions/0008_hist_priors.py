@@ -1,7 +1,7 @@
 """Priors: a study's family and the prior summary stored when it was created.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-05
 
 Two nullable columns on ``studies``: ``family`` (what the study list filters on and
@@ -23,8 +23,8 @@ try:
 except ImportError:  # a checkout run without the package installed (PYTHONPATH=.)
     from migrations.config_fields import fill_study_configs, strip_study_configs
 
-revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0006"
+revision: str = "0008"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -39,7 +39,7 @@ def upgrade() -> None:
         batch_op.create_index(
             op.f("ix_studies_project_id_studies_family"), ["project_id", "family"], unique=False
         )
-    fill_study_configs(_BEFORE, "0007")
+    fill_study_configs(_BEFORE, "0008")
 
 
 def downgrade() -> None:
