@@ -68,12 +68,25 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
     listed = client.list_studies(family="mlp")
     assert {s.id for s in listed.studies} == {first.id, second.id}
     assert client.list_studies(family="other").total == 0
+    # with the name search and archiving
+    assert [s.id for s in client.list_studies(family="mlp", name="FAM-2").studies] == [second.id]
+    assert client.list_studies(family="other", name="fam").total == 0
+    client.archive_study(first.id)
+    assert [s.id for s in client.list_studies(family="mlp").studies] == [second.id]
+    assert [s.id for s in client.list_studies(family="mlp", archived=True).studies] == [first.id]
+    archived_rows = httpx.get(f"{live_server.url}/dashboard?family=mlp&archived=1").text
+    assert "1 archived study" in archived_rows and "family <strong>mlp</strong>" in archived_rows
+    client.archive_study(first.id, archived=False)
     # the dashboard shows them
     page = httpx.get(f"{live_server.url}/dashboard/studies/{second.id}").text
     assert "Priors" in page and "fam-1" in page and "used" in page
     rows = httpx.get(f"{live_server.url}/dashboard?family=mlp").text
     assert "fam-1" in rows and "fam-2" in rows and "2 studies" in rows
     assert "family <strong>mlp</strong>" in rows
+    # the name search keeps the family filter
+    assert '<input type="hidden" name="family" value="mlp">' in rows
+    searched = httpx.get(f"{live_server.url}/dashboard?family=mlp&q=fam-1").text
+    assert "1 study" in searched and "fam-2" not in searched
     # a repeated create with the same request finds the same study
     again = run_job(live_server.url, "fam-2", SyntheticJob(seed=2), family="mlp", seed=2)
     assert again.id == second.id
