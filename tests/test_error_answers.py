@@ -75,10 +75,10 @@ def test_a_500_keeps_the_keep_alive_connection(served: tuple[Served, FastAPI, Pa
 def test_a_405_names_the_allowed_methods(served: tuple[Served, FastAPI, Path]) -> None:
     server, _, _ = served
     with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http:
-        answer = http.delete("/v1/studies/1")
+        answer = http.put("/v1/studies/1")
         assert answer.status_code == 405
         assert answer.headers["content-type"].startswith("application/problem+json")
-        assert set(answer.headers["Allow"].replace(" ", "").split(",")) == {"GET"}
+        assert set(answer.headers["Allow"].replace(" ", "").split(",")) == {"GET", "DELETE"}
         answer = http.put("/v1/studies")
         assert answer.status_code == 405
         assert set(answer.headers["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
