@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/stagelr/bin:$PATH
 
 # torch first, from PyTorch's CPU index: the default index's wheel brings CUDA (GBs).
-# The pin matches pyproject.toml (tests/test_deploy.py checks it). Its own layer: the
+# The pin matches pyproject.toml (tests/cli/test_deploy.py checks it). Its own layer: the
 # project's code changes often, torch does not.
 RUN python -m venv /opt/stagelr \
     && pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-01-01
 
-Hand-checked against stagelr_service.store.models; tests/test_migrations.py compares the
+Hand-checked against stagelr_service.store.models; tests/store/test_migrations.py compares the
 two. Types are spelled out here (no imports from the application) so that this file keeps
 describing revision 0001 whatever the models become.
 """

@@ -337,7 +337,7 @@ def _grid_mean_std(
     The same exact-GP algebra as the SingleTaskGP of :func:`_fitted_model` (one Cholesky
     of the training covariance), without building the model: constructing it and its
     priors, and GPyTorch's posterior machinery, cost most of a decision's CPU. Equal to
-    ``_mean_std(_fitted_model(data))`` to 1e-7 (tests/test_optimizer.py); should the
+    ``_mean_std(_fitted_model(data))`` to 1e-7 (tests/optimizer/test_optimizer.py); should the
     Cholesky fail, that model answers instead, with GPyTorch's jitter.
     """
     x = data.x

@@ -1,0 +1,229 @@
+"""The study service over a real store (SQLite and PostgreSQL), without HTTP.
+
+What a crash recovery or a replay relies on: the stored history alone reproduces every
+decision, and a forecast stored at completion is the one the tuner would recompute.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+
+from stagelr.models import (
+    CompleteRequest,
+    ObservationBatch,
+    ObservationIn,
+    SegmentKind,
+    StudyConfig,
+    StudyCreate,
+)
+from stagelr_service import tuner
+from stagelr_service.errors import InputError
+from stagelr_service.history import trials_of
+from stagelr_service.store import Store, migrate
+from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
+from tests.store_fixtures import BACKENDS, clear_tables, fresh_database
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[URL]:
+    with fresh_database(request.param, tmp_path_factory.mktemp("studies")) as url:
+        migrate(url)
+        yield url
+
+
+@pytest.fixture
+def service(database: URL, optimizer) -> Iterator[StudyService]:  # type: ignore[no-untyped-def]
+    with Store(database) as store:
+        yield StudyService(store, optimizer)
+        clear_tables(store)
+
+
+CONFIG = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4)
+#: CONFIG as the service resolves it, what the tuner reads
+RESOLVED = tuner.resolve(CONFIG)
+
+
+def run_study(
+    service: StudyService,
+    name: str,
+    config: StudyConfig = CONFIG,
+    seed: int = 0,
+    *,
+    carry: bool = False,
+) -> int:
+    """Drive one study to its end with the synthetic job; returns its id. ``carry``: each
+    segment's reports ride on its completion (as the client sends the last ones) instead
+    of a batch of their own."""
+    study, _ = service.create_study(StudyCreate(name=name, config=config))
+    job = SyntheticJob(seed=seed)
+    while (segment := service.next_segment(study.id).segment) is not None:
+        reports, diverged = job.train(
+            segment.lr,
+            segment.steps,
+            segment.report_every,
+            explore=segment.kind is SegmentKind.explore,
+            stop_above=segment.stop_above,
+        )
+        points = [ObservationIn(step=s, value=v) for s, v in reports]
+        done = reports[-1][0] if diverged else None
+        if carry:
+            service.complete_segment(
+                segment.id, CompleteRequest(steps_done=done, observations=points)
+            )
+        else:
+            service.add_observations(segment.id, ObservationBatch(observations=points))
+            service.complete_segment(segment.id, CompleteRequest(steps_done=done))
+    return study.id
+
+
+def test_a_study_runs_to_its_budget(service) -> None:
+    study_id = run_study(service, "budget")
+    view = service.get_study(study_id)
+    assert view.status.value == "completed" and view.trajectory_steps == 300
+
+
+def test_stored_forecasts_equal_recomputed_ones(service) -> None:
+    study_id = run_study(service, "forecasts")
+    with service.store.transaction(read_only=True) as repo:
+        history = repo.history(study_id)
+    assert history is not None
+    geometries = tuner.stage_geometries(RESOLVED, trials_of(history))
+    checked = 0
+    for trial in trials_of(history):
+        if trial.kind is SegmentKind.explore:
+            assert trial.forecast is not None
+            recomputed = tuner.forecast_trial(RESOLVED, trial, geometries[trial.stage].tau)
+            for field in ("prediction", "std"):
+                a, b = getattr(trial.forecast, field), getattr(recomputed, field)
+                assert a == b or (math.isnan(a) and math.isnan(b))
+            assert trial.forecast.status == recomputed.status
+            assert trial.forecast.params == recomputed.params
+            checked += 1
+    assert checked > 0
+
+
+def test_the_stored_history_reproduces_every_decision(service, optimizer) -> None:
+    study_id = run_study(service, "replay")
+    with service.store.transaction(read_only=True) as repo:
+        history = repo.history(study_id)
+    assert history is not None
+    trials = trials_of(history)
+    for cut in range(len(trials)):
+        # Without the stored forecasts: the tuner recomputes them from the losses.
+        past = [tuner.Trial(**{**t.__dict__, "forecast": None}) for t in trials[:cut]]
+        plan = tuner.next_segment(RESOLVED, past, optimizer)
+        assert not isinstance(plan, tuner.StudyEnd)
+        recorded = history.segments[cut]
+        assert (plan.kind, plan.index, plan.lr, plan.steps) == (
+            recorded.kind,
+            recorded.index,
+            recorded.lr,
+            recorded.steps,
+        )
+        assert (plan.restore, plan.save_start, plan.stop_above) == (
+            recorded.restore,
+            recorded.save_start,
+            recorded.stop_above,
+        )
+
+
+def test_concurrent_next_calls_hand_out_one_segment(service) -> None:
+    study, _ = service.create_study(StudyCreate(name="race", config=CONFIG))
+    answers = []
+
+    def ask() -> None:
+        answers.append(service.next_segment(study.id).segment)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({a.id for a in answers if a is not None}) == 1
+    assert len(service.list_segments(study.id)) == 1
+
+
+def test_two_runs_of_the_same_study_make_the_same_decisions(service) -> None:
+    first = service.list_segments(run_study(service, "twin-a", seed=4))
+    second = service.list_segments(run_study(service, "twin-b", seed=4))
+    assert [(s.kind, s.lr, s.steps) for s in first] == [(s.kind, s.lr, s.steps) for s in second]
+
+
+def test_reports_carried_by_the_completion_decide_as_a_batch_of_their_own(service) -> None:
+    separate = run_study(service, "separate", seed=5)
+    carried = run_study(service, "carried", seed=5, carry=True)
+    with service.store.transaction(read_only=True) as repo:
+        a, b = repo.history(separate), repo.history(carried)
+    assert a is not None and b is not None
+    assert [(s.kind, s.lr, s.steps, s.status) for s in a.segments] == [
+        (s.kind, s.lr, s.steps, s.status) for s in b.segments
+    ]
+    assert [len(a.observations.get(s.id, ())) for s in a.segments] == [
+        len(b.observations.get(s.id, ())) for s in b.segments
+    ]
+    forecasts = [a.forecasts.get(s.id) for s in a.segments]
+    again = [b.forecasts.get(s.id) for s in b.segments]
+    assert [(f.prediction, f.std, f.params) if f else None for f in forecasts] == [
+        (f.prediction, f.std, f.params) if f else None for f in again
+    ]
+
+
+def test_a_refused_completion_stores_none_of_its_reports(service) -> None:
+    study, _ = service.create_study(StudyCreate(name="refused", config=CONFIG))
+    segment = service.next_segment(study.id).segment
+    assert segment is not None
+    points = [ObservationIn(step=s, value=1.0 / s) for s in range(1, segment.steps + 1)]
+    with pytest.raises(InputError, match="exceeds"):
+        service.complete_segment(
+            segment.id, CompleteRequest(steps_done=segment.steps + 1, observations=points)
+        )
+    assert service.get_segment(segment.id).status.value == "open"
+    assert service.list_observations(segment.id) == []
+    # The same reports with a valid completion then close it.
+    closed = service.complete_segment(segment.id, CompleteRequest(observations=points))
+    assert closed.status.value == "completed"
+    assert len(service.list_observations(segment.id)) == segment.steps
+
+
+def test_a_decision_runs_a_bounded_number_of_statements(service) -> None:
+    """The write path's statement count, which bounds a decision's cost: a completion
+    carrying its reports, then the next candidate (BEGIN/SAVEPOINT statements included)."""
+    executed: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        executed.append(statement)
+
+    study, _ = service.create_study(StudyCreate(name="statements", config=CONFIG))
+    job = SyntheticJob(seed=1)
+    segment = service.next_segment(study.id).segment
+    assert segment is not None and segment.kind is SegmentKind.explore
+    reports, _ = job.train(segment.lr, segment.steps, segment.report_every, explore=True)
+    event.listen(service.store.engine, "before_cursor_execute", count)
+    try:
+        service.complete_segment(
+            segment.id,
+            CompleteRequest(observations=[ObservationIn(step=s, value=v) for s, v in reports]),
+        )
+        completing = len(executed)
+        service.next_segment(study.id)
+        deciding = len(executed) - completing
+    finally:
+        event.remove(service.store.engine, "before_cursor_execute", count)
+    print(f"statements: completion {completing}, decision {deciding}")
+    # Measured: 14 and 12 on SQLite (its BEGINs are statements too), 14 and 10 on
+    # PostgreSQL (the decision reads the study's outages too). Before: 19 and 13 on
+    # SQLite while the segment and the forecast were
+    # ORM inserts in SAVEPOINTs (now one INSERT .. ON CONFLICT each) and SQLite's
+    # observation insert had a SAVEPOINT too; 34 and 16 before a completion stored its
+    # reports in its own write transaction and each transaction touched its study once.
+    assert completing <= 14, executed[:completing]
+    assert deciding <= 12, executed[completing:]
