@@ -108,6 +108,13 @@ class LRShape(str, Enum):
     cosine = "cosine"
     # A range test's sweep: lr * (lr_end / lr) ** progress
     exponential = "exponential"
+    # WSD in miniature (an annealed probe): constant for the first 80%, then the 1-sqrt
+    # cooldown to lr_end over the last WSD_COOLDOWN of the segment
+    wsd = "wsd"
+
+
+#: The share of a ``wsd`` segment that cools down.
+WSD_COOLDOWN = 0.2
 
 
 def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int) -> float:
@@ -121,7 +128,10 @@ def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int
     p = min(max((step - 1) / steps, 0.0), 1.0)
     if shape is LRShape.exponential:
         return float(lr * (lr_end / lr) ** p) if lr > 0 and lr_end > 0 else lr
-    if shape is LRShape.linear:
+    if shape is LRShape.wsd:
+        start = 1.0 - WSD_COOLDOWN
+        factor = 1.0 if p < start else 1.0 - math.sqrt((p - start) / WSD_COOLDOWN)
+    elif shape is LRShape.linear:
         factor = 1.0 - p
     elif shape is LRShape.one_minus_sqrt:
         factor = 1.0 - math.sqrt(p)
@@ -172,6 +182,8 @@ class ForecastModel(str, Enum):
     exp_reference = "exp_reference"
     # bounded, outlier-robust fit with an uncertainty estimate and a fallback
     robust = "robust"
+    # an annealed probe's score: the loss at the end of its own window (no extrapolation)
+    window_end = "window_end"
 
 
 class DivergedPolicy(str, Enum):
@@ -230,6 +242,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_bounds": "given",
         "range_test_steps": 100,
         "range_test_decades": 3.0,
+        "probe": "constant",
     },
     # stagelr's own: a real acquisition, a robust forecast with uncertainty fed to a
     # noise-aware GP, divergence stop, and carry-over of the previous stage's best LR.
@@ -281,7 +294,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_bounds": "given",
         "range_test_steps": 100,
         "range_test_decades": 3.0,
+        "probe": "constant",
     },
+}
+PRESETS["default-next"] = {
+    **PRESETS["default"],
+    "probe": "anneal",
+    "forecast": ForecastModel.window_end,
+    "selection": Selection.min_posterior_mean,
+    "noise_aware": True,
 }
 
 #: The range a range test sweeps when the study gives no lr_min / lr_max.
@@ -301,6 +322,7 @@ LEGACY_CONFIG: dict[str, Any] = {
     "range_test_steps": 100,
     "range_test_decades": 3.0,
     "initial_design": 1,
+    "probe": "constant",
 }
 
 
@@ -314,7 +336,7 @@ class StudyConfig(_Wire):
     next.
     """
 
-    preset: Literal["autolrs", "default"] = "default"
+    preset: Literal["autolrs", "default", "default-next"] = "default"
     lr_min: float = Field(
         gt=0,
         description="Lower bound of the LR search (exclusive of 0). With lr_bounds "
@@ -403,6 +425,14 @@ class StudyConfig(_Wire):
         default=None,
         description="Every candidate of a stage gets the same data_seed (equal batches); "
         "false: each segment its own.",
+    )
+    probe: Literal["constant", "anneal"] | None = Field(
+        default=None,
+        description="How a candidate trains its window: 'constant' at its LR (the "
+        "reference); 'anneal' at its LR, then down to 0 over the window's last fifth "
+        "(lr_shape 'wsd'), a miniature of the planned run with its final decay, so that a candidate is judged by the loss it "
+        "keeps once annealed (forecast 'window_end' reads it) and not by the noise floor "
+        "of a constant LR.",
     )
 
     lr_bounds: Literal["given", "range_test"] | None = Field(

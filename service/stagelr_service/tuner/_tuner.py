@@ -45,6 +45,7 @@ from stagelr.models import (
 )
 
 from ..forecast import Forecast, forecast
+from ._stability import stability_cap, unit_cap
 from ._types import (
     CandidateAnalysis,
     Optimizer,
@@ -450,6 +451,14 @@ def _choose(
     if not usable:
         # Every candidate diverged: the range is too hot; fall back to its cool end.
         return config.lr_min, None, {"source": "all_diverged"}
+    edge = stability_cap(config, analysis.candidates)
+    stable = [c for c in usable if c.trial.lr <= edge]
+    if not stable:
+        # Every usable candidate sits within the margin of an unstable one: the coolest.
+        coolest = min(usable, key=lambda c: (c.trial.lr, c.trial.index))
+        why: dict[str, object] = {"source": "stability_edge", "index": coolest.trial.index}
+        return coolest.trial.lr, coolest, why
+    usable = stable
     if config.selection is Selection.min_posterior_mean:
         xs, ys, yvar = _gp_data(analysis)
         post = optimizer.posterior(xs, ys, yvar, [c.x for c in usable])
@@ -567,8 +576,10 @@ def _explore(
         why = {"source": "initial_design" if len(design) > 1 else "random"}
     else:
         xs, ys, yvar = _gp_data(analysis)
+        cap = stability_cap(config, analysis.candidates)
+        bound = {} if cap >= config.lr_max else {"upper": unit_cap(config, cap)}
         proposal = optimizer.propose(
-            xs, ys, yvar, acquisition=config.acquisition.value, kappa=config.kappa
+            xs, ys, yvar, acquisition=config.acquisition.value, kappa=config.kappa, **bound
         )
         lr = from_unit(config, proposal.x)
         why = {
@@ -582,6 +593,10 @@ def _explore(
         assert config.divergence_factor is not None
         stop_above = stop_reference * config.divergence_factor
     name = checkpoint_name(geometry.index)
+    lr_end, shape = None, LRShape.constant
+    if config.probe == "anneal":
+        # A miniature of the planned run: the window ends in a cooldown to 0.
+        lr_end, shape = 0.0, LRShape.wsd
     return SegmentPlan(
         stage=geometry,
         index=index,
@@ -598,6 +613,8 @@ def _explore(
         save_end=candidate_checkpoint(geometry.index, index) if config.continue_best else None,
         discard=_candidate_discards(config, analysis),
         stop_above=stop_above,
+        lr_end=lr_end,
+        lr_shape=shape,
         why=why,
     )
 
