@@ -131,18 +131,24 @@ def main(argv: list[str] | None = None) -> int:
             values = [final(r) for r in results[(name, label)]]
             line = f"  {label:>14}: median {statistics.median(values):.4f}"
             if label != first_label:
-                m, lo, hi = report.paired_bootstrap([v - b for v, b in zip(values, base)])
+                m, lo, hi = report.paired_bootstrap(
+                    [v - b for v, b in zip(values, base, strict=True)]
+                )
                 line += f"  - {first_label} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
             if target is not None:
-                m, lo, hi = report.paired_bootstrap([v - t for v, t in zip(values, target)])
+                m, lo, hi = report.paired_bootstrap(
+                    [v - t for v, t in zip(values, target, strict=True)]
+                )
                 line += f"  - target {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
             print(line)
             print(f"  {'':>14}  seeds {[round(v, 4) for v in values]}")
             lrs = [r["lrs"] for r in results[(name, label)]]
             print(f"  {'':>14}  LRs {[[round(x, 3) for x in s if x] for s in lrs]}")
         if target is not None:
-            print(f"  {'target':>14}: median {statistics.median(target):.4f} "
-                  f"seeds {[round(v, 4) for v in target]}")
+            print(
+                f"  {'target':>14}: median {statistics.median(target):.4f} "
+                f"seeds {[round(v, 4) for v in target]}"
+            )
     return 0
 
 
