@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import httpx
 
 import stagelr
-from stagelr.models import SegmentKind
+from stagelr.models import Metric, SegmentDecision, SegmentKind
 from stagelr_service.server import start_server
 from stagelr_service.simulation import SyntheticJob
 
@@ -84,8 +84,9 @@ def list_latency(server_url: str, database_url: str, count: int = 1000) -> None:
     first, middle and last page of each sort, warm, median of 5 tries each."""
     from stagelr.models import StudyConfig
     from stagelr_service.store import Store
+    from stagelr_service.tuner import resolve
 
-    config = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000).resolved()
+    config = resolve(StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000)).to_stored()
     started = time.perf_counter()
     with Store(database_url) as store, store.transaction() as repo:
         project = repo.get_or_create_project("load")
@@ -96,15 +97,18 @@ def list_latency(server_url: str, database_url: str, count: int = 1000) -> None:
                 study.id,
                 stage.id,
                 0,
-                index=3,
-                kind="exploit",
-                lr=0.01 * (1 + i % 50),
-                steps=100,
-                start_step=0,
-                horizon=100,
-                metric="val_loss",
-                report_every=10,
-                data_seed=0,
+                SegmentDecision(
+                    stage=0,
+                    index=3,
+                    kind=SegmentKind.exploit,
+                    lr=0.01 * (1 + i % 50),
+                    steps=100,
+                    start_step=0,
+                    horizon=100,
+                    metric=Metric.val_loss,
+                    report_every=10,
+                    data_seed=0,
+                ),
             )
             repo.add_observations(segment.id, [(s, "val_loss", 2.0 - s / 100) for s in (10, 20)])
     print(f"seeded {count} studies in {time.perf_counter() - started:.1f} s")

@@ -4,22 +4,32 @@ tuner and through the real client against a live server."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
 import stagelr
-from stagelr.models import SegmentKind, StudyConfig, StudyStatus
+from stagelr.models import SegmentKind, StudyStatus
 from stagelr_service import tuner
 from stagelr_service.simulation import SyntheticJob, drive_tuner, simulate
+from stagelr_service.tuner.config import ResolvedConfig, resolve
 
 
-def charged(budget: int, **overrides: object) -> StudyConfig:
+def config_of(**fields: Any) -> ResolvedConfig:
+    """A config as the server resolves a request of ``fields``."""
+    return resolve(fields)
+
+
+def charged(budget: int, **overrides: object) -> ResolvedConfig:
     base: dict[str, object] = {"lr_min": 1e-3, "lr_max": 1.0, "charged_steps": budget}
-    return StudyConfig(**{**base, **overrides})  # type: ignore[arg-type]
+    return config_of(**{**base, **overrides})  # type: ignore[arg-type]
 
 
-def fits(config: StudyConfig, steps: int) -> bool:
-    candidate = StudyConfig.model_validate({**config.model_dump(mode="json"), "total_steps": steps})
+def fits(config: ResolvedConfig, steps: int) -> bool:
+    candidate = ResolvedConfig.model_validate(
+        {**config.model_dump(mode="json"), "total_steps": steps}
+    )
     return tuner.planned_charge(candidate) <= (config.charged_steps or 0)
 
 
@@ -72,7 +82,7 @@ def test_a_range_test_is_paid_out_of_the_budget_too() -> None:
 
 
 def test_without_charged_steps_the_config_is_unchanged() -> None:
-    config = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=500)
+    config = config_of(lr_min=1e-3, lr_max=1.0, total_steps=500)
     assert tuner.fit_charged_budget(config) is config
 
 
@@ -90,7 +100,7 @@ def test_a_budget_too_small_for_any_plan_is_refused_with_the_fix() -> None:
 
 def test_an_open_ended_study_has_no_planned_charge() -> None:
     with pytest.raises(ValueError, match="open-ended"):
-        tuner.planned_charge(StudyConfig(lr_min=1e-3, lr_max=1.0))
+        tuner.planned_charge(config_of(lr_min=1e-3, lr_max=1.0))
 
 
 # ------------------------------------------------------------------ live

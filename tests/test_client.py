@@ -129,7 +129,7 @@ class FakeService:
         return problem(404, "not-found", "Not Found")
 
     def _create(self, body: StudyCreate) -> httpx.Response:
-        config = body.config.resolved()
+        config = body.config.model_dump(mode="json", exclude_none=True)  # what was set
         if self.config is not None and self.config != config:
             return problem(409, "config-mismatch", "Config mismatch")
         created = self.config is None

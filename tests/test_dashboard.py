@@ -20,19 +20,20 @@ import pytest
 from sqlalchemy import event, insert, select
 
 import stagelr
-from stagelr.models import SegmentKind, StudyConfig
+from stagelr.models import Metric, SegmentDecision, SegmentKind, StudyConfig
 from stagelr_service.dashboard.plots import Figure, LogScale
 from stagelr_service.forecast import forecast, forecast_curve
 from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.store.models import ObservationRow, SegmentRow, StageRow, StudyRow
+from stagelr_service.tuner import resolve
 
 from .live import LiveServer, run_cli, start_server
 from .store_fixtures import BACKENDS, fresh_database
 
 slow = pytest.mark.slow
 
-CONFIG = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000).resolved()
+CONFIG = resolve(StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=1000)).to_stored()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -105,15 +106,18 @@ def seed_studies(
                 study.id,
                 stage.id,
                 0,
-                index=0,
-                kind="exploit",
-                lr=0.01 * (1 + i % 50),
-                steps=100,
-                start_step=0,
-                horizon=100,
-                metric="val_loss",
-                report_every=10,
-                data_seed=0,
+                SegmentDecision(
+                    stage=0,
+                    index=0,
+                    kind=SegmentKind.exploit,
+                    lr=0.01 * (1 + i % 50),
+                    steps=100,
+                    start_step=0,
+                    horizon=100,
+                    metric=Metric.val_loss,
+                    report_every=10,
+                    data_seed=0,
+                ),
             )
             if loss is not None:
                 repo.add_observations(segment.id, [(10, "val_loss", loss)])

@@ -175,7 +175,7 @@ def test_the_export_and_import_commands(source, target, tmp_path) -> None:
 def test_a_version_1_file_imports_with_the_old_meaning_of_its_configs(source, target) -> None:
     """Version 1 predates the planner: its configs get LEGACY_CONFIG, its segments a
     constant LR, and the imported studies still verify."""
-    from stagelr.models import LEGACY_CONFIG
+    from stagelr_service.tuner import LEGACY_CONFIG
 
     lines = exported(source).splitlines()
     header = json.loads(lines[0])

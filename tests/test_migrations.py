@@ -204,10 +204,11 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     bounds; its segments are constant-LR."""
     import json
 
-    from stagelr.models import LEGACY_CONFIG, StudyConfig
+    from stagelr.models import StudyConfig
+    from stagelr_service.tuner import LEGACY_CONFIG, resolve
 
     assert migrate(empty_database, revision="0002") == "0002"
-    old = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=500).resolved()
+    old = resolve(StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=500)).to_stored()
     for key in LEGACY_CONFIG:
         old.pop(key)
     engine = make_engine(empty_database)

@@ -4,23 +4,29 @@ stop and carry-over have their own tests in test_tuner.py and test_forecast.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from stagelr.models import (
     LRShape,
     SegmentKind,
     SegmentStatus,
-    StudyConfig,
     StudyStatus,
-    budget_taus,
     lr_at,
 )
 from stagelr_service import tuner
 from stagelr_service.simulation import simulate
-from stagelr_service.tuner import SegmentPlan
+from stagelr_service.tuner import Decision
+from stagelr_service.tuner.config import ResolvedConfig, budget_taus, resolve
 
 
-def budget(**overrides: object) -> StudyConfig:
+def config_of(**fields: Any) -> ResolvedConfig:
+    """A config as the server resolves a request of ``fields``."""
+    return resolve(fields)
+
+
+def budget(**overrides: object) -> ResolvedConfig:
     base: dict[str, object] = {
         "lr_min": 1e-3,
         "lr_max": 1.0,
@@ -32,13 +38,13 @@ def budget(**overrides: object) -> StudyConfig:
         "continue_best": True,
         "selection": "min_forecast",
     }
-    return StudyConfig(preset="default", **{**base, **overrides})  # type: ignore[arg-type]
+    return config_of(preset="default", **{**base, **overrides})  # type: ignore[arg-type]
 
 
-def stages_of(plans: list[SegmentPlan]) -> dict[int, list[SegmentPlan]]:
-    out: dict[int, list[SegmentPlan]] = {}
+def stages_of(plans: list[Decision]) -> dict[int, list[Decision]]:
+    out: dict[int, list[Decision]] = {}
     for p in plans:
-        out.setdefault(p.stage.index, []).append(p)
+        out.setdefault(p.stage, []).append(p)
     return out
 
 
@@ -111,13 +117,13 @@ def test_the_plan_never_ends_in_the_middle_of_a_search(optimizer) -> None:
 def test_the_decay_segment_moves_the_last_lr_to_zero(optimizer) -> None:
     plans, _, _ = simulate(budget(), optimizer)
     decay = plans[-1]
-    assert decay.stage.decay and decay.kind is SegmentKind.exploit
+    assert decay.geometry.decay and decay.kind is SegmentKind.exploit
     assert decay.lr_shape is LRShape.one_minus_sqrt and decay.lr_end == 0.0
     assert decay.lr == [p for p in plans if p.kind is SegmentKind.exploit][-2].lr
     assert decay.restore is None and decay.why["source"] == "decay"
     # no decay: the last segment keeps a constant LR
     plans, _, _ = simulate(budget(decay_fraction=0.0), optimizer)
-    assert plans[-1].lr_shape is LRShape.constant and not plans[-1].stage.decay
+    assert plans[-1].lr_shape is LRShape.constant and not plans[-1].geometry.decay
 
 
 @pytest.mark.parametrize(
@@ -143,16 +149,16 @@ def test_lr_at_follows_the_shape_from_lr_towards_lr_end(
 def test_continue_best_trains_on_from_the_chosen_candidate(optimizer) -> None:
     plans, trials, _ = simulate(budget(), optimizer)
     for index, stage in stages_of(plans).items():
-        if not stage[0].stage.search:
+        if not stage[0].geometry.search:
             continue
         *explores, exploit = stage
         assert all(p.save_end == tuner.candidate_checkpoint(index, p.index) for p in explores)
         chosen = exploit.why["index"]
         assert exploit.why["continues"] == chosen
         assert exploit.restore == tuner.candidate_checkpoint(index, chosen)
-        tau, tau_explore = exploit.stage.tau, exploit.stage.tau_explore
+        tau, tau_explore = exploit.geometry.tau, exploit.geometry.tau_explore
         assert exploit.steps == tau - tau_explore
-        assert exploit.start_step == exploit.stage.start_step + tau_explore
+        assert exploit.start_step == exploit.geometry.start_step + tau_explore
         assert exploit.lr == explores[chosen].lr
 
 
@@ -178,11 +184,11 @@ def test_continue_best_holds_few_checkpoints_and_drops_every_one(optimizer) -> N
 def test_without_continue_best_the_stage_restarts_from_its_start(optimizer) -> None:
     plans, _, _ = simulate(budget(continue_best=False), optimizer)
     for index, stage in stages_of(plans).items():
-        if not stage[0].stage.search:
+        if not stage[0].geometry.search:
             continue
         *explores, exploit = stage
         assert all(p.save_end is None for p in explores)
-        assert exploit.restore == f"stage-{index}" and exploit.steps == exploit.stage.tau
+        assert exploit.restore == f"stage-{index}" and exploit.steps == exploit.geometry.tau
         assert "continues" not in exploit.why
 
 
@@ -212,7 +218,7 @@ def test_a_diverged_best_is_not_continued(optimizer) -> None:
         observations=((10, 5.0), (20, float("nan"))),
     )
     plan = tuner.next_segment(config, [good, bad], optimizer)
-    assert isinstance(plan, SegmentPlan)
+    assert isinstance(plan, Decision)
     assert plan.restore == tuner.candidate_checkpoint(0, 0) and plan.lr == 0.01
     assert set(plan.discard) == {
         "stage-0",
@@ -226,7 +232,7 @@ def test_a_budget_study_trajectory_continues_across_stages(optimizer) -> None:
     plans, _, _ = simulate(budget(), optimizer)
     exploits = [p for p in plans if p.kind is SegmentKind.exploit]
     for before, after in zip(exploits, exploits[1:], strict=False):
-        assert after.stage.start_step == before.start_step + before.steps
+        assert after.geometry.start_step == before.start_step + before.steps
 
 
 # ------------------------------------------------------------------ same_data
@@ -245,7 +251,7 @@ def test_without_same_data_every_candidate_draws_its_own_batches(optimizer) -> N
 
 
 def test_the_autolrs_preset_keeps_the_reference_behaviour() -> None:
-    config = StudyConfig(preset="autolrs", lr_min=1e-3, lr_max=1.0, total_steps=1000)
+    config = config_of(preset="autolrs", lr_min=1e-3, lr_max=1.0, total_steps=1000)
     assert (config.planner, config.decay_fraction, config.continue_best, config.same_data) == (
         "fixed",
         0.0,
@@ -257,7 +263,7 @@ def test_the_autolrs_preset_keeps_the_reference_behaviour() -> None:
 # ------------------------------------------------------------------ the hold planner
 
 
-def hold(**overrides: object) -> StudyConfig:
+def hold(**overrides: object) -> ResolvedConfig:
     return budget(**{"planner": "hold", "tau0": 100, "tau_max": 400, "decay_fraction": 0.1,
                      **overrides})  # fmt: skip
 
@@ -283,7 +289,7 @@ def test_a_hold_study_holds_the_first_stages_lr_and_charges_what_was_planned(opt
     plans, trials, end = simulate(config, optimizer)
     assert end is not None and end.status is StudyStatus.completed
     exploits = [p for p in plans if p.kind is SegmentKind.exploit]
-    assert [p.stage.index for p in plans if p.kind is SegmentKind.explore] == [0] * 4
+    assert [p.stage for p in plans if p.kind is SegmentKind.explore] == [0] * 4
     assert len({p.lr for p in exploits}) == 1
     assert exploits[-1].lr_shape is LRShape.one_minus_sqrt and exploits[-1].lr_end == 0.0
     assert exploits[-1].start_step + exploits[-1].steps == 1000

@@ -87,6 +87,7 @@ def test_the_ablation_turns_off_one_switch_per_row_and_reads_paired_differences(
     from benchmarks.quality import ablation
 
     from stagelr.models import StudyConfig
+    from stagelr_service.tuner import resolve
 
     variant = harness.variants_for(False, ["nqm-b8"])[0]
     tasks = ablation.tasks_for(variant, [0, 1])
@@ -96,7 +97,7 @@ def test_the_ablation_turns_off_one_switch_per_row_and_reads_paired_differences(
         config = StudyConfig(lr_min=0.01, lr_max=1.0, total_steps=1000, **dict(task.config))
         if task.config:
             base = StudyConfig(lr_min=0.01, lr_max=1.0, total_steps=1000)
-            assert config.resolved() != base.resolved()
+            assert resolve(config) != resolve(base)
 
     cache = harness.Cache(tmp_path).load()
     # default 1.0 / 2.0; continue_best on is worse by 0.5 on both seeds; the rest equal

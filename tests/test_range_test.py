@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +15,6 @@ from pydantic import ValidationError
 
 import stagelr
 from stagelr.models import (
-    LEGACY_CONFIG,
-    PRESETS,
-    RANGE_TEST_SWEEP,
     CompleteRequest,
     LRShape,
     Metric,
@@ -24,7 +22,6 @@ from stagelr.models import (
     ObservationIn,
     SegmentKind,
     SegmentStatus,
-    StudyConfig,
     StudyCreate,
     StudyStatus,
     lr_at,
@@ -35,9 +32,21 @@ from stagelr_service.simulation import SyntheticJob, drive_tuner, simulate
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
 from stagelr_service.tuner import Trial
+from stagelr_service.tuner.config import (
+    LEGACY_CONFIG,
+    PRESETS,
+    RANGE_TEST_SWEEP,
+    ResolvedConfig,
+    resolve,
+)
 
 
-def ranged(**overrides: object) -> StudyConfig:
+def config_of(**fields: Any) -> ResolvedConfig:
+    """A config as the server resolves a request of ``fields``."""
+    return resolve(fields)
+
+
+def ranged(**overrides: object) -> ResolvedConfig:
     base: dict[str, object] = {
         "lr_bounds": "range_test",
         "total_steps": 600,
@@ -45,10 +54,10 @@ def ranged(**overrides: object) -> StudyConfig:
         "tau_max": 200,
         "k": 4,
     }
-    return StudyConfig(**{**base, **overrides})  # type: ignore[arg-type]
+    return config_of(**{**base, **overrides})  # type: ignore[arg-type]
 
 
-def sweep_trial(config: StudyConfig, values: list[float]) -> Trial:
+def sweep_trial(config: ResolvedConfig, values: list[float]) -> Trial:
     return Trial(
         seq=0,
         stage=0,
@@ -63,7 +72,7 @@ def sweep_trial(config: StudyConfig, values: list[float]) -> Trial:
     )
 
 
-def sweep_lr(config: StudyConfig, step: int) -> float:
+def sweep_lr(config: ResolvedConfig, step: int) -> float:
     assert config.range_test_steps is not None
     return lr_at(config.lr_min, config.lr_max, LRShape.exponential, step, config.range_test_steps)
 
@@ -72,24 +81,24 @@ def sweep_lr(config: StudyConfig, step: int) -> float:
 
 
 def test_without_bounds_the_range_test_sweeps_the_wide_default_range() -> None:
-    config = StudyConfig(lr_bounds="range_test")
+    config = config_of(lr_bounds="range_test")
     assert (config.lr_min, config.lr_max) == RANGE_TEST_SWEEP
     assert config.range_test_steps == 100 and config.range_test_decades == 3.0
-    given = StudyConfig(lr_bounds="range_test", lr_min=1e-5, lr_max=1.0)
+    given = config_of(lr_bounds="range_test", lr_min=1e-5, lr_max=1.0)
     assert (given.lr_min, given.lr_max) == (1e-5, 1.0)
 
 
 def test_without_bounds_and_without_a_range_test_the_error_names_both_fixes() -> None:
     with pytest.raises(ValidationError, match="lr_min and lr_max are required") as caught:
-        StudyConfig(total_steps=100)  # type: ignore[call-arg]
+        config_of(total_steps=100)  # type: ignore[call-arg]
     assert "range_test" in str(caught.value)
 
 
 def test_no_preset_and_no_old_study_runs_a_range_test() -> None:
     assert all(p["lr_bounds"] == "given" for p in PRESETS.values())
     assert LEGACY_CONFIG["lr_bounds"] == "given"
-    plan = tuner.next_segment(StudyConfig(lr_min=1e-3, lr_max=1.0), [], _NoOptimizer())
-    assert isinstance(plan, tuner.SegmentPlan) and plan.kind is SegmentKind.explore
+    plan = tuner.next_segment(config_of(lr_min=1e-3, lr_max=1.0), [], _NoOptimizer())
+    assert isinstance(plan, tuner.Decision) and plan.kind is SegmentKind.explore
 
 
 def test_lr_at_sweeps_exponentially() -> None:
@@ -113,8 +122,8 @@ class _NoOptimizer:
 def test_the_study_starts_with_the_sweep_which_saves_the_first_state() -> None:
     config = ranged()
     plan = tuner.next_segment(config, [], _NoOptimizer())
-    assert isinstance(plan, tuner.SegmentPlan)
-    assert plan.kind is SegmentKind.range_test and plan.stage.index == 0
+    assert isinstance(plan, tuner.Decision)
+    assert plan.kind is SegmentKind.range_test and plan.stage == 0
     assert (plan.lr, plan.lr_end, plan.lr_shape) == (1e-6, 10.0, LRShape.exponential)
     assert plan.steps == 100 and plan.start_step == 0
     assert plan.metric is Metric.train_loss and plan.report_every == 1
@@ -187,7 +196,7 @@ def test_the_first_state_is_restored_for_every_candidate_and_dropped_once(optimi
                 held.add(plan.save_end)
             held -= set(plan.discard)
         assert held == set(), overrides
-        stage0 = [p for p in plans if p.stage.index == 0 and p.kind is not SegmentKind.range_test]
+        stage0 = [p for p in plans if p.stage == 0 and p.kind is not SegmentKind.range_test]
         assert stage0[0].restore == "stage-0" and stage0[0].save_start is None
 
 
@@ -217,7 +226,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, optimizer) -> Iterator[Store
     migrate(url)
     with Store(url) as store:
         service = StudyService(store, optimizer)
-        study, _ = service.create_study(StudyCreate(name="ranged", config=ranged()))
+        study, _ = service.create_study(StudyCreate(name="ranged", config=ranged().request()))
         job = SyntheticJob(seed=4)
         while (segment := service.next_segment(study.id).segment) is not None:
             reports, diverged = job.segment(segment)

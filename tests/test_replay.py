@@ -38,6 +38,7 @@ from stagelr_service.replay import (
 from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.tuner import resolve
 
 from .live import run_cli
 
@@ -284,11 +285,11 @@ def test_what_if_changes_decisions_and_flags_every_estimate(store, optimizer, ov
 
 def test_what_if_refuses_fields_it_cannot_replay_naming_the_allowed_ones() -> None:
     with pytest.raises(InputError, match="a what-if may set acquisition"):
-        what_if_config(CONFIG.resolved(), {"tau0": 30})
+        what_if_config(resolve(CONFIG).to_stored(), {"tau0": 30})
     with pytest.raises(InputError, match="not a config field"):
-        what_if_config(CONFIG.resolved(), {"kapa": 3})
+        what_if_config(resolve(CONFIG).to_stored(), {"kapa": 3})
     with pytest.raises(InputError, match="k: Input should be greater than or equal to 1"):
-        what_if_config(CONFIG.resolved(), parse_overrides(["k=0"]))
+        what_if_config(resolve(CONFIG).to_stored(), parse_overrides(["k=0"]))
     with pytest.raises(InputError, match="key=value"):
         parse_overrides(["k"])
     assert parse_overrides(["k=3", "acquisition=lcb", "noise_aware=false"]) == {

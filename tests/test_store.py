@@ -17,7 +17,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from stagelr.models import Metric, SegmentKind, SegmentStatus, StudyConfig, StudyStatus
+from stagelr.models import (
+    Metric,
+    SegmentDecision,
+    SegmentKind,
+    SegmentStatus,
+    StudyConfig,
+    StudyStatus,
+)
 from stagelr_service.errors import (
     DuplicateSegmentError,
     InputError,
@@ -25,10 +32,11 @@ from stagelr_service.errors import (
     ObservationConflictError,
 )
 from stagelr_service.store import Repository, SegmentRecord, Store, mask_url, migrate, normalize_url
+from stagelr_service.tuner import resolve
 
 from .store_fixtures import BACKENDS, clear_tables, fresh_database
 
-CONFIG = StudyConfig(lr_min=1e-4, lr_max=1.0).resolved()
+CONFIG = resolve(StudyConfig(lr_min=1e-4, lr_max=1.0)).to_stored()
 
 
 class TickingClock:
@@ -71,8 +79,9 @@ def new_stage(repo: Repository, study_id: int, index: int = 0) -> int:
     return repo.get_or_create_stage(study_id, index, 1000, 100, index * 1000).id
 
 
-def segment_fields(**overrides: Any) -> dict[str, Any]:
+def segment_fields(**overrides: Any) -> SegmentDecision:
     fields: dict[str, Any] = {
+        "stage": 0,
         "index": 0,
         "kind": SegmentKind.explore,
         "lr": 0.01,
@@ -84,13 +93,13 @@ def segment_fields(**overrides: Any) -> dict[str, Any]:
         "data_seed": 7,
     }
     fields.update(overrides)
-    return fields
+    return SegmentDecision(**fields)
 
 
 def new_segment(store: Store, study_id: int, seq: int = 0) -> int:
     with store.transaction() as repo:
         stage_id = new_stage(repo, study_id)
-        return repo.insert_segment(study_id, stage_id, seq, **segment_fields(index=seq)).id
+        return repo.insert_segment(study_id, stage_id, seq, segment_fields(index=seq)).id
 
 
 def run_threads(n: int, work: Callable[[int], Any]) -> list[Any]:
@@ -281,6 +290,7 @@ def test_get_or_create_stage_is_idempotent_and_set_stage_updates(store: Store) -
 def test_insert_segment_round_trips_every_field(store: Store) -> None:
     study_id = new_study(store)
     fields = segment_fields(
+        stage=1,
         index=3,
         kind=SegmentKind.exploit,
         lr=0.0123,
@@ -298,7 +308,7 @@ def test_insert_segment_round_trips_every_field(store: Store) -> None:
     )
     with store.transaction() as repo:
         stage_id = new_stage(repo, study_id, index=1)
-        inserted = repo.insert_segment(study_id, stage_id, 0, **fields)
+        inserted = repo.insert_segment(study_id, stage_id, 0, fields)
     with store.transaction(read_only=True) as repo:
         read = repo.get_segment(inserted.id)
     assert read == inserted
@@ -317,10 +327,10 @@ def test_duplicate_seq_raises_and_the_transaction_goes_on(store: Store) -> None:
     study_id = new_study(store)
     with store.transaction() as repo:
         stage_id = new_stage(repo, study_id)
-        first = repo.insert_segment(study_id, stage_id, 0, **segment_fields())
+        first = repo.insert_segment(study_id, stage_id, 0, segment_fields())
         with pytest.raises(DuplicateSegmentError, match="segment 0 of study"):
-            repo.insert_segment(study_id, stage_id, 0, **segment_fields(lr=0.5))
-        second = repo.insert_segment(study_id, stage_id, 1, **segment_fields(index=1))
+            repo.insert_segment(study_id, stage_id, 0, segment_fields(lr=0.5))
+        second = repo.insert_segment(study_id, stage_id, 1, segment_fields(index=1))
     with store.transaction(read_only=True) as repo:
         assert repo.segments_of_study(study_id) == [first, second]
 
@@ -331,14 +341,14 @@ def test_duplicate_seq_issued_by_another_transaction_is_detected(store: Store) -
     with pytest.raises(DuplicateSegmentError), store.transaction() as repo:
         stage = repo.get_stage(study_id, 0)
         assert stage is not None
-        repo.insert_segment(study_id, stage.id, 0, **segment_fields())
+        repo.insert_segment(study_id, stage.id, 0, segment_fields())
 
 
 def test_insert_segment_needs_a_stage_of_the_same_study(store: Store) -> None:
     one, other = new_study(store, "one"), new_study(store, "other")
     with pytest.raises(NotFoundError), store.transaction() as repo:
         stage_id = new_stage(repo, other)
-        repo.insert_segment(one, stage_id, 0, **segment_fields())
+        repo.insert_segment(one, stage_id, 0, segment_fields())
 
 
 def test_open_segment_until_it_completes(store: Store) -> None:
@@ -369,7 +379,7 @@ def test_segments_of_study_come_in_seq_order(store: Store) -> None:
     with store.transaction() as repo:
         stage_id = new_stage(repo, study_id)
         for seq in (2, 0, 1):
-            repo.insert_segment(study_id, stage_id, seq, **segment_fields(index=seq))
+            repo.insert_segment(study_id, stage_id, seq, segment_fields(index=seq))
     with store.transaction(read_only=True) as repo:
         assert [s.seq for s in repo.segments_of_study(study_id)] == [0, 1, 2]
 
@@ -642,9 +652,7 @@ def test_concurrent_inserts_of_one_seq_let_exactly_one_win(store: Store) -> None
 
     def insert(i: int) -> int:
         with store.transaction() as repo:
-            return repo.insert_segment(
-                study_id, stage_id, 0, **segment_fields(lr=0.01 * (i + 1))
-            ).id
+            return repo.insert_segment(study_id, stage_id, 0, segment_fields(lr=0.01 * (i + 1))).id
 
     results = run_threads(6, insert)
     assert sum(isinstance(r, int) for r in results) == 1
@@ -662,7 +670,7 @@ def test_locked_read_then_write_serializes_requests_on_one_study(store: Store) -
             segments = repo.segments_of_study(study_id)
             seq = segments[-1].seq + 1 if segments else 0
             time.sleep(0.02)  # widen the window a missing lock would let others into
-            return repo.insert_segment(study_id, stage_id, seq, **segment_fields(index=i)).seq
+            return repo.insert_segment(study_id, stage_id, seq, segment_fields(index=i)).seq
 
     results = run_threads(6, next_segment)
     assert not [r for r in results if isinstance(r, Exception)], results

@@ -24,9 +24,10 @@ from stagelr.models import (
 )
 from stagelr_service import tuner
 from stagelr_service.errors import InputError
+from stagelr_service.history import trials_of
 from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
-from stagelr_service.studies import StudyService, trials_of
+from stagelr_service.studies import StudyService
 
 from .store_fixtures import BACKENDS, clear_tables, fresh_database
 
@@ -48,6 +49,8 @@ def service(database: URL, optimizer) -> Iterator[StudyService]:  # type: ignore
 
 
 CONFIG = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4)
+#: CONFIG as the service resolves it, what the tuner reads
+RESOLVED = tuner.resolve(CONFIG)
 
 
 def run_study(
@@ -94,12 +97,12 @@ def test_stored_forecasts_equal_recomputed_ones(service) -> None:
     with service.store.transaction(read_only=True) as repo:
         history = repo.history(study_id)
     assert history is not None
-    geometries = tuner.stage_geometries(CONFIG, trials_of(history))
+    geometries = tuner.stage_geometries(RESOLVED, trials_of(history))
     checked = 0
     for trial in trials_of(history):
         if trial.kind is SegmentKind.explore:
             assert trial.forecast is not None
-            recomputed = tuner.forecast_trial(CONFIG, trial, geometries[trial.stage].tau)
+            recomputed = tuner.forecast_trial(RESOLVED, trial, geometries[trial.stage].tau)
             for field in ("prediction", "std"):
                 a, b = getattr(trial.forecast, field), getattr(recomputed, field)
                 assert a == b or (math.isnan(a) and math.isnan(b))
@@ -118,7 +121,7 @@ def test_the_stored_history_reproduces_every_decision(service, optimizer) -> Non
     for cut in range(len(trials)):
         # Without the stored forecasts: the tuner recomputes them from the losses.
         past = [tuner.Trial(**{**t.__dict__, "forecast": None}) for t in trials[:cut]]
-        plan = tuner.next_segment(CONFIG, past, optimizer)
+        plan = tuner.next_segment(RESOLVED, past, optimizer)
         assert not isinstance(plan, tuner.StudyEnd)
         recorded = history.segments[cut]
         assert (plan.kind, plan.index, plan.lr, plan.steps) == (

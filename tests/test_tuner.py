@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -11,27 +12,32 @@ from stagelr.models import (
     SegmentKind,
     SegmentStatus,
     Selection,
-    StudyConfig,
     StudyStatus,
 )
 from stagelr_service import tuner
 from stagelr_service.forecast import Forecast
 from stagelr_service.simulation import SyntheticJob, simulate
 from stagelr_service.tuner import StudyEnd, Trial
+from stagelr_service.tuner.config import ResolvedConfig, resolve
 
 
-def autolrs(**overrides: object) -> StudyConfig:
-    return StudyConfig(preset="autolrs", lr_min=1e-3, lr_max=1.0, **overrides)
+def config_of(**fields: Any) -> ResolvedConfig:
+    """A config as the server resolves a request of ``fields``."""
+    return resolve(fields)
 
 
-def default(**overrides: object) -> StudyConfig:
-    return StudyConfig(preset="default", lr_min=1e-3, lr_max=1.0, **overrides)
+def autolrs(**overrides: object) -> ResolvedConfig:
+    return config_of(preset="autolrs", lr_min=1e-3, lr_max=1.0, **overrides)
 
 
-def by_stage(plans: list[tuner.SegmentPlan]) -> dict[int, list[tuner.SegmentPlan]]:
-    stages: dict[int, list[tuner.SegmentPlan]] = {}
+def default(**overrides: object) -> ResolvedConfig:
+    return config_of(preset="default", lr_min=1e-3, lr_max=1.0, **overrides)
+
+
+def by_stage(plans: list[tuner.Decision]) -> dict[int, list[tuner.Decision]]:
+    stages: dict[int, list[tuner.Decision]] = {}
     for plan in plans:
-        stages.setdefault(plan.stage.index, []).append(plan)
+        stages.setdefault(plan.stage, []).append(plan)
     return stages
 
 
@@ -66,7 +72,7 @@ def test_candidates_restart_from_the_stage_checkpoint_and_exploit_restores_it(op
 def test_exploit_trains_the_candidate_with_the_lowest_forecast(optimizer) -> None:
     config = autolrs()
     plans, trials, _ = simulate(config, optimizer, max_segments=11)
-    geometry = plans[0].stage
+    geometry = plans[0].geometry
     analysis = tuner.analyze_stage(config, geometry, trials[:10])
     best = min(analysis.candidates, key=lambda c: c.objective)
     assert plans[10].kind is SegmentKind.exploit
@@ -106,9 +112,7 @@ def test_a_different_seed_changes_the_first_random_candidate(optimizer) -> None:
 
 @pytest.mark.parametrize("preset", ["default", "autolrs"])
 def test_bo_finds_the_good_region_of_a_curve_with_a_divergence_cliff(optimizer, preset) -> None:
-    config = StudyConfig(
-        preset=preset, lr_min=1e-4, lr_max=3.0, tau0=200, tau_max=200, k=10, seed=5
-    )
+    config = config_of(preset=preset, lr_min=1e-4, lr_max=3.0, tau0=200, tau_max=200, k=10, seed=5)
     job = SyntheticJob(best_lr=0.05, cliff_lr=0.8, noise=0.002)
     plans, _, _ = simulate(config, optimizer, job, max_segments=11)
     chosen = plans[10].lr
@@ -128,7 +132,7 @@ def test_default_search_wastes_fewer_candidates_on_the_cliff_than_autolrs(optimi
     job_args = dict(best_lr=0.05, cliff_lr=0.3, noise=0.002)
     wasted = {}
     for preset in ("default", "autolrs"):
-        config = StudyConfig(preset=preset, lr_min=1e-4, lr_max=3.0, tau0=200, tau_max=200, seed=7)
+        config = config_of(preset=preset, lr_min=1e-4, lr_max=3.0, tau0=200, tau_max=200, seed=7)
         plans, _, _ = simulate(config, optimizer, SyntheticJob(**job_args), max_segments=11)
         wasted[preset] = sum(p.lr >= 0.3 for p in plans[:10])
     assert wasted["default"] <= wasted["autolrs"]
@@ -307,7 +311,7 @@ def forecast_trial(seq: int, lr: float, prediction: float, std: float) -> Trial:
                  Metric.val_loss, obs, forecast=fc)  # fmt: skip
 
 
-def choose(config: StudyConfig, trials: list[Trial], optimizer) -> float:  # type: ignore[no-untyped-def]
+def choose(config: ResolvedConfig, trials: list[Trial], optimizer) -> float:  # type: ignore[no-untyped-def]
     plan = tuner.next_segment(config, trials, optimizer)
     assert not isinstance(plan, StudyEnd) and plan.kind is SegmentKind.exploit
     return plan.lr
@@ -328,8 +332,8 @@ def test_hottest_within_noise_gives_a_tie_to_the_hotter_lr(optimizer) -> None:
 
 
 def _hottest_ties(selection: str, optimizer) -> None:  # type: ignore[no-untyped-def]
-    def default(**overrides: object) -> StudyConfig:
-        return StudyConfig(preset="default", lr_min=1e-3, lr_max=1.0, selection=selection,
+    def default(**overrides: object) -> ResolvedConfig:
+        return config_of(preset="default", lr_min=1e-3, lr_max=1.0, selection=selection,
                            **overrides)  # type: ignore[arg-type]  # fmt: skip
 
     config = default(tau0=100, k=3)

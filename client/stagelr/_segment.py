@@ -8,18 +8,37 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
 from ._exceptions import ConflictError, ServerError, TransportError
-from .models import LRShape, Metric, ObservationIn, SegmentKind, SegmentStatus, SegmentView
+from .models import Metric, ObservationIn, SegmentKind, SegmentView
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._sender import ObservationSender
 
-__all__ = ["Segment"]
+    # A type checker sees a segment's view fields as its own, from their one definition.
+    _Fields = SegmentView
+else:
+    _Fields = object
+
+__all__ = ["Segment", "ViewAttributes"]
 
 logger = logging.getLogger("stagelr")
 
 
-class Segment:
+class ViewAttributes(_Fields):
+    """The fields of an object's :attr:`view` (a :class:`stagelr.models.SegmentView`)
+    read as its attributes: ``segment.lr``, ``segment.restore``..."""
+
+    view: SegmentView
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not found on the object itself.
+        view = self.__dict__.get("view")
+        if view is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(view, name)
+
+
+class Segment(ViewAttributes):
     """One stretch of training handed out by the service.
 
     The fields of :class:`stagelr.models.SegmentView` read as attributes (``segment.lr``,
@@ -46,29 +65,6 @@ class Segment:
     keep training with and no checkpoint names); its reports are not sent, since the
     service never handed it out, and completing it sends nothing.
     """
-
-    if TYPE_CHECKING:
-        # SegmentView's fields, served by __getattr__.
-        id: int
-        study_id: int
-        seq: int
-        stage: int
-        index: int
-        kind: SegmentKind
-        status: SegmentStatus
-        lr: float
-        start_step: int
-        horizon: int
-        metric: Metric
-        report_every: int
-        restore: str | None
-        save_start: str | None
-        save_end: str | None
-        discard: list[str]
-        stop_above: float | None
-        lr_end: float | None
-        lr_shape: LRShape
-        data_seed: int
 
     def __init__(
         self,
@@ -98,13 +94,6 @@ class Segment:
         self._fail_reason = ""
         self._step_hooks: list[Callable[[int], None]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not found on the Segment itself.
-        view = self.__dict__.get("view")
-        if view is None or name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(view, name)
-
     def __repr__(self) -> str:
         v = self.view
         return (
@@ -117,8 +106,9 @@ class Segment:
         """The steps the service asks for (``SegmentView.steps``)."""
         return self.view.steps
 
-    @property
-    def steps_done(self) -> int:
+    # The view's steps_done is the server's count; this one is tracked here.
+    @property  # type: ignore[misc]
+    def steps_done(self) -> int:  # type: ignore[override]
         """Steps trained so far, as tracked by :meth:`steps` and :meth:`report`."""
         return self._trained
 
@@ -136,7 +126,8 @@ class Segment:
         use it to set a decaying segment's LR every step)."""
         self._step_hooks.append(hook)
 
-    def steps(self) -> Iterator[int]:
+    # The view's steps is planned_steps here; steps() iterates them.
+    def steps(self) -> Iterator[int]:  # type: ignore[misc, override]
         """Yield the step numbers 1..planned_steps; stop early once :attr:`should_stop`."""
         self._tracked = True
         for step in range(1, self.view.steps + 1):

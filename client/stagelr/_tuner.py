@@ -106,7 +106,8 @@ class Tuner:
             instead of training on with fallback segments.
         max_buffered: Most observations kept while the service is unreachable.
         **config_overrides: Any other :class:`stagelr.models.StudyConfig` field, e.g.
-            ``tau0=200, k=6``. Validated here, before anything is sent.
+            ``tau0=200, k=6``. Each field is checked here, before anything is sent;
+            the service fills in the rest from the preset.
     """
 
     def __init__(
@@ -241,7 +242,20 @@ class Tuner:
                 raise ValueError(f"the fallback_lr schedule gave {scheduled!r}: it must be > 0")
             return scheduled
         last = self.fallback_lr or self._last_exploit_lr or self._last_lr
-        return last if last is not None else math.sqrt(self.config.lr_min * self.config.lr_max)
+        if last is not None:
+            return last
+        config = self._known_config()
+        if config.lr_min is None or config.lr_max is None:
+            raise ValueError(
+                "the stagelr service is unreachable and the study's LR range is not known "
+                "yet (its range test finds it): give the tuner a fallback_lr to train at"
+            )
+        return math.sqrt(config.lr_min * config.lr_max)
+
+    def _known_config(self) -> StudyConfig:
+        """The study's config as resolved by the service, once it answered; until then
+        what this job set."""
+        return self._study.config if self._study is not None else self.config
 
     def _fallback(self, why: str) -> Segment:
         """A stand-in segment to train on while the service is unreachable."""
@@ -266,7 +280,7 @@ class Tuner:
             start_step=-1,
             horizon=self.fallback_steps,
             metric=Metric.train_loss
-            if self.config.metric_schedule == "train_loss"
+            if self._known_config().metric_schedule == "train_loss"
             else Metric.val_loss,
             report_every=self.fallback_steps,
             data_seed=0,

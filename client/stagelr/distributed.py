@@ -47,11 +47,9 @@ import torch
 import torch.distributed as dist
 
 from ._exceptions import StagelrError
+from ._segment import ViewAttributes
 from .models import (
-    LRShape,
     Metric,
-    SegmentKind,
-    SegmentStatus,
     SegmentView,
     StudyStatus,
     StudyView,
@@ -149,35 +147,12 @@ def _leader_call(group: _Group, call: Callable[[], Any]) -> Any:
     return shared
 
 
-class DistributedSegment:
+class DistributedSegment(ViewAttributes):
     """A segment as every rank sees it: the same plan, and collective reports.
 
     The plan's fields read as attributes (``segment.lr``, ``segment.restore``...), as on
     :class:`stagelr.Segment`. Rank 0 holds the real segment and sends what is reported.
     """
-
-    if TYPE_CHECKING:
-        # SegmentView's fields, served by __getattr__.
-        id: int
-        study_id: int
-        seq: int
-        stage: int
-        index: int
-        kind: SegmentKind
-        status: SegmentStatus
-        lr: float
-        start_step: int
-        horizon: int
-        metric: Metric
-        report_every: int
-        restore: str | None
-        save_start: str | None
-        save_end: str | None
-        discard: list[str]
-        stop_above: float | None
-        lr_end: float | None
-        lr_shape: LRShape
-        data_seed: int
 
     def __init__(
         self,
@@ -196,12 +171,6 @@ class DistributedSegment:
         self._closed = False
         self._step_hooks: list[Callable[[int], None]] = []
 
-    def __getattr__(self, name: str) -> Any:
-        view = self.__dict__.get("view")
-        if view is None or name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(view, name)
-
     def __repr__(self) -> str:
         v = self.view
         return (
@@ -219,8 +188,9 @@ class DistributedSegment:
         """The steps the service asks for."""
         return self.view.steps
 
-    @property
-    def steps_done(self) -> int:
+    # The view's steps_done is the server's count; this one is tracked here.
+    @property  # type: ignore[misc]
+    def steps_done(self) -> int:  # type: ignore[override]
         """Steps trained so far, as tracked by :meth:`steps` and :meth:`report`."""
         return self._trained
 
@@ -249,7 +219,8 @@ class DistributedSegment:
         """Call ``hook(step)`` before :meth:`steps` yields each step."""
         self._step_hooks.append(hook)
 
-    def steps(self) -> Iterator[int]:
+    # The view's steps is planned_steps here; steps() iterates them.
+    def steps(self) -> Iterator[int]:  # type: ignore[misc, override]
         """Yield 1..planned_steps; stop early once :attr:`should_stop`."""
         for step in range(1, self.view.steps + 1):
             if self.should_stop:

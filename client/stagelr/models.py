@@ -3,15 +3,15 @@
 The server imports these models; nothing else defines the shape of a request or a
 response, so the two sides cannot drift apart.
 
-A study's tuner configuration is *resolved* when it is validated: every field left out
-is filled from the chosen preset, and the resolved values are what the server stores.
-A later change to a preset's defaults therefore never changes a stored study, which is
-what keeps replay and crash recovery exact.
+A study's config (:class:`StudyConfig`) carries only what the user set: the presets
+and every other policy live in the server, which resolves the config once, when the
+study is created, and stores the resolved values.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -19,9 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "RANGE_TEST_SWEEP",
-    "LEGACY_CONFIG",
-    "PRESETS",
     "Acquisition",
     "LRShape",
     "CandidateView",
@@ -43,6 +40,8 @@ __all__ = [
     "ReplayMismatch",
     "ReplayReport",
     "ReplayRequest",
+    "DECISION_FIELDS",
+    "SegmentDecision",
     "SegmentKind",
     "SegmentStatus",
     "SegmentView",
@@ -56,8 +55,6 @@ __all__ = [
     "StudyPlan",
     "StudyStatus",
     "StudyView",
-    "budget_taus",
-    "decay_steps",
     "lr_at",
 ]
 
@@ -140,38 +137,6 @@ def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int
     return lr_end + (lr - lr_end) * factor
 
 
-def decay_steps(total_steps: int | None, decay_fraction: float | None) -> int:
-    """Steps of the final decay segment: ``round(decay_fraction * total_steps)``."""
-    if total_steps is None or not decay_fraction:
-        return 0
-    return min(total_steps - 1, round(decay_fraction * total_steps))
-
-
-def budget_taus(
-    total_steps: int,
-    stages: int,
-    growth: float,
-    decay_fraction: float,
-    explore_ratio: float | None = None,
-) -> list[int]:
-    """The budget planner's stage lengths: the steps before the decay, split into
-    ``stages`` parts growing by ``growth`` (the last takes the rounding remainder).
-
-    With ``explore_ratio``, a budget too small for every stage to search gets fewer
-    stages, down to one.
-    """
-    train = total_steps - decay_steps(total_steps, decay_fraction)
-    while True:
-        weights = [growth**i for i in range(stages)]
-        total_weight = sum(weights)
-        taus = [max(1, round(train * w / total_weight)) for w in weights[:-1]]
-        taus.append(train - sum(taus))
-        taus = [t for t in taus if t > 0]
-        if explore_ratio is None or stages <= 1 or round(taus[0] * explore_ratio) >= 1:
-            return taus
-        stages -= 1
-
-
 class Acquisition(str, Enum):
     lcb = "lcb"
     log_ei = "log_ei"
@@ -211,123 +176,11 @@ class Selection(str, Enum):
 
 # --------------------------------------------------------------------------- config
 
-#: Preset defaults. A study names a preset and may override any field.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The published AutoLRS method (ICLR 2021), as its reference implementation runs it.
-    "autolrs": {
-        "tau0": 1000,
-        "tau_max": 8000,
-        "tau_growth": 2.0,
-        "explore_ratio": 0.1,
-        "k": 10,
-        "initial_design": 1,
-        "acquisition": Acquisition.lcb,
-        "kappa": 1000.0,
-        "forecast": ForecastModel.exp_reference,
-        "noise_aware": False,
-        "diverged_policy": DivergedPolicy.penalty,
-        "divergence_stop": False,
-        "divergence_factor": 3.0,
-        "carry_over": False,
-        "selection": Selection.min_forecast,
-        "metric_schedule": "reference",
-        "reports_per_explore": 10,
-        "reports_per_exploit": 10,
-        "planner": "fixed",
-        "budget_stages": 3,
-        "decay_fraction": 0.0,
-        "decay_shape": LRShape.one_minus_sqrt,
-        "continue_best": False,
-        "same_data": False,
-        "lr_bounds": "given",
-        "range_test_steps": 100,
-        "range_test_decades": 3.0,
-        "probe": "constant",
-    },
-    # stagelr's own: a real acquisition, a robust forecast with uncertainty fed to a
-    # noise-aware GP, divergence stop, and carry-over of the previous stage's best LR.
-    "default": {
-        "tau0": 1000,
-        "tau_max": 8000,
-        "tau_growth": 2.0,
-        # Six candidates of tau/20 steps: a search charging 0.3 tau, not the reference's
-        # tau. Under a charged budget (charged_steps) the steps saved are trajectory: on
-        # the W1/W2 probes at a budget of T, 6 x tau/20 ended lower than 10 x tau/10 on
-        # the NQM and level on the digits MLP (docs/benchmarks.md, section 8).
-        "explore_ratio": 0.05,
-        "k": 6,
-        # The first search's first candidates: one in each half of the log-LR range
-        # (in a seeded order), so the GP starts from the whole range. With a single
-        # random start, the digits MLP searches that began at the cool end crawled up
-        # and never tried the LRs that reach the target (docs/benchmarks.md, section 8).
-        "initial_design": 2,
-        "acquisition": Acquisition.log_ei,
-        "kappa": 2.0,
-        "forecast": ForecastModel.robust,
-        "noise_aware": True,
-        "diverged_policy": DivergedPolicy.worst_plus_spread,
-        "divergence_stop": True,
-        "divergence_factor": 3.0,
-        "carry_over": True,
-        # A tie within the lowest forecast's noise goes to the hotter LR (at most half a
-        # decade hotter): a tau' window's forecast favours cool LRs, and with the final
-        # decay a hot LR pays. The hotter candidate's own sd does not widen the tie: on
-        # the digits MLP a turbulent hot window's sd made LRs that later collapsed the
-        # run look as good (docs/benchmarks.md, section 8).
-        "selection": Selection.hottest_within_best_noise,
-        "metric_schedule": "val_loss",
-        "reports_per_explore": 10,
-        "reports_per_exploit": 10,
-        # With total_steps, the last 20% decay to 0 (WSD's 1-sqrt cooldown), and only the
-        # first stage searches ('hold'): every later search on the char-LM chose an LR
-        # 3-9x cooler (a short window rewards annealing, which the decay does anyway).
-        # The budget planner and continue_best are off: on the W1/W2 ablation the
-        # planner's short later stages chose cool LRs, and continue_best with this
-        # selection keeps every candidate's state until the stage ends (k model copies).
-        "planner": "hold",
-        "budget_stages": 3,
-        "decay_fraction": 0.2,
-        "decay_shape": LRShape.one_minus_sqrt,
-        "continue_best": False,
-        "same_data": True,
-        # Automatic bounds from a range test: off, the user's bounds are used as given.
-        "lr_bounds": "given",
-        "range_test_steps": 100,
-        "range_test_decades": 3.0,
-        "probe": "constant",
-    },
-}
-PRESETS["default-next"] = {
-    **PRESETS["default"],
-    "probe": "anneal",
-    "forecast": ForecastModel.window_end,
-    "selection": Selection.min_posterior_mean,
-    "noise_aware": True,
-}
-
-#: The range a range test sweeps when the study gives no lr_min / lr_max.
-RANGE_TEST_SWEEP = (1e-6, 10.0)
-
-#: What a stored config written before a field existed means by its absence: the
-#: behaviour stagelr had then. Migration 0003 (and the exchange format's version 2)
-#: write these into older configs, so a stored study never changes its decisions.
-LEGACY_CONFIG: dict[str, Any] = {
-    "planner": "fixed",
-    "budget_stages": 3,
-    "decay_fraction": 0.0,
-    "decay_shape": "one_minus_sqrt",
-    "continue_best": False,
-    "same_data": True,
-    "lr_bounds": "given",
-    "range_test_steps": 100,
-    "range_test_decades": 3.0,
-    "initial_design": 1,
-    "probe": "constant",
-}
-
 
 class StudyConfig(_Wire):
-    """How a study is tuned. Fields left out come from ``preset``.
+    """How a study is tuned: what the user sets. Every field left out (None) is filled by
+    the server from ``preset`` (``default`` when none is named) when the study is
+    created; the study's view shows the config so resolved, every field set.
 
     Sizes are in optimizer steps. Stage ``i`` trains ``tau_i = min(tau0 * tau_growth**i,
     tau_max)`` steps with its chosen LR; before that, ``k`` candidate LRs are each tried for
@@ -336,13 +189,15 @@ class StudyConfig(_Wire):
     next.
     """
 
-    preset: Literal["autolrs", "default", "default-next"] = "default"
-    lr_min: float = Field(
+    preset: Literal["autolrs", "default", "default-next"] | None = None
+    lr_min: float | None = Field(
+        default=None,
         gt=0,
         description="Lower bound of the LR search (exclusive of 0). With lr_bounds "
         "'range_test', the low end of the sweep (default 1e-6).",
     )
-    lr_max: float = Field(
+    lr_max: float | None = Field(
+        default=None,
         gt=0,
         description="Upper bound of the LR search. With lr_bounds 'range_test', the high "
         "end of the sweep (default 10).",
@@ -363,7 +218,7 @@ class StudyConfig(_Wire):
         "sets total_steps to the longest trajectory whose plan charges at most this; "
         "with both, the plan must fit in it.",
     )
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Default 0.")
 
     # At most 10**8 steps a stage: stage sizes are 32-bit columns in the store.
     tau0: int | None = Field(default=None, ge=2, le=10**8)
@@ -430,9 +285,9 @@ class StudyConfig(_Wire):
         default=None,
         description="How a candidate trains its window: 'constant' at its LR (the "
         "reference); 'anneal' at its LR, then down to 0 over the window's last fifth "
-        "(lr_shape 'wsd'), a miniature of the planned run with its final decay, so that a candidate is judged by the loss it "
-        "keeps once annealed (forecast 'window_end' reads it) and not by the noise floor "
-        "of a constant LR.",
+        "(lr_shape 'wsd'), a miniature of the planned run with its final decay, so "
+        "that a candidate is judged by the loss it keeps once annealed (forecast "
+        "'window_end' reads it) and not by the noise floor of a constant LR.",
     )
 
     lr_bounds: Literal["given", "range_test"] | None = Field(
@@ -447,77 +302,28 @@ class StudyConfig(_Wire):
 
     @field_validator("lr_min", "lr_max")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
             raise ValueError("must be a finite positive number")
         return v
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_from_preset(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = data.get("preset", "default")
-        if preset not in PRESETS:
-            raise ValueError(
-                f"unknown preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}"
-            )
-        filled = dict(data)
-        for key, value in PRESETS[preset].items():
-            if filled.get(key) is None:
-                filled[key] = value
-        if filled.get("lr_bounds") == "range_test":
-            # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
-            for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
-                if filled.get(key) is None:
-                    filled[key] = value
-        elif filled.get("lr_min") is None or filled.get("lr_max") is None:
-            raise ValueError(
-                "lr_min and lr_max are required: give the LR search range, or set "
-                "lr_bounds to 'range_test' to find it with a range test"
-            )
-        return filled
-
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
-        if self.lr_min >= self.lr_max:
-            raise ValueError(
-                f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g}): "
-                "swap them or widen the range"
-            )
-        if self.lr_max / self.lr_min > 1e12:
-            raise ValueError("the LR range spans more than 12 decades: narrow it")
-        assert self.tau0 is not None and self.tau_max is not None
-        if self.tau_max < self.tau0:
+        """What the given fields alone must satisfy; the server checks the rest once
+        the preset has filled in the others."""
+        if self.lr_min is not None and self.lr_max is not None:
+            if self.lr_min >= self.lr_max:
+                raise ValueError(
+                    f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g}): "
+                    "swap them or widen the range"
+                )
+            if self.lr_max / self.lr_min > 1e12:
+                raise ValueError("the LR range spans more than 12 decades: narrow it")
+        if self.tau0 is not None and self.tau_max is not None and self.tau_max < self.tau0:
             raise ValueError(f"tau_max ({self.tau_max}) must be at least tau0 ({self.tau0})")
-        assert self.explore_ratio is not None
         if self.decay_shape is LRShape.constant:
             raise ValueError("decay_shape cannot be 'constant': set decay_fraction to 0 instead")
-        if self.planner == "budget" and self.total_steps is not None:
-            assert self.budget_stages is not None and self.tau_growth is not None
-            first = budget_taus(
-                self.total_steps,
-                self.budget_stages,
-                self.tau_growth,
-                self.decay_fraction or 0.0,
-                self.explore_ratio,
-            )[0]
-            if round(first * self.explore_ratio) < 1:
-                raise ValueError(
-                    f"total_steps = {self.total_steps} leaves {first} steps before the "
-                    "decay, too few for an explore window: raise total_steps or "
-                    "explore_ratio, or lower decay_fraction"
-                )
-        if round(self.tau0 * self.explore_ratio) < 1:
-            raise ValueError(
-                f"tau0 * explore_ratio = {self.tau0 * self.explore_ratio:g} rounds to 0 "
-                "explore steps: raise tau0 or explore_ratio"
-            )
         return self
-
-    def resolved(self) -> dict[str, Any]:
-        """The JSON form of the resolved config (what the server stores and compares)."""
-        return self.model_dump(mode="json")
 
 
 class StudyCreate(_Wire):
@@ -537,8 +343,57 @@ class StudyCreate(_Wire):
 # --------------------------------------------------------------------------- segments
 
 
-class SegmentView(_Wire):
-    """One stretch of training the service hands out.
+class SegmentDecision(_Wire):
+    """What the tuner decided a segment trains: the one definition of a decision.
+
+    The tuner returns it, the store writes and reads it column by column, and every
+    view of a segment (:class:`SegmentView`, the export, replay's comparison) carries
+    exactly these fields: a new decision field is declared here once.
+    """
+
+    kind: SegmentKind
+    stage: int
+    index: int = Field(description="Candidate index within the stage (exploit: k).")
+    lr: float
+    steps: int
+    start_step: int = Field(description="Trajectory step at which the segment starts.")
+    horizon: int = Field(description="Stage length tau the forecast is made for.")
+    metric: Metric
+    report_every: int
+    restore: str | None = None
+    save_start: str | None = None
+    save_end: str | None = None
+    discard: Sequence[str] = ()
+    stop_above: float | None = None
+    lr_end: float | None = Field(
+        default=None, description="The LR the segment moves towards (None: constant)."
+    )
+    lr_shape: LRShape = Field(
+        default=LRShape.constant,
+        description="How the LR moves from lr to lr_end over the segment: set "
+        "lr_at(step) before every step when it is not constant.",
+    )
+    data_seed: int
+
+    def lr_at(self, step: int) -> float:
+        """The LR of step ``step`` (1-based within the segment)."""
+        return lr_at(self.lr, self.lr_end, self.lr_shape, step, self.steps)
+
+    def decision(self) -> SegmentDecision:
+        """The decision alone, from this or any subclass (a view, a stored record)."""
+        if type(self) is SegmentDecision:
+            return self
+        return SegmentDecision.model_validate(
+            {name: getattr(self, name) for name in DECISION_FIELDS}
+        )
+
+
+#: The fields of a decision, in their declared order.
+DECISION_FIELDS: tuple[str, ...] = tuple(SegmentDecision.model_fields)
+
+
+class SegmentView(SegmentDecision):
+    """One stretch of training the service hands out: a decision and its state.
 
     Before training: if ``restore`` is set, load that checkpoint; then if ``save_start``
     is set, save the current state under that name; then set the LR to ``lr`` on every
@@ -552,30 +407,7 @@ class SegmentView(_Wire):
     id: int
     study_id: int
     seq: int = Field(description="Position of the segment in its study, from 0.")
-    stage: int
-    index: int = Field(description="Candidate index within the stage (exploit: k).")
-    kind: SegmentKind
     status: SegmentStatus
-    lr: float
-    steps: int
-    start_step: int = Field(description="Trajectory step at which the segment starts.")
-    horizon: int = Field(description="Stage length tau the forecast is made for.")
-    metric: Metric
-    report_every: int
-    restore: str | None = None
-    save_start: str | None = None
-    save_end: str | None = None
-    discard: list[str] = Field(default_factory=list)
-    stop_above: float | None = None
-    lr_end: float | None = Field(
-        default=None, description="The LR the segment moves towards (None: constant)."
-    )
-    lr_shape: LRShape = Field(
-        default=LRShape.constant,
-        description="How the LR moves from lr to lr_end over the segment: set "
-        "lr_at(step) before every step when it is not constant.",
-    )
-    data_seed: int
     steps_done: int | None = None
     heartbeat_at: datetime | None = Field(
         default=None,
@@ -587,10 +419,6 @@ class SegmentView(_Wire):
         description="Open, with no sign of life for longer than the server's lease: the "
         "job may be gone; `next` hands it out again.",
     )
-
-    def lr_at(self, step: int) -> float:
-        """The LR of step ``step`` (1-based within the segment)."""
-        return lr_at(self.lr, self.lr_end, self.lr_shape, step, self.steps)
 
 
 class ObservationIn(_Wire):

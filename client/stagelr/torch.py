@@ -28,6 +28,7 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -64,7 +65,7 @@ class SegmentPlan(Protocol):
     def save_end(self) -> str | None: ...
 
     @property
-    def discard(self) -> list[str]: ...
+    def discard(self) -> Sequence[str]: ...
 
 
 class _Stateful(Protocol):

@@ -21,7 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from stagelr_service.store.config_fields import fill_study_configs, strip_study_configs
+try:
+    from stagelr_migrations.config_fields import fill_study_configs, strip_study_configs
+except ImportError:  # a checkout run without the package installed (PYTHONPATH=.)
+    from migrations.config_fields import fill_study_configs, strip_study_configs
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"

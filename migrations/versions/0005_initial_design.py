@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stagelr_service.store.config_fields import fill_study_configs, strip_study_configs
+try:
+    from stagelr_migrations.config_fields import fill_study_configs, strip_study_configs
+except ImportError:  # a checkout run without the package installed (PYTHONPATH=.)
+    from migrations.config_fields import fill_study_configs, strip_study_configs
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"

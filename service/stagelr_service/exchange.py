@@ -21,22 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stagelr.models import (
-    LEGACY_CONFIG,
-    LRShape,
-    Metric,
-    SegmentKind,
-    SegmentStatus,
-    StudyConfig,
-    StudyStatus,
-)
+from stagelr.models import Metric, SegmentDecision, SegmentStatus, StudyStatus
 
 from . import __version__
 from .errors import InputError
 from .store import Repository, Store
 from .store.records import StudyHistory
+from .tuner import LEGACY_CONFIG, ResolvedConfig, resolve
 
 __all__ = [
     "FORMAT",
@@ -58,7 +51,7 @@ FORMAT = "stagelr-studies"
 #: ``lr_end``/``lr_shape`` and the planner's config fields; version 3 the range test
 #: (segment kind ``range_test``, shape ``exponential``, config ``lr_bounds`` and
 #: ``range_test_*``); version 4 the config's ``initial_design``. An older file reads
-#: with :data:`stagelr.models.LEGACY_CONFIG` filled into its configs where they lack a
+#: with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs where they lack a
 #: field (a version 1 file's segments are constant-LR).
 VERSION = 4
 
@@ -88,26 +81,12 @@ class ExportedForecast(_Line):
     created_at: datetime
 
 
-class ExportedSegment(_Line):
+class ExportedSegment(SegmentDecision):
+    """A segment: its decision (every field of :class:`stagelr.models.SegmentDecision`),
+    its state, its observations and its forecast."""
+
     seq: int = Field(ge=0)
-    stage: int = Field(ge=0)
-    index: int = Field(ge=0)
-    kind: SegmentKind
     status: SegmentStatus
-    lr: float
-    steps: int
-    start_step: int
-    horizon: int
-    metric: Metric
-    report_every: int
-    restore: str | None
-    save_start: str | None
-    save_end: str | None
-    discard: list[str]
-    stop_above: float | None
-    lr_end: float | None = None
-    lr_shape: LRShape = LRShape.constant
-    data_seed: int
     steps_done: int | None
     fail_reason: str | None
     created_at: datetime
@@ -116,6 +95,19 @@ class ExportedSegment(_Line):
     #: (step, metric, value), sorted by step then metric
     observations: list[tuple[int, Metric, float]]
     forecast: ExportedForecast | None
+
+    @model_validator(mode="after")
+    def _placed(self) -> ExportedSegment:
+        for name in ("stage", "index"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"a segment's {name} cannot be negative")
+        return self
+
+
+#: What an exported segment takes from its stored record as it is.
+_RECORD_FIELDS = tuple(
+    name for name in ExportedSegment.model_fields if name not in ("observations", "forecast")
+)
 
 
 class ExportedStage(_Line):
@@ -142,36 +134,12 @@ class ExportedStudy(_Line):
 def exported_study(history: StudyHistory) -> ExportedStudy:
     """One stored study in the export format."""
     study = history.study
-    stage_index = {st.id: st.index for st in history.stages}
     segments = []
     for seg in history.segments:
         fc = history.forecasts.get(seg.id)
         segments.append(
             ExportedSegment(
-                seq=seg.seq,
-                stage=stage_index.get(seg.stage_id, seg.stage),
-                index=seg.index,
-                kind=seg.kind,
-                status=seg.status,
-                lr=seg.lr,
-                steps=seg.steps,
-                start_step=seg.start_step,
-                horizon=seg.horizon,
-                metric=seg.metric,
-                report_every=seg.report_every,
-                restore=seg.restore,
-                save_start=seg.save_start,
-                save_end=seg.save_end,
-                discard=list(seg.discard),
-                stop_above=seg.stop_above,
-                lr_end=seg.lr_end,
-                lr_shape=seg.lr_shape,
-                data_seed=seg.data_seed,
-                steps_done=seg.steps_done,
-                fail_reason=seg.fail_reason,
-                created_at=seg.created_at,
-                completed_at=seg.completed_at,
-                heartbeat_at=seg.heartbeat_at,
+                **{name: getattr(seg, name) for name in _RECORD_FIELDS},
                 observations=[
                     (o.step, o.metric, o.value) for o in history.observations.get(seg.id, ())
                 ],
@@ -283,7 +251,8 @@ def _check(study: ExportedStudy, number: int) -> None:
     """What the schema cannot say: the config resolves, seqs and stages are consistent."""
     where = f"line {number} ({study.project}/{study.name})"
     try:
-        StudyConfig.model_validate(study.config)
+        resolve(study.config)  # each field's bounds, as a request's
+        ResolvedConfig.stored(study.config)  # every field there
     except ValidationError as exc:
         raise InputError(f"{where}: the config is invalid ({_errors(exc)})") from None
     seqs = [s.seq for s in study.segments]

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 import stagelr
-from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyConfig, StudyStatus, lr_at
+from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyStatus, lr_at
 
 from . import tuner
-from .tuner import SegmentPlan, StudyEnd, Trial
+from .tuner import Decision, StudyEnd, Trial
 
 
 @dataclass
@@ -95,8 +95,8 @@ class SyntheticJob:
                 break
         return reports
 
-    def segment(self, plan: SegmentPlan | Any) -> tuple[list[tuple[int, float]], bool]:
-        """Train a segment, planned (:class:`SegmentPlan`) or handed out (a
+    def segment(self, plan: Decision | Any) -> tuple[list[tuple[int, float]], bool]:
+        """Train a segment, planned (:class:`Decision`) or handed out (a
         ``SegmentView``): its reports and whether it diverged."""
         if plan.kind is SegmentKind.range_test:
             assert plan.lr_end is not None
@@ -106,12 +106,12 @@ class SyntheticJob:
             plan.lr, plan.steps, plan.report_every, explore=explore, stop_above=plan.stop_above
         )
 
-    def run(self, plan: SegmentPlan, seq: int) -> Trial:
+    def run(self, plan: Decision, seq: int) -> Trial:
         """Train one planned segment and return it as the tuner's history records it."""
         reports, diverged = self.segment(plan)
         return Trial(
             seq=seq,
-            stage=plan.stage.index,
+            stage=plan.stage,
             index=plan.index,
             kind=plan.kind,
             lr=plan.lr,
@@ -126,14 +126,14 @@ class SyntheticJob:
 
 
 def simulate(
-    config: StudyConfig,
+    config: tuner.ResolvedConfig,
     optimizer: tuner.Optimizer,
     job: SyntheticJob | None = None,
     max_segments: int = 1000,
-) -> tuple[list[SegmentPlan], list[Trial], StudyEnd | None]:
+) -> tuple[list[Decision], list[Trial], StudyEnd | None]:
     """Drive the tuner with a synthetic job until the study ends (or max_segments)."""
     job = job or SyntheticJob()
-    plans: list[SegmentPlan] = []
+    plans: list[Decision] = []
     trials: list[Trial] = []
     for seq in range(max_segments):
         decision = tuner.next_segment(config, trials, optimizer)

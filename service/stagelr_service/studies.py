@@ -12,33 +12,26 @@ replicas, on SQLite and PostgreSQL alike, without holding a lock during the GP f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stagelr.models import (
-    CandidateView,
     CompleteRequest,
     FailRequest,
-    ForecastView,
     Metric,
     NextSegment,
     ObservationBatch,
     ObservationIn,
     ObservationsAccepted,
     ObservationView,
-    PlanStage,
-    PosteriorPoint,
     ReplayReport,
     SegmentKind,
     SegmentStatus,
     SegmentView,
     StageDetail,
-    StageSummary,
-    StudyConfig,
     StudyCreate,
     StudyList,
     StudyPlan,
@@ -56,108 +49,42 @@ from .errors import (
     SegmentClosedError,
 )
 from .forecast import Forecast
+from .history import (
+    finite,
+    history_view,
+    segment_view,
+    stage_detail,
+    study_plan,
+    study_view,
+    trial_of,
+    trials_of,
+    value_diverged,
+)
+from .replay import replay_study
 from .store import DuplicateSegmentError, Repository, Store
 from .store.records import (
-    ForecastRecord,
     ObservationRecord,
     SegmentRecord,
     StudyHistory,
     StudyRecord,
+    StudySummaryRecord,
 )
+from .tuner import ResolvedConfig
 
 #: Decisions one `next` call may attempt when racing requests keep winning.
 _NEXT_ATTEMPTS = 5
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+@dataclass(frozen=True)
+class StudyPage:
+    """The read model of one study's page (:meth:`StudyService.study_page`)."""
 
-
-def is_stale(seg: SegmentRecord, now: datetime | None, lease_seconds: float | None) -> bool:
-    """An open segment whose job has shown no sign of life for longer than the lease."""
-    if now is None or lease_seconds is None or seg.status is not SegmentStatus.open:
-        return False
-    last = seg.heartbeat_at or seg.created_at
-    return (now - last).total_seconds() > lease_seconds
-
-
-def segment_view(
-    seg: SegmentRecord, *, now: datetime | None = None, lease_seconds: float | None = None
-) -> SegmentView:
-    """The wire view of a segment; ``stale`` is computed when ``now`` and a lease are given."""
-    return SegmentView(
-        id=seg.id,
-        study_id=seg.study_id,
-        seq=seg.seq,
-        stage=seg.stage,
-        index=seg.index,
-        kind=seg.kind,
-        status=seg.status,
-        lr=seg.lr,
-        steps=seg.steps,
-        start_step=seg.start_step,
-        horizon=seg.horizon,
-        metric=seg.metric,
-        report_every=seg.report_every,
-        restore=seg.restore,
-        save_start=seg.save_start,
-        save_end=seg.save_end,
-        discard=list(seg.discard),
-        stop_above=seg.stop_above,
-        lr_end=seg.lr_end,
-        lr_shape=seg.lr_shape,
-        data_seed=seg.data_seed,
-        steps_done=seg.steps_done,
-        heartbeat_at=seg.heartbeat_at,
-        stale=is_stale(seg, now, lease_seconds),
-    )
-
-
-def stored_forecast(record: ForecastRecord | None) -> Forecast | None:
-    """A forecast as it was computed at completion (the store keeps non-finite as None)."""
-    if record is None:
-        return None
-    return Forecast(
-        prediction=math.nan if record.prediction is None else record.prediction,
-        std=math.nan if record.std is None else record.std,
-        status=record.status,
-        model=record.model,
-        params=dict(record.params),
-        n_points=record.n_points,
-    )
-
-
-def trial_of(
-    seg: SegmentRecord,
-    observations: Iterable[ObservationRecord],
-    forecast: Forecast | None = None,
-) -> tuner.Trial:
-    """One segment as the tuner sees it: its own metric's losses, by step."""
-    return tuner.Trial(
-        seq=seg.seq,
-        stage=seg.stage,
-        index=seg.index,
-        kind=seg.kind,
-        lr=seg.lr,
-        steps=seg.steps,
-        status=seg.status,
-        steps_done=seg.steps_done,
-        metric=seg.metric,
-        observations=tuple((o.step, o.value) for o in observations if o.metric is seg.metric),
-        forecast=forecast,
-    )
-
-
-def trials_of(history: StudyHistory) -> list[tuner.Trial]:
-    """The study's segments as the tuner sees them, with the forecasts stored for them."""
-    return [
-        trial_of(
-            seg,
-            history.observations.get(seg.id, ()),
-            stored_forecast(history.forecasts.get(seg.id)),
-        )
-        for seg in history.segments
-    ]
+    summary: StudySummaryRecord
+    study: StudyView
+    history: StudyHistory
+    #: each stage's detail, in stage order
+    stages: list[StageDetail]
+    plan: StudyPlan
 
 
 class ServiceMetrics(Protocol):
@@ -214,7 +141,7 @@ class StudyService:
                 f"in {scope!r} (or leave the project out), or use a token of {name!r}"
             )
         try:
-            config = tuner.fit_charged_budget(request.config).resolved()
+            config = tuner.fit_charged_budget(tuner.resolve(request.config)).to_stored()
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         with self.store.transaction() as repo:
@@ -257,11 +184,25 @@ class StudyService:
             if project is not None and project != scope:
                 return StudyList(studies=[], total=0)  # other projects are invisible
             project = scope
+        # One transaction, five statements whatever the page size: the page and its
+        # count, then every listed study's stages, segments and best loss at once.
         with self.store.transaction(read_only=True) as repo:
             records, total = repo.list_studies(
                 project=project, status=status, limit=limit, offset=offset
             )
-            views = [self._study_view(self._history(repo, r.id)) for r in records]
+            stages, segments, best = repo.studies_children([r.id for r in records])
+        now = self.store.now()
+        views = [
+            study_view(
+                r,
+                stages[r.id],
+                segments[r.id],
+                best[r.id],
+                now=now,
+                lease_seconds=self.lease_seconds,
+            )
+            for r in records
+        ]
         return StudyList(studies=views, total=total)
 
     def stop_study(self, study_id: int, *, scope: str | None = None) -> StudyView:
@@ -270,6 +211,56 @@ class StudyService:
             if study.status is StudyStatus.running:
                 repo.set_study_status(study_id, StudyStatus.stopped, "stopped by request")
             return self._study_view(self._history(repo, study_id))
+
+    def study_summaries(
+        self,
+        *,
+        lease_seconds: float,
+        scope: str | None = None,
+        status: str | None = None,
+        study_id: int | None = None,
+        sort: str = "updated",
+        descending: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StudySummaryRecord], int]:
+        """One page of the dashboard's study list and how many studies match
+        (:meth:`Repository.study_summaries`: two statements whatever the page size)."""
+        with self.store.transaction(read_only=True) as repo:
+            return repo.study_summaries(
+                lease_seconds=lease_seconds,
+                project=scope,
+                status=status,
+                study_id=study_id,
+                sort=sort,
+                descending=descending,
+                limit=limit,
+                offset=offset,
+            )
+
+    def study_page(
+        self, study_id: int, *, lease_seconds: float, scope: str | None = None
+    ) -> StudyPage:
+        """Everything the dashboard's study page shows, read in one transaction of a
+        fixed number of statements (the study's list row, then its history), whatever
+        its number of stages; computed outside it. NotFoundError outside the scope."""
+        with self.store.transaction(read_only=True) as repo:
+            found, _ = repo.study_summaries(
+                lease_seconds=lease_seconds, project=scope, study_id=study_id, limit=1
+            )
+            history = repo.history(study_id) if found else None
+        if not found or history is None:
+            raise NotFoundError(f"no study {study_id}: see the list of studies")
+        trials = trials_of(history)
+        return StudyPage(
+            summary=found[0],
+            study=self._study_view(history),
+            history=history,
+            stages=[
+                stage_detail(history, st.index, self.optimizer, trials) for st in history.stages
+            ],
+            plan=study_plan(history, trials),
+        )
 
     # ------------------------------------------------------------------ segments
 
@@ -307,7 +298,7 @@ class StudyService:
                 return None  # closed meanwhile by a racing request: read again
             return NextSegment(status=study.status, segment=self._view(beating))
 
-        config = StudyConfig.model_validate(study.config)
+        config = ResolvedConfig.stored(study.config)
         plan = tuner.next_segment(config, trials_of(history), self.optimizer)
         next_seq = history.segments[-1].seq + 1 if history.segments else 0
 
@@ -322,32 +313,12 @@ class StudyService:
                     return None  # another request decided first
                 repo.set_study_status(study_id, plan.status, plan.reason)
                 return NextSegment(status=plan.status, segment=None)
-            geometry = plan.stage
+            geometry = plan.geometry
             stage = repo.get_or_create_stage(
                 study_id, geometry.index, geometry.tau, geometry.tau_explore, geometry.start_step
             )
             try:
-                segment = repo.insert_segment(
-                    study_id=study_id,
-                    stage_id=stage.id,
-                    seq=next_seq,
-                    index=plan.index,
-                    kind=plan.kind,
-                    lr=plan.lr,
-                    steps=plan.steps,
-                    start_step=plan.start_step,
-                    horizon=plan.horizon,
-                    metric=plan.metric,
-                    report_every=plan.report_every,
-                    restore=plan.restore,
-                    save_start=plan.save_start,
-                    save_end=plan.save_end,
-                    discard=list(plan.discard),
-                    stop_above=plan.stop_above,
-                    data_seed=plan.data_seed,
-                    lr_end=plan.lr_end,
-                    lr_shape=plan.lr_shape,
-                )
+                segment = repo.insert_segment(study_id, stage.id, next_seq, plan)
             except DuplicateSegmentError:
                 return None
             if plan.kind is SegmentKind.exploit:
@@ -453,7 +424,7 @@ class StudyService:
                     return self._view(segment)
             elif segment.status is SegmentStatus.open:
                 stored = repo.observations_of_segment(segment_id)
-                config = StudyConfig.model_validate(self._study(repo, segment.study_id).config)
+                config = ResolvedConfig.stored(self._study(repo, segment.study_id).config)
                 merged = _merged(stored, segment.metric, request.observations)
                 if merged is not None:
                     expected = len(merged)
@@ -471,7 +442,7 @@ class StudyService:
             # Stored observations never change, only grow: a count tells whether any landed.
             current = repo.observations_of_segment(segment_id)
             if closing is None or len(current) != expected:
-                config = StudyConfig.model_validate(study.config)
+                config = ResolvedConfig.stored(study.config)
                 closing = self._closing(segment, request, current, config)
             status, steps_done, forecast = closing
             updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
@@ -479,8 +450,8 @@ class StudyService:
                 repo.upsert_forecast(
                     segment_id,
                     model=forecast.model,
-                    prediction=_finite(forecast.prediction),
-                    std=_finite(forecast.std),
+                    prediction=finite(forecast.prediction),
+                    std=finite(forecast.std),
                     status=forecast.status,
                     params=dict(forecast.params),
                     n_points=forecast.n_points,
@@ -497,7 +468,7 @@ class StudyService:
         segment: SegmentRecord,
         request: CompleteRequest,
         observations: Sequence[ObservationRecord],
-        config: StudyConfig,
+        config: ResolvedConfig,
     ) -> tuple[SegmentStatus, int, Forecast | None]:
         """How a completion closes ``segment``: status, steps done, and (explore) forecast.
 
@@ -520,7 +491,7 @@ class StudyService:
             if o.metric is segment.metric
         )
         status = SegmentStatus.diverged if diverged else SegmentStatus.completed
-        closed = dataclasses.replace(segment, status=status, steps_done=steps_done)
+        closed = segment.model_copy(update={"status": status, "steps_done": steps_done})
         trial = trial_of(closed, observations)
         return status, steps_done, tuner.forecast_trial(config, trial, segment.horizon)
 
@@ -549,49 +520,7 @@ class StudyService:
         """A stage's search: each candidate's losses and forecast, and the GP posterior."""
         with self.store.transaction(read_only=True) as repo:
             history = self._history(repo, study_id, scope)
-        trials = trials_of(history)
-        config = tuner.search_config(StudyConfig.model_validate(history.study.config), trials)
-        geometries = tuner.stage_geometries(config, trials)
-        if not 0 <= index < len(geometries):
-            raise NotFoundError(
-                f"study {study_id} has no stage {index} yet (it has {len(geometries)})"
-            )
-        geometry = geometries[index]
-        stage_trials = [t for t in trials if t.stage == index]
-        analysis = tuner.analyze_stage(config, geometry, stage_trials)
-        posterior = (
-            tuner.stage_posterior(config, analysis, self.optimizer) if geometry.search else []
-        )
-        segments = {s.seq: s for s in history.segments}
-        candidates = []
-        analysed = {c.trial.seq: c for c in analysis.candidates}
-        for trial in stage_trials:
-            if trial.kind is not SegmentKind.explore:
-                continue
-            seg = segments[trial.seq]
-            cand = analysed.get(trial.seq)
-            candidates.append(
-                CandidateView(
-                    segment_id=seg.id,
-                    index=trial.index,
-                    lr=trial.lr,
-                    status=trial.status,
-                    steps_done=trial.steps_done,
-                    forecast=_forecast_view(cand.forecast) if cand else None,
-                    objective=_finite(cand.objective) if cand else None,
-                    observations=[(s, v) for s, v in trial.observations if math.isfinite(v)],
-                )
-            )
-        return StageDetail(
-            study_id=study_id,
-            index=index,
-            tau=geometry.tau,
-            tau_explore=geometry.tau_explore,
-            start_step=geometry.start_step,
-            chosen_lr=analysis.chosen_lr,
-            candidates=candidates,
-            posterior=[PosteriorPoint(lr=lr, mean=m, std=s) for lr, m, s in posterior],
-        )
+        return stage_detail(history, index, self.optimizer)
 
     # ------------------------------------------------------------------ replay
 
@@ -608,8 +537,6 @@ class StudyService:
         The optimizer's lock is taken per GP call (milliseconds), never for the whole
         replay, so live decisions interleave with a replay instead of waiting for it.
         """
-        from .replay import replay_study  # the replay package imports this module
-
         return replay_study(self.store, study_id, self.optimizer, overrides, scope=scope)
 
     # ------------------------------------------------------------------ helpers
@@ -655,115 +582,7 @@ class StudyService:
         return self._segment(repo, segment_id), study
 
     def _study_view(self, history: StudyHistory) -> StudyView:
-        study = history.study
-        trajectory = charged = 0
-        best: float | None = None
-        schedule: list[tuple[int, float]] = []
-        # A training segment that continues a candidate starts after the candidate's
-        # steps; its LR holds from the stage's start.
-        stage_start = {st.index: st.start_step for st in history.stages}
-        for seg in history.segments:
-            done = trained_steps(seg)
-            charged += done
-            if seg.kind is SegmentKind.exploit:
-                schedule.append((stage_start.get(seg.stage, seg.start_step), seg.lr))
-                if seg.status is SegmentStatus.completed:
-                    # A training segment may continue a candidate (continue_best): the
-                    # trajectory ends where the last one ended.
-                    trajectory = max(trajectory, seg.start_step + done)
-                for o in history.observations.get(seg.id, ()):
-                    if o.metric is seg.metric and math.isfinite(o.value):
-                        best = o.value if best is None else min(best, o.value)
-        counts: dict[int, int] = {}
-        for seg in history.segments:
-            if seg.kind is SegmentKind.explore:
-                counts[seg.stage] = counts.get(seg.stage, 0) + 1
-        stages = [
-            StageSummary(
-                index=st.index,
-                tau=st.tau,
-                tau_explore=st.tau_explore,
-                start_step=st.start_step,
-                status=st.status,
-                chosen_lr=st.chosen_lr,
-                candidates=counts.get(st.index, 0),
-            )
-            for st in history.stages
-        ]
-        open_seg = next((s for s in history.segments if s.status is SegmentStatus.open), None)
-        open_view = self._view(open_seg) if open_seg else None
-        return StudyView(
-            id=study.id,
-            project=study.project,
-            name=study.name,
-            status=study.status,
-            config=StudyConfig.model_validate(study.config),
-            created_at=study.created_at,
-            updated_at=study.updated_at,
-            trajectory_steps=trajectory,
-            charged_steps=charged,
-            best_loss=best,
-            stages=stages,
-            schedule=schedule,
-            open_segment=open_view,
-            stalled=study.status is StudyStatus.running
-            and open_view is not None
-            and open_view.stale,
-        )
-
-
-def trained_steps(seg: SegmentRecord) -> int:
-    """Steps a segment charged: none while open; all of them when closed without a
-    count (a completion never reports more than the segment's steps)."""
-    if seg.status is SegmentStatus.open:
-        return 0
-    return seg.steps if seg.steps_done is None else seg.steps_done
-
-
-def study_plan(history: StudyHistory) -> StudyPlan:
-    """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
-    chosen LR from the history."""
-    config = StudyConfig.model_validate(history.study.config)
-    planned, open_ended = tuner.plan_stages(config)
-    charge: dict[int, int] = {}
-    for seg in history.segments:
-        charge[seg.stage] = charge.get(seg.stage, 0) + trained_steps(seg)
-    actual = {st.index: st for st in history.stages}
-    stages = []
-    for p in planned:
-        g = p.geometry
-        record = actual.get(g.index)
-        stages.append(
-            PlanStage(
-                index=g.index,
-                start_step=g.start_step,
-                tau=g.tau,
-                tau_explore=g.tau_explore,
-                candidates=p.candidates,
-                kind=p.kind,
-                planned_charge=p.charge,
-                status=record.status if record is not None else "planned",
-                actual_charge=charge.get(g.index, 0),
-                chosen_lr=record.chosen_lr if record is not None else None,
-            )
-        )
-    assert config.planner is not None
-    bounds: tuple[float, float] | None = (config.lr_min, config.lr_max)
-    if config.lr_bounds == "range_test":
-        searched = tuner.search_config(config, trials_of(history))
-        tested = searched is not config
-        bounds = (searched.lr_min, searched.lr_max) if tested else None
-    return StudyPlan(
-        study_id=history.study.id,
-        planner=config.planner,
-        total_steps=config.total_steps,
-        open_ended=open_ended,
-        planned_charge=sum(p.charge for p in planned),
-        actual_charge=sum(charge.values()),
-        range_test_steps=tuner.range_test_charge(config),
-        lr_bounds=bounds,
-        stages=stages,
-    )
+        return history_view(history, now=self.store.now(), lease_seconds=self.lease_seconds)
 
 
 def _merged(
@@ -802,22 +621,3 @@ def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]
                 f"{what}; send each metric's steps in increasing order, one value per step"
             )
         last[metric] = step
-
-
-def value_diverged(value: float, stop_above: float | None) -> bool:
-    """A reported loss that ends an explore segment or a range test: NaN, inf, or above
-    its threshold."""
-    if not math.isfinite(value):
-        return True
-    return stop_above is not None and value > stop_above
-
-
-def _forecast_view(fc: Forecast) -> ForecastView:
-    return ForecastView(
-        prediction=_finite(fc.prediction),
-        std=_finite(fc.std),
-        status=fc.status,
-        model=fc.model,
-        params={k: float(v) for k, v in fc.params.items() if math.isfinite(v)},
-        n_points=fc.n_points,
-    )

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from stagelr.models import SegmentKind, SegmentStatus, StageDetail, StudyConfig
+from stagelr.models import SegmentKind, SegmentStatus, StageDetail
 
 from ..forecast import forecast_curve
 from ..store.records import ObservationRecord, SegmentRecord, StageRecord
+from ..tuner import ResolvedConfig
 from .plots import Figure, fmt_number, nice_domain
 
 __all__ = ["fits_chart", "loss_chart", "lr_schedule_chart", "posterior_chart", "sparkline"]
@@ -58,7 +59,7 @@ def _loss_axis(focus: Sequence[float], rest: Sequence[float]) -> tuple[tuple[flo
 
 
 def _x_end(
-    config: StudyConfig, segments: Sequence[SegmentRecord], stages: Sequence[StageRecord]
+    config: ResolvedConfig, segments: Sequence[SegmentRecord], stages: Sequence[StageRecord]
 ) -> float:
     ends = [float(config.total_steps or 0)]
     ends += [float(s.start_step + s.tau) for s in stages]
@@ -67,7 +68,7 @@ def _x_end(
 
 
 def lr_schedule_chart(
-    config: StudyConfig,
+    config: ResolvedConfig,
     segments: Sequence[SegmentRecord],
     stages: Sequence[StageRecord],
     forecasts: Mapping[int, float | None] | None = None,
@@ -93,7 +94,7 @@ def lr_schedule_chart(
     for seg in exploits:
         line += [(seg.start_step, seg.lr), (seg.start_step + seg.steps, seg.lr)]
     fig.polyline(line, "schedule")
-    k = max(config.k or 1, 1)
+    k = max(config.k, 1)
     forecasts = forecasts or {}
     for seg in segments:
         if seg.kind is not SegmentKind.explore:
@@ -136,7 +137,7 @@ def _own_losses(
 
 
 def loss_chart(
-    config: StudyConfig,
+    config: ResolvedConfig,
     segments: Sequence[SegmentRecord],
     stages: Sequence[StageRecord],
     observations: Mapping[int, Sequence[ObservationRecord]],
@@ -196,7 +197,7 @@ def loss_chart(
     return fig.render()
 
 
-def posterior_chart(config: StudyConfig, detail: StageDetail) -> Markup:
+def posterior_chart(config: ResolvedConfig, detail: StageDetail) -> Markup:
     """A stage's BO picture over log-LR: the GP posterior mean with a two-sigma band,
     the candidates at the value the GP saw (their forecast, error bar one sd), and the
     chosen LR."""

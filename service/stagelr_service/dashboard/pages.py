@@ -1,4 +1,4 @@
-"""What each dashboard page shows, read from the store and the study service.
+"""What each dashboard page shows, read through the study service's read models.
 
 The pages read through the same doors as the HTTP API: the study service for a study,
 its stages and their GP posteriors (the project scope applied there), and one repository
@@ -20,14 +20,14 @@ from stagelr.models import (
     SegmentKind,
     SegmentStatus,
     StageDetail,
-    StudyConfig,
     StudyPlan,
     StudyView,
 )
 
 from ..errors import InputError, NotFoundError
 from ..store.records import StageRecord, StudySummaryRecord
-from ..studies import StudyService, study_plan
+from ..studies import StudyService
+from ..tuner import ResolvedConfig
 from . import charts
 from .plots import fmt_number
 
@@ -144,16 +144,15 @@ def load_list(
     service: StudyService, lease_seconds: float, scope: str | None, query: ListQuery
 ) -> ListPage:
     """One page of the study list (``scope``: the only project shown; None: all)."""
-    with service.store.transaction(read_only=True) as repo:
-        summaries, total = repo.study_summaries(
-            lease_seconds=lease_seconds,
-            project=scope,
-            status=query.status,
-            sort=query.sort,
-            descending=query.order == "desc",
-            limit=query.per_page,
-            offset=(query.page - 1) * query.per_page,
-        )
+    summaries, total = service.study_summaries(
+        lease_seconds=lease_seconds,
+        scope=scope,
+        status=query.status,
+        sort=query.sort,
+        descending=query.order == "desc",
+        limit=query.per_page,
+        offset=(query.page - 1) * query.per_page,
+    )
     rows = [ListRow(s, shown_status(s), charts.sparkline(s.schedule, s.config)) for s in summaries]
     return ListPage(query=query, rows=rows, total=total)
 
@@ -166,10 +165,9 @@ def load_summary(
 ) -> StudySummaryRecord:
     """The study's list row (status with stalling, best loss, stage); NotFoundError if
     there is no such study in the scope."""
-    with service.store.transaction(read_only=True) as repo:
-        found, _ = repo.study_summaries(
-            lease_seconds=lease_seconds, project=scope, study_id=study_id, limit=1
-        )
+    found, _ = service.study_summaries(
+        lease_seconds=lease_seconds, scope=scope, study_id=study_id, limit=1
+    )
     if not found:
         raise NotFoundError(f"no study {study_id}: see the list of studies")
     return found[0]
@@ -237,7 +235,7 @@ def _candidate_rows(detail: StageDetail) -> list[CandidateRow]:
     return rows
 
 
-def _config_rows(config: StudyConfig) -> list[tuple[str, str]]:
+def _config_rows(config: ResolvedConfig) -> list[tuple[str, str]]:
     def text(value: Any) -> str:
         if value is None:
             return "–"
@@ -253,14 +251,9 @@ def load_study(
     service: StudyService, lease_seconds: float, scope: str | None, study_id: int
 ) -> StudyPage:
     """Everything the study page shows; NotFoundError outside the scope."""
-    summary = load_summary(service, lease_seconds, scope, study_id)
-    study = service.get_study(study_id, scope=scope)
-    with service.store.transaction(read_only=True) as repo:
-        history = repo.history(study_id)
-    if history is None:
-        raise NotFoundError(f"no study {study_id}: see the list of studies")
-    config = study.config
-    details = [service.stage_detail(study_id, st.index, scope=scope) for st in history.stages]
+    read = service.study_page(study_id, lease_seconds=lease_seconds, scope=scope)
+    summary, study, history, details = read.summary, read.study, read.history, read.stages
+    config = ResolvedConfig.stored(history.study.config)
     forecasts = {
         c.segment_id: c.forecast.prediction
         for d in details
@@ -312,5 +305,5 @@ def load_study(
             config, history.segments, history.stages, history.observations
         ),
         stages=list(reversed(stages)),  # the stage being searched now first
-        plan=study_plan(history),
+        plan=read.plan,
     )

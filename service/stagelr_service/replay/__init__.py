@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stagelr.models import ReplayReport
+from stagelr.models import DECISION_FIELDS, ReplayReport
 
 from .. import tuner
 from ..errors import NotFoundError
 from ..store import Store
-from ._verify import DECISION_FIELDS, verify_history
+from ._verify import verify_history
 from ._whatif import ESTIMATED, WHAT_IF_KEYS, parse_overrides, what_if_config, what_if_history
 
 __all__ = [

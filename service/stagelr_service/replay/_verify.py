@@ -16,59 +16,32 @@ from enum import Enum
 from typing import Any
 
 from stagelr.models import (
+    DECISION_FIELDS,
     ReplayCandidate,
     ReplayMismatch,
     ReplayReport,
     SegmentKind,
     SegmentStatus,
     StageReplay,
-    StudyConfig,
     StudyStatus,
 )
 
 from .. import tuner
 from ..forecast import Forecast
+from ..history import trials_of
 from ..store.records import SegmentRecord, StudyHistory
-from ..studies import trials_of
 from ._common import decades, finite, forecast_fields, mismatch, summarize_stages
 
 __all__ = ["verify_history"]
-
-#: The fields of a segment that are the tuner's decision, in the order they are reported.
-DECISION_FIELDS = (
-    "kind",
-    "stage",
-    "index",
-    "lr",
-    "steps",
-    "start_step",
-    "horizon",
-    "metric",
-    "report_every",
-    "restore",
-    "save_start",
-    "save_end",
-    "discard",
-    "stop_above",
-    "lr_end",
-    "lr_shape",
-    "data_seed",
-)
 
 
 def _plain(value: Any) -> Any:
     """A JSON-friendly form of a decision field."""
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return list(value)
     return value
-
-
-def _planned(plan: tuner.SegmentPlan, field: str) -> Any:
-    if field == "stage":
-        return plan.stage.index
-    return _plain(getattr(plan, field))
 
 
 #: Forecast numbers within this relative distance count as the same. The fit is an
@@ -89,7 +62,7 @@ def _same(recorded: object, replayed: object) -> bool:
 
 
 def _compare_decision(
-    seg: SegmentRecord, plan: tuner.SegmentPlan | tuner.StudyEnd
+    seg: SegmentRecord, plan: tuner.Decision | tuner.StudyEnd
 ) -> list[ReplayMismatch]:
     if isinstance(plan, tuner.StudyEnd):
         return [
@@ -99,7 +72,7 @@ def _compare_decision(
         ]
     out = []
     for field in DECISION_FIELDS:
-        recorded, replayed = _plain(getattr(seg, field)), _planned(plan, field)
+        recorded, replayed = _plain(getattr(seg, field)), _plain(getattr(plan, field))
         if recorded != replayed:
             out.append(mismatch(seg.stage, seg.seq, field, recorded, replayed))
     return out
@@ -108,11 +81,11 @@ def _compare_decision(
 def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayReport:
     """Replay every decision of one stored study with its stored config; see the module."""
     study = history.study
-    config = StudyConfig.model_validate(study.config)
+    config = tuner.ResolvedConfig.stored(study.config)
     trials = trials_of(history)
     segments = history.segments
     mismatches: list[ReplayMismatch] = []
-    plans: dict[int, tuner.SegmentPlan] = {}
+    plans: dict[int, tuner.Decision] = {}
     decisions = 0
 
     for cut, seg in enumerate(segments):
@@ -124,7 +97,7 @@ def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayR
         plan = tuner.next_segment(config, trials[:cut], optimizer)
         decisions += 1
         mismatches.extend(_compare_decision(seg, plan))
-        if isinstance(plan, tuner.SegmentPlan):
+        if isinstance(plan, tuner.Decision):
             plans[seg.seq] = plan
 
     ended = study.status in (StudyStatus.completed, StudyStatus.failed)
@@ -183,9 +156,9 @@ def verify_history(history: StudyHistory, optimizer: tuner.Optimizer) -> ReplayR
 
 def _stage_replays(
     history: StudyHistory,
-    config: StudyConfig,
+    config: tuner.ResolvedConfig,
     trials: list[tuner.Trial],
-    plans: dict[int, tuner.SegmentPlan],
+    plans: dict[int, tuner.Decision],
     recomputed: dict[int, Forecast],
     mismatches: list[ReplayMismatch],
 ) -> list[StageReplay]:

@@ -34,14 +34,13 @@ from stagelr.models import (
     SegmentKind,
     SegmentStatus,
     StageReplay,
-    StudyConfig,
 )
 
 from .. import tuner
 from ..errors import InputError
 from ..forecast import Forecast
+from ..history import trials_of
 from ..store.records import StudyHistory
-from ..studies import trials_of
 from ._common import decades, finite, summarize_stages
 
 __all__ = ["ESTIMATED", "WHAT_IF_KEYS", "parse_overrides", "what_if_config", "what_if_history"]
@@ -86,9 +85,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def what_if_config(stored: Mapping[str, Any], overrides: Mapping[str, Any]) -> StudyConfig:
+def what_if_config(stored: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuner.ResolvedConfig:
     """The stored config with ``overrides``, validated; InputError naming the fix."""
-    fields = set(StudyConfig.model_fields)
+    fields = set(tuner.ResolvedConfig.model_fields)
     for key in overrides:
         if key not in fields:
             raise InputError(
@@ -100,7 +99,7 @@ def what_if_config(stored: Mapping[str, Any], overrides: Mapping[str, Any]) -> S
                 f"a what-if may set {', '.join(WHAT_IF_KEYS)}"
             )
     try:
-        return StudyConfig.model_validate({**stored, **overrides})
+        return tuner.resolve({**stored, **overrides})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
@@ -113,7 +112,7 @@ class _Estimator:
 
     def __init__(
         self,
-        config: StudyConfig,
+        config: tuner.ResolvedConfig,
         geometry: tuner.StageGeometry,
         recorded: Sequence[tuner.Trial],
         optimizer: tuner.Optimizer,
@@ -131,7 +130,7 @@ class _Estimator:
         )
 
     def __call__(self, lr: float) -> Forecast:
-        model = str(self._config.forecast.value if self._config.forecast else "")
+        model = self._config.forecast.value
         if not self._x:  # nothing ran in this stage: nothing to estimate from
             return Forecast(math.nan, math.nan, ESTIMATED, model, {}, 0)
         x = tuner.to_unit(self._config, lr)
@@ -145,7 +144,7 @@ def what_if_history(
 ) -> ReplayReport:
     """Replay one stored study under its config with ``overrides``; see the module."""
     study = history.study
-    stored_config = StudyConfig.model_validate(study.config)
+    stored_config = tuner.ResolvedConfig.stored(study.config)
     config = what_if_config(study.config, overrides)
     recorded_trials = trials_of(history)
     geometries = tuner.stage_geometries(stored_config, recorded_trials)
@@ -172,7 +171,7 @@ def what_if_history(
         for _ in range((config.k or 0) + 3):
             plan = tuner.next_segment(config, replayed, optimizer)
             decisions += 1
-            if isinstance(plan, tuner.StudyEnd) or plan.stage.index != index:
+            if isinstance(plan, tuner.StudyEnd) or plan.stage != index:
                 break
             seq = len(replayed)
             if plan.kind is SegmentKind.range_test:

@@ -1,8 +1,9 @@
 """Plain, frozen records the repository returns.
 
 Records carry no session and no lazy loading, so they can cross thread and transaction
-boundaries freely. Enum columns come back as the wire enums of :mod:`stagelr.models`;
-datetimes are timezone-aware UTC.
+boundaries freely. A segment's record is its decision
+(:class:`stagelr.models.SegmentDecision`) plus the row's own fields. Enum columns come
+back as the wire enums of :mod:`stagelr.models`; datetimes are timezone-aware UTC.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
+from stagelr.models import Metric, SegmentDecision, SegmentStatus, StudyStatus
 
 __all__ = [
     "ForecastRecord",
@@ -76,38 +77,22 @@ class StageRecord:
     chosen_lr: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentRecord:
-    """One segment; ``stage`` is its stage's index (``stage_id`` the stage's row id)."""
+class SegmentRecord(SegmentDecision):
+    """One stored segment: its decision (every field of
+    :class:`stagelr.models.SegmentDecision`; ``stage`` is its stage's index) and the row's
+    own fields (``stage_id`` is the stage's row id)."""
 
     id: int
     study_id: int
     stage_id: int
-    stage: int
     seq: int
-    index: int
-    kind: SegmentKind
     status: SegmentStatus
-    lr: float
-    steps: int
-    start_step: int
-    horizon: int
-    metric: Metric
-    report_every: int
-    restore: str | None
-    save_start: str | None
-    save_end: str | None
-    discard: tuple[str, ...]
-    stop_above: float | None
-    data_seed: int
     steps_done: int | None
     fail_reason: str | None
     created_at: datetime
     completed_at: datetime | None
     #: Last sign of life from the job (None only for rows written before migration 0002).
     heartbeat_at: datetime | None = None
-    lr_end: float | None = None
-    lr_shape: LRShape = LRShape.constant
 
 
 class ObservationRecord(NamedTuple):

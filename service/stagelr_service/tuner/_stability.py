@@ -23,27 +23,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stagelr.models import StudyConfig
-
 from ._types import CandidateAnalysis
+from .config import ResolvedConfig
 
 #: How far below the lowest unstable LR the search stays (a factor on the LR).
 STABILITY_MARGIN = 0.5
 
 
-def window_unstable(config: StudyConfig, candidate: CandidateAnalysis) -> bool:
+def window_unstable(config: ResolvedConfig, candidate: CandidateAnalysis) -> bool:
     """Whether the candidate's window diverged, spiked, or ended above its start."""
     if candidate.diverged:
         return True
     values = np.asarray([v for _, v in candidate.trial.observations], dtype=np.float64)
     if values.size == 0 or not np.all(np.isfinite(values)):
         return True
-    assert config.divergence_factor is not None
     first, last = float(values[0]), float(values[-1])
     return float(np.max(values)) > config.divergence_factor * first or last > first
 
 
-def stability_cap(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -> float:
+def stability_cap(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> float:
     """The highest LR the search may propose or choose: ``STABILITY_MARGIN`` times the
     lowest unstable candidate's LR, or ``lr_max`` when none was unstable (or the probes
     are constant-LR windows, whose noise floor does this job)."""
@@ -55,7 +53,7 @@ def stability_cap(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) 
     return min(config.lr_max, STABILITY_MARGIN * min(edges))
 
 
-def unit_cap(config: StudyConfig, cap: float) -> float:
+def unit_cap(config: ResolvedConfig, cap: float) -> float:
     """The cap in the optimizer's units (normalized log-LR; below lr_min: 0)."""
     if cap >= config.lr_max:
         return 1.0

@@ -37,10 +37,7 @@ from stagelr.models import (
     SegmentKind,
     SegmentStatus,
     Selection,
-    StudyConfig,
     StudyStatus,
-    budget_taus,
-    decay_steps,
     lr_at,
 )
 
@@ -48,14 +45,15 @@ from ..forecast import Forecast, forecast
 from ._stability import stability_cap, unit_cap
 from ._types import (
     CandidateAnalysis,
+    Decision,
     Optimizer,
     PlannedStage,
-    SegmentPlan,
     StageAnalysis,
     StageGeometry,
     StudyEnd,
     Trial,
 )
+from .config import ResolvedConfig, budget_taus, decay_steps
 
 #: The reference's replacement for a diverged candidate's loss.
 REFERENCE_PENALTY = 1e6
@@ -77,10 +75,8 @@ RANGE_TEST_MIN_POINTS = 5
 # --------------------------------------------------------------------------- geometry
 
 
-def nominal_tau(config: StudyConfig, index: int) -> int:
+def nominal_tau(config: ResolvedConfig, index: int) -> int:
     """Stage length before the budget clips it: tau0 * growth**index, capped at tau_max."""
-    assert config.tau0 is not None and config.tau_max is not None
-    assert config.tau_growth is not None
     tau = float(config.tau0)
     for _ in range(index):
         tau *= config.tau_growth
@@ -90,7 +86,7 @@ def nominal_tau(config: StudyConfig, index: int) -> int:
 
 
 def stage_geometry(
-    config: StudyConfig, index: int, start_step: int, has_previous_lr: bool
+    config: ResolvedConfig, index: int, start_step: int, has_previous_lr: bool
 ) -> StageGeometry | None:
     """The size and reporting cadence of stage ``index``; None when the budget is spent.
 
@@ -99,10 +95,8 @@ def stage_geometry(
     clipped stage under half its nominal length trains on without a search); ``hold``
     has the same stages but, with a decay, searches only the first; the
     ``budget`` planner splits the steps before the decay into ``budget_stages`` stages
-    (:func:`stagelr.models.budget_taus`), each with a search.
+    (:func:`budget_taus`), each with a search.
     """
-    assert config.explore_ratio is not None
-    assert config.reports_per_explore is not None and config.reports_per_exploit is not None
     total = config.total_steps
     train_end = None if total is None else total - decay_steps(total, config.decay_fraction)
     if total is not None and start_step >= total:
@@ -113,13 +107,12 @@ def stage_geometry(
         assert total is not None
         nominal = tau = total - start_step
     elif config.planner == "budget" and train_end is not None:
-        assert config.budget_stages is not None and config.tau_growth is not None
         assert total is not None
         taus = budget_taus(
             total,
             config.budget_stages,
             config.tau_growth,
-            config.decay_fraction or 0.0,
+            config.decay_fraction,
             config.explore_ratio,
         )
         remaining = train_end - start_step
@@ -151,7 +144,7 @@ def stage_geometry(
     if config.metric_schedule == "reference":
         # AutoLRS: per-step training loss while tau grows, validation loss every tau'/16
         # steps once tau has reached tau_max.
-        if nominal < (config.tau_max or nominal):
+        if nominal < config.tau_max:
             metric, explore_every = Metric.train_loss, 1
         else:
             metric, explore_every = Metric.val_loss, max(1, tau_explore // 16)
@@ -172,18 +165,18 @@ def stage_geometry(
     )
 
 
-def to_unit(config: StudyConfig, lr: float) -> float:
+def to_unit(config: ResolvedConfig, lr: float) -> float:
     """LR -> normalized log-LR in [0, 1]."""
     span = math.log(config.lr_max / config.lr_min)
     return min(1.0, max(0.0, math.log(lr / config.lr_min) / span))
 
 
-def from_unit(config: StudyConfig, x: float) -> float:
+def from_unit(config: ResolvedConfig, x: float) -> float:
     """Normalized log-LR in [0, 1] -> LR."""
     return float(config.lr_min * (config.lr_max / config.lr_min) ** min(1.0, max(0.0, x)))
 
 
-def data_seed(config: StudyConfig, stage: int, index: int = 0) -> int:
+def data_seed(config: ResolvedConfig, stage: int, index: int = 0) -> int:
     """The data-order seed of a segment. With ``same_data`` every segment of a stage
     gets the stage's seed, so its candidates see the same batches; without, candidate
     ``index`` gets its own."""
@@ -206,14 +199,14 @@ def candidate_checkpoint(stage: int, index: int) -> str:
 # --------------------------------------------------------------------------- range test
 
 
-def _range_test_plan(config: StudyConfig, geometry: StageGeometry) -> SegmentPlan:
+def _range_test_plan(config: ResolvedConfig, geometry: StageGeometry) -> Decision:
     """The study's first segment when its bounds come from a range test: the LR sweeps
     from lr_min to lr_max, the training loss reported every step; it saves the study's
     first state, which stage 0 then restores."""
-    assert config.range_test_steps is not None
     steps = config.range_test_steps
-    return SegmentPlan(
-        stage=geometry,
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
         index=0,
         kind=SegmentKind.range_test,
         lr=config.lr_min,
@@ -240,7 +233,9 @@ def _smoothed(values: np.ndarray) -> np.ndarray:
     return np.asarray(sums / counts)
 
 
-def range_test_bounds(config: StudyConfig, trial: Trial) -> tuple[float, float, dict[str, object]]:
+def range_test_bounds(
+    config: ResolvedConfig, trial: Trial
+) -> tuple[float, float, dict[str, object]]:
     """The search range a range test gives: ``(lr_min, lr_max, why)``.
 
     The losses are read up to the first non-finite one or the first above
@@ -250,7 +245,6 @@ def range_test_bounds(config: StudyConfig, trial: Trial) -> tuple[float, float, 
     with too few points keeps the given bounds; one whose loss never fell searches the
     lowest decades of the sweep.
     """
-    assert config.range_test_steps is not None and config.range_test_decades is not None
     steps: list[int] = []
     values: list[float] = []
     lowest = math.inf
@@ -281,7 +275,7 @@ def range_test_bounds(config: StudyConfig, trial: Trial) -> tuple[float, float, 
     return bottom, top, why
 
 
-def search_config(config: StudyConfig, trials: Sequence[Trial]) -> StudyConfig:
+def search_config(config: ResolvedConfig, trials: Sequence[Trial]) -> ResolvedConfig:
     """The config the search runs with: ``config`` itself, or with ``lr_bounds:
     range_test`` and the range test done, its bounds in lr_min / lr_max."""
     if config.lr_bounds != "range_test":
@@ -303,14 +297,13 @@ def search_config(config: StudyConfig, trials: Sequence[Trial]) -> StudyConfig:
 # --------------------------------------------------------------------------- analysis
 
 
-def _forecast_trial(config: StudyConfig, trial: Trial, horizon: int) -> Forecast:
-    assert config.forecast is not None
+def _forecast_trial(config: ResolvedConfig, trial: Trial, horizon: int) -> Forecast:
     steps = [float(s) for s, _ in trial.observations]
     values = [v for _, v in trial.observations]
     return forecast(steps, values, float(horizon), config.forecast.value)
 
 
-def forecast_trial(config: StudyConfig, trial: Trial, horizon: int) -> Forecast:
+def forecast_trial(config: ResolvedConfig, trial: Trial, horizon: int) -> Forecast:
     """The forecast of one explore trial's loss at the stage horizon."""
     return _forecast_trial(config, trial, horizon)
 
@@ -322,7 +315,7 @@ def _is_diverged(trial: Trial, fc: Forecast) -> bool:
 
 
 def analyze_stage(
-    config: StudyConfig, geometry: StageGeometry, trials: Sequence[Trial]
+    config: ResolvedConfig, geometry: StageGeometry, trials: Sequence[Trial]
 ) -> StageAnalysis:
     """Forecast every finished candidate of a stage and derive the GP's training data.
 
@@ -391,7 +384,7 @@ def _gp_data(
 
 
 def stage_posterior(
-    config: StudyConfig, analysis: StageAnalysis, optimizer: Optimizer, points: int = 101
+    config: ResolvedConfig, analysis: StageAnalysis, optimizer: Optimizer, points: int = 101
 ) -> list[tuple[float, float, float]]:
     """(lr, mean, std) of the stage's GP on a grid of log-LR, for the stage view."""
     if not analysis.candidates:
@@ -444,7 +437,7 @@ def _reference_loss(
 
 
 def _choose(
-    config: StudyConfig, analysis: StageAnalysis, optimizer: Optimizer
+    config: ResolvedConfig, analysis: StageAnalysis, optimizer: Optimizer
 ) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
     """The stage's LR, the candidate it comes from (None: no usable one) and why."""
     usable = [c for c in analysis.candidates if not c.diverged]
@@ -493,14 +486,14 @@ def _within_noise(candidate: CandidateAnalysis, lowest: CandidateAnalysis, own: 
     return candidate.objective - lowest.objective <= math.sqrt(best**2 + mine**2)
 
 
-def _keep_key(config: StudyConfig, candidate: CandidateAnalysis) -> float:
+def _keep_key(config: ResolvedConfig, candidate: CandidateAnalysis) -> float:
     """What ranks candidates when one is chosen without the GP (lower is better)."""
     if config.selection is Selection.min_upper_bound:
         return candidate.objective + candidate.forecast.std
     return candidate.objective
 
 
-def _best_so_far(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -> int | None:
+def _best_so_far(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> int | None:
     """The candidate whose end state ``continue_best`` keeps: None keeps every one
     (selection by GP posterior mean or within noise ranks candidates only once the search
     is over), -1
@@ -513,7 +506,7 @@ def _best_so_far(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -
     return min(usable, key=lambda c: (_keep_key(config, c), c.trial.index)).trial.index
 
 
-def _held_checkpoints(config: StudyConfig, candidates: Sequence[CandidateAnalysis]) -> list[int]:
+def _held_checkpoints(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> list[int]:
     """``continue_best``: the candidates whose end states the job holds once the
     segments planned so far have ended, before the next plan's discards.
 
@@ -529,7 +522,7 @@ def _held_checkpoints(config: StudyConfig, candidates: Sequence[CandidateAnalysi
     return held
 
 
-def _candidate_discards(config: StudyConfig, analysis: StageAnalysis) -> tuple[str, ...]:
+def _candidate_discards(config: ResolvedConfig, analysis: StageAnalysis) -> tuple[str, ...]:
     """The candidate end states the next explore segment drops after it ends."""
     if not config.continue_best:
         return ()
@@ -539,13 +532,12 @@ def _candidate_discards(config: StudyConfig, analysis: StageAnalysis) -> tuple[s
     return tuple(candidate_checkpoint(stage, j) for j in held if keep is not None and j != keep)
 
 
-def initial_design(config: StudyConfig, stage: int) -> list[float]:
+def initial_design(config: ResolvedConfig, stage: int) -> list[float]:
     """The unit-interval points a search with no carried-over LR starts from: the
     interval cut into ``initial_design`` (at most k) equal strata, one uniform draw in
     each, in a seeded order (a one-dimensional Latin hypercube). With one stratum it is
     the single uniform draw stagelr has always made, so stored studies keep their
     decisions."""
-    assert config.initial_design is not None and config.k is not None
     n = min(config.initial_design, config.k)
     rng = np.random.default_rng([config.seed, stage, 0])
     draws = rng.uniform(size=n)
@@ -554,17 +546,16 @@ def initial_design(config: StudyConfig, stage: int) -> list[float]:
 
 
 def _explore(
-    config: StudyConfig,
+    config: ResolvedConfig,
     geometry: StageGeometry,
     analysis: StageAnalysis,
     previous_lr: float | None,
     stop_reference: float | None,
     optimizer: Optimizer,
     saved: bool = False,
-) -> SegmentPlan:
+) -> Decision:
     """A candidate of the stage. ``saved``: the stage-start state is saved already (a
     range test did), so the first candidate restores it too."""
-    assert config.acquisition is not None and config.kappa is not None
     index = len(analysis.candidates)
     why: dict[str, object]
     carried = config.carry_over and previous_lr is not None
@@ -590,15 +581,15 @@ def _explore(
         }
     stop_above = None
     if config.divergence_stop and stop_reference is not None:
-        assert config.divergence_factor is not None
         stop_above = stop_reference * config.divergence_factor
     name = checkpoint_name(geometry.index)
     lr_end, shape = None, LRShape.constant
     if config.probe == "anneal":
         # A miniature of the planned run: the window ends in a cooldown to 0.
         lr_end, shape = 0.0, LRShape.wsd
-    return SegmentPlan(
-        stage=geometry,
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
         index=index,
         kind=SegmentKind.explore,
         lr=lr,
@@ -620,7 +611,7 @@ def _explore(
 
 
 def _exploit(
-    config: StudyConfig,
+    config: ResolvedConfig,
     geometry: StageGeometry,
     lr: float,
     index: int,
@@ -628,7 +619,7 @@ def _exploit(
     analysis: StageAnalysis | None = None,
     chosen: CandidateAnalysis | None = None,
     saved: bool = False,
-) -> SegmentPlan:
+) -> Decision:
     """The stage's training segment. After a search (or a range test: ``saved``) it
     restores the stage start, or with ``continue_best`` the chosen candidate's end state
     and trains the rest of the stage; the decay stage moves the LR to 0."""
@@ -652,10 +643,10 @@ def _exploit(
             why = {**why, "continues": chosen.trial.index}
     lr_end, shape = None, LRShape.constant
     if geometry.decay:
-        assert config.decay_shape is not None
         lr_end, shape = 0.0, config.decay_shape
-    return SegmentPlan(
-        stage=geometry,
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
         index=index,
         kind=SegmentKind.exploit,
         lr=lr,
@@ -680,15 +671,15 @@ def _stage_end(geometry: StageGeometry, exploit: Trial) -> int:
 
 
 def _no_search(
-    config: StudyConfig, geometry: StageGeometry, previous_lr: float, saved: bool = False
-) -> SegmentPlan:
+    config: ResolvedConfig, geometry: StageGeometry, previous_lr: float, saved: bool = False
+) -> Decision:
     source = "decay" if geometry.decay else "tail"
     return _exploit(config, geometry, previous_lr, 0, {"source": source}, saved=saved)
 
 
 def next_segment(
-    config: StudyConfig, trials: Sequence[Trial], optimizer: Optimizer
-) -> SegmentPlan | StudyEnd:
+    config: ResolvedConfig, trials: Sequence[Trial], optimizer: Optimizer
+) -> Decision | StudyEnd:
     """Decide what the job trains next, from the study's whole history.
 
     ``trials`` must hold no open segment: an open one is handed out again, not decided.
@@ -703,7 +694,6 @@ def next_segment(
             return _range_test_plan(config, first)
         config = search_config(config, trials)
         tested = True
-    assert config.k is not None
 
     start_step = 0
     previous_lr: float | None = None
@@ -760,7 +750,7 @@ def next_segment(
     return _exploit(config, geometry, lr, len(analysis.candidates), why, analysis, chosen, saved)
 
 
-def stage_geometries(config: StudyConfig, trials: Sequence[Trial]) -> list[StageGeometry]:
+def stage_geometries(config: ResolvedConfig, trials: Sequence[Trial]) -> list[StageGeometry]:
     """The geometry of every stage the history has reached."""
     result: list[StageGeometry] = []
     start_step = 0
@@ -778,11 +768,10 @@ def stage_geometries(config: StudyConfig, trials: Sequence[Trial]) -> list[Stage
     return result
 
 
-def range_test_charge(config: StudyConfig) -> int:
+def range_test_charge(config: ResolvedConfig) -> int:
     """Steps the study's range test charges (0 without one)."""
     if config.lr_bounds != "range_test":
         return 0
-    assert config.range_test_steps is not None
     return config.range_test_steps
 
 
@@ -790,11 +779,10 @@ def range_test_charge(config: StudyConfig) -> int:
 OPEN_ENDED_STAGES = 12
 
 
-def plan_stages(config: StudyConfig) -> tuple[list[PlannedStage], bool]:
+def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
     """The study's plan from its config alone: every stage if it runs as planned (each
     stage's training ends at its planned length), and whether the plan is open-ended
     (no budget: the first stages, up to the first of tau_max steps)."""
-    assert config.k is not None
     stages: list[PlannedStage] = []
     start_step = 0
     open_ended = config.total_steps is None
@@ -809,14 +797,12 @@ def plan_stages(config: StudyConfig) -> tuple[list[PlannedStage], bool]:
             charge += range_test_charge(config)
         stages.append(PlannedStage(geometry, candidates, charge))
         start_step += geometry.tau
-        if open_ended and (
-            geometry.tau >= (config.tau_max or 0) or len(stages) >= OPEN_ENDED_STAGES
-        ):
+        if open_ended and (geometry.tau >= config.tau_max or len(stages) >= OPEN_ENDED_STAGES):
             break
     return stages, open_ended
 
 
-def planned_charge(config: StudyConfig) -> int:
+def planned_charge(config: ResolvedConfig) -> int:
     """Steps the study charges if it runs as planned: every candidate, the range test
     and the training (a finite plan needs ``total_steps``)."""
     stages, open_ended = plan_stages(config)
@@ -825,7 +811,7 @@ def planned_charge(config: StudyConfig) -> int:
     return sum(stage.charge for stage in stages)
 
 
-def fit_charged_budget(config: StudyConfig) -> StudyConfig:
+def fit_charged_budget(config: ResolvedConfig) -> ResolvedConfig:
     """The config with ``total_steps`` fitted to ``charged_steps``, the job's whole budget.
 
     Without ``charged_steps``: ``config`` itself. With ``total_steps`` too: ``config``, if
@@ -848,9 +834,9 @@ def fit_charged_budget(config: StudyConfig) -> StudyConfig:
         return config
     base = config.model_dump(mode="json")
 
-    def fitted(steps: int) -> StudyConfig | None:
+    def fitted(steps: int) -> ResolvedConfig | None:
         try:
-            candidate = StudyConfig.model_validate({**base, "total_steps": steps})
+            candidate = ResolvedConfig.model_validate({**base, "total_steps": steps})
         except ValueError:  # e.g. too few steps for the budget planner's first window
             return None
         return candidate if planned_charge(candidate) <= budget else None

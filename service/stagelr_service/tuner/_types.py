@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, StudyStatus
+from pydantic import Field, InstanceOf
+
+from stagelr.models import Metric, SegmentDecision, SegmentKind, SegmentStatus, StudyStatus
 
 from ..forecast import Forecast
 
@@ -73,28 +75,13 @@ class PlannedStage:
         return "search" if self.geometry.search else "train_on"
 
 
-@dataclass(frozen=True)
-class SegmentPlan:
-    """The next segment the tuner wants trained (the service gives it an id and a seq)."""
+class Decision(SegmentDecision):
+    """What the tuner returns for the next segment: the decision the store keeps (every
+    field of :class:`stagelr.models.SegmentDecision`), the geometry of the stage it was
+    made for, and why (logged, never stored). The service gives it an id and a seq."""
 
-    stage: StageGeometry
-    index: int
-    kind: SegmentKind
-    lr: float
-    steps: int
-    start_step: int
-    horizon: int
-    metric: Metric
-    report_every: int
-    data_seed: int
-    restore: str | None = None
-    save_start: str | None = None
-    save_end: str | None = None
-    discard: tuple[str, ...] = ()
-    stop_above: float | None = None
-    lr_end: float | None = None
-    lr_shape: LRShape = LRShape.constant
-    why: dict[str, Any] = field(default_factory=dict)
+    geometry: InstanceOf[StageGeometry]
+    why: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""What the migrations that add config fields share (0003, 0004, 0005).
+"""What the migrations that add config fields share (0003, 0004, 0005); only they import
+it, never the running server.
 
 Configs are stored resolved (every field filled), so a config written before a field
 existed lacks it. Such a migration fills the field with the value that means what the

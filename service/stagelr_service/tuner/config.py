@@ -1,0 +1,311 @@
+"""A study's config as the tuner reads it: the request resolved against a preset.
+
+The wire's :class:`stagelr.models.StudyConfig` carries only what the user set. The
+server resolves it once, at creation (:func:`resolve`): every field left out comes from
+the chosen preset, and the result, a :class:`ResolvedConfig` with every field required,
+is what the store keeps. A later change to a preset's defaults therefore never changes a
+stored study, which is what keeps replay and crash recovery exact. A stored config is
+read back with :meth:`ResolvedConfig.stored`.
+
+The presets, the meaning of a field's absence in configs stored before it existed
+(:data:`LEGACY_CONFIG`) and the budget planner's arithmetic live here, with the tuner
+that reads them: the thin client knows none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from stagelr.models import (
+    Acquisition,
+    DivergedPolicy,
+    ForecastModel,
+    LRShape,
+    Selection,
+    StudyConfig,
+)
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "LEGACY_CONFIG",
+    "PRESETS",
+    "RANGE_TEST_SWEEP",
+    "ResolvedConfig",
+    "budget_taus",
+    "decay_steps",
+    "resolve",
+]
+
+#: The preset of a request that names none.
+DEFAULT_PRESET = "default"
+
+#: Preset defaults. A study names a preset and may override any field.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published AutoLRS method (ICLR 2021), as its reference implementation runs it.
+    "autolrs": {
+        "tau0": 1000,
+        "tau_max": 8000,
+        "tau_growth": 2.0,
+        "explore_ratio": 0.1,
+        "k": 10,
+        "initial_design": 1,
+        "acquisition": Acquisition.lcb,
+        "kappa": 1000.0,
+        "forecast": ForecastModel.exp_reference,
+        "noise_aware": False,
+        "diverged_policy": DivergedPolicy.penalty,
+        "divergence_stop": False,
+        "divergence_factor": 3.0,
+        "carry_over": False,
+        "selection": Selection.min_forecast,
+        "metric_schedule": "reference",
+        "reports_per_explore": 10,
+        "reports_per_exploit": 10,
+        "planner": "fixed",
+        "budget_stages": 3,
+        "decay_fraction": 0.0,
+        "decay_shape": LRShape.one_minus_sqrt,
+        "continue_best": False,
+        "same_data": False,
+        "lr_bounds": "given",
+        "range_test_steps": 100,
+        "range_test_decades": 3.0,
+        "probe": "constant",
+    },
+    # stagelr's own: a real acquisition, a robust forecast with uncertainty fed to a
+    # noise-aware GP, divergence stop, and carry-over of the previous stage's best LR.
+    "default": {
+        "tau0": 1000,
+        "tau_max": 8000,
+        "tau_growth": 2.0,
+        # Six candidates of tau/20 steps: a search charging 0.3 tau, not the reference's
+        # tau. Under a charged budget (charged_steps) the steps saved are trajectory: on
+        # the W1/W2 probes at a budget of T, 6 x tau/20 ended lower than 10 x tau/10 on
+        # the NQM and level on the digits MLP (docs/benchmarks.md, section 8).
+        "explore_ratio": 0.05,
+        "k": 6,
+        # The first search's first candidates: one in each half of the log-LR range
+        # (in a seeded order), so the GP starts from the whole range. With a single
+        # random start, the digits MLP searches that began at the cool end crawled up
+        # and never tried the LRs that reach the target (docs/benchmarks.md, section 8).
+        "initial_design": 2,
+        "acquisition": Acquisition.log_ei,
+        "kappa": 2.0,
+        "forecast": ForecastModel.robust,
+        "noise_aware": True,
+        "diverged_policy": DivergedPolicy.worst_plus_spread,
+        "divergence_stop": True,
+        "divergence_factor": 3.0,
+        "carry_over": True,
+        # A tie within the lowest forecast's noise goes to the hotter LR (at most half a
+        # decade hotter): a tau' window's forecast favours cool LRs, and with the final
+        # decay a hot LR pays. The hotter candidate's own sd does not widen the tie: on
+        # the digits MLP a turbulent hot window's sd made LRs that later collapsed the
+        # run look as good (docs/benchmarks.md, section 8).
+        "selection": Selection.hottest_within_best_noise,
+        "metric_schedule": "val_loss",
+        "reports_per_explore": 10,
+        "reports_per_exploit": 10,
+        # With total_steps, the last 20% decay to 0 (WSD's 1-sqrt cooldown), and only the
+        # first stage searches ('hold'): every later search on the char-LM chose an LR
+        # 3-9x cooler (a short window rewards annealing, which the decay does anyway).
+        # The budget planner and continue_best are off: on the W1/W2 ablation the
+        # planner's short later stages chose cool LRs, and continue_best with this
+        # selection keeps every candidate's state until the stage ends (k model copies).
+        "planner": "hold",
+        "budget_stages": 3,
+        "decay_fraction": 0.2,
+        "decay_shape": LRShape.one_minus_sqrt,
+        "continue_best": False,
+        "same_data": True,
+        # Automatic bounds from a range test: off, the user's bounds are used as given.
+        "lr_bounds": "given",
+        "range_test_steps": 100,
+        "range_test_decades": 3.0,
+        "probe": "constant",
+    },
+}
+PRESETS["default-next"] = {
+    **PRESETS["default"],
+    "probe": "anneal",
+    "forecast": ForecastModel.window_end,
+    "selection": Selection.min_forecast,
+    "continue_best": True,
+}
+
+#: The range a range test sweeps when the study gives no lr_min / lr_max.
+RANGE_TEST_SWEEP = (1e-6, 10.0)
+
+#: What a stored config written before a field existed means by its absence: the
+#: behaviour stagelr had then. Migrations 0003 and 0005 (and the exchange format's
+#: versions 2 to 4) write these into older configs, so a stored study never changes its
+#: decisions.
+LEGACY_CONFIG: dict[str, Any] = {
+    "planner": "fixed",
+    "budget_stages": 3,
+    "decay_fraction": 0.0,
+    "decay_shape": "one_minus_sqrt",
+    "continue_best": False,
+    "same_data": True,
+    "lr_bounds": "given",
+    "range_test_steps": 100,
+    "range_test_decades": 3.0,
+    "initial_design": 1,
+    "probe": "constant",
+}
+
+
+def decay_steps(total_steps: int | None, decay_fraction: float | None) -> int:
+    """Steps of the final decay segment: ``round(decay_fraction * total_steps)``."""
+    if total_steps is None or not decay_fraction:
+        return 0
+    return min(total_steps - 1, round(decay_fraction * total_steps))
+
+
+def budget_taus(
+    total_steps: int,
+    stages: int,
+    growth: float,
+    decay_fraction: float,
+    explore_ratio: float | None = None,
+) -> list[int]:
+    """The budget planner's stage lengths: the steps before the decay, split into
+    ``stages`` parts growing by ``growth`` (the last takes the rounding remainder).
+
+    With ``explore_ratio``, a budget too small for every stage to search gets fewer
+    stages, down to one.
+    """
+    train = total_steps - decay_steps(total_steps, decay_fraction)
+    while True:
+        weights = [growth**i for i in range(stages)]
+        total_weight = sum(weights)
+        taus = [max(1, round(train * w / total_weight)) for w in weights[:-1]]
+        taus.append(train - sum(taus))
+        taus = [t for t in taus if t > 0]
+        if explore_ratio is None or stages <= 1 or round(taus[0] * explore_ratio) >= 1:
+            return taus
+        stages -= 1
+
+
+class ResolvedConfig(BaseModel):
+    """A study's config with every field decided (see the module): what the tuner reads
+    and the store keeps. Its fields are :class:`stagelr.models.StudyConfig`'s, whose
+    descriptions say what each means; only ``total_steps`` and ``charged_steps`` may be
+    None (no budget)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: Literal["autolrs", "default", "default-next"]
+    lr_min: float
+    lr_max: float
+    # None: no budget (and configs stored before a field existed lack it: None).
+    total_steps: int | None = None
+    charged_steps: int | None = None
+    seed: int
+    tau0: int
+    tau_max: int
+    tau_growth: float
+    explore_ratio: float
+    k: int
+    initial_design: int
+    acquisition: Acquisition
+    kappa: float
+    forecast: ForecastModel
+    noise_aware: bool
+    diverged_policy: DivergedPolicy
+    divergence_stop: bool
+    divergence_factor: float
+    carry_over: bool
+    selection: Selection
+    metric_schedule: Literal["reference", "val_loss", "train_loss"]
+    reports_per_explore: int
+    reports_per_exploit: int
+    planner: Literal["fixed", "budget", "hold"]
+    budget_stages: int
+    decay_fraction: float
+    decay_shape: LRShape
+    continue_best: bool
+    same_data: bool
+    lr_bounds: Literal["given", "range_test"]
+    range_test_steps: int
+    range_test_decades: float
+    probe: Literal["constant", "anneal"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (data.get("lr_min") is None or data.get("lr_max") is None):
+            raise ValueError(
+                "lr_min and lr_max are required: give the LR search range, or set "
+                "lr_bounds to 'range_test' to find it with a range test"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResolvedConfig:
+        """What holds only once every field is known (the request checks the rest)."""
+        if self.lr_min >= self.lr_max:
+            raise ValueError(
+                f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g}): "
+                "swap them or widen the range"
+            )
+        if self.lr_max / self.lr_min > 1e12:
+            raise ValueError("the LR range spans more than 12 decades: narrow it")
+        if self.tau_max < self.tau0:
+            raise ValueError(f"tau_max ({self.tau_max}) must be at least tau0 ({self.tau0})")
+        if self.decay_shape is LRShape.constant:
+            raise ValueError("decay_shape cannot be 'constant': set decay_fraction to 0 instead")
+        if self.planner == "budget" and self.total_steps is not None:
+            first = budget_taus(
+                self.total_steps,
+                self.budget_stages,
+                self.tau_growth,
+                self.decay_fraction,
+                self.explore_ratio,
+            )[0]
+            if round(first * self.explore_ratio) < 1:
+                raise ValueError(
+                    f"total_steps = {self.total_steps} leaves {first} steps before the "
+                    "decay, too few for an explore window: raise total_steps or "
+                    "explore_ratio, or lower decay_fraction"
+                )
+        if round(self.tau0 * self.explore_ratio) < 1:
+            raise ValueError(
+                f"tau0 * explore_ratio = {self.tau0 * self.explore_ratio:g} rounds to 0 "
+                "explore steps: raise tau0 or explore_ratio"
+            )
+        return self
+
+    @classmethod
+    def stored(cls, config: Mapping[str, Any]) -> ResolvedConfig:
+        """A config as the store keeps it (:meth:`to_stored`), read back."""
+        return cls.model_validate(config)
+
+    def to_stored(self) -> dict[str, Any]:
+        """The JSON form the store keeps and compares."""
+        return self.model_dump(mode="json")
+
+    def request(self) -> StudyConfig:
+        """This config as the wire shows it (every field set)."""
+        return StudyConfig.model_validate(self.to_stored())
+
+
+def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
+    """The request with every field it leaves out filled from its preset.
+
+    A mapping is validated as a request first. Raises ValueError (a pydantic
+    ValidationError) naming what to fix when the resolved config is inconsistent.
+    """
+    if not isinstance(request, StudyConfig):
+        request = StudyConfig.model_validate(request)
+    given = request.model_dump(exclude_none=True)
+    preset = given.get("preset", DEFAULT_PRESET)
+    filled: dict[str, Any] = {**PRESETS[preset], "seed": 0, **given, "preset": preset}
+    if filled["lr_bounds"] == "range_test":
+        # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
+        for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
+            filled.setdefault(key, value)
+    return ResolvedConfig.model_validate(filled)
