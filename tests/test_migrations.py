@@ -39,8 +39,8 @@ NEXT_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
@@ -85,11 +85,11 @@ def test_an_empty_database_is_refused_naming_stagelr_migrate(empty_database: URL
 
 
 def test_upgrade_to_head_creates_the_schema_and_passes_the_check(empty_database: URL) -> None:
-    assert migrate(empty_database) == "0005"
+    assert migrate(empty_database) == "0006"
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0005"
+    assert schema_check(empty_database) == "0006"
     with Store(empty_database) as store:
-        assert store.check_schema() == "0005"
+        assert store.check_schema() == "0006"
 
 
 def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
@@ -97,7 +97,7 @@ def test_migrate_twice_is_a_no_op(empty_database: URL) -> None:
     with Store(empty_database) as store:
         with store.transaction() as repo:
             repo.get_or_create_project("kept")
-        assert store.migrate() == "0005"
+        assert store.migrate() == "0006"
         with store.transaction(read_only=True) as repo:
             assert repo.get_project("kept") is not None
 
@@ -117,9 +117,9 @@ def test_downgrade_then_upgrade_round_trips(empty_database: URL) -> None:
     migrate(empty_database)
     assert downgrade(empty_database, "base") == ""
     assert tables(empty_database) == set()
-    assert migrate(empty_database) == "0005"
+    assert migrate(empty_database) == "0006"
     assert tables(empty_database) == TABLES
-    assert schema_check(empty_database) == "0005"
+    assert schema_check(empty_database) == "0006"
 
 
 def test_a_downgraded_database_is_refused(empty_database: URL) -> None:
@@ -134,17 +134,17 @@ def test_a_database_one_revision_behind_is_refused_then_upgraded(
 ) -> None:
     newer = tmp_path / "newer_migrations"
     shutil.copytree(script_location(), newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0006_note.py").write_text(NEXT_REVISION)
-    migrate(empty_database)  # this version's head, 0005
+    (newer / "versions" / "0007_note.py").write_text(NEXT_REVISION)
+    migrate(empty_database)  # this version's head, 0006
 
-    with pytest.raises(SchemaOutdatedError, match="at schema revision 0005") as caught:
+    with pytest.raises(SchemaOutdatedError, match="at schema revision 0006") as caught:
         schema_check(empty_database, location=newer)
-    assert "needs 0006" in caught.value.message
+    assert "needs 0007" in caught.value.message
     assert "`stagelr migrate`" in caught.value.message
 
-    assert migrate(empty_database, location=newer) == "0006"
-    assert schema_check(empty_database, location=newer) == "0006"
-    assert downgrade(empty_database, "0005", location=newer) == "0005"
+    assert migrate(empty_database, location=newer) == "0007"
+    assert schema_check(empty_database, location=newer) == "0007"
+    assert downgrade(empty_database, "0006", location=newer) == "0006"
 
 
 def test_a_schema_from_a_newer_stagelr_is_refused_naming_an_upgrade(
@@ -183,7 +183,7 @@ def test_the_developer_alembic_ini_runs_the_same_history(tmp_path: Path) -> None
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, "head")
     command.check(config)  # autogenerate finds nothing to add: models and history agree
-    assert schema_check(normalize_url(url)) == "0005"
+    assert schema_check(normalize_url(url)) == "0006"
 
 
 def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_offline_mode_writes_the_sql(tmp_path: Path) -> None:
     assert "CREATE TABLE observations" in out.getvalue()
 
 
-def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meaning(
+def test_0003_to_0006_fill_the_new_fields_of_older_studies_with_their_old_meaning(
     empty_database: URL,
 ) -> None:
     """A study stored before the planner and the range test existed keeps deciding as it
@@ -225,7 +225,7 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
                 ),
                 {"c": json.dumps(old), "t": "2026-01-01 00:00:00"},
             )
-        assert migrate(empty_database) == "0005"
+        assert migrate(empty_database) == "0006"
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT config FROM studies WHERE id = 1")).scalar_one()
     finally:
@@ -237,6 +237,7 @@ def test_0003_to_0005_fill_the_new_fields_of_older_studies_with_their_old_meanin
     assert resolved.planner == "fixed" and resolved.decay_fraction == 0.0
     assert resolved.lr_bounds == "given"
     assert resolved.initial_design == 1
+    assert resolved.probe == "constant"
 
     # Down to 0003 takes out what 0004 and 0005 filled in, and keeps the rest.
     assert downgrade(empty_database, "0003") == "0003"

@@ -281,14 +281,6 @@ class StudyConfig(_Wire):
         description="Every candidate of a stage gets the same data_seed (equal batches); "
         "false: each segment its own.",
     )
-    probe: Literal["constant", "anneal"] | None = Field(
-        default=None,
-        description="How a candidate trains its window: 'constant' at its LR (the "
-        "reference); 'anneal' at its LR, then down to 0 over the window's last fifth "
-        "(lr_shape 'wsd'), a miniature of the planned run with its final decay, so "
-        "that a candidate is judged by the loss it keeps once annealed (forecast "
-        "'window_end' reads it) and not by the noise floor of a constant LR.",
-    )
 
     lr_bounds: Literal["given", "range_test"] | None = Field(
         default=None,
@@ -299,6 +291,14 @@ class StudyConfig(_Wire):
     )
     range_test_steps: int | None = Field(default=None, ge=10, le=100_000)
     range_test_decades: float | None = Field(default=None, gt=0.0, le=12.0)
+    probe: Literal["constant", "anneal"] | None = Field(
+        default=None,
+        description="How a candidate trains its window: 'constant' at its LR (the "
+        "reference); 'anneal' at its LR, then down to 0 over the window's last fifth "
+        "(lr_shape 'wsd'), a miniature of the planned run with its final decay, so "
+        "that a candidate is judged by the loss it keeps once annealed (forecast "
+        "'window_end' reads it) and not by the noise floor of a constant LR.",
+    )
 
     @field_validator("lr_min", "lr_max")
     @classmethod

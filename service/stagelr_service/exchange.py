@@ -50,10 +50,11 @@ FORMAT = "stagelr-studies"
 #: The format version this stagelr writes and reads. Version 2 added a segment's
 #: ``lr_end``/``lr_shape`` and the planner's config fields; version 3 the range test
 #: (segment kind ``range_test``, shape ``exponential``, config ``lr_bounds`` and
-#: ``range_test_*``); version 4 the config's ``initial_design``. An older file reads
+#: ``range_test_*``); version 4 the config's ``initial_design``; version 5 the config's
+#: ``probe`` (segment shape ``wsd``, forecast ``window_end``). An older file reads
 #: with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs where they lack a
 #: field (a version 1 file's segments are constant-LR).
-VERSION = 4
+VERSION = 5
 
 
 class _Line(BaseModel):

@@ -47,6 +47,5 @@ inputs that scipy or LAPACK would complain about are turned away before the call
 from ._curve import forecast_curve
 from ._forecast import forecast
 from ._result import Forecast
-from ._window import is_unstable
 
-__all__ = ["Forecast", "forecast", "forecast_curve", "is_unstable"]
+__all__ = ["Forecast", "forecast", "forecast_curve"]
