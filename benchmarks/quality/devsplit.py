@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(head)
         for label, _, _ in configs:
             values = [final(r) for r in results[(name, label)]]
-            line = f"  {label:>14}: median {statistics.median(values):.4f}"
+            charged = max(r["charged"] for r in results[(name, label)])
+            line = f"  {label:>14}: median {statistics.median(values):.4f} (charged <= {charged})"
             if label != first_label:
                 m, lo, hi = report.paired_bootstrap(
                     [v - b for v, b in zip(values, base, strict=True)]

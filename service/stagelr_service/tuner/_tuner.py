@@ -497,10 +497,12 @@ def _best_so_far(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
     """The candidate whose end state ``continue_best`` keeps: None keeps every one
     (selection by GP posterior mean or within noise ranks candidates only once the search
     is over), -1
-    keeps none (no candidate is usable)."""
+    keeps none (no candidate is usable). With annealed probes, a candidate above the
+    stability edge so far is never kept (it cannot be chosen)."""
     if config.selection is Selection.min_posterior_mean or config.selection in HOTTEST_SELECTIONS:
         return None
-    usable = [c for c in candidates if not c.diverged]
+    edge = stability_cap(config, candidates)
+    usable = [c for c in candidates if not c.diverged and c.trial.lr <= edge]
     if not usable:
         return -1
     return min(usable, key=lambda c: (_keep_key(config, c), c.trial.index)).trial.index
@@ -633,14 +635,19 @@ def _exploit(
         discard += tuple(candidate_checkpoint(geometry.index, j) for j in held)
         if (
             chosen is not None
-            and chosen.trial.index in held
             and chosen.trial.status is SegmentStatus.completed
             and chosen.trial.trained == geometry.tau_explore
             and chosen.trial.trained < geometry.tau
         ):
             offset = chosen.trial.trained
-            restore = candidate_checkpoint(geometry.index, chosen.trial.index)
-            why = {**why, "continues": chosen.trial.index}
+            if chosen.trial.index in held:
+                restore = candidate_checkpoint(geometry.index, chosen.trial.index)
+                why = {**why, "continues": chosen.trial.index}
+            else:
+                # The chosen state was dropped (a later candidate moved the stability
+                # edge below the one kept): train from the stage start, tau' steps
+                # short, so the stage still charges what the plan counted.
+                why = {**why, "short": offset}
     lr_end, shape = None, LRShape.constant
     if geometry.decay:
         lr_end, shape = 0.0, config.decay_shape
