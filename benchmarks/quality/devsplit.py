@@ -1,7 +1,7 @@
 """Paired comparisons of stagelr presets at charged budget T on the dev split's fast variants.
 
     python -m benchmarks.quality.devsplit --seeds 10 \\
-        --config 'old=default:{}' --config 'new=default-next:{}'
+        --config 'old=default-v1:{}' --config 'new=default:{}'
 
 Each ``NAME=PRESET:JSON`` config runs ``PRESET`` with the JSON overrides, told the job's
 whole compute (``charged_steps`` = T), through the real client against a live server on

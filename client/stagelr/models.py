@@ -189,7 +189,7 @@ class StudyConfig(_Wire):
     next.
     """
 
-    preset: Literal["autolrs", "default", "default-next"] | None = None
+    preset: Literal["autolrs", "default", "default-v1"] | None = None
     lr_min: float | None = Field(
         default=None,
         gt=0,

@@ -11,10 +11,13 @@ the lowest LR whose window was unstable: no candidate is proposed above it, and 
 above it is chosen.
 
 A window is unstable when it diverged (NaN, infinity, or stopped by the divergence
-stop) or when it ended above where it started even after its cooldown: the annealing
-did not undo what the LR did (on the digits MLP, the LRs whose windows ended at the
-initial loss had killed the network, and the run held just below them did too). A
-transient spike that the cooldown undoes is not instability: the window's end says so.
+stop), or, in the first stage (training from the job's first state, where every stable
+LR makes progress over a window), when it ended above where it started even after its
+cooldown: the annealing did not undo what the LR did (on the digits MLP, the LRs whose
+windows ended at the initial loss had killed the network, and the run held just below
+them did too). A transient spike that the cooldown undoes is not instability: the
+window's end says so. In a later stage, where a cool LR near the noise floor may end a
+window a little above its start, only divergence counts.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ STABILITY_MARGIN = 0.5
 
 
 def window_unstable(candidate: CandidateAnalysis) -> bool:
-    """Whether the candidate's window diverged or ended above its start."""
+    """Whether the candidate's window diverged or (first stage) ended above its start."""
     if candidate.diverged:
         return True
     values = np.asarray([v for _, v in candidate.trial.observations], dtype=np.float64)
     if values.size == 0 or not np.all(np.isfinite(values)):
         return True
-    return float(values[-1]) > float(values[0])
+    return candidate.trial.stage == 0 and float(values[-1]) > float(values[0])
 
 
 def stability_cap(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> float:
