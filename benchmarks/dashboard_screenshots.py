@@ -29,7 +29,7 @@ import httpx
 import stagelr
 from stagelr.models import Metric, SegmentDecision, SegmentKind
 from stagelr_service.server import start_server
-from stagelr_service.simulation import SyntheticJob
+from stagelr_service.testing.simulation import SyntheticJob
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_SECONDS = 15

@@ -1,7 +1,7 @@
 """Service load: many simulated jobs through the real client against live servers.
 
 Each job is a thread running ``stagelr.Tuner`` against a `stagelr serve` child process;
-it trains nothing (``stagelr_service.simulation.SyntheticJob`` gives its losses) but
+it trains nothing (``stagelr_service.testing.simulation.SyntheticJob`` gives its losses) but
 keeps a real job's pace: one step every ``--step-ms`` milliseconds, a report at every
 step. The jobs are split over two client processes and start spread over the first
 explore segment. Backends: SQLite (one server), PostgreSQL (one server), PostgreSQL
@@ -50,7 +50,7 @@ import psutil  # noqa: E402
 
 import stagelr  # noqa: E402
 from stagelr_service.server import ServerProcess, start_server  # noqa: E402
-from stagelr_service.simulation import SyntheticJob  # noqa: E402
+from stagelr_service.testing.simulation import SyntheticJob  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("sqlite", "postgres", "postgres-2")

@@ -32,8 +32,8 @@ from sqlalchemy import create_engine, text
 import stagelr
 from stagelr.models import StudyStatus
 from stagelr_service.server import ServerProcess, start_server
-from stagelr_service.simulation import DrivenJob, SyntheticJob, drive_tuner
 from stagelr_service.store import normalize_url
+from stagelr_service.testing.simulation import DrivenJob, SyntheticJob, drive_tuner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.tcp_proxy import TcpProxy  # noqa: E402  (the tests' proxy, one implementation)

@@ -1,7 +1,7 @@
 """Batch replay speed: studies per second for `stagelr replay verify` over N stored studies.
 
 Records a few distinct studies through the real study service (``StudyService`` on a
-SQLite file, driven by the synthetic job of ``stagelr_service.simulation``: real tuner,
+SQLite file, driven by the synthetic job of ``stagelr_service.testing.simulation``: real tuner,
 real GP, real store; no HTTP, for speed), then fills the database to N studies by
 importing copies of them under new names (``stagelr import``'s code path), and replays
 them all with ``replay verify`` in worker processes, as the CLI does. Prints the figures.
@@ -40,9 +40,9 @@ from stagelr_service.exchange import (  # noqa: E402
     import_studies,
 )
 from stagelr_service.replay.batch import StudySelection, replay_many, select_studies  # noqa: E402
-from stagelr_service.simulation import SyntheticJob  # noqa: E402
 from stagelr_service.store import Store, migrate  # noqa: E402
 from stagelr_service.studies import StudyService  # noqa: E402
+from stagelr_service.testing.simulation import SyntheticJob  # noqa: E402
 
 #: A study of three stages (60, 120, 120 steps), 4 candidates each: 15 decisions.
 CONFIG = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4)

@@ -34,7 +34,7 @@ import httpx
 
 from stagelr import Client
 from stagelr.models import ObservationIn, StudyConfig
-from stagelr_service.simulation import SyntheticJob
+from stagelr_service.testing.simulation import SyntheticJob
 
 CALLS = ("next", "complete", "get")
 

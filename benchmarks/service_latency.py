@@ -1,7 +1,7 @@
 """Decision latency through the whole service: client -> HTTP -> store -> tuner -> GP.
 
 Starts a real `stagelr serve` on a fresh SQLite file and drives it with simulated jobs
-(the synthetic loss model of ``stagelr_service.simulation``, no torch) through the real
+(the synthetic loss model of ``stagelr_service.testing.simulation``, no torch) through the real
 client, each job in its own thread. A *decision* is the ``next`` call that follows a
 completed explore segment: the server forecasts the stage's candidates, fits the GP and
 picks the next LR (or the stage's LR). Also measured: the client's ``report()`` cost on
@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import stagelr  # noqa: E402
 from stagelr_service.server import start_server  # noqa: E402
-from stagelr_service.simulation import SyntheticJob  # noqa: E402
+from stagelr_service.testing.simulation import SyntheticJob  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -11,8 +11,8 @@ import pytest
 
 import stagelr
 from stagelr_service.errors import InputError, NotFoundError, UnauthorizedError
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
+from stagelr_service.testing.simulation import SyntheticJob
 from stagelr_service.tokens import Tokens, hash_token
 
 from .live import LiveServer, run_cli, start_server

@@ -12,7 +12,7 @@ import pytest
 import stagelr
 from stagelr.models import SegmentKind, StudyStatus
 from stagelr_service import tuner
-from stagelr_service.simulation import SyntheticJob, drive_tuner, simulate
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, simulate
 from stagelr_service.tuner.config import ResolvedConfig, resolve
 
 

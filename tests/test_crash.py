@@ -18,7 +18,7 @@ import pytest
 
 import stagelr
 from stagelr.models import StudyStatus
-from stagelr_service.simulation import SyntheticJob, drive_tuner, study_decisions
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 
 from .live import LiveServer, start_server
 from .store_fixtures import BACKENDS, fresh_database

@@ -23,9 +23,9 @@ import stagelr
 from stagelr.models import Metric, SegmentDecision, SegmentKind, StudyConfig
 from stagelr_service.dashboard.plots import Figure, LogScale
 from stagelr_service.forecast import forecast, forecast_curve
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.store.models import ObservationRow, SegmentRow, StageRow, StudyRow
+from stagelr_service.testing.simulation import SyntheticJob
 from stagelr_service.tuner import resolve
 
 from .live import LiveServer, run_cli, start_server

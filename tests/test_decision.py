@@ -41,9 +41,9 @@ from stagelr_service.exchange import (
 )
 from stagelr_service.history import segment_view
 from stagelr_service.replay import verify_history
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import SegmentRecord, Store, StudyHistory, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 
 #: A study whose segments leave few decision fields at their defaults: a range test (an
 #: exponential sweep), candidates that save their end states and drop the others, a

@@ -20,10 +20,10 @@ from stagelr.models import StudyCreate
 from stagelr_service.errors import InputError
 from stagelr_service.exchange import export_studies, import_studies
 from stagelr_service.replay import replay_study
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.store.models import ObservationRow, SegmentRow, StudyRow
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 
 from .live import run_cli
 from .store_fixtures import BACKENDS, fresh_database

@@ -16,7 +16,7 @@ from stagelr.models import (
     lr_at,
 )
 from stagelr_service import tuner
-from stagelr_service.simulation import simulate
+from stagelr_service.testing.simulation import simulate
 from stagelr_service.tuner import Decision
 from stagelr_service.tuner.config import ResolvedConfig, budget_taus, resolve
 

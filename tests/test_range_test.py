@@ -28,9 +28,9 @@ from stagelr.models import (
 )
 from stagelr_service import tuner
 from stagelr_service.replay import replay_study
-from stagelr_service.simulation import SyntheticJob, drive_tuner, simulate
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, simulate
 from stagelr_service.tuner import Trial
 from stagelr_service.tuner.config import (
     LEGACY_CONFIG,
@@ -276,6 +276,7 @@ def test_a_job_that_gives_no_bounds_gets_them_from_the_range_test(live_server) -
         tau_max=200,
         k=3,
     ) as client_tuner:
+        client_tuner.connect()  # the service resolves the config: the sweep's range
         assert client_tuner.config.lr_min == RANGE_TEST_SWEEP[0]
         record = drive_tuner(client_tuner, SyntheticJob(best_lr=0.02, cliff_lr=0.3, seed=6))
         assert record.status is StudyStatus.completed

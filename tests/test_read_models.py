@@ -24,9 +24,9 @@ from stagelr.models import (
     StudyCreate,
 )
 from stagelr_service.dashboard import pages
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 
 T = TypeVar("T")
 
@@ -98,12 +98,8 @@ def test_the_study_page_costs_the_same_statements_for_one_stage_and_five(
 ) -> None:
     one = record(service, "page-one", ONE_STAGE)
     five = record(service, "page-five", FIVE_STAGES)
-    small, small_count = counted(
-        service, lambda: pages.load_study(service, LEASE, None, one)
-    )
-    large, large_count = counted(
-        service, lambda: pages.load_study(service, LEASE, None, five)
-    )
+    small, small_count = counted(service, lambda: pages.load_study(service, LEASE, None, one))
+    large, large_count = counted(service, lambda: pages.load_study(service, LEASE, None, five))
     assert len(small.stages) == 1 and len(large.stages) == 5
     print(f"study page statements: 1 stage {small_count}, 5 stages {large_count}")
     # Measured on SQLite: 8 for both (BEGIN, the list row and its schedule, the history's

@@ -35,9 +35,9 @@ from stagelr_service.replay import (
     verify_history,
     what_if_config,
 )
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 from stagelr_service.tuner import resolve
 
 from .live import run_cli

@@ -32,9 +32,9 @@ from stagelr.models import (
     StudyStatus,
 )
 from stagelr_service.errors import InvalidStateError
-from stagelr_service.simulation import SyntheticJob, drive_tuner, study_decisions
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 
 from .live import start_server
 from .store_fixtures import BACKENDS, fresh_database, fresh_postgres_database, postgres_admin_url

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import stagelr
-from stagelr_service.simulation import DrivenJob, SyntheticJob, drive_tuner, study_decisions
+from stagelr_service.testing.simulation import DrivenJob, SyntheticJob, drive_tuner, study_decisions
 
 from .tcp_proxy import TcpProxy
 

@@ -25,9 +25,9 @@ from stagelr.models import (
 from stagelr_service import tuner
 from stagelr_service.errors import InputError
 from stagelr_service.history import trials_of
-from stagelr_service.simulation import SyntheticJob
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
+from stagelr_service.testing.simulation import SyntheticJob
 
 from .store_fixtures import BACKENDS, clear_tables, fresh_database
 

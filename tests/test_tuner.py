@@ -16,7 +16,7 @@ from stagelr.models import (
 )
 from stagelr_service import tuner
 from stagelr_service.forecast import Forecast
-from stagelr_service.simulation import SyntheticJob, simulate
+from stagelr_service.testing.simulation import SyntheticJob, simulate
 from stagelr_service.tuner import StudyEnd, Trial
 from stagelr_service.tuner.config import ResolvedConfig, resolve
 

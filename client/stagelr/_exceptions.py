@@ -105,7 +105,7 @@ class ServerError(APIError):
     """The service failed (5xx), after retries."""
 
 
-_BY_SLUG: dict[str, type[APIError]] = {
+SLUG_CLASSES: dict[str, type[APIError]] = {
     "not-found": NotFoundError,
     "unauthorized": AuthenticationError,
     "forbidden": PermissionDeniedError,
@@ -146,7 +146,7 @@ def error_from_response(response: httpx.Response) -> APIError:
     status = response.status_code
     cls: type[APIError] | None = None
     if problem.type.startswith(PROBLEM_PREFIX):
-        cls = _BY_SLUG.get(problem.type.removeprefix(PROBLEM_PREFIX))
+        cls = SLUG_CLASSES.get(problem.type.removeprefix(PROBLEM_PREFIX))
     if cls is None:
         cls = ServerError if status >= 500 else _BY_STATUS.get(status, APIError)
     return cls(status, problem.type, problem.title, problem.detail)

@@ -134,7 +134,8 @@ class Tuner:
         **config_overrides: Any,
     ) -> None:
         bounds: dict[str, Any] = {"lr_min": lr_min, "lr_max": lr_max}
-        self.config = StudyConfig(
+        #: What this job sets of the study's config (the service fills in the rest).
+        self.request_config = StudyConfig(
             preset=preset,
             total_steps=total_steps,
             seed=seed,
@@ -177,7 +178,9 @@ class Tuner:
     def connect(self) -> StudyView:
         """Create the study, or get the existing one; done once, on first use."""
         if self._study is None:
-            self._study = self.client.create_study(self.name, self.config, project=self.project)
+            self._study = self.client.create_study(
+                self.name, self.request_config, project=self.project
+            )
         return self._study
 
     @property
@@ -244,7 +247,7 @@ class Tuner:
         last = self.fallback_lr or self._last_exploit_lr or self._last_lr
         if last is not None:
             return last
-        config = self._known_config()
+        config = self.config
         if config.lr_min is None or config.lr_max is None:
             raise ValueError(
                 "the stagelr service is unreachable and the study's LR range is not known "
@@ -252,10 +255,11 @@ class Tuner:
             )
         return math.sqrt(config.lr_min * config.lr_max)
 
-    def _known_config(self) -> StudyConfig:
-        """The study's config as resolved by the service, once it answered; until then
-        what this job set."""
-        return self._study.config if self._study is not None else self.config
+    @property
+    def config(self) -> StudyConfig:
+        """The study's config as the service resolved it (every field set) once the
+        tuner has connected; until then :attr:`request_config`, what this job set."""
+        return self._study.config if self._study is not None else self.request_config
 
     def _fallback(self, why: str) -> Segment:
         """A stand-in segment to train on while the service is unreachable."""
@@ -280,7 +284,7 @@ class Tuner:
             start_step=-1,
             horizon=self.fallback_steps,
             metric=Metric.train_loss
-            if self._known_config().metric_schedule == "train_loss"
+            if self.config.metric_schedule == "train_loss"
             else Metric.val_loss,
             report_every=self.fallback_steps,
             data_seed=0,

@@ -53,7 +53,7 @@ import torch
 from ._tuner import Tuner
 from .distributed import DistributedSegment, DistributedTuner
 from .models import LRShape, Metric
-from .torch import Checkpointer, _capture_rng, _restore_rng, apply_lr
+from .torch import Checkpointer, apply_lr, capture_rng, restore_rng
 
 __all__ = ["LightningCheckpointer", "StagelrCallback"]
 
@@ -89,7 +89,7 @@ class LightningCheckpointer(Checkpointer):
             # Under the key the base class copies on an in-memory restore.
             "optimizer": [strategy.optimizer_state(o) for o in self.trainer.optimizers],
             "precision": self.trainer.precision_plugin.state_dict(),
-            "rng": _capture_rng(),
+            "rng": capture_rng(),
         }
 
     def _apply(self, state: dict[str, Any]) -> None:
@@ -98,7 +98,7 @@ class LightningCheckpointer(Checkpointer):
         strategy.load_optimizer_state_dict({"optimizer_states": state["optimizer"]})
         if state.get("precision"):
             self.trainer.precision_plugin.load_state_dict(state["precision"])
-        _restore_rng(state["rng"])
+        restore_rng(state["rng"])
 
 
 class StagelrCallback(pl.Callback):

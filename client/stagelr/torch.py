@@ -45,6 +45,8 @@ __all__ = [
     "SegmentPlan",
     "SegmentSampler",
     "apply_lr",
+    "capture_rng",
+    "restore_rng",
 ]
 
 
@@ -301,7 +303,7 @@ class Checkpointer:
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": _capture_rng(),
+            "rng": capture_rng(),
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
@@ -312,7 +314,7 @@ class Checkpointer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        _restore_rng(state["rng"])
+        restore_rng(state["rng"])
 
     def _path(self, name: str) -> Path:
         if not name:
@@ -331,7 +333,9 @@ def _name_of(path: Path) -> str:
     return unquote(path.name.removesuffix(".pt"))
 
 
-def _capture_rng() -> dict[str, Any]:
+def capture_rng() -> dict[str, Any]:
+    """The random state a checkpoint keeps: torch's (and CUDA's once in use), Python's
+    and numpy's if it is loaded, as plain values ``torch.load(weights_only=True)`` reads."""
     rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     # Only when CUDA is already in use: asking otherwise would start a CUDA context.
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
@@ -344,7 +348,8 @@ def _capture_rng() -> dict[str, Any]:
     return rng
 
 
-def _restore_rng(rng: dict[str, Any]) -> None:
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Set the random state :func:`capture_rng` captured."""
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():

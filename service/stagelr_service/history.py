@@ -177,8 +177,10 @@ def study_view(
     *,
     now: datetime | None,
     lease_seconds: float | None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StudyView:
-    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`."""
+    """The wire view of a study from its rows; ``best`` is its :func:`best_loss`,
+    ``config`` its stored config, when the caller has read it already."""
     trajectory = charged = 0
     schedule: list[tuple[int, float]] = []
     # A training segment that continues a candidate starts after the candidate's
@@ -215,7 +217,7 @@ def study_view(
         project=study.project,
         name=study.name,
         status=study.status,
-        config=tuner.ResolvedConfig.stored(study.config).request(),
+        config=(config or tuner.ResolvedConfig.stored(study.config)).request(),
         created_at=study.created_at,
         updated_at=study.updated_at,
         trajectory_steps=trajectory,
@@ -229,7 +231,11 @@ def study_view(
 
 
 def history_view(
-    history: StudyHistory, *, now: datetime | None, lease_seconds: float | None
+    history: StudyHistory,
+    *,
+    now: datetime | None,
+    lease_seconds: float | None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StudyView:
     """:func:`study_view` of a whole history."""
     return study_view(
@@ -239,6 +245,7 @@ def history_view(
         best_loss(history),
         now=now,
         lease_seconds=lease_seconds,
+        config=config,
     )
 
 
@@ -247,12 +254,15 @@ def stage_detail(
     index: int,
     optimizer: tuner.Optimizer,
     trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
 ) -> StageDetail:
     """A stage's search: each candidate's losses and forecast, and the GP posterior.
-    ``trials``: :func:`trials_of` the history, when the caller has them already."""
+    ``trials`` (:func:`trials_of` the history) and ``config`` (its stored config): when
+    the caller has them already."""
     study_id = history.study.id
     trials = trials_of(history) if trials is None else trials
-    config = tuner.search_config(tuner.ResolvedConfig.stored(history.study.config), trials)
+    stored = config or tuner.ResolvedConfig.stored(history.study.config)
+    config = tuner.search_config(stored, trials)
     geometries = tuner.stage_geometries(config, trials)
     if not 0 <= index < len(geometries):
         raise NotFoundError(f"study {study_id} has no stage {index} yet (it has {len(geometries)})")
@@ -292,10 +302,14 @@ def stage_detail(
     )
 
 
-def study_plan(history: StudyHistory, trials: Sequence[tuner.Trial] | None = None) -> StudyPlan:
+def study_plan(
+    history: StudyHistory,
+    trials: Sequence[tuner.Trial] | None = None,
+    config: tuner.ResolvedConfig | None = None,
+) -> StudyPlan:
     """The plan (:func:`tuner.plan_stages`) with each stage's actual charge, status and
-    chosen LR from the history."""
-    config = tuner.ResolvedConfig.stored(history.study.config)
+    chosen LR from the history (``trials`` and ``config`` as for :func:`stage_detail`)."""
+    config = config or tuner.ResolvedConfig.stored(history.study.config)
     planned, open_ended = tuner.plan_stages(config)
     charge: dict[int, int] = {}
     for seg in history.segments:

@@ -82,6 +82,7 @@ class StudyPage:
     summary: StudySummaryRecord
     study: StudyView
     history: StudyHistory
+    config: ResolvedConfig
     #: each stage's detail, in stage order
     stages: list[StageDetail]
     plan: StudyPlan
@@ -252,14 +253,19 @@ class StudyService:
         if not found or history is None:
             raise NotFoundError(f"no study {study_id}: see the list of studies")
         trials = trials_of(history)
+        config = ResolvedConfig.stored(history.study.config)  # read once for the page
         return StudyPage(
             summary=found[0],
-            study=self._study_view(history),
+            study=history_view(
+                history, now=self.store.now(), lease_seconds=self.lease_seconds, config=config
+            ),
             history=history,
+            config=config,
             stages=[
-                stage_detail(history, st.index, self.optimizer, trials) for st in history.stages
+                stage_detail(history, st.index, self.optimizer, trials, config)
+                for st in history.stages
             ],
-            plan=study_plan(history, trials),
+            plan=study_plan(history, trials, config),
         )
 
     # ------------------------------------------------------------------ segments

@@ -253,7 +253,7 @@ def load_study(
     """Everything the study page shows; NotFoundError outside the scope."""
     read = service.study_page(study_id, lease_seconds=lease_seconds, scope=scope)
     summary, study, history, details = read.summary, read.study, read.history, read.stages
-    config = ResolvedConfig.stored(history.study.config)
+    config = read.config
     forecasts = {
         c.segment_id: c.forecast.prediction
         for d in details

@@ -20,8 +20,8 @@ import numpy as np
 import stagelr
 from stagelr.models import LRShape, SegmentKind, SegmentStatus, StudyStatus, lr_at
 
-from . import tuner
-from .tuner import Decision, StudyEnd, Trial
+from .. import tuner
+from ..tuner import Decision, StudyEnd, Trial
 
 
 @dataclass
