@@ -12,7 +12,7 @@ import pytest
 from stagelr.models import LRShape, Metric, SegmentKind, SegmentStatus, lr_at
 from stagelr_service import tuner
 from stagelr_service.forecast import forecast
-from stagelr_service.simulation import simulate
+from stagelr_service.testing.simulation import simulate
 from stagelr_service.tuner import StudyEnd, Trial
 from stagelr_service.tuner._stability import STABILITY_MARGIN, stability_cap
 from stagelr_service.tuner.config import PRESETS, ResolvedConfig, resolve
