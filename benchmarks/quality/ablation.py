@@ -52,21 +52,26 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
         {"planner": "fixed"},
     ),
     (
-        "hottest within noise",
-        "off: the lowest forecast wins",
-        {"selection": "min_forecast"},
+        "annealed probe",
+        "off: constant-LR windows, the robust forecast at the stage horizon",
+        {"probe": "constant", "forecast": "robust"},
     ),
     (
-        "tie by the best's noise",
-        "off: hottest_within_noise (the hotter candidate's own sd widens the tie)",
-        {"selection": "hottest_within_noise"},
+        "window-end score",
+        "off: the annealed window forecast to the stage horizon by the robust fit",
+        {"forecast": "robust"},
+    ),
+    (
+        "no tie rule",
+        "off: a tie within the lowest score's noise goes to the hotter LR",
+        {"selection": "hottest_within_best_noise"},
     ),
     (
         "initial design",
         "off: one random start (default: one candidate in each half of the range)",
         {"initial_design": 1},
     ),
-    ("continue_best", "on: keep the chosen candidate's steps", {"continue_best": True}),
+    ("continue_best", "off: the stage restarts from its start", {"continue_best": False}),
     (
         "range-test bounds",
         "on: no bounds given; a 100-step range test over 1e-6..10 finds them",
@@ -74,7 +79,6 @@ SWITCHES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("same_data", "off: each candidate its own batches", {"same_data": False}),
     ("noise-aware GP", "off: GP learns its own noise", {"noise_aware": False}),
-    ("robust forecast", "off: the reference's exponential fit", {"forecast": "exp_reference"}),
     ("divergence stop", "off: diverging candidates run on", {"divergence_stop": False}),
     ("carry-over", "off: every search starts from the initial design", {"carry_over": False}),
     (

@@ -134,7 +134,7 @@ class Tuner:
         lr_min: float | None = None,
         lr_max: float | None = None,
         total_steps: int | None = None,
-        preset: Literal["autolrs", "default"] = "default",
+        preset: Literal["autolrs", "default", "default-v1"] = "default",
         project: str | None = None,
         token: str | None = None,
         seed: int = 0,

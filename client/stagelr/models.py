@@ -123,6 +123,13 @@ class LRShape(str, Enum):
     cosine = "cosine"
     # A range test's sweep: lr * (lr_end / lr) ** progress
     exponential = "exponential"
+    # WSD in miniature (an annealed probe): constant for the first 80%, then the 1-sqrt
+    # cooldown to lr_end over the last WSD_COOLDOWN of the segment
+    wsd = "wsd"
+
+
+#: The share of a ``wsd`` segment that cools down.
+WSD_COOLDOWN = 0.2
 
 
 def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int) -> float:
@@ -136,7 +143,10 @@ def lr_at(lr: float, lr_end: float | None, shape: LRShape, step: int, steps: int
     p = min(max((step - 1) / steps, 0.0), 1.0)
     if shape is LRShape.exponential:
         return float(lr * (lr_end / lr) ** p) if lr > 0 and lr_end > 0 else lr
-    if shape is LRShape.linear:
+    if shape is LRShape.wsd:
+        start = 1.0 - WSD_COOLDOWN
+        factor = 1.0 if p < start else 1.0 - math.sqrt((p - start) / WSD_COOLDOWN)
+    elif shape is LRShape.linear:
         factor = 1.0 - p
     elif shape is LRShape.one_minus_sqrt:
         factor = 1.0 - math.sqrt(p)
@@ -155,6 +165,8 @@ class ForecastModel(str, Enum):
     exp_reference = "exp_reference"
     # bounded, outlier-robust fit with an uncertainty estimate and a fallback
     robust = "robust"
+    # an annealed probe's score: the loss at the end of its own window (no extrapolation)
+    window_end = "window_end"
 
 
 class DivergedPolicy(str, Enum):
@@ -221,7 +233,7 @@ class StudyConfig(_Wire):
     next.
     """
 
-    preset: Literal["autolrs", "default"] | None = None
+    preset: Literal["autolrs", "default", "default-v1"] | None = None
     lr_min: float | None = Field(
         default=None,
         gt=0,
@@ -323,6 +335,14 @@ class StudyConfig(_Wire):
     )
     range_test_steps: int | None = Field(default=None, ge=10, le=100_000)
     range_test_decades: float | None = Field(default=None, gt=0.0, le=12.0)
+    probe: Literal["constant", "anneal"] | None = Field(
+        default=None,
+        description="How a candidate trains its window: 'constant' at its LR (the "
+        "reference); 'anneal' at its LR, then down to 0 over the window's last fifth "
+        "(lr_shape 'wsd'), a miniature of the planned run with its final decay, so "
+        "that a candidate is judged by the loss it keeps once annealed (forecast "
+        "'window_end' reads it) and not by the noise floor of a constant LR.",
+    )
 
     family: str | None = Field(
         default=None,

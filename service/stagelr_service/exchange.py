@@ -52,10 +52,11 @@ FORMAT = "stagelr-studies"
 #: (segment kind ``range_test``, shape ``exponential``, config ``lr_bounds`` and
 #: ``range_test_*``); version 4 the config's ``initial_design``; version 5 a study's
 #: priors (config ``family``, ``prior_studies``, ``warm_start``; the study's stored prior
-#: summary, ``priors``). An older file reads
+#: summary, ``priors``); version 6 the config's ``probe`` (segment shape ``wsd``,
+#: forecast ``window_end``). An older file reads
 #: with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs where they lack a
 #: field (a version 1 file's segments are constant-LR).
-VERSION = 5
+VERSION = 6
 
 
 class _Line(BaseModel):

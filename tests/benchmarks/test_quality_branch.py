@@ -100,9 +100,9 @@ def test_the_ablation_turns_off_one_switch_per_row_and_reads_paired_differences(
             assert resolve(config) != resolve(base)
 
     cache = harness.Cache(tmp_path).load()
-    # default 1.0 / 2.0; continue_best on is worse by 0.5 on both seeds; the rest equal
+    # default 1.0 / 2.0; continue_best off is worse by 0.5 on both seeds; the rest equal
     for task in tasks:
-        worse = dict(task.config) == {"continue_best": True}
+        worse = dict(task.config) == {"continue_best": False}
         loss = (1.0 if task.seed == 0 else 2.0) + (0.5 if worse else 0.0)
         cache.add(task, {"final_loss": loss, "charged_steps": 1000})
     summary = ablation.summarize(variant, cache, [0, 1])
@@ -111,4 +111,4 @@ def test_the_ablation_turns_off_one_switch_per_row_and_reads_paired_differences(
     assert rows["continue_best"]["diff"][0] == pytest.approx(0.5)
     assert rows["final decay"]["verdict"] == "no clear effect"
     text = "\n".join(ablation.render([summary], "cmd", {"cpu": "x"}))
-    assert "| continue_best | on: keep the chosen candidate's steps | 2.0000 |" in text
+    assert "| continue_best | off: the stage restarts from its start | 2.0000 |" in text

@@ -94,6 +94,20 @@ def test_exclusion_of_whole_grid_still_proposes(opt: GPOptimizer) -> None:
     assert math.isfinite(p.acquisition_value)
 
 
+def test_an_upper_bound_is_never_exceeded(opt: GPOptimizer) -> None:
+    """A bowl whose minimum sits at 0.8: with ``upper`` 0.3 the proposal stays at or
+    below it for both acquisitions; an upper bound below the grid proposes its start."""
+    x = [0.1, 0.5, 0.9]
+    y = [(v - 0.8) ** 2 for v in x]
+    for acquisition in ("log_ei", "lcb"):
+        free = opt.propose(x, y, None, acquisition=acquisition, kappa=2.0)
+        bounded = opt.propose(x, y, None, acquisition=acquisition, kappa=2.0, upper=0.3)
+        assert free.x > 0.3 and bounded.x <= 0.3
+    assert opt.propose(x, y, None, acquisition="log_ei", kappa=0.0, upper=-1.0).x == 0.0
+    with pytest.raises(ValueError, match="upper"):
+        opt.propose(x, y, None, acquisition="log_ei", kappa=0.0, upper=math.nan)
+
+
 def test_lcb_with_huge_kappa_samples_most_uncertain_region(opt: GPOptimizer) -> None:
     x = [0.0, 0.1, 0.2, 0.3]
     y = [1.0, 0.8, 0.9, 1.2]

@@ -42,9 +42,17 @@ from stagelr_service.tuner import resolve
 from tests.live import run_cli
 
 #: Three stages (60, 120, 120 steps) of four candidates: 15 decisions and the end (no
-#: final decay, which would add a stage).
+#: final decay, which would add a stage). The fixtures below name seqs of the studies this
+#: config records: it keeps the preset they were written for, default-v1.
 CONFIG = StudyConfig(
-    lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4, decay_fraction=0.0
+    preset="default-v1",
+    lr_min=1e-4,
+    lr_max=3.0,
+    tau0=60,
+    tau_max=120,
+    total_steps=300,
+    k=4,
+    decay_fraction=0.0,
 )
 
 
@@ -101,6 +109,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, optimizer) -> Iterator[Store
         service = StudyService(store, optimizer)
         record_study(service, "plain", job=SyntheticJob(seed=1))
         record_study(service, "diverging", job=SyntheticJob(seed=2, cliff_lr=0.3))
+        annealed = CONFIG.model_copy(update={"preset": "default"})
+        record_study(service, "annealed", annealed, job=SyntheticJob(seed=3, cliff_lr=0.3))
         yield store
 
 
@@ -251,6 +261,14 @@ def test_the_cli_exits_2_on_a_bad_database_url_or_no_selection(tmp_path) -> None
     migrate(url)
     done = run_cli("replay", "verify", "--database-url", url)
     assert done.returncode == 2 and "--all" in done.stderr
+
+
+def test_a_study_of_the_annealed_default_replays_exactly(store, optimizer) -> None:
+    """default's annealed windows, window-end scores, stability edge and continued
+    candidates are all decided from the history alone."""
+    report = replay_study(store, study_id(store, "annealed"), optimizer)
+    assert report.ok, report.mismatches
+    assert report.decisions > 10
 
 
 # --------------------------------------------------------------------------- what-if

@@ -255,6 +255,7 @@ def test_0003_to_0006_fill_the_new_fields_of_older_studies_with_their_old_meanin
     assert resolved.planner == "fixed" and resolved.decay_fraction == 0.0
     assert resolved.lr_bounds == "given"
     assert resolved.initial_design == 1
+    assert resolved.probe == "constant"
 
     # Down to 0003 takes out what 0004 and 0006 filled in, and keeps the rest.
     assert downgrade(empty_database, "0003") == "0003"

@@ -54,8 +54,14 @@ def test_the_fitted_trajectory_is_the_longest_that_fits(budget, overrides) -> No
 
 def test_the_default_search_leaves_most_of_a_budget_to_the_trajectory() -> None:
     default = tuner.fit_charged_budget(charged(1000))
-    reference_search = tuner.fit_charged_budget(charged(1000, k=10, explore_ratio=0.1))
-    assert default.total_steps == 808
+    reference_search = tuner.fit_charged_budget(
+        charged(1000, k=10, explore_ratio=0.1, continue_best=False)
+    )
+    restarted = tuner.fit_charged_budget(charged(1000, continue_best=False))
+    # 6 windows of 33 steps, the chosen one continued: 835 steps of trajectory; without
+    # the continuation 808 (6 x 32 charged on top of the trajectory).
+    assert default.total_steps == 835
+    assert restarted.total_steps == 808
     assert reference_search.total_steps == 556
 
 

@@ -34,6 +34,11 @@ def default(**overrides: object) -> ResolvedConfig:
     return config_of(preset="default", lr_min=1e-3, lr_max=1.0, **overrides)
 
 
+def default_v1(**overrides: object) -> ResolvedConfig:
+    """The previous default: constant-LR windows, robust forecasts, a tie rule."""
+    return config_of(preset="default-v1", lr_min=1e-3, lr_max=1.0, **overrides)
+
+
 def by_stage(plans: list[tuner.Decision]) -> dict[int, list[tuner.Decision]]:
     stages: dict[int, list[tuner.Decision]] = {}
     for plan in plans:
@@ -264,7 +269,7 @@ def test_every_candidate_diverging_falls_back_to_the_low_end(optimizer) -> None:
 
 
 def test_study_ends_exactly_at_the_step_budget(optimizer) -> None:
-    config = default(tau0=100, tau_max=400, total_steps=1000, k=3, decay_fraction=0.0)
+    config = default_v1(tau0=100, tau_max=400, total_steps=1000, k=3, decay_fraction=0.0)
     plans, trials, end = simulate(config, optimizer)
     assert end is not None and end.status is StudyStatus.completed
     trained = sum(t.steps_done for t in trials if t.kind is SegmentKind.exploit)
@@ -325,15 +330,15 @@ def test_min_forecast_trains_the_lowest_forecast_however_uncertain(optimizer) ->
 def test_hottest_within_noise_gives_a_tie_to_the_hotter_lr(optimizer) -> None:
     """A forecast within one combined sd of the lowest counts as a tie, and a tie goes
     to the hotter LR, up to half a decade above the lowest forecast's (the same for
-    hottest_within_best_noise, the default, when the hotter sd is no wider)."""
-    assert default(tau0=100, k=3).selection is Selection.hottest_within_best_noise
+    hottest_within_best_noise, default-v1's, when the hotter sd is no wider)."""
+    assert default_v1(tau0=100, k=3).selection is Selection.hottest_within_best_noise
     for selection in ("hottest_within_noise", "hottest_within_best_noise"):
         _hottest_ties(selection, optimizer)
 
 
 def _hottest_ties(selection: str, optimizer) -> None:  # type: ignore[no-untyped-def]
     def default(**overrides: object) -> ResolvedConfig:
-        return config_of(preset="default", lr_min=1e-3, lr_max=1.0, selection=selection,
+        return config_of(preset="default-v1", lr_min=1e-3, lr_max=1.0, selection=selection,
                            **overrides)  # type: ignore[arg-type]  # fmt: skip
 
     config = default(tau0=100, k=3)
@@ -360,8 +365,9 @@ def test_hottest_within_best_noise_does_not_count_a_candidates_own_noise_for_it(
     hottest_within_noise that sd makes it a tie; under hottest_within_best_noise the
     tie is judged by the lowest forecast's noise, so the cooler, steadier LR trains."""
     wild = [forecast_trial(0, 0.3, 0.45, 0.4), forecast_trial(1, 0.85, 2.4, 16.9)]
-    assert choose(default(tau0=100, k=2, selection="hottest_within_noise"), wild, optimizer) == 0.85
-    best = default(tau0=100, k=2, selection="hottest_within_best_noise")
+    noise = default_v1(tau0=100, k=2, selection="hottest_within_noise")
+    assert choose(noise, wild, optimizer) == 0.85
+    best = default_v1(tau0=100, k=2, selection="hottest_within_best_noise")
     assert choose(best, wild, optimizer) == 0.3
     # within the lowest's own noise a tie still goes to the hotter LR (capped as before)
     tied = [forecast_trial(0, 0.3, 0.45, 0.4), forecast_trial(1, 0.6, 0.9, 16.9)]
@@ -373,7 +379,7 @@ def test_hottest_within_best_noise_does_not_count_a_candidates_own_noise_for_it(
 
 def test_min_upper_bound_charges_the_forecast_uncertainty(optimizer) -> None:
     trials = [forecast_trial(0, 0.01, 0.10, 0.02), forecast_trial(1, 0.1, 0.11, 0.001)]
-    config = default(tau0=100, k=2, selection="min_upper_bound")
+    config = default_v1(tau0=100, k=2, selection="min_upper_bound")
     assert choose(config, trials, optimizer) == 0.1
 
 
@@ -392,7 +398,7 @@ def test_min_posterior_mean_distrusts_a_noisy_forecast_its_neighbours_contradict
 
 
 def test_a_stored_forecast_is_used_instead_of_refitting() -> None:
-    config = default(tau0=100, k=3)
+    config = default_v1(tau0=100, k=3)
     geometry = tuner.stage_geometry(config, 0, 0, False)
     assert geometry is not None
     trial = forecast_trial(0, 0.01, 0.123, 0.004)

@@ -11,10 +11,12 @@ from ._exponential import forecast_reference
 from ._result import Forecast
 from ._robust import forecast_robust
 from ._window import FloatArray, prepare
+from ._window_end import forecast_window_end
 
 _MODELS: dict[str, Callable[[FloatArray, FloatArray, float], Forecast]] = {
     "exp_reference": forecast_reference,
     "robust": forecast_robust,
+    "window_end": forecast_window_end,
 }
 
 
@@ -32,7 +34,8 @@ def forecast(
         values: the losses; NaN or +/-inf anywhere makes the forecast "diverged".
         horizon: the step (same units as ``steps``) to predict at, usually the stage
             length; earlier than the last step is allowed.
-        model: "exp_reference" (the AutoLRS reference fit) or "robust".
+        model: "exp_reference" (the AutoLRS reference fit), "robust" or "window_end"
+            (an annealed probe's last value: ``horizon`` unused).
 
     Returns:
         A Forecast; see the package docstring for the statuses and fallback rules.

@@ -394,6 +394,7 @@ class GPOptimizer:
         acquisition: str,
         kappa: float,
         exclude_radius: float = 1 / 256,
+        upper: float = 1.0,
     ) -> Proposal:
         """Fit the GP to (x, y) and return the acquisition's best grid point.
 
@@ -409,6 +410,8 @@ class GPOptimizer:
             exclude_radius: Grid points within this distance of an observed x are not
                 proposed; if that excludes the whole grid, the best point is proposed
                 anyway.
+            upper: Grid points above this x are not proposed (a bound the caller knows,
+                e.g. a stability edge); if none is left, the lowest grid point is.
 
         Raises:
             ValueError: On empty, mismatched or non-finite inputs, x outside [0, 1],
@@ -420,6 +423,8 @@ class GPOptimizer:
             raise ValueError(f"kappa must be finite and >= 0, got {kappa}")
         if not (math.isfinite(exclude_radius) and exclude_radius >= 0.0):
             raise ValueError(f"exclude_radius must be finite and >= 0, got {exclude_radius}")
+        if math.isnan(upper):
+            raise ValueError("upper must be a number, got NaN")
         with _LOCK, _quiet(), torch.no_grad():
             data = _prepare(x, y, yvar)
             hyper = _fit_map(data)
@@ -435,9 +440,12 @@ class GPOptimizer:
                 # Lower is better; negate so both acquisitions are maximized below.
                 values = -((mean - kappa * std) * data.y_std + data.y_mean)
             near = (grid.unsqueeze(-1) - data.x.unsqueeze(-2)).abs().amin(-1) <= exclude_radius
-            allowed = ~near & ~torch.isnan(values)
+            below = grid <= upper
+            if not bool(below.any()):
+                below = grid <= grid[0]
+            allowed = ~near & ~torch.isnan(values) & below
             if not bool(allowed.any()):
-                allowed = ~torch.isnan(values)
+                allowed = ~torch.isnan(values) & below
             masked = torch.where(allowed, values, -math.inf)
             # argmax returns the first maximum, so ties resolve deterministically.
             best = int(masked.argmax())

@@ -44,6 +44,7 @@ from stagelr.models import (
 
 from ..forecast import Forecast, forecast
 from ._priors import Verdict, assess, fallback_skip, is_warm, warm_window
+from ._stability import stability_cap, unit_cap
 from ._types import (
     CandidateAnalysis,
     Decision,
@@ -447,6 +448,14 @@ def _choose(
     if not usable:
         # Every candidate diverged: the range is too hot; fall back to its cool end.
         return config.lr_min, None, {"source": "all_diverged"}
+    edge = stability_cap(config, analysis.candidates)
+    stable = [c for c in usable if c.trial.lr <= edge]
+    if not stable:
+        # Every usable candidate sits within the margin of an unstable one: the coolest.
+        coolest = min(usable, key=lambda c: (c.trial.lr, c.trial.index))
+        why: dict[str, object] = {"source": "stability_edge", "index": coolest.trial.index}
+        return coolest.trial.lr, coolest, why
+    usable = stable
     if config.selection is Selection.min_posterior_mean:
         xs, ys, yvar = _gp_data(analysis)
         post = optimizer.posterior(xs, ys, yvar, [c.x for c in usable])
@@ -492,10 +501,12 @@ def _best_so_far(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
     """The candidate whose end state ``continue_best`` keeps: None keeps every one
     (selection by GP posterior mean or within noise ranks candidates only once the search
     is over), -1
-    keeps none (no candidate is usable)."""
+    keeps none (no candidate is usable). With annealed probes, a candidate above the
+    stability edge so far is never kept (it cannot be chosen)."""
     if config.selection is Selection.min_posterior_mean or config.selection in HOTTEST_SELECTIONS:
         return None
-    usable = [c for c in candidates if not c.diverged]
+    edge = stability_cap(config, candidates)
+    usable = [c for c in candidates if not c.diverged and c.trial.lr <= edge]
     if not usable:
         return -1
     return min(usable, key=lambda c: (_keep_key(config, c), c.trial.index)).trial.index
@@ -566,8 +577,10 @@ def _explore(
         why = {"source": "initial_design" if len(design) > 1 else "random"}
     else:
         xs, ys, yvar = _gp_data(analysis)
+        cap = stability_cap(config, analysis.candidates)
+        bound = {} if cap >= config.lr_max else {"upper": unit_cap(config, cap)}
         proposal = optimizer.propose(
-            xs, ys, yvar, acquisition=config.acquisition.value, kappa=config.kappa
+            xs, ys, yvar, acquisition=config.acquisition.value, kappa=config.kappa, **bound
         )
         lr = from_unit(config, proposal.x)
         why = {
@@ -580,6 +593,10 @@ def _explore(
     if config.divergence_stop and stop_reference is not None:
         stop_above = stop_reference * config.divergence_factor
     name = checkpoint_name(geometry.index)
+    lr_end, shape = None, LRShape.constant
+    if config.probe == "anneal":
+        # A miniature of the planned run: the window ends in a cooldown to 0.
+        lr_end, shape = 0.0, LRShape.wsd
     return Decision(
         geometry=geometry,
         stage=geometry.index,
@@ -597,6 +614,8 @@ def _explore(
         save_end=candidate_checkpoint(geometry.index, index) if config.continue_best else None,
         discard=_candidate_discards(config, analysis),
         stop_above=stop_above,
+        lr_end=lr_end,
+        lr_shape=shape,
         why=why,
     )
 
@@ -624,14 +643,19 @@ def _exploit(
         discard += tuple(candidate_checkpoint(geometry.index, j) for j in held)
         if (
             chosen is not None
-            and chosen.trial.index in held
             and chosen.trial.status is SegmentStatus.completed
             and chosen.trial.trained == geometry.tau_explore
             and chosen.trial.trained < geometry.tau
         ):
             offset = chosen.trial.trained
-            restore = candidate_checkpoint(geometry.index, chosen.trial.index)
-            why = {**why, "continues": chosen.trial.index}
+            if chosen.trial.index in held:
+                restore = candidate_checkpoint(geometry.index, chosen.trial.index)
+                why = {**why, "continues": chosen.trial.index}
+            else:
+                # The chosen state was dropped (a later candidate moved the stability
+                # edge below the one kept): train from the stage start, tau' steps
+                # short, so the stage still charges what the plan counted.
+                why = {**why, "short": offset}
     lr_end, shape = None, LRShape.constant
     if geometry.decay:
         lr_end, shape = 0.0, config.decay_shape

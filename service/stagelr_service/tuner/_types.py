@@ -128,6 +128,7 @@ class Optimizer(Protocol):
         acquisition: str,
         kappa: float,
         exclude_radius: float = ...,
+        upper: float = ...,
     ) -> Any: ...
 
     def posterior(

@@ -1,0 +1,162 @@
+"""Paired comparisons of stagelr presets at charged budget T on the dev split's fast variants.
+
+    python -m benchmarks.quality.devsplit --seeds 10 \\
+        --config 'old=default-v1:{}' --config 'new=default:{}'
+
+Each ``NAME=PRESET:JSON`` config runs ``PRESET`` with the JSON overrides, told the job's
+whole compute (``charged_steps`` = T), through the real client against a live server on
+a throwaway SQLite database, on the same variants and seeds. Runs are kept in a JSON
+file keyed by the stagelr code hash (``--runs``, default under the ignored
+``benchmarks/results/tmp/``), so a rerun trains only what a code change affects.
+
+It prints, per variant: each config's median final loss; the first config against every
+other (paired difference, mean and 95% paired bootstrap interval, later minus first:
+negative means the later config is better); each config against the Tier-A target
+config of the committed cache on the same seeds; and the chosen LRs. Nothing is written
+to the docs: ``docs/tuner.md`` quotes its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["nqm-b8", "nqm-b64", "digits", "digits-noisy"]
+
+
+def _parse(item: str) -> tuple[str, str, dict[str, Any]]:
+    name, sep, rest = item.partition("=")
+    preset, sep2, text = rest.partition(":")
+    if not sep or not sep2:
+        raise SystemExit(f"--config {item!r}: write NAME=PRESET:JSON")
+    return name, preset, json.loads(text or "{}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", default=None)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--config", action="append", required=True, metavar="NAME=PRESET:JSON")
+    parser.add_argument("--budget", type=float, default=1.0, help="charged budget in T")
+    parser.add_argument(
+        "--frozen",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a config whose code has not changed (e.g. the shipped default): its runs "
+        "are reused whatever the current code hash",
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=ROOT / "benchmarks" / "results" / "tmp" / "devsplit.json"
+    )
+    args = parser.parse_args(argv)
+    configs = [_parse(c) for c in args.config]
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from . import harness, report, tuned, workloads
+    from .harness import Cache, Task
+
+    variants = args.variant or FAST
+    if any(workloads.VARIANTS[v].workload == "charlm" for v in variants) and args.seeds > 3:
+        print("note: charlm with more than 3 seeds takes long", flush=True)
+    code = harness.code_hashes()["stagelr"]
+    store: dict[str, Any] = json.loads(args.runs.read_text()) if args.runs.exists() else {}
+    # The target is the committed report's: its grid runs, read under the code hashes
+    # that report recorded (a later edit of the workloads' code leaves them valid data).
+    report_json = ROOT / "docs" / "results" / "quality.json"
+    committed = json.loads(report_json.read_text())["code"] if report_json.exists() else None
+    folder = ROOT / "docs" / "results" / "quality"
+    cache = (Cache(folder, hashes=committed) if committed else Cache(folder)).load()
+
+    def key(label: str, variant: str, preset: str, overrides: dict[str, Any], seed: int) -> str:
+        stamp = "frozen" if label in args.frozen else code
+        return json.dumps([variant, preset, overrides, seed, args.budget, stamp], sort_keys=True)
+
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        server: harness.Server | None = None
+        try:
+            for name in variants:
+                variant = workloads.VARIANTS[name]
+                for label, preset, overrides in configs:
+                    runs = []
+                    for seed in range(args.seeds):
+                        k = key(label, name, preset, overrides, seed)
+                        if k not in store:
+                            if server is None:
+                                server = harness.start_service(Path(scratch))
+                            run = tuned.run_stagelr(
+                                server.url,
+                                variant,
+                                seed,
+                                preset,
+                                overrides=overrides or None,
+                                budget=args.budget,
+                            )
+                            store[k] = {
+                                "final": run.final_loss,
+                                "charged": run.charged_steps,
+                                "lrs": [s["chosen_lr"] for s in run.extra["stages"]],
+                            }
+                            args.runs.parent.mkdir(parents=True, exist_ok=True)
+                            args.runs.write_text(json.dumps(store))
+                        runs.append(store[k])
+                    results[(name, label)] = runs
+        finally:
+            if server is not None:
+                server.stop()
+
+    def final(r: dict[str, Any]) -> float:
+        return math.inf if r["final"] is None or math.isnan(r["final"]) else float(r["final"])
+
+    for name in variants:
+        variant = workloads.VARIANTS[name]
+        best = harness.best_config(cache, variant, False, None)
+        target = None
+        if best is not None:
+            recs = [cache.get(Task(variant, "grid", s, best[0])) for s in range(args.seeds)]
+            if all(r is not None for r in recs):
+                target = [harness._final(r) for r in recs if r is not None]
+        first_label = configs[0][0]
+        base = [final(r) for r in results[(name, first_label)]]
+        head = f"{name} (T = {variant.steps}, {args.seeds} seeds)"
+        if best is not None:
+            head += f": target {best[1]:.4f} ({dict(best[0])})"
+        print(head)
+        for label, _, _ in configs:
+            values = [final(r) for r in results[(name, label)]]
+            charged = max(r["charged"] for r in results[(name, label)])
+            line = f"  {label:>14}: median {statistics.median(values):.4f} (charged <= {charged})"
+            if label != first_label:
+                m, lo, hi = report.paired_bootstrap(
+                    [v - b for v, b in zip(values, base, strict=True)]
+                )
+                line += f"  - {first_label} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            if target is not None:
+                m, lo, hi = report.paired_bootstrap(
+                    [v - t for v, t in zip(values, target, strict=True)]
+                )
+                line += f"  - target {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            print(line)
+            print(f"  {'':>14}  seeds {[round(v, 4) for v in values]}")
+            lrs = [r["lrs"] for r in results[(name, label)]]
+            print(f"  {'':>14}  LRs {[[round(x, 3) for x in s if x] for s in lrs]}")
+        if target is not None:
+            print(
+                f"  {'target':>14}: median {statistics.median(target):.4f} "
+                f"seeds {[round(v, 4) for v in target]}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

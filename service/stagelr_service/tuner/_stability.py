@@ -1,0 +1,65 @@
+"""The stability edge of a search with annealed probes.
+
+A constant-LR window warns about a hot LR through its noise floor: the loss sits high.
+An annealed probe (``probe: anneal``) removes that floor, which is what it is for, and
+with it the warning; what is left to catch is instability. The run holds the chosen LR
+for many times the window, and the sharpness of a network grows while it trains up to
+what its LR allows (progressive sharpening, the edge of stability: Cohen et al., ICLR
+2021), so an LR that blew up in a short window marks an edge that the LRs just below it
+reach later in the run. The search therefore stays a factor ``STABILITY_MARGIN`` below
+the lowest LR whose window was unstable: no candidate is proposed above it, and none
+above it is chosen.
+
+A window is unstable when it diverged (NaN, infinity, or stopped by the divergence
+stop), or, in the first stage (training from the job's first state, where every stable
+LR makes progress over a window), when it ended above where it started even after its
+cooldown: the annealing did not undo what the LR did (on the digits MLP, the LRs whose
+windows ended at the initial loss had killed the network, and the run held just below
+them did too). A transient spike that the cooldown undoes is not instability: the
+window's end says so. In a later stage, where a cool LR near the noise floor may end a
+window a little above its start, only divergence counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._types import CandidateAnalysis
+from .config import ResolvedConfig
+
+#: How far below the lowest unstable LR the search stays (a factor on the LR).
+STABILITY_MARGIN = 0.5
+
+
+def window_unstable(candidate: CandidateAnalysis) -> bool:
+    """Whether the candidate's window diverged or (first stage) ended above its start."""
+    if candidate.diverged:
+        return True
+    values = np.asarray([v for _, v in candidate.trial.observations], dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return True
+    return candidate.trial.stage == 0 and float(values[-1]) > float(values[0])
+
+
+def stability_cap(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> float:
+    """The highest LR the search may propose or choose: ``STABILITY_MARGIN`` times the
+    lowest unstable candidate's LR, or ``lr_max`` when none was unstable (or the probes
+    are constant-LR windows, whose noise floor does this job)."""
+    if config.probe != "anneal":
+        return config.lr_max
+    edges = [c.trial.lr for c in candidates if window_unstable(c)]
+    if not edges:
+        return config.lr_max
+    return min(config.lr_max, STABILITY_MARGIN * min(edges))
+
+
+def unit_cap(config: ResolvedConfig, cap: float) -> float:
+    """The cap in the optimizer's units (normalized log-LR; below lr_min: 0)."""
+    if cap >= config.lr_max:
+        return 1.0
+    if cap <= config.lr_min:
+        return 0.0
+    return math.log(cap / config.lr_min) / math.log(config.lr_max / config.lr_min)
