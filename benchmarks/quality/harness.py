@@ -34,8 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "service" / "stagelr_service"
 
 #: Seeds per run kind and workload (BENCHMARK.md "Seeds and statistics").
-GRID_SEEDS = {"nqm": 3, "digits": 3, "charlm": 2}
-METHOD_SEEDS = {"nqm": 10, "digits": 10, "charlm": 3}
+GRID_SEEDS = {
+    "nqm": 3, "digits": 3, "charlm": 2, "cnn": 3, "regression": 3, "charrnn": 3, "charrnn-ft": 3,
+}  # fmt: skip
+METHOD_SEEDS = {
+    "nqm": 10, "digits": 10, "charlm": 3, "cnn": 10, "regression": 10, "charrnn": 10,
+    "charrnn-ft": 10,
+}  # fmt: skip
 BASELINES = ("untuned", "range_test", "schedulefree")
 STAGELR = tuple(tuned.METHODS)
 ALL_METHODS = ("grid", *BASELINES, *STAGELR)
@@ -118,7 +123,7 @@ class Task:
                 dict(self.config),
                 self.seed,
                 hashes[self.kind],
-                corpus if self.variant.workload == "charlm" else None,
+                corpus,
             ],
             sort_keys=True,
         )
@@ -133,12 +138,13 @@ class Cache:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale: int = 0
     other_corpus: int = 0
-    _corpus: str | None = None
+    _corpora: dict[str, str | None] = field(default_factory=dict)
 
-    def corpus(self) -> str:
-        if self._corpus is None:
-            self._corpus = workloads.stdlib_corpus().sha256
-        return self._corpus
+    def corpus(self, workload: str = "charlm") -> str | None:
+        """The SHA-256 of ``workload``'s corpus (None: its data is fixed by the code)."""
+        if workload not in self._corpora:
+            self._corpora[workload] = workloads.corpus_sha256(workload)
+        return self._corpora[workload]
 
     def load(self) -> Cache:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -151,7 +157,8 @@ class Cache:
                 if record["code"] not in current:
                     self.stale += 1
                     continue
-                if record.get("corpus") and record["corpus"] != self.corpus():
+                workload = VARIANTS[record["variant"]].workload
+                if record.get("corpus") and record["corpus"] != self.corpus(workload):
                     # Runs on another corpus are never compared with these.
                     self.other_corpus += 1
                     continue
@@ -159,8 +166,7 @@ class Cache:
         return self
 
     def key(self, task: Task) -> str:
-        corpus = self.corpus() if task.variant.workload == "charlm" else None
-        return task.key(self.hashes, corpus)
+        return task.key(self.hashes, self.corpus(task.variant.workload))
 
     def get(self, task: Task) -> dict[str, Any] | None:
         return self.records.get(self.key(task))
@@ -175,7 +181,7 @@ class Cache:
             "config": dict(task.config),
             "seed": task.seed,
             "code": self.hashes[task.kind],
-            "corpus": self.corpus() if task.variant.workload == "charlm" else None,
+            "corpus": self.corpus(task.variant.workload),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_name(),
             "run": run,

@@ -18,7 +18,7 @@ from .workloads import Job, Variant, make_job
 
 SCHEDULES = ("linear", "cosine", "wsd", "constant")
 #: The untuned default: linear decay at these peaks (the frameworks' usual defaults).
-UNTUNED_LR = {"sgd": 0.1, "adamw": 1e-3}
+UNTUNED_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 #: The LR range test sweeps these LRs exponentially over T/10 steps (fastai's lr_find).
 RANGE_TEST = (1e-7, 10.0)
 WSD_COOLDOWN = 0.2
