@@ -120,6 +120,9 @@ def train(tasks: list[Task], cache: Cache, jobs: int) -> int:
                 print(harness._describe(task, run), flush=True)
     finally:
         server.stop()
+    for name in sorted({t.variant.name for t in missing}):
+        cache.compact([name])
+        harness.export_studies(cache, name)
     return len(missing)
 
 

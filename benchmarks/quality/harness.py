@@ -7,8 +7,9 @@ than T is ``budget`` in it), the seed, the hash of the code that produced it and
 text workloads, the corpus's SHA-256. A run whose key is in the cache is never trained
 again, so a full benchmark resumes, and a code change (or another corpus) retrains exactly
 what it affects, unless ``code-aliases.json`` records that the new code reproduces the old
-code's runs bit for bit (``python -m benchmarks.quality.recheck``). stagelr runs also live
-as one study each in the server's database under ``<results>``.
+code's runs bit for bit (``python -m benchmarks.quality.recheck``). Each stagelr run is
+also one study of the live server's (scratch) database, kept as a gzip-compressed
+``stagelr export`` file per variant under ``<results>/studies/``.
 
 Steps-to-target (BENCHMARK.md version 2) reads budgeted runs: a planned method (the
 target config, Prodigy and D-Adapt, stagelr ``default``) is run for each budget B in
@@ -183,7 +184,7 @@ class Cache:
         aliases = load_aliases(self.folder, self.hashes)
         for path in sorted(self.folder.glob("*.jsonl.gz")):
             for record in read_records(path):
-                alias = aliases.get((kind_of(record["method"]), record["code"]))
+                alias = aliases.get((kind_of(record["method"]), record["code"], record["variant"]))
                 if alias is not None:
                     record = rekeyed(record, alias)
                 if record["code"] not in current:
@@ -249,26 +250,30 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     partial.replace(path)
 
 
-def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[tuple[str, str], str]:
-    """(kind, old code hash) -> today's hash of that kind, for each recorded alias whose
-    new side is today's code (``recheck`` reproduced the old code's runs with it, bit for
-    bit), and for each alias of such an old hash in turn."""
+def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[tuple[str, str, str], str]:
+    """(kind, old code hash, variant) -> today's hash of that kind, for each recorded
+    alias whose new side is today's code (``recheck`` reproduced runs of that variant
+    under the old code with it, bit for bit), and for each alias of such an old hash in
+    turn. An alias vouches only for the variants its samples came from."""
     path = folder / ALIASES_FILE
     if not path.exists():
         return {}
     entries = json.loads(path.read_text())["aliases"]
-    out: dict[tuple[str, str], str] = {}
+    out: dict[tuple[str, str, str], str] = {}
     for entry in entries:
         if hashes.get(entry["kind"]) == entry["new"]:
-            out[(entry["kind"], entry["old"])] = entry["new"]
+            for variant in entry["variants"]:
+                out[(entry["kind"], entry["old"], variant)] = entry["new"]
     grew = True
     while grew:
         grew = False
         for entry in entries:
-            key, via = (entry["kind"], entry["old"]), (entry["kind"], entry["new"])
-            if via in out and key not in out:
-                out[key] = out[via]
-                grew = True
+            for variant in entry["variants"]:
+                key = (entry["kind"], entry["old"], variant)
+                via = (entry["kind"], entry["new"], variant)
+                if via in out and key not in out:
+                    out[key] = out[via]
+                    grew = True
     return out
 
 
@@ -659,14 +664,81 @@ class Server:
     stop: Callable[[], None]
 
 
+#: Where each results folder's live server keeps its database while a benchmark runs
+#: (not committed; the studies are kept as ``stagelr export`` files, see export_studies).
+SCRATCH = ROOT / "benchmarks" / "results" / "tmp" / "quality-studies"
+STUDIES_DIR = "studies"
+
+
+def scratch_database(folder: Path) -> Path:
+    """The server database of the results folder ``folder`` (one per folder)."""
+    tag = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return SCRATCH / f"{folder.name}-{tag}.sqlite3"
+
+
 def start_service(folder: Path) -> Server:
-    """A live `stagelr serve` child on the benchmark's SQLite database (auth off)."""
+    """A live `stagelr serve` child on the results folder's scratch SQLite database
+    (auth off)."""
     from stagelr_service.server import start_server
 
-    folder.mkdir(parents=True, exist_ok=True)
-    database = folder / "studies.sqlite3"
-    process = start_server(f"sqlite:///{database}", folder / "server.log")
+    database = scratch_database(folder)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    process = start_server(f"sqlite:///{database}", database.with_suffix(".log"))
     return Server(process.url, process.stop)
+
+
+def studies_file(folder: Path, variant: str) -> Path:
+    """A variant's stagelr studies: a gzip-compressed ``stagelr export`` file (``gunzip``
+    it and ``stagelr import`` it into a database to replay them)."""
+    return folder / STUDIES_DIR / f"{variant}.jsonl.gz"
+
+
+def exported_names(path: Path) -> set[str]:
+    """The study names an export file holds."""
+    if not path.exists():
+        return set()
+    with gzip.open(path, "rt") as file:
+        lines = [json.loads(line) for line in file if line.strip()]
+    return {line["name"] for line in lines[1:]}
+
+
+def export_studies(cache: Cache, variant: str) -> int:
+    """Append to ``variant``'s export file every study of its cached stagelr runs that
+    the server's scratch database holds and the file lacks; how many were added."""
+    from stagelr_service.exchange import export_studies as export
+    from stagelr_service.store.database import Store
+
+    database = scratch_database(cache.folder)
+    path = studies_file(cache.folder, variant)
+    have = exported_names(path)
+    wanted = {
+        str(r["run"]["extra"]["study"])
+        for r in cache.records.values()
+        if r["variant"] == variant
+        and r["method"].startswith("stagelr-")
+        and "study" in r["run"].get("extra", {})
+    } - have
+    if not wanted or not database.exists():
+        return 0
+    import io
+
+    with Store(f"sqlite:///{database}") as store:
+        with store.transaction(read_only=True) as repo:
+            ids = [k[0] for k in repo.study_keys() if k[2] in wanted]
+        buffer = io.StringIO()
+        added = export(store, ids, buffer)
+    fresh = buffer.getvalue().splitlines(keepends=True)
+    old: list[str] = []
+    if path.exists():
+        with gzip.open(path, "rt") as file:
+            old = [line for line in file if line.strip()]
+    lines = (old or fresh[:1]) + fresh[1:]  # one header, then every study
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as file:
+        file.write("".join(lines).encode())
+    partial.replace(path)
+    return added
 
 
 def run_all(
@@ -715,6 +787,8 @@ def run_all(
                     phase = "budgeted runs"
                     tasks = extension(variant, cache, method_names, quick, seeds_override)
                 cache.compact([variant.name])
+                if server is not None:
+                    export_studies(cache, variant.name)
     finally:
         if server is not None:
             server.stop()

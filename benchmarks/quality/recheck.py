@@ -8,13 +8,14 @@ edit cannot have touched. This retrains a sample of the runs cached under an old
 (``--old``) with today's code, on this machine (runs are only compared bit for bit with
 runs this CPU trained), and compares each with its record: the final loss, every harness
 evaluation, the LR path and the charged steps, exactly. If every sample matches, it
-records in ``<results>/code-aliases.json`` that today's hash reproduces the old one, with
-the samples' keys as the evidence, and the cache then reads the old runs as today's. A
-single mismatch records nothing and prints where the two differ.
+records in ``<results>/code-aliases.json`` that today's hash reproduces the old one on the
+sampled variants, with the samples' keys as the evidence, and the cache then reads the old
+runs of those variants as today's. A single mismatch records nothing and prints where the
+two differ.
 
-Per variant it samples the ``--per-variant`` quickest runs of that hash (``--skip`` names
-variants to leave out, e.g. a slow one already vouched for by another sample's code path;
-the record says which variants were checked).
+Per variant it samples the ``--per-variant`` quickest runs of that hash that did not diverge (``--variant``
+picks variants, ``--skip`` leaves some out; a later check of the same change adds its
+variants to the record).
 """
 
 from __future__ import annotations
@@ -77,7 +78,13 @@ def samples(
             if r["code"] == old and r.get("machine") == here and r["variant"] not in skip
             and r["method"] != "oracle"
         ]  # fmt: skip
-        records.sort(key=lambda r: float(r["run"].get("seconds") or math.inf))
+        # The quickest runs that trained to the end (a diverged run exercises little).
+        records.sort(
+            key=lambda r: (
+                bool(r["run"].get("diverged")),
+                float(r["run"].get("seconds") or math.inf),
+            )
+        )
         taken = 0
         for record in records:
             task = task_of(record, old)
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old", action="append", required=True, help="an old code hash")
     parser.add_argument("--per-variant", type=int, default=2)
     parser.add_argument("--skip", action="append", default=[], help="a variant to leave out")
+    parser.add_argument("--variant", action="append", default=None, help="only these variants")
     parser.add_argument(
         "--results", type=Path, default=harness.ROOT / "docs" / "results" / "quality"
     )
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for old in args.old:
             chosen = samples(args.results, old, args.per_variant, set(args.skip))
+            if args.variant:
+                chosen = [(t, r) for t, r in chosen if t.variant.name in args.variant]
             if not chosen:
                 print(f"{old}: no run of it made on this machine ({machine_name()}) to reproduce")
                 status = 1
@@ -147,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                 "variants": sorted({t.variant.name for t, _ in chosen}),
                 "reproduced": [r["key"] for _, r in chosen],
             }
+            for earlier in known["aliases"]:
+                if (earlier["kind"], earlier["old"], earlier["new"]) == (kind, old, entry["new"]):
+                    # Another sample of the same change: the variants both vouch for.
+                    entry["variants"] = sorted(set(entry["variants"]) | set(earlier["variants"]))
+                    entry["reproduced"] = earlier["reproduced"] + entry["reproduced"]
             known["aliases"] = [
                 a for a in known["aliases"] if not (a["old"] == old and a["new"] == entry["new"])
             ] + [entry]
