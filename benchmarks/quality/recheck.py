@@ -13,9 +13,9 @@ sampled variants, with the samples' keys as the evidence, and the cache then rea
 runs of those variants as today's. A single mismatch records nothing and prints where the
 two differ.
 
-Per variant it samples the ``--per-variant`` quickest runs of that hash that did not diverge (``--variant``
-picks variants, ``--skip`` leaves some out; a later check of the same change adds its
-variants to the record).
+Per variant it samples the ``--per-variant`` quickest runs of that hash that did not
+diverge (``--variant`` picks variants, ``--skip`` leaves some out; a later check of the
+same change adds its variants to the record).
 """
 
 from __future__ import annotations
