@@ -140,6 +140,11 @@ def test_budgets_are_planned_one_at_a_time_until_a_run_ends_at_the_target(tmp_pa
     harness.record_frozen(tmp_path, "abc1234")
     first = harness.plan(variant, cache, ["stagelr-default", "stagelr-default-3t"], True, None)
     assert first == [Task(variant, "stagelr-default", 0)]  # the budgets come later, lazily
+    # The budgets of stagelr are default's own rows; autolrs runs once.
+    assert harness.budget_task(variant, "stagelr-default", 2, (), 1.5).method == (
+        "stagelr-default-1.5t"
+    )
+    assert harness.budget_task(variant, "stagelr-autolrs", 2, (), 1.0).method == "stagelr-autolrs"
     # DoG is an SGD-family rival, Prodigy an Adam-family one.
     assert harness.method_applies("dog", VARIANTS["regression"], tmp_path)
     assert not harness.method_applies("dog", variant, tmp_path)

@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="processes at once")
     parser.add_argument("--report-only", action="store_true", help="train nothing")
     parser.add_argument(
+        "--no-rival-budgets",
+        action="store_true",
+        help="Prodigy and D-Adapt at T only (no 1.5T/2T/3T runs for their steps-to-target)",
+    )
+    parser.add_argument(
         "--default-frozen-at",
         metavar="COMMIT",
         default=None,
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds_override=args.seeds,
             jobs=args.jobs,
             log=log,
+            rival_budgets=not args.no_rival_budgets,
         )
         print(f"trained {trained} runs in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -381,8 +381,12 @@ def method_applies(method: str, variant: Variant, folder: Path) -> bool:
 def budget_task(variant: Variant, method: str, seed: int, config: tuple[tuple[str, Any], ...],
                 budget: float) -> Task:  # fmt: skip
     """The run of ``method`` (``config``: its grid point, if any) planned for ``budget`` T."""
-    if method.startswith("stagelr-"):
+    if method in DEFAULT_BY_BUDGET.values():
         return Task(variant, DEFAULT_BY_BUDGET[budget], seed)
+    if method in tuned.METHODS:  # autolrs: one run, total_steps = T
+        if budget != 1.0:
+            raise ValueError(f"{method} is not run for a budget")
+        return Task(variant, method, seed)
     extra = () if budget == 1.0 else (("budget", budget),)
     return Task(variant, method, seed, tuple(sorted(config + extra)))
 
@@ -444,7 +448,7 @@ def plan(
 
 def planned_methods(
     variant: Variant, cache: Cache, method_names: list[str], quick: bool,
-    seeds_override: int | None,
+    seeds_override: int | None, rival_budgets: bool = True,
 ) -> list[tuple[str, tuple[tuple[str, Any], ...]]]:  # fmt: skip
     """The planned methods whose steps-to-target is read from budgeted runs: the target
     config (once the grid is complete), Prodigy and D-Adapt, stagelr default."""
@@ -452,7 +456,7 @@ def planned_methods(
     best = best_config(cache, variant, quick, seeds_override)
     if best is not None and "grid" in method_names:
         out.append(("grid", best[0]))
-    for method in rivals.PLANNED:
+    for method in rivals.PLANNED if rival_budgets else ():
         if method in method_names and method_applies(method, variant, cache.folder):
             out.append((method, ()))
     wants_default = any(m in method_names for m in DEFAULT_BY_BUDGET.values())
@@ -467,6 +471,7 @@ def extension(
     method_names: list[str],
     quick: bool,
     seeds_override: int | None,
+    rival_budgets: bool = True,
 ) -> list[Task]:
     """The next budgeted runs: the target config on the single-run methods' seeds at T
     (so every method pairs with it), then, per planned method and seed, the next budget
@@ -475,7 +480,8 @@ def extension(
     if best is None:
         return []
     tasks: list[Task] = []
-    for method, config in planned_methods(variant, cache, method_names, quick, seeds_override):
+    planned = planned_methods(variant, cache, method_names, quick, seeds_override, rival_budgets)
+    for method, config in planned:
         for seed in seeds(variant, quick, seeds_override, grid=False):
             _, task = first_at_target(cache, variant, method, seed, config, best[1])
             if task is not None:
@@ -750,8 +756,11 @@ def run_all(
     seeds_override: int | None,
     jobs: int,
     log: Callable[[str], None] = print,
+    rival_budgets: bool = True,
 ) -> int:
-    """Train every missing run of ``variants``; returns how many were trained."""
+    """Train every missing run of ``variants``; returns how many were trained.
+    ``rival_budgets=False``: Prodigy and D-Adapt at T only (their steps-to-target stays
+    pending where their T run ends above the target)."""
     first = {v.name: plan(v, cache, method_names, quick, seeds_override) for v in variants}
     needs_server = any(m.startswith("stagelr-") for m in method_names) and any(
         method_applies(m, v, cache.folder)
@@ -785,7 +794,9 @@ def run_all(
                     # far leave open (a seed's run ended above the target at every
                     # smaller budget), until none is.
                     phase = "budgeted runs"
-                    tasks = extension(variant, cache, method_names, quick, seeds_override)
+                    tasks = extension(
+                        variant, cache, method_names, quick, seeds_override, rival_budgets
+                    )
                 cache.compact([variant.name])
                 if server is not None:
                     export_studies(cache, variant.name)
