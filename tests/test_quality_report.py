@@ -117,6 +117,7 @@ def test_summary_reads_budgets_anytime_runs_gap_and_lr_ratio(tmp_path: Path) -> 
     assert {v["status"] for v in verdicts["test"].values()} == {report.NOT_FROZEN}
     info = report.machine()
     lines = report.render([summary], verdicts, command="c", info=info, img_prefix="", cache=cache)
+    lines += report.render_summary([summary], verdicts, img_prefix="")
     text = "\n".join(lines)
     assert "default not yet run on the test split" in text
     assert f"| cnn | 0.4000 | {report.NOT_FROZEN} | Prodigy + cosine 0.5500 |" in text

@@ -30,6 +30,7 @@ from .workloads import VARIANTS, WORKLOADS  # noqa: E402
 
 ROOT = harness.ROOT
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- quality-summary:begin -->", "<!-- quality-summary:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,16 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     img_prefix = "img/" if docs is not None else str(img) + "/"
     frozen = harness.frozen_default(results)
+    overview = report.render_summary(summaries, verdicts, img_prefix=img_prefix, frozen=frozen)
     lines = report.render(
-        summaries,
-        verdicts,
-        command=command,
-        info=info,
-        img_prefix=img_prefix,
-        cache=cache,
-        frozen=frozen,
+        summaries, verdicts, command=command, info=info, img_prefix=img_prefix, cache=cache
     )
-    print("\n".join(lines))
+    print("\n".join(overview + [""] + lines))
     for summary, variant in zip(summaries, shown, strict=True):
         path = report.plot(summary, cache, variant, img)
         if path is not None:
@@ -149,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"json: {json_path}")
     if docs is not None:
+        update_docs(docs, overview, SUMMARY_BEGIN, SUMMARY_END)
         update_docs(docs, lines)
-        print(f"docs: {docs} (section between {BEGIN} and {END})")
+        print(f"docs: {docs} (sections between {SUMMARY_BEGIN} and {END})")
     return 0
 
 

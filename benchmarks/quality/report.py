@@ -604,6 +604,42 @@ def summary_table(summaries: list[dict[str, Any]], split: str, img_prefix: str) 
     return lines
 
 
+def render_summary(
+    summaries: list[dict[str, Any]],
+    verdicts: dict[str, dict[str, dict[str, Any]]],
+    *,
+    img_prefix: str,
+    frozen: dict[str, Any] | None = None,
+) -> list[str]:
+    """Per split: the tier verdicts, their checks and the summary table (markdown)."""
+    lines: list[str] = []
+    for split, tiers in verdicts.items():
+        lines += ["", f"**{split.capitalize()} split.**", ""]
+        if split == "test":
+            lines.append(
+                "`default` frozen at commit "
+                + (
+                    f"`{frozen['commit']}` (recorded {frozen['recorded_at']})."
+                    if frozen
+                    else "(none): default not yet run on the test split."
+                )  # fmt: skip
+            )
+            lines.append("")
+        lines.append(
+            "Tier verdicts: " + "; ".join(f"**{t}** {v['status']}" for t, v in tiers.items()) + "."
+        )
+        lines.append("")
+        for tier, v in tiers.items():
+            for c in v["checks"]:
+                mark = {True: "yes", False: "no", None: "pending"}[c["ok"]]
+                lines.append(f"- {tier}: {c['check']}: {mark}")
+        pend = next(iter(tiers.values()))["pending_variants"]
+        if pend:
+            lines.append("- pending workloads (runs missing): " + ", ".join(pend))
+        lines += [""] + summary_table(summaries, split, img_prefix)
+    return lines[1:]
+
+
 def render(
     summaries: list[dict[str, Any]],
     verdicts: dict[str, dict[str, dict[str, Any]]],
@@ -612,9 +648,9 @@ def render(
     info: dict[str, Any],
     img_prefix: str,
     cache: Cache,
-    frozen: dict[str, Any] | None = None,
 ) -> list[str]:
-    """The docs section, in markdown (also what the CLI prints)."""
+    """The detailed docs section, in markdown (also what the CLI prints): how the report
+    was made, completion, and each variant's tables."""
     corpora = sorted({s["workload"] for s in summaries if workloads.corpus_sha256(s["workload"])})
     lines = [
         "```sh",
@@ -645,30 +681,6 @@ def render(
             f"Ignored: {cache.stale} cached runs of other code, "
             f"{cache.other_corpus} of another corpus."
         )
-    for split, tiers in verdicts.items():
-        lines += ["", f"### {split} split", ""]
-        if split == "test":
-            lines.append(
-                "`default` frozen at commit "
-                + (
-                    f"`{frozen['commit']}` (recorded {frozen['recorded_at']})."
-                    if frozen
-                    else "(none): default not yet run on the test split."
-                )  # fmt: skip
-            )
-            lines.append("")
-        lines.append(
-            "Tier verdicts: " + "; ".join(f"**{t}** {v['status']}" for t, v in tiers.items()) + "."
-        )
-        lines.append("")
-        for tier, v in tiers.items():
-            for c in v["checks"]:
-                mark = {True: "yes", False: "no", None: "pending"}[c["ok"]]
-                lines.append(f"- {tier}: {c['check']}: {mark}")
-        pend = next(iter(tiers.values()))["pending_variants"]
-        if pend:
-            lines.append("- pending workloads (runs missing): " + ", ".join(pend))
-        lines += [""] + summary_table(summaries, split, img_prefix)
     for s in summaries:
         lines += ["", f"#### {s['variant']} ({s['split']} split, T = {s['steps']})", ""]
         if s.get("target") is None:
