@@ -224,3 +224,20 @@ def test_the_cache_is_compressed_and_reads_aliased_code_as_todays(tmp_path: Path
     entry["kind"] = "rival"
     (tmp_path / harness.ALIASES_FILE).write_text(json.dumps({"aliases": [entry]}))
     assert Cache(tmp_path).load().get(task) is None
+
+
+def test_rivals_plan_their_budget_and_the_anytime_ones_run_to_3t() -> None:
+    pytest.importorskip("prodigyopt")
+    pytest.importorskip("dog")
+    from benchmarks.quality import rivals
+
+    nqm = VARIANTS["nqm-b8"].smoke(40)
+    dog = rivals.run_rival(nqm, 0, "dog", {})
+    # anytime: one run to 3T, evaluated every T/8 as at T, on the averaged iterate
+    assert dog.charged_steps == 120 and [c for _, c, _ in dog.curve][:3] == [0, 5, 10]
+    assert len(dog.curve) == 1 + 24 and dog.final_loss < dog.curve[0][2]
+    cnn = VARIANTS["cnn"].smoke(40)
+    prodigy = rivals.run_rival(cnn, 0, "prodigy", {"budget": 1.5})
+    assert prodigy.charged_steps == 60 and len(prodigy.curve) == 1 + 12
+    with pytest.raises(ValueError, match="not a rival"):
+        rivals.run_rival(cnn, 0, "dog", {})
