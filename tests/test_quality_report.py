@@ -226,6 +226,7 @@ def test_the_cache_is_compressed_and_reads_aliased_code_as_todays(tmp_path: Path
     assert Cache(tmp_path).load().get(task) is None
 
 
+@pytest.mark.slow
 def test_rivals_plan_their_budget_and_the_anytime_ones_run_to_3t() -> None:
     pytest.importorskip("prodigyopt")
     pytest.importorskip("dog")
