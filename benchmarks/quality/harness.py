@@ -189,13 +189,13 @@ class Cache:
         aliases = load_aliases(self.folder, self.hashes)
         for path in sorted(self.folder.glob("*.jsonl.gz")):
             for record in read_records(path):
-                alias = aliases.get((kind_of(record["method"]), record["code"], record["variant"]))
+                workload = VARIANTS[record["variant"]].workload
+                alias = aliases.get((kind_of(record["method"]), record["code"], workload))
                 if alias is not None:
                     record = rekeyed(record, alias)
                 if record["code"] not in current:
                     self.stale += 1
                     continue
-                workload = VARIANTS[record["variant"]].workload
                 if record.get("corpus") and record["corpus"] != self.corpus(workload):
                     # Runs on another corpus are never compared with these.
                     self.other_corpus += 1
@@ -256,26 +256,31 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[tuple[str, str, str], str]:
-    """(kind, old code hash, variant) -> today's hash of that kind, for each recorded
-    alias whose new side is today's code (``recheck`` reproduced runs of that variant
+    """(kind, old code hash, workload) -> today's hash of that kind, for each recorded
+    alias whose new side is today's code (``recheck`` reproduced runs of that workload
     under the old code with it, bit for bit), and for each alias of such an old hash in
-    turn. An alias vouches only for the variants its samples came from."""
+    turn. An alias vouches only for the workloads its samples came from (every variant of
+    a workload runs the same code; only T or a parameter differs)."""
     path = folder / ALIASES_FILE
     if not path.exists():
         return {}
     entries = json.loads(path.read_text())["aliases"]
+
+    def workloads_of(entry: dict[str, Any]) -> set[str]:
+        return {VARIANTS[v].workload for v in entry["variants"] if v in VARIANTS}
+
     out: dict[tuple[str, str, str], str] = {}
     for entry in entries:
         if hashes.get(entry["kind"]) == entry["new"]:
-            for variant in entry["variants"]:
-                out[(entry["kind"], entry["old"], variant)] = entry["new"]
+            for workload in workloads_of(entry):
+                out[(entry["kind"], entry["old"], workload)] = entry["new"]
     grew = True
     while grew:
         grew = False
         for entry in entries:
-            for variant in entry["variants"]:
-                key = (entry["kind"], entry["old"], variant)
-                via = (entry["kind"], entry["new"], variant)
+            for workload in workloads_of(entry):
+                key = (entry["kind"], entry["old"], workload)
+                via = (entry["kind"], entry["new"], workload)
                 if via in out and key not in out:
                     out[key] = out[via]
                     grew = True

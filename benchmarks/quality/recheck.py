@@ -10,7 +10,8 @@ runs this CPU trained), and compares each with its record: the final loss, every
 evaluation, the LR path and the charged steps, exactly. If every sample matches, it
 records in ``<results>/code-aliases.json`` that today's hash reproduces the old one on the
 sampled variants, with the samples' keys as the evidence, and the cache then reads the old
-runs of those variants as today's. A single mismatch records nothing and prints where the
+runs of those variants' workloads as today's (every variant of a workload runs the same
+code; only T or a parameter differs). A single mismatch records nothing and prints where the
 two differ.
 
 Per variant it samples the ``--per-variant`` quickest runs of that hash that did not
