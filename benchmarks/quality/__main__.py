@@ -1,10 +1,13 @@
 """The tuning-quality benchmark: python -m benchmarks.quality [--quick | --full] [options].
 
-Options: --workload W, --method M (repeatable), --seeds N, --jobs 1|2, --report-only.
+Options: --workload W, --method M (repeatable), --seeds N, --jobs 1|2, --report-only,
+--default-frozen-at COMMIT.
 
 Trains what the results cache lacks (resumable: every run is written when it finishes),
-then prints a table per workload variant with the tier verdicts, and writes the plots,
-the JSON summary and the markdown section of docs/benchmarks.md.
+then prints each split's summary table and tier verdicts and a table per workload
+variant, and writes the plots, the JSON summary and the markdown section of
+docs/benchmarks.md. ``default`` runs on the test split only after
+``--default-frozen-at COMMIT`` has recorded the commit it is judged at.
 
     python -m benchmarks.quality --quick                 # CI smoke: tiny T, 1 seed, 2-point grid
     python -m benchmarks.quality --full --jobs 1         # the protocol (W3 takes days)
@@ -27,6 +30,7 @@ from .workloads import VARIANTS, WORKLOADS  # noqa: E402
 
 ROOT = harness.ROOT
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- quality-summary:begin -->", "<!-- quality-summary:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="override every seed count")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="processes at once")
     parser.add_argument("--report-only", action="store_true", help="train nothing")
+    parser.add_argument(
+        "--no-rival-budgets",
+        action="store_true",
+        help="Prodigy and D-Adapt at T only (no 1.5T/2T/3T runs for their steps-to-target)",
+    )
+    parser.add_argument(
+        "--default-frozen-at",
+        metavar="COMMIT",
+        default=None,
+        help="record that default is frozen at COMMIT, which lets it run on the test split",
+    )
     parser.add_argument("--results", type=Path, default=None, help="the results cache folder")
     parser.add_argument("--img", type=Path, default=None, help="where the PNGs go")
     parser.add_argument("--json", type=Path, default=None, help="the JSON summary")
@@ -71,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = harness.variants_for(quick, args.workload)
     cache = harness.Cache(results).load()
+    if args.default_frozen_at:
+        commit = args.default_frozen_at.strip()
+        if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+            parser.error(f"--default-frozen-at {commit!r}: give a git commit hash")
+        harness.record_frozen(results, commit)
     started = time.perf_counter()
     if not args.report_only:
 
@@ -85,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds_override=args.seeds,
             jobs=args.jobs,
             log=log,
+            rival_budgets=not args.no_rival_budgets,
         )
         print(f"trained {trained} runs in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -99,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         + (f" --seeds {args.seeds}" if args.seeds is not None else "")
     )
     img_prefix = "img/" if docs is not None else str(img) + "/"
+    frozen = harness.frozen_default(results)
+    overview = report.render_summary(summaries, verdicts, img_prefix=img_prefix, frozen=frozen)
     lines = report.render(
         summaries, verdicts, command=command, info=info, img_prefix=img_prefix, cache=cache
     )
-    print("\n".join(lines))
+    print("\n".join(overview + [""] + lines))
     for summary, variant in zip(summaries, shown, strict=True):
         path = report.plot(summary, cache, variant, img)
         if path is not None:
@@ -115,14 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "code": cache.hashes,
+            "default_frozen": frozen,
             "variants": summaries,
             "verdicts": verdicts,
         },
     )
     print(f"json: {json_path}")
     if docs is not None:
+        update_docs(docs, overview, SUMMARY_BEGIN, SUMMARY_END)
         update_docs(docs, lines)
-        print(f"docs: {docs} (section between {BEGIN} and {END})")
+        print(f"docs: {docs} (sections between {SUMMARY_BEGIN} and {END})")
     return 0
 
 

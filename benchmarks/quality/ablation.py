@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from . import harness, report  # noqa: E402
 from .harness import Cache, Task  # noqa: E402
+from .workloads import Variant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
@@ -91,7 +92,7 @@ QUICK_VARIANTS = ["nqm-b8", "digits"]
 FULL_VARIANTS = ["nqm-b8", "nqm-b64", "digits", "digits-noisy"]
 
 
-def tasks_for(variant: harness.Variant, seeds: list[int]) -> list[Task]:
+def tasks_for(variant: Variant, seeds: list[int]) -> list[Task]:
     out = [Task(variant, METHOD, s) for s in seeds]
     for _, _, overrides in SWITCHES:
         config = tuple(sorted(overrides.items()))
@@ -123,6 +124,9 @@ def train(tasks: list[Task], cache: Cache, jobs: int) -> int:
                 print(harness._describe(task, run), flush=True)
     finally:
         server.stop()
+    for name in sorted({t.variant.name for t in missing}):
+        cache.compact([name])
+        harness.export_studies(cache, name)
     return len(missing)
 
 
@@ -133,7 +137,7 @@ def _final(record: dict[str, Any] | None) -> float:
     return math.inf if value is None else float(value)
 
 
-def summarize(variant: harness.Variant, cache: Cache, seeds: list[int]) -> dict[str, Any]:
+def summarize(variant: Variant, cache: Cache, seeds: list[int]) -> dict[str, Any]:
     """Per switch: median final loss and charge, and the paired difference to default
     (ablated minus default: positive means the switch pays)."""
     base = [_final(cache.get(Task(variant, METHOD, s))) for s in seeds]

@@ -1,16 +1,25 @@
 """The run plan and the results cache.
 
-Every finished run is appended at once to ``<results>/<variant>.jsonl``, keyed by what
-determines it: the variant and its T, the method and its config, the seed, the hash of
-the code that produced it and, for charlm, the corpus's SHA-256. A run whose key is in
-the cache is never trained again, so a full benchmark resumes across sessions, and a
-code change (or another corpus) retrains exactly what it affects. stagelr runs also live
-as one study each in ``<results>/studies.sqlite3``, the service's own record of every
-segment and observation.
+Every finished run is appended at once to ``<results>/<variant>.jsonl.gz`` (gzip-compressed
+JSON lines; a file is compacted into one gzip member when a benchmark ends), keyed by what
+determines it: the variant and its T, the method and its config (a planned budget other
+than T is ``budget`` in it), the seed, the hash of the code that produced it and, for the
+text workloads, the corpus's SHA-256. A run whose key is in the cache is never trained
+again, so a full benchmark resumes, and a code change (or another corpus) retrains exactly
+what it affects, unless ``code-aliases.json`` records that the new code reproduces the old
+code's runs bit for bit (``python -m benchmarks.quality.recheck``). Each stagelr run is
+also one study of the live server's (scratch) database, kept as a gzip-compressed
+``stagelr export`` file per variant under ``<results>/studies/``.
+
+Steps-to-target (BENCHMARK.md version 2) reads budgeted runs: a planned method (the
+target config, Prodigy and D-Adapt, stagelr ``default``) is run for each budget B in
+:data:`BUDGETS` in turn on a seed, stopping at the first whose run ends at or below the
+target; the anytime rivals run once to 3T.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -26,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import methods, tuned, workloads
+from . import methods, rivals, tuned, workloads
 from .methods import Run
 from .workloads import VARIANTS, Variant
 
@@ -34,13 +43,31 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "service" / "stagelr_service"
 
 #: Seeds per run kind and workload (BENCHMARK.md "Seeds and statistics").
-GRID_SEEDS = {"nqm": 3, "digits": 3, "charlm": 2}
-METHOD_SEEDS = {"nqm": 10, "digits": 10, "charlm": 3}
-BASELINES = ("untuned", "range_test", "schedulefree")
+#: The slow workloads: a run takes minutes on charlm and 15-30 s on the GRU workloads on
+#: this shared 2-core machine (against 0.5-4 s for the rest), so they get the protocol's
+#: 2 grid seeds; their single-run methods get 3 (charlm) and 5 (the GRU workloads) seeds
+#: where the protocol asks 10 of a run under a minute: what the machine could train.
+SLOW = ("charlm", "charrnn", "charrnn-ft")
+GRID_SEEDS = {
+    "nqm": 3, "digits": 3, "charlm": 2, "cnn": 3, "regression": 3, "charrnn": 2, "charrnn-ft": 2,
+}  # fmt: skip
+METHOD_SEEDS = {
+    "nqm": 10, "digits": 10, "charlm": 3, "cnn": 10, "regression": 10, "charrnn": 5,
+    "charrnn-ft": 5,
+}  # fmt: skip
+BASELINES = ("untuned", "range_test")
+RIVALS = rivals.ALL
 STAGELR = tuple(tuned.METHODS)
-ALL_METHODS = ("grid", *BASELINES, *STAGELR)
-QUICK_STEPS = {"nqm": 160, "digits": 160, "charlm": 32}
-QUICK_VARIANTS = ("nqm-b8", "digits", "charlm")
+ALL_METHODS = ("grid", *BASELINES, *RIVALS, *STAGELR)
+#: The budgets (in T) a planned method's steps-to-target is read from, in order.
+BUDGETS = (1.0, 1.5, 2.0, 3.0)
+#: stagelr's rows planned for each budget (the same preset told B x T charged steps).
+DEFAULT_BY_BUDGET = {b: m for m, (p, b) in tuned.METHODS.items() if p == "default"}
+#: Where the commit at which ``default`` was frozen for a test-split report is recorded.
+FROZEN_FILE = "default-frozen.json"
+ALIASES_FILE = "code-aliases.json"
+QUICK_STEPS = {"nqm": 160, "digits": 160, "charlm": 32, "regression": 160, "cnn": 160}
+QUICK_VARIANTS = ("nqm-b8", "digits", "charlm", "regression", "cnn")
 
 
 def _hash_files(paths: list[Path]) -> str:
@@ -77,6 +104,7 @@ def code_hashes() -> dict[str, str]:
     base = [here / "workloads.py", here / "methods.py"]
     return {
         "baseline": _hash_files(base),
+        "rival": _hash_files([*base, here / "rivals.py"]),
         "stagelr": _hash_files(
             [
                 *base,
@@ -92,20 +120,34 @@ def code_hashes() -> dict[str, str]:
     }
 
 
+def kind_of(method: str) -> str:
+    """Which code a method's runs depend on (a key of :func:`code_hashes`)."""
+    if method == "oracle":
+        return "oracle"
+    if method in RIVALS:
+        return "rival"
+    return "stagelr" if method.startswith("stagelr-") else "baseline"
+
+
 @dataclass(frozen=True)
 class Task:
     """One run to do."""
 
     variant: Variant
-    method: str  # grid | untuned | range_test | schedulefree | stagelr-<preset> | oracle
+    method: str  # grid | untuned | range_test | a rival | stagelr-<preset> | oracle
     seed: int
     config: tuple[tuple[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:
-        if self.method == "oracle":
-            return "oracle"
-        return "stagelr" if self.method.startswith("stagelr-") else "baseline"
+        return kind_of(self.method)
+
+    @property
+    def budget(self) -> float:
+        """The budget this run plans for, in T (stagelr: its method's)."""
+        if self.method in tuned.METHODS:
+            return float(tuned.METHODS[self.method][1] or 1.0)
+        return float(dict(self.config).get("budget", 1.0))
 
     def key(self, hashes: dict[str, str], corpus: str | None) -> str:
         return json.dumps(
@@ -118,7 +160,7 @@ class Task:
                 dict(self.config),
                 self.seed,
                 hashes[self.kind],
-                corpus if self.variant.workload == "charlm" else None,
+                corpus,
             ],
             sort_keys=True,
         )
@@ -133,25 +175,28 @@ class Cache:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale: int = 0
     other_corpus: int = 0
-    _corpus: str | None = None
+    _corpora: dict[str, str | None] = field(default_factory=dict)
 
-    def corpus(self) -> str:
-        if self._corpus is None:
-            self._corpus = workloads.stdlib_corpus().sha256
-        return self._corpus
+    def corpus(self, workload: str = "charlm") -> str | None:
+        """The SHA-256 of ``workload``'s corpus (None: its data is fixed by the code)."""
+        if workload not in self._corpora:
+            self._corpora[workload] = workloads.corpus_sha256(workload)
+        return self._corpora[workload]
 
     def load(self) -> Cache:
         self.folder.mkdir(parents=True, exist_ok=True)
         current = set(self.hashes.values())
-        for path in sorted(self.folder.glob("*.jsonl")):
-            for line in path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                record = json.loads(line)
+        aliases = load_aliases(self.folder, self.hashes)
+        for path in sorted(self.folder.glob("*.jsonl.gz")):
+            for record in read_records(path):
+                workload = VARIANTS[record["variant"]].workload
+                alias = aliases.get((kind_of(record["method"]), record["code"], workload))
+                if alias is not None:
+                    record = rekeyed(record, alias)
                 if record["code"] not in current:
                     self.stale += 1
                     continue
-                if record.get("corpus") and record["corpus"] != self.corpus():
+                if record.get("corpus") and record["corpus"] != self.corpus(workload):
                     # Runs on another corpus are never compared with these.
                     self.other_corpus += 1
                     continue
@@ -159,8 +204,7 @@ class Cache:
         return self
 
     def key(self, task: Task) -> str:
-        corpus = self.corpus() if task.variant.workload == "charlm" else None
-        return task.key(self.hashes, corpus)
+        return task.key(self.hashes, self.corpus(task.variant.workload))
 
     def get(self, task: Task) -> dict[str, Any] | None:
         return self.records.get(self.key(task))
@@ -175,15 +219,79 @@ class Cache:
             "config": dict(task.config),
             "seed": task.seed,
             "code": self.hashes[task.kind],
-            "corpus": self.corpus() if task.variant.workload == "charlm" else None,
+            "corpus": self.corpus(task.variant.workload),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_name(),
             "run": run,
         }
         self.records[key] = record
-        with (self.folder / f"{task.variant.name}.jsonl").open("a") as file:
+        # A gzip member per record (a gzip file may hold many): written at once, so an
+        # interrupted benchmark loses nothing; compact() joins them at the end.
+        with gzip.open(self.folder / f"{task.variant.name}.jsonl.gz", "at") as file:
             file.write(json.dumps(record, separators=(",", ":")) + "\n")
         return record
+
+    def compact(self, names: list[str]) -> None:
+        """Rewrite each named variant's file as one gzip member (its records in order)."""
+        for name in names:
+            path = self.folder / f"{name}.jsonl.gz"
+            if path.exists():
+                write_records(path, list(read_records(path)))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a results file (gzip-compressed JSON lines)."""
+    with gzip.open(path, "rt") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` as one gzip member, atomically (mtime 0: the bytes depend on
+    the records alone)."""
+    partial = path.with_name(path.name + ".part")
+    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as file:
+        for record in records:
+            file.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+    partial.replace(path)
+
+
+def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[tuple[str, str, str], str]:
+    """(kind, old code hash, workload) -> today's hash of that kind, for each recorded
+    alias whose new side is today's code (``recheck`` reproduced runs of that workload
+    under the old code with it, bit for bit), and for each alias of such an old hash in
+    turn. An alias vouches only for the workloads its samples came from (every variant of
+    a workload runs the same code; only T or a parameter differs)."""
+    path = folder / ALIASES_FILE
+    if not path.exists():
+        return {}
+    entries = json.loads(path.read_text())["aliases"]
+
+    def workloads_of(entry: dict[str, Any]) -> set[str]:
+        return {VARIANTS[v].workload for v in entry["variants"] if v in VARIANTS}
+
+    out: dict[tuple[str, str, str], str] = {}
+    for entry in entries:
+        if hashes.get(entry["kind"]) == entry["new"]:
+            for workload in workloads_of(entry):
+                out[(entry["kind"], entry["old"], workload)] = entry["new"]
+    grew = True
+    while grew:
+        grew = False
+        for entry in entries:
+            for workload in workloads_of(entry):
+                key = (entry["kind"], entry["old"], workload)
+                via = (entry["kind"], entry["new"], workload)
+                if via in out and key not in out:
+                    out[key] = out[via]
+                    grew = True
+    return out
+
+
+def rekeyed(record: dict[str, Any], code: str) -> dict[str, Any]:
+    """``record`` under code hash ``code`` (its key's hash element replaced)."""
+    key = json.loads(record["key"])
+    key[7] = code
+    return {**record, "key": json.dumps(key, sort_keys=True), "code": code}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -250,6 +358,65 @@ def _final(record: dict[str, Any]) -> float:
     return math.inf if value is None else float(value)
 
 
+def frozen_default(folder: Path) -> dict[str, Any] | None:
+    """The record of the commit at which ``default`` was frozen for the test split (None:
+    it has not been run there)."""
+    path = folder / FROZEN_FILE
+    if not path.exists():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record
+
+
+def record_frozen(folder: Path, commit: str) -> dict[str, Any]:
+    """Record that ``default`` is judged on the test split as of ``commit``."""
+    record = {
+        "commit": commit,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (folder / FROZEN_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def method_applies(method: str, variant: Variant, folder: Path) -> bool:
+    """Whether ``method`` runs on ``variant``: rivals by optimizer family; ``default`` on
+    the test split only once its frozen commit is recorded."""
+    if method in RIVALS:
+        return rivals.applies(method, variant)
+    if method in DEFAULT_BY_BUDGET.values() and variant.split == "test":
+        return frozen_default(folder) is not None
+    return True
+
+
+def budget_task(variant: Variant, method: str, seed: int, config: tuple[tuple[str, Any], ...],
+                budget: float) -> Task:  # fmt: skip
+    """The run of ``method`` (``config``: its grid point, if any) planned for ``budget`` T."""
+    if method in DEFAULT_BY_BUDGET.values():
+        return Task(variant, DEFAULT_BY_BUDGET[budget], seed)
+    if method in tuned.METHODS:  # autolrs: one run, total_steps = T
+        if budget != 1.0:
+            raise ValueError(f"{method} is not run for a budget")
+        return Task(variant, method, seed)
+    extra = () if budget == 1.0 else (("budget", budget),)
+    return Task(variant, method, seed, tuple(sorted(config + extra)))
+
+
+def first_at_target(
+    cache: Cache, variant: Variant, method: str, seed: int, config: tuple[tuple[str, Any], ...],
+    target: float,
+) -> tuple[float | None, Task | None]:  # fmt: skip
+    """Walk ``BUDGETS`` for one seed of a planned method: (the first budget whose run ends at
+    or below ``target``, None), (inf, None) if none does, or (None, the next run to train)."""
+    for budget in BUDGETS:
+        task = budget_task(variant, method, seed, config, budget)
+        record = cache.get(task)
+        if record is None:
+            return None, task
+        if _final(record) <= target:
+            return budget, None
+    return math.inf, None
+
+
 def plan(
     variant: Variant,
     cache: Cache,
@@ -257,12 +424,13 @@ def plan(
     quick: bool,
     seeds_override: int | None,
 ) -> list[Task]:
-    """The first-phase tasks of a variant (all but the target config's extra seeds).
+    """The first-phase tasks of a variant: the grid, and every single-run method at T
+    (the anytime rivals run to 3T in one go).
 
-    charlm runs its single-run methods before its grid, the rest the grid first, and its
-    grid point by point with every seed of a point before the next: a partial charlm
-    benchmark then has every method on a few seeds and the grid's middle complete (a
-    point counts toward the target only once it has all its seeds).
+    A slow workload (:data:`SLOW`) trains its grid point by point with every seed of a
+    point before the next, the grid's centre first: a partial grid then has its middle
+    complete (a point counts toward the target only once it has all its seeds). charlm
+    also runs its single-run methods before its grid.
     """
     grid: list[Task] = []
     if "grid" in method_names:
@@ -270,7 +438,7 @@ def plan(
         points = grid_points(variant, quick)
         pairs = (
             [(seed, point) for point in points for seed in grid_seeds]
-            if variant.workload == "charlm"
+            if variant.workload in SLOW
             else [(seed, point) for seed in grid_seeds for point in points]
         )
         for seed, (kind, peak) in pairs:
@@ -280,24 +448,55 @@ def plan(
         for seed in seeds(variant, quick, seeds_override, grid=False)
         for method in method_names
         if method != "grid"
+        and (Task(variant, method, seed).budget == 1.0 or method in RIVALS)
+        and method_applies(method, variant, cache.folder)
     ]
     oracle = [Task(variant, "oracle", 0)] if variant.workload == "nqm" else []
     ordered = single + grid if variant.workload == "charlm" else grid + single
     return [t for t in oracle + ordered if cache.get(t) is None]
 
 
+def planned_methods(
+    variant: Variant, cache: Cache, method_names: list[str], quick: bool,
+    seeds_override: int | None, rival_budgets: bool = True,
+) -> list[tuple[str, tuple[tuple[str, Any], ...]]]:  # fmt: skip
+    """The planned methods whose steps-to-target is read from budgeted runs: the target
+    config (once the grid is complete), Prodigy and D-Adapt, stagelr default."""
+    out: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
+    best = best_config(cache, variant, quick, seeds_override)
+    if best is not None and "grid" in method_names:
+        out.append(("grid", best[0]))
+    for method in rivals.PLANNED if rival_budgets else ():
+        if method in method_names and method_applies(method, variant, cache.folder):
+            out.append((method, ()))
+    wants_default = any(m in method_names for m in DEFAULT_BY_BUDGET.values())
+    if wants_default and method_applies("stagelr-default", variant, cache.folder):
+        out.append(("stagelr-default", ()))
+    return out
+
+
 def extension(
-    variant: Variant, cache: Cache, quick: bool, seeds_override: int | None
+    variant: Variant,
+    cache: Cache,
+    method_names: list[str],
+    quick: bool,
+    seeds_override: int | None,
+    rival_budgets: bool = True,
 ) -> list[Task]:
-    """The target config on the single-run methods' seeds, so every method pairs with it."""
+    """The next budgeted runs: the target config on the single-run methods' seeds at T
+    (so every method pairs with it), then, per planned method and seed, the next budget
+    while every smaller one ended above the target."""
     best = best_config(cache, variant, quick, seeds_override)
     if best is None:
         return []
-    tasks = [
-        Task(variant, "grid", seed, best[0])
-        for seed in seeds(variant, quick, seeds_override, grid=False)
-    ]
-    return [t for t in tasks if cache.get(t) is None]
+    tasks: list[Task] = []
+    planned = planned_methods(variant, cache, method_names, quick, seeds_override, rival_budgets)
+    for method, config in planned:
+        for seed in seeds(variant, quick, seeds_override, grid=False):
+            _, task = first_at_target(cache, variant, method, seed, config, best[1])
+            if task is not None:
+                tasks.append(task)
+    return tasks
 
 
 # --------------------------------------------------------------------------- execution
@@ -332,6 +531,8 @@ def execute(task: Task) -> dict[str, Any]:
             overrides=dict(task.config) or None,
             budget=budget,
         )
+    elif task.kind == "rival":
+        run = rivals.run_rival(task.variant, task.seed, task.method, dict(task.config))
     else:
         run = methods.run_method(task.variant, task.seed, task.method, dict(task.config))
     return _with_expected(task, run)
@@ -440,7 +641,7 @@ def _work_items(tasks: list[Task]) -> list[tuple[Task, ...]]:
 
     def twin_key(task: Task, schedule: str) -> tuple[str, int, float] | None:
         config = dict(task.config)
-        if task.method != "grid" or config["schedule"] != schedule:
+        if task.method != "grid" or config["schedule"] != schedule or task.budget != 1.0:
             return None
         return (task.variant.name, task.seed, float(config["peak"]))
 
@@ -479,14 +680,81 @@ class Server:
     stop: Callable[[], None]
 
 
+#: Where each results folder's live server keeps its database while a benchmark runs
+#: (not committed; the studies are kept as ``stagelr export`` files, see export_studies).
+SCRATCH = ROOT / "benchmarks" / "results" / "tmp" / "quality-studies"
+STUDIES_DIR = "studies"
+
+
+def scratch_database(folder: Path) -> Path:
+    """The server database of the results folder ``folder`` (one per folder)."""
+    tag = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return SCRATCH / f"{folder.name}-{tag}.sqlite3"
+
+
 def start_service(folder: Path) -> Server:
-    """A live `stagelr serve` child on the benchmark's SQLite database (auth off)."""
+    """A live `stagelr serve` child on the results folder's scratch SQLite database
+    (auth off)."""
     from stagelr_service.server import start_server
 
-    folder.mkdir(parents=True, exist_ok=True)
-    database = folder / "studies.sqlite3"
-    process = start_server(f"sqlite:///{database}", folder / "server.log")
+    database = scratch_database(folder)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    process = start_server(f"sqlite:///{database}", database.with_suffix(".log"))
     return Server(process.url, process.stop)
+
+
+def studies_file(folder: Path, variant: str) -> Path:
+    """A variant's stagelr studies: a gzip-compressed ``stagelr export`` file (``gunzip``
+    it and ``stagelr import`` it into a database to replay them)."""
+    return folder / STUDIES_DIR / f"{variant}.jsonl.gz"
+
+
+def exported_names(path: Path) -> set[str]:
+    """The study names an export file holds."""
+    if not path.exists():
+        return set()
+    with gzip.open(path, "rt") as file:
+        lines = [json.loads(line) for line in file if line.strip()]
+    return {line["name"] for line in lines[1:]}
+
+
+def export_studies(cache: Cache, variant: str) -> int:
+    """Append to ``variant``'s export file every study of its cached stagelr runs that
+    the server's scratch database holds and the file lacks; how many were added."""
+    from stagelr_service.exchange import export_studies as export
+    from stagelr_service.store.database import Store
+
+    database = scratch_database(cache.folder)
+    path = studies_file(cache.folder, variant)
+    have = exported_names(path)
+    wanted = {
+        str(r["run"]["extra"]["study"])
+        for r in cache.records.values()
+        if r["variant"] == variant
+        and r["method"].startswith("stagelr-")
+        and "study" in r["run"].get("extra", {})
+    } - have
+    if not wanted or not database.exists():
+        return 0
+    import io
+
+    with Store(f"sqlite:///{database}") as store:
+        with store.transaction(read_only=True) as repo:
+            ids = [k[0] for k in repo.study_keys() if k[2] in wanted]
+        buffer = io.StringIO()
+        added = export(store, ids, buffer)
+    fresh = buffer.getvalue().splitlines(keepends=True)
+    old: list[str] = []
+    if path.exists():
+        with gzip.open(path, "rt") as file:
+            old = [line for line in file if line.strip()]
+    lines = (old or fresh[:1]) + fresh[1:]  # one header, then every study
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as file:
+        file.write("".join(lines).encode())
+    partial.replace(path)
+    return added
 
 
 def run_all(
@@ -498,10 +766,18 @@ def run_all(
     seeds_override: int | None,
     jobs: int,
     log: Callable[[str], None] = print,
+    rival_budgets: bool = True,
 ) -> int:
-    """Train every missing run of ``variants``; returns how many were trained."""
+    """Train every missing run of ``variants``; returns how many were trained.
+    ``rival_budgets=False``: Prodigy and D-Adapt at T only (their steps-to-target stays
+    pending where their T run ends above the target)."""
     first = {v.name: plan(v, cache, method_names, quick, seeds_override) for v in variants}
-    needs_server = any(t.kind == "stagelr" for tasks in first.values() for t in tasks)
+    needs_server = any(m.startswith("stagelr-") for m in method_names) and any(
+        method_applies(m, v, cache.folder)
+        for v in variants
+        for m in method_names
+        if m.startswith("stagelr-")
+    )
     server = start_service(cache.folder) if needs_server else None
     trained = 0
     try:
@@ -513,14 +789,9 @@ def run_all(
             initargs=(server.url if server else None,),
         ) as pool:
             for variant in variants:
-                for phase in ("runs", "target config on every seed"):
-                    tasks = first[variant.name]
-                    if phase != "runs":
-                        if "grid" not in method_names:
-                            continue
-                        tasks = extension(variant, cache, quick, seeds_override)
-                    if not tasks:
-                        continue
+                tasks = first[variant.name]
+                phase = "runs"
+                while tasks:
                     log(f"{variant.name}: {len(tasks)} runs to train ({phase})")
                     futures = {pool.submit(execute_item, item): item for item in _work_items(tasks)}
                     # Written as each finishes: an interrupted benchmark loses no result.
@@ -529,6 +800,16 @@ def run_all(
                             cache.add(task, run)
                             trained += 1
                             log(_describe(task, run))
+                    # The target config on every seed, then each budget that the runs so
+                    # far leave open (a seed's run ended above the target at every
+                    # smaller budget), until none is.
+                    phase = "budgeted runs"
+                    tasks = extension(
+                        variant, cache, method_names, quick, seeds_override, rival_budgets
+                    )
+                cache.compact([variant.name])
+                if server is not None:
+                    export_studies(cache, variant.name)
     finally:
         if server is not None:
             server.stop()

@@ -7,6 +7,7 @@ of T on the kept trajectory, free) against trajectory and charged steps.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from .workloads import Job, Variant, make_job
 
 SCHEDULES = ("linear", "cosine", "wsd", "constant")
 #: The untuned default: linear decay at these peaks (the frameworks' usual defaults).
-UNTUNED_LR = {"sgd": 0.1, "adamw": 1e-3}
+UNTUNED_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 #: The LR range test sweeps these LRs exponentially over T/10 steps (fastai's lr_find).
 RANGE_TEST = (1e-7, 10.0)
 WSD_COOLDOWN = 0.2
@@ -50,6 +51,16 @@ class Run:
 
 def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def stretched(variant: Variant, budget: float) -> Variant:
+    """``variant`` planned for ``budget`` x T (warmup and decay stretched to it),
+    evaluated as often as at T (every 2% of T): a schedule that knows its budget."""
+    if budget == 1:
+        return variant
+    return dataclasses.replace(
+        variant, steps=round(budget * variant.steps), evals=round(budget * variant.evals)
+    )
 
 
 def eval_every(variant: Variant) -> int:
@@ -119,9 +130,9 @@ def train_schedule(
     )
 
 
-def run_grid_point(variant: Variant, seed: int, kind: str, peak: float) -> Run:
-    """Tier A: one schedule at one peak LR."""
-    return train_schedule(make_job(variant, seed), variant, kind, peak)
+def run_grid_point(variant: Variant, seed: int, kind: str, peak: float, budget: float = 1.0) -> Run:
+    """Tier A: one schedule at one peak LR, planned for ``budget`` x T."""
+    return train_schedule(make_job(variant, seed), stretched(variant, budget), kind, peak)
 
 
 def run_untuned(variant: Variant, seed: int) -> Run:
@@ -159,24 +170,18 @@ def run_range_test(variant: Variant, seed: int) -> Run:
     return run
 
 
-def run_schedulefree(variant: Variant, seed: int) -> Run:
-    """Tier B: schedule-free SGD/AdamW at its published defaults (its LR and momentum;
-    the workload's weight decay, the variant's warmup), T steps, evaluated at its
-    averaged iterate."""
-    job = make_job(variant, seed, optimizer="schedulefree")
-    run = train_schedule(job, variant, "constant", 0.0)
-    run.lr_path = []  # schedule-free sets its own LR; nothing to plot
-    return run
-
-
 def run_method(variant: Variant, seed: int, method: str, config: dict[str, Any]) -> Run:
     """Dispatch one baseline run (a worker process calls this)."""
     if method == "grid":
-        return run_grid_point(variant, seed, str(config["schedule"]), float(config["peak"]))
+        return run_grid_point(
+            variant,
+            seed,
+            str(config["schedule"]),
+            float(config["peak"]),
+            float(config.get("budget", 1.0)),
+        )
     if method == "untuned":
         return run_untuned(variant, seed)
     if method == "range_test":
         return run_range_test(variant, seed)
-    if method == "schedulefree":
-        return run_schedulefree(variant, seed)
     raise ValueError(f"unknown baseline {method!r}")

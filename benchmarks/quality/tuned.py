@@ -24,10 +24,13 @@ from .workloads import Variant, make_job
 #: The stagelr rows of the benchmark: method -> (preset, charged budget as a multiple of
 #: T, or None). With a budget the study is told the job's whole compute
 #: (``charged_steps``) and fits its search and trajectory into it: ``default`` at T is
-#: the equal-compute run, at 3T the run that answers "how soon does it reach the
-#: target". ``autolrs`` is the published method: T training steps, its search on top.
+#: the equal-compute run; at 1.5T, 2T and 3T the runs its steps-to-target is read from
+#: (the smallest budget whose run ends at or below the target). ``autolrs`` is the
+#: published method: T training steps, its search on top.
 METHODS: dict[str, tuple[str, float | None]] = {
     "stagelr-default": ("default", 1.0),
+    "stagelr-default-1.5t": ("default", 1.5),
+    "stagelr-default-2t": ("default", 2.0),
     "stagelr-default-3t": ("default", 3.0),
     "stagelr-autolrs": ("autolrs", None),
 }

@@ -1,4 +1,4 @@
-"""The three workloads of the quality benchmark, each a fresh training job per seed.
+"""The workloads of the quality benchmark, each a fresh training job per seed.
 
 A job trains one step at a time at a given LR on the batch of a given *trajectory step*:
 the data a step sees depends only on the seed and the step's position on the trajectory,
@@ -14,6 +14,20 @@ noise.
 - ``charlm``: a byte-level 2-layer pre-LN transformer on the Python standard library's
   own top-level ``*.py`` files.
 
+Those three are the *dev split*: the workloads stagelr's ``default`` was developed on. The
+*test split* (``Variant.split == "test"``) holds families the dev split lacks, written
+and grid-tuned before ``default`` is judged on them (BENCHMARK.md section 1):
+
+- ``cnn``: a small conv net on scikit-learn's digits as 8x8 images, Adam.
+- ``regression``: an MLP regressing scikit-learn's Friedman #1 generator (fixed seed),
+  MSE, SGD with momentum; ``regression-b512`` is its large-batch variant.
+- ``charrnn``: a byte-level GRU language model on the prose that ships with Python and
+  scikit-learn (the standard library's ``*.txt``/``*.rst``/``*.html`` documents and
+  scikit-learn's dataset descriptions), Adam.
+- ``charrnn-ft``: fine-tuning: the same GRU pretrained inside the benchmark on one half of
+  that corpus (checkpoint cached on disk, keyed by this file's hash and the corpus), then
+  trained from that checkpoint on the other half with a fresh Adam.
+
 Nothing here knows about tuners: the methods drive a job through ``train_step`` and
 ``val_loss`` and checkpoint it through ``checkpointer``.
 """
@@ -23,6 +37,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,12 +93,13 @@ class Variant:
 
     name: str  # e.g. "nqm-b8"; the tuner never sees it
     workload: str  # nqm | digits | charlm
-    family: str  # the optimizer family: sgd | adamw (the grids and defaults follow it)
+    family: str  # the optimizer family: sgd | adam | adamw (the grids and defaults follow it)
     steps: int  # T
     warmup: float  # fraction of T warmed up linearly (Tier A and the Tier-B schedules)
     grid: tuple[float, ...]  # Tier A peak LRs
     params: tuple[tuple[str, Any], ...] = ()
     evals: int = 50  # harness evaluations per run (every 2% of T)
+    split: str = "dev"  # dev: default was developed on it | test: held out from that
 
     def param(self, key: str, default: Any = None) -> Any:
         return dict(self.params).get(key, default)
@@ -92,7 +108,7 @@ class Variant:
         """The same variant at a tiny budget: T = ``steps``, 8 harness evaluations and (for
         charlm) a 1-batch validation set. Only the pipeline is checked at that size."""
         params = dict(self.params)
-        if self.workload == "charlm":
+        if self.workload in ("charlm", "charrnn", "charrnn-ft"):
             params["val_batches"] = 1
         return Variant(
             self.name,
@@ -103,12 +119,17 @@ class Variant:
             self.grid,
             tuple(sorted(params.items())),
             evals=8,
+            split=self.split,
         )
 
 
 SGD_GRID = tuple(0.0125 * 2**i for i in range(8))  # 0.0125 .. 1.6
 ADAMW_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
 NQM_GRID = tuple(2.0**-i for i in range(6, -1, -1)) + (1.9,)  # 2^-6 .. 1, and 1.9
+CNN_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
+REG_GRID = tuple(0.0025 * 2**i for i in range(8))  # 2.5e-3 .. 0.32
+RNN_GRID = tuple(5e-4 * 2**i for i in range(8))  # 5e-4 .. 6.4e-2
+FT_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -119,9 +140,34 @@ VARIANTS: dict[str, Variant] = {
         Variant("digits-noisy", "digits", "sgd", 1000, 0.05, SGD_GRID, (("label_noise", 0.2),)),
         Variant("charlm", "charlm", "adamw", 1500, 0.05, ADAMW_GRID),
         Variant("charlm-3000", "charlm", "adamw", 3000, 0.05, ADAMW_GRID),
+        # The test split: never read while default is developed (BENCHMARK.md section 1).
+        Variant("cnn", "cnn", "adam", 600, 0.05, CNN_GRID, (("batch", 32),), split="test"),
+        Variant(
+            "regression",
+            "regression",
+            "sgd",
+            1000,
+            0.05,
+            REG_GRID,
+            (("batch", 32),),
+            split="test",
+        ),
+        Variant(
+            "regression-b512",
+            "regression",
+            "sgd",
+            400,
+            0.05,
+            REG_GRID,
+            (("batch", 512),),
+            split="test",
+        ),
+        Variant("charrnn", "charrnn", "adam", 500, 0.05, RNN_GRID, split="test"),
+        Variant("charrnn-ft", "charrnn-ft", "adam", 300, 0.05, FT_GRID, split="test"),
     )
 }
-WORKLOADS = ("nqm", "digits", "charlm")
+WORKLOADS = ("nqm", "digits", "charlm", "cnn", "regression", "charrnn", "charrnn-ft")
+SPLITS = ("dev", "test")
 
 
 def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
@@ -135,6 +181,19 @@ def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
     if variant.workload == "charlm":
         warmup = round(variant.warmup * variant.steps)
         return CharLMJob(seed, optimizer, warmup, int(variant.param("val_batches", 16)))
+    warmup = round(variant.warmup * variant.steps)
+    if variant.workload == "cnn":
+        return CNNJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "regression":
+        return RegressionJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload in ("charrnn", "charrnn-ft"):
+        return CharRNNJob(
+            seed,
+            optimizer,
+            warmup,
+            int(variant.param("val_batches", 8)),
+            finetune=variant.workload == "charrnn-ft",
+        )
     raise ValueError(f"unknown workload {variant.workload!r}")
 
 
@@ -554,3 +613,314 @@ def _char_transformer(context: int, d: int = 128, heads: int = 4, layers: int = 
             return logits
 
     return CharTransformer()
+
+
+# --------------------------------------------------------------------------- test split
+
+
+def _adam_family(model: Any, optimizer: str, warmup: int) -> tuple[Any, bool]:
+    """Adam at its framework defaults (lr 1e-3, betas (0.9, 0.999), no weight decay), or
+    schedule-free AdamW at its published defaults with no weight decay (that is Adam)
+    and the benchmark's warmup. Returns (optimizer, schedule-free?)."""
+    import torch
+
+    if optimizer == "schedulefree":
+        import schedulefree
+
+        sf = schedulefree.AdamWScheduleFree(model.parameters(), warmup_steps=warmup)
+        sf.train()
+        return sf, True
+    if optimizer != "standard":
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    return torch.optim.Adam(model.parameters(), lr=1e-3), False
+
+
+class ArrayJob(TorchJob):
+    """A model trained on in-memory tensors: a fresh permutation of the training set
+    every epoch, drawn from ``(seed, epoch)``; the whole validation set evaluated."""
+
+    batch: int
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    loss_fn: Any
+
+    def _start(self, seed: int) -> None:
+        self.seed = seed
+        self.per_epoch = len(self.x_train) // self.batch
+        self._epoch = -1
+        self._order: Any = None
+        self.eval_cost_steps = len(self.x_val) / self.batch / 3.0
+
+    def _loss(self, t: int) -> Any:
+        import torch
+
+        epoch, position = divmod(t, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order = torch.randperm(len(self.x_train), generator=g)
+            self._epoch = epoch
+        idx = self._order[position * self.batch : (position + 1) * self.batch]
+        return self.loss_fn(self.model(self.x_train[idx]), self.y_train[idx])
+
+    def _val(self) -> float:
+        return float(self.loss_fn(self.model(self.x_val), self.y_val))
+
+
+class CNNJob(ArrayJob):
+    """Conv 3x3 (16) - conv 3x3 (32) - max-pool - 64 - 10 on the 8x8 digits images
+    (the digits workload's 70/30 split), Adam, cross-entropy."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        data = _digits()
+        self.batch = batch
+        self.x_train = data.x_train.reshape(-1, 1, 8, 8)
+        self.y_train = data.y_train
+        self.x_val = data.x_val.reshape(-1, 1, 8, 8)
+        self.y_val = data.y_val
+        self.model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._start(seed)
+
+
+@lru_cache(maxsize=1)
+def _friedman() -> tuple[Any, Any, Any, Any]:
+    """Friedman #1 (10 features, 5 informative, noise SD 1), 4,000 training and 1,000
+    validation points from a fixed generator seed; targets standardized on the training
+    set (the validation MSE's noise floor is then 1 / var(y), about 0.04)."""
+    import torch
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_samples=5000, n_features=10, noise=1.0, random_state=0)
+    mean, sd = float(y[:4000].mean()), float(y[:4000].std())
+    y = (y - mean) / sd
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.float32)
+    return xt[:4000], yt[:4000], xt[4000:], yt[4000:]
+
+
+class RegressionJob(ArrayJob):
+    """MLP 10-128-128-1 regressing Friedman #1, MSE, SGD momentum 0.9 (no weight decay)."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        import torch
+        from torch import nn
+
+        _torch_setup(seed)
+        self.batch = batch
+        self.x_train, self.y_train, self.x_val, self.y_val = _friedman()
+        self.model = nn.Sequential(
+            nn.Linear(10, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1),
+            nn.Flatten(0),
+        )  # fmt: skip
+        if optimizer == "schedulefree":
+            import schedulefree
+
+            self._schedulefree = True
+            # Published defaults (lr 1.0, momentum 0.9) and the benchmark's warmup.
+            self.optimizer = schedulefree.SGDScheduleFree(
+                self.model.parameters(), warmup_steps=warmup
+            )
+            self.optimizer.train()
+        elif optimizer == "standard":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        self.loss_fn = nn.MSELoss()
+        self._start(seed)
+
+
+@dataclass(frozen=True)
+class Prose:
+    """The prose corpus: each file's first 90% to training, its last 10% to validation;
+    the files alternate between half ``a`` (pretraining) and half ``b`` (fine-tuning)."""
+
+    train: bytes
+    val: bytes
+    train_a: bytes
+    train_b: bytes
+    val_b: bytes
+    sha256: str
+    files: int
+
+
+def prose_files() -> list[Path]:
+    """The prose that ships with Python and scikit-learn: the standard library's
+    ``*.txt``, ``*.rst`` and ``*.html`` files outside its test folders, and scikit-learn's
+    dataset descriptions. Sorted by their path under each root."""
+    import sklearn
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    ours = [
+        p
+        for p in sorted(stdlib.rglob("*"))
+        if p.suffix in (".txt", ".rst", ".html")
+        and p.is_file()
+        and not {"site-packages", "dist-packages"} & set(p.parts)
+        and not any("test" in part for part in p.relative_to(stdlib).parts[:-1])
+    ]
+    descr = sorted((Path(sklearn.__file__).parent / "datasets" / "descr").glob("*.rst"))
+    return ours + descr
+
+
+@lru_cache(maxsize=1)
+def prose_corpus() -> Prose:
+    digest = hashlib.sha256()
+    train, val, halves = bytearray(), bytearray(), (bytearray(), bytearray())
+    val_b = bytearray()
+    files = prose_files()
+    for i, path in enumerate(files):
+        content = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + content + b"\0")
+        cut = int(len(content) * 0.9)
+        train.extend(content[:cut])
+        val.extend(content[cut:])
+        halves[i % 2].extend(content[:cut])
+        if i % 2:
+            val_b.extend(content[cut:])
+    return Prose(
+        bytes(train), bytes(val), bytes(halves[0]), bytes(halves[1]), bytes(val_b),
+        digest.hexdigest(), len(files),
+    )  # fmt: skip
+
+
+def corpus_sha256(workload: str) -> str | None:
+    """The SHA-256 of the corpus a workload trains on (None: data fixed by the code)."""
+    if workload == "charlm":
+        return stdlib_corpus().sha256
+    if workload in ("charrnn", "charrnn-ft"):
+        return prose_corpus().sha256
+    return None
+
+
+def _char_gru() -> Any:
+    from torch import nn
+
+    class CharGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(256, 64)
+            self.gru = nn.GRU(64, 128, batch_first=True)
+            self.head = nn.Linear(128, 256)
+
+        def forward(self, idx: Any) -> Any:
+            return self.head(self.gru(self.embed(idx))[0])
+
+    return CharGRU()
+
+
+#: The pretraining run of ``charrnn-ft``: half a of the prose, Adam cosine from 3e-3
+#: with 5% warmup, this many steps, seed 0 (every fine-tuning seed starts from it).
+PRETRAIN_STEPS = 1200
+PRETRAIN_LR = 3e-3
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "results" / "tmp" / "pretrained"
+
+
+def pretrained_gru() -> dict[str, Any]:
+    """The pretrained GRU's weights, trained once and cached on disk, keyed by this
+    file's hash and the corpus's (a code or corpus change pretrains afresh)."""
+    import torch
+
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = PRETRAINED_DIR / f"charrnn-{code}-{prose_corpus().sha256[:16]}.pt"
+    if path.exists():
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+        return state
+    _torch_setup(0)
+    job = CharRNNJob.__new__(CharRNNJob)
+    job._setup(0, prose_corpus().train_a, prose_corpus().val_b, 1)
+    job.model = _char_gru()
+    opt = torch.optim.Adam(job.model.parameters(), lr=PRETRAIN_LR)
+    warm = PRETRAIN_STEPS // 20
+    for t in range(PRETRAIN_STEPS):
+        lr = PRETRAIN_LR * (
+            (t + 1) / warm
+            if t < warm
+            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (PRETRAIN_STEPS - warm)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        job._loss(t).backward()
+        torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
+        opt.step()
+    state = job.model.state_dict()
+    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
+    return state
+
+
+class CharRNNJob(TorchJob):
+    """Byte-level GRU LM (embedding 64, one GRU layer of 128, context 32, batch 32), Adam
+    (framework defaults), gradient clipping at 1.0, on the prose corpus. ``finetune``:
+    start from :func:`pretrained_gru` (trained on half a) and train on half b, validated
+    on half b's held-out tails."""
+
+    context = 32
+    batch = 32
+
+    def __init__(
+        self, seed: int, optimizer: str, warmup: int, val_batches: int, finetune: bool = False
+    ) -> None:
+        corpus = prose_corpus()
+        state = pretrained_gru() if finetune else None
+        _torch_setup(seed)
+        if finetune:
+            self._setup(seed, corpus.train_b, corpus.val_b, val_batches)
+        else:
+            self._setup(seed, corpus.train, corpus.val, val_batches)
+        self.model = _char_gru()
+        if state is not None:
+            self.model.load_state_dict(state)
+        self.clip = 1.0
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self.eval_cost_steps = self.val_batches / 3.0
+
+    def _setup(self, seed: int, train: bytes, val: bytes, val_batches: int) -> None:
+        import torch
+
+        self.seed = seed
+        self.val_batches = val_batches
+        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
+        held = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
+        g = torch.Generator().manual_seed(12345)  # the same validation set for everyone
+        starts = torch.randint(
+            0, len(held) - self.context - 1, (val_batches * self.batch,), generator=g
+        ).tolist()
+        self.val_x = torch.stack([held[s : s + self.context] for s in starts])
+        self.val_y = torch.stack([held[s + 1 : s + 1 + self.context] for s in starts])
+
+    def _loss(self, t: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        starts = torch.randint(
+            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
+        ).tolist()
+        x = torch.stack([self.train_data[s : s + self.context] for s in starts])
+        y = torch.stack([self.train_data[s + 1 : s + 1 + self.context] for s in starts])
+        return F.cross_entropy(self.model(x).reshape(-1, 256), y.reshape(-1))
+
+    def _val(self) -> float:
+        import torch.nn.functional as F
+
+        logits = self.model(self.val_x)
+        return float(F.cross_entropy(logits.reshape(-1, 256), self.val_y.reshape(-1)))
