@@ -43,16 +43,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    # What a checkpointer reads from a segment (stagelr.torch imports torch).
-    from stagelr.torch import SegmentPlan
-
 #: Losses above this count as diverged (no workload here starts above 10).
 DIVERGED_ABOVE = 1e6
+
+
+class SegmentPlan(Protocol):
+    """What a checkpointer reads from a stagelr segment."""
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def restore(self) -> str | None: ...
+
+    @property
+    def save_start(self) -> str | None: ...
+
+    @property
+    def save_end(self) -> str | None: ...
+
+    @property
+    def discard(self) -> list[str]: ...
 
 
 class SegmentCheckpointer(Protocol):
