@@ -13,6 +13,7 @@ import pytest
 
 import stagelr
 from stagelr.models import PriorUse, StudyCreate, StudyStatus
+from stagelr_service import exchange
 from stagelr_service.errors import InputError
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
@@ -44,7 +45,7 @@ def run_job(url: str, name: str, job: SyntheticJob, **config: object) -> stagelr
 def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
     live_server: LiveServer,
 ) -> None:
-    first = run_job(live_server.url, "fam-1", SyntheticJob(seed=1), family="mlp", seed=1)
+    first = run_job(live_server.url, "fam-1", SyntheticJob(seed=3), family="mlp", seed=3)
     assert first.config.family == "mlp"
     assert first.priors is not None and first.priors.use is PriorUse.unused
     assert first.priors.reason == "no completed prior study"
@@ -134,7 +135,7 @@ def test_replay_verify_holds_after_the_priors_are_deleted(tmp_path: Path) -> Non
     db = tmp_path / "stagelr.db"
     server = start_server(f"sqlite:///{db}", tmp_path / "server.log")
     try:
-        prior = run_job(server.url, "del-1", SyntheticJob(seed=7), family="del", seed=7)
+        prior = run_job(server.url, "del-1", SyntheticJob(seed=9), family="del", seed=9)
         study = run_job(server.url, "del-2", SyntheticJob(seed=8), family="del", seed=8)
         assert study.priors is not None and study.priors.use is PriorUse.used
     finally:
@@ -154,7 +155,7 @@ def test_replay_verify_holds_after_the_priors_are_deleted(tmp_path: Path) -> Non
     done = run_cli("export", "--family", "del", "-o", str(exported), env=env)
     assert done.returncode == 0, done.stderr
     header, line = exported.read_text().splitlines()
-    assert json.loads(header)["version"] == 5
+    assert json.loads(header)["version"] == exchange.VERSION
     record = json.loads(line)
     assert record["config"]["family"] == "del"
     assert [s["id"] for s in record["priors"]["studies"]] == [prior.id]

@@ -28,8 +28,8 @@ def with_forecasts(config: tuner.ResolvedConfig, plans, trials):  # type: ignore
 
 @pytest.fixture(scope="module")
 def summary(optimizer):  # type: ignore[no-untyped-def]
-    config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 1}))
-    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=1))
+    config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 3}))
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=3))
     assert end is not None
     entry = tuner.summarize_prior(
         7, "prior", config.to_stored(), with_forecasts(config, plans, trials)
@@ -89,6 +89,8 @@ def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -
         (SyntheticJob(seed=2, start_loss=25.0), "far from the priors'"),
         (SyntheticJob(seed=2, best_lr=0.003, cliff_lr=0.02), "diverged"),
         (SyntheticJob(seed=2, best_lr=0.3, cliff_lr=3.0), "disagrees|beat the priors' LR"),
+        # the hotter neighbour blows up: the priors' LR sits above the stability edge
+        (SyntheticJob(seed=2, cliff_lr=0.15), "above the stability edge"),
     ],
 )
 def test_a_prior_that_does_not_fit_falls_back_to_the_full_search(
@@ -115,7 +117,7 @@ def test_a_prior_that_does_not_fit_falls_back_to_the_full_search(
 def test_priors_of_another_fingerprint_are_not_used(summary) -> None:
     assert warm_config(summary, lr_max=2.0).warm_start is None
     assert warm_config(summary, charged_steps=5000).warm_start is None
-    assert warm_config(summary, continue_best=True).warm_start is None
+    assert warm_config(summary, continue_best=False).warm_start is None
     # the seed is no part of the fingerprint
     assert warm_config(summary, seed=99).warm_start is not None
 
@@ -126,3 +128,63 @@ def test_decisions_with_priors_are_deterministic(summary, optimizer) -> None:
         runs = [simulate(config, optimizer, dataclasses.replace(job))[0] for _ in range(2)]
         assert [p.decision() for p in runs[0]] == [p.decision() for p in runs[1]]
     assert warm_config(summary) == config
+
+
+def held_states(plans) -> set[str]:  # type: ignore[no-untyped-def]
+    """Walk the plans as a job keeps its states: every restore names a state saved and
+    not yet dropped; what is left held at the end is returned."""
+    held: set[str] = set()
+    for p in plans:
+        assert p.restore is None or p.restore in held, (p.index, p.restore, held)
+        if p.save_start is not None:
+            held.add(p.save_start)
+        if p.save_end is not None:
+            assert p.save_end not in held, (p.index, p.save_end)
+            held.add(p.save_end)
+        held -= set(p.discard)
+    return held
+
+
+def test_the_narrow_search_under_continue_best_keeps_the_chosen_state(summary, optimizer) -> None:
+    config = warm_config(summary)
+    warm = config.warm_start
+    assert config.continue_best and config.probe == "anneal" and warm is not None
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=2))
+    assert end is not None
+    first = stage0(plans)
+    explores = [p for p in first if p.kind is SegmentKind.explore]
+    window = explores[0].steps
+    # each narrow candidate is an annealed probe that keeps its end state
+    assert all(p.lr_shape == "wsd" and p.lr_end == 0.0 for p in explores)
+    assert [p.save_end for p in explores] == [
+        tuner.candidate_checkpoint(0, i) for i in range(len(warm.candidates))
+    ]
+    exploit = next(p for p in first if p.kind is SegmentKind.exploit)
+    chosen = exploit.why["continues"]
+    assert exploit.why["priors"] == "used" and exploit.lr == explores[chosen].lr
+    # the training continues the chosen candidate: its window counts as kept steps
+    assert exploit.restore == tuner.candidate_checkpoint(0, chosen)
+    assert exploit.start_step == window and exploit.steps == exploit.geometry.tau - window
+    assert held_states(plans) == set()
+    charged = sum(t.trained for t in trials)
+    assert charged == tuner.planned_charge(config) <= REQUEST["charged_steps"]
+
+
+def test_a_fallback_under_continue_best_keeps_its_own_states_within_budget(
+    summary, optimizer
+) -> None:
+    config = warm_config(summary)
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=2, start_loss=25.0))
+    assert end is not None
+    explores = [p for p in stage0(plans) if p.kind is SegmentKind.explore]
+    assert len(explores) == 3 + config.k
+    # the full search's states are named after the narrow ones, and none is lost
+    assert [p.save_end for p in explores] == [
+        tuner.candidate_checkpoint(0, i) for i in range(3 + config.k)
+    ]
+    exploit = next(p for p in stage0(plans) if p.kind is SegmentKind.exploit)
+    assert exploit.why["priors"] == "fallback"
+    assert exploit.restore == tuner.candidate_checkpoint(0, exploit.why["continues"])
+    assert explores[exploit.why["continues"]].lr == exploit.lr
+    assert held_states(plans) == set()
+    assert sum(t.trained for t in trials) <= REQUEST["charged_steps"]

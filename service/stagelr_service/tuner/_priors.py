@@ -32,6 +32,7 @@ from typing import Any
 
 from stagelr.models import SegmentKind, SegmentStatus
 
+from ._stability import stability_cap, window_unstable
 from ._types import StageAnalysis, StageGeometry, Trial
 from .config import ResolvedConfig, WarmStart
 
@@ -154,8 +155,9 @@ def _median_log(values: Sequence[float]) -> float:
 def warm_start(config: ResolvedConfig, summary: Mapping[str, Any]) -> WarmStart | None:
     """The narrow first search the priors allow, or None (a full search): no prior of
     the same fingerprint with a chosen LR inside the study's range, or a search that
-    continue_best or a range test makes different."""
-    if config.continue_best or config.lr_bounds == "range_test":
+    a range test makes different. Under ``continue_best`` the training segment continues
+    the chosen narrow candidate's end state (its shorter window counts as kept steps)."""
+    if config.lr_bounds == "range_test":
         return None
     mine = fingerprint(config)
     fitting = [
@@ -175,8 +177,11 @@ def warm_start(config: ResolvedConfig, summary: Mapping[str, Any]) -> WarmStart 
         min(config.lr_max, centre * step),
     )
     starts = [s["start_loss"] for s in fitting if s.get("start_loss") is not None]
-    predictions = []
-    for s in fitting:
+    predictions: list[float] = []
+    # A window-end score is the loss where a window ended: the narrow search's shorter
+    # windows end higher than the priors' full ones, so there is no forecast to compare
+    # (the start loss, the neighbours and the stability edge still judge the fit).
+    for s in fitting if config.forecast != "window_end" else ():
         chosen = [p for lr, p in s.get("candidates", []) if lr == s["chosen_lr"] and p is not None]
         predictions.extend(chosen[:1])
     return WarmStart(
@@ -208,12 +213,28 @@ class Verdict:
     reason: str
 
 
-def assess(warm: WarmStart, analysis: StageAnalysis, start_loss: float | None) -> Verdict:
+def assess(
+    warm: WarmStart,
+    analysis: StageAnalysis,
+    start_loss: float | None,
+    config: ResolvedConfig | None = None,
+) -> Verdict:
     """Whether the priors fit the study, from its narrow search (``analysis``: the
-    finished narrow candidates, the centre first) and its stage-start loss."""
+    finished narrow candidates, the centre first) and its stage-start loss. With
+    annealed probes the stability edge (``tuner/_stability.py``) holds here too: a centre
+    whose window was unstable, or that sits above the edge its neighbours mark, does not
+    fit."""
     centre = next((c for c in analysis.candidates if c.trial.index == 0), None)
     if centre is None or centre.diverged:
         return Verdict(False, f"the priors' LR {warm.lr:.3g} diverged")
+    if config is not None and config.probe == "anneal":
+        if window_unstable(centre):
+            return Verdict(False, f"the priors' LR {warm.lr:.3g} was unstable")
+        edge = stability_cap(config, analysis.candidates)
+        if centre.trial.lr > edge:
+            return Verdict(
+                False, f"the priors' LR {warm.lr:.3g} is above the stability edge {edge:.3g}"
+            )
     if warm.start_loss is not None and start_loss is not None:
         ratio = start_loss / warm.start_loss
         if not 1 / START_LOSS_RATIO <= ratio <= START_LOSS_RATIO:
@@ -246,12 +267,17 @@ def assess(warm: WarmStart, analysis: StageAnalysis, start_loss: float | None) -
     )
 
 
-def fallback_skip(config: ResolvedConfig, geometry: StageGeometry) -> int:
+def fallback_skip(config: ResolvedConfig, geometry: StageGeometry, window: int = 0) -> int:
     """Trajectory steps a fallback's full search takes from the first stage's training:
     the plan charged only the narrow search, so the full one comes out of the stage
     (the training starts this many steps into it) and the study ends within its budget.
-    At most half the stage; without a charged budget the search comes on top, as
+    Under ``continue_best`` the plan counted a narrow window (``window`` steps) as kept
+    and the training continues a full window instead, so the difference is already
+    paid. At most half the stage; without a charged budget the search comes on top, as
     always: nothing."""
     if config.charged_steps is None:
         return 0
-    return min(config.k * geometry.tau_explore, geometry.tau // 2)
+    cost = config.k * geometry.tau_explore
+    if config.continue_best:
+        cost -= geometry.tau_explore - window
+    return max(0, min(cost, geometry.tau // 2))

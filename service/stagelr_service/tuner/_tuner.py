@@ -808,7 +808,7 @@ def warm_verdict(config: ResolvedConfig, trials: Sequence[Trial]) -> tuple[Verdi
         return None, len(analysis.candidates)
     narrow = [c.trial for c in analysis.candidates]
     start = _reference_loss([], narrow, geometries[0].explore_metric)
-    return assess(warm, analysis, start), len(analysis.candidates)
+    return assess(warm, analysis, start, config), len(analysis.candidates)
 
 
 def _warm_first_stage(
@@ -839,23 +839,54 @@ def _warm_first_stage(
     if verdict.fits:
         lr, chosen, why = _choose(config, analysis, optimizer)
         why = {**why, "priors": "used", "reason": verdict.reason}
-        return _exploit(config, geometry, lr, n, why, analysis, chosen)
+        # The narrow geometry: with continue_best the training continues the chosen
+        # candidate's end state, its shorter window counted as kept steps.
+        plan = _exploit(config, narrow, lr, n, why, analysis, chosen)
+        return plan.model_copy(update={"geometry": geometry})
     full = analyze_stage(config, geometry, rest)
     note = {"priors": "fallback", "reason": verdict.reason}
+    # The full search's candidates are numbered after the narrow ones: so are the end
+    # states continue_best keeps of them.
+    shifted = {
+        candidate_checkpoint(geometry.index, j): candidate_checkpoint(geometry.index, j + n)
+        for j in range(config.k + 1)
+    }
+
+    def shift(name: str | None) -> str | None:
+        return shifted.get(name, name) if name is not None else None
+
     if len(full.candidates) < config.k:
         plan = _explore(config, geometry, full, None, reference, optimizer, saved=True)
+        discard = tuple(shift(d) or d for d in plan.discard)
+        if not full.candidates and config.continue_best:
+            # The fallback's first candidate drops the narrow candidates' end states.
+            held = _held_checkpoints(config, analysis.candidates)
+            discard += tuple(candidate_checkpoint(geometry.index, j) for j in held)
         return plan.model_copy(
             update={
                 "index": plan.index + n,
                 "data_seed": data_seed(config, geometry.index, plan.index + n),
+                "save_end": shift(plan.save_end),
+                "discard": discard,
                 "why": {**plan.why, **note},
             }
         )
     lr, chosen, why = _choose(config, full, optimizer)
     plan = _exploit(config, geometry, lr, n + len(full.candidates), {**why, **note}, full, chosen)
-    skip = fallback_skip(config, geometry)
+    window = warm_window(warm, geometry)
+    skip = min(fallback_skip(config, geometry, window), plan.steps - 1)
     return plan.model_copy(
-        update={"start_step": plan.start_step + skip, "steps": plan.steps - skip}
+        update={
+            "start_step": plan.start_step + skip,
+            "steps": plan.steps - skip,
+            "restore": shift(plan.restore),
+            "discard": tuple(shift(d) or d for d in plan.discard),
+            "why": (
+                {**plan.why, "continues": plan.why["continues"] + n}
+                if "continues" in plan.why
+                else plan.why
+            ),
+        }
     )
 
 
@@ -907,7 +938,8 @@ def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
             # stage's training: fallback_skip).
             candidates = len(config.warm_start.candidates)
             geometry = _narrow_geometry(config, geometry)
-            charge = candidates * geometry.tau_explore + geometry.tau
+            continued = geometry.tau_explore if config.continue_best else 0
+            charge = candidates * geometry.tau_explore + geometry.tau - continued
         if not stages:
             charge += range_test_charge(config)
         stages.append(PlannedStage(geometry, candidates, charge))
