@@ -280,7 +280,9 @@ def test_get_segment_and_unknown_segment(api) -> None:
 
 
 def test_a_stage_runs_k_candidates_then_trains_the_best(api) -> None:
-    study = create(api)
+    # constant-LR windows restored to the stage start (the annealed default continues
+    # its winner instead: tests/tuner/test_annealed_probe.py)
+    study = create(api, preset="default-v1")
     explores = []
     for _ in range(3):
         segment = next_segment(api, study["id"])["segment"]
@@ -419,6 +421,7 @@ def test_a_decay_segment_carries_its_lr_shape(api) -> None:
         budget_stages=1,
         decay_fraction=0.5,
         continue_best=True,
+        probe="constant",  # a constant-LR window (an annealed one is shaped wsd)
     )
     explore = next_segment(api, study["id"])["segment"]
     assert explore["lr_shape"] == "constant" and explore["lr_end"] is None
