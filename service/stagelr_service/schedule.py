@@ -3,9 +3,10 @@
 Derived from the stored segments alone: each completed training (exploit) segment is one
 piece, with the LR shape it was handed out with (``lr``, ``lr_end``, ``lr_shape``), so
 the piece's steps train at exactly the LRs ``segment.lr_at(step)`` gave the live job.
-A training segment that continued its stage's chosen candidate (``continue_best``)
-holds its LR from the stage's start: the candidate's steps are on the trajectory too.
-Search trials and the range test are not; the provenance counts their steps.
+A training segment that continued its stage's chosen candidate (``continue_best``) is
+preceded by that candidate's window, as the candidate trained it (a constant window, or
+an annealed probe's ``wsd``): the candidate's steps are on the trajectory too. The other
+search trials and the range test are not; the provenance counts their steps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from stagelr.schedule import Schedule, SchedulePiece, ScheduleProvenance, Schedu
 from . import __version__
 from .errors import InputError, InvalidStateError, NotFoundError
 from .store import Repository
-from .store.records import StudyHistory
+from .store.records import SegmentRecord, StudyHistory
 
 __all__ = ["find_study_id", "run_schedule_export", "study_schedule"]
 
@@ -39,33 +40,28 @@ def study_schedule(history: StudyHistory, exported_at: datetime) -> Schedule:
     study = history.study
     stage_start = {st.index: st.start_step for st in history.stages}
     candidates: dict[int, int] = {}
+    saved: dict[str, SegmentRecord] = {}  # a candidate's saved end state -> the candidate
     for seg in history.segments:
         if seg.kind is SegmentKind.explore:
             candidates[seg.stage] = candidates.get(seg.stage, 0) + 1
+            if seg.save_end and seg.status is SegmentStatus.completed:
+                saved[seg.save_end] = seg
     pieces: list[SchedulePiece] = []
     kinds: dict[int, str] = {}
     at = 0
-    for seg in history.segments:
-        if seg.kind is not SegmentKind.exploit or seg.status is not SegmentStatus.completed:
-            continue
+
+    def add(seg: SegmentRecord, start: int, kind: str) -> None:
+        nonlocal at
         done = _trained(seg.steps, seg.steps_done, seg.status)
         constant = seg.lr_shape is LRShape.constant or seg.lr_end is None
-        start = stage_start.get(seg.stage, seg.start_step) if constant else seg.start_step
-        end = seg.start_step + done
+        end = seg.start_step + done if seg.kind is SegmentKind.exploit else start + done
         if end <= start:
-            continue
+            return
         if start != at:
             raise InvalidStateError(
                 f"study {study.id}'s trajectory has a gap at step {at} (stage {seg.stage} "
                 f"starts at {start}): no schedule reproduces it"
             )
-        if candidates.get(seg.stage):
-            kind = "search"
-        elif constant:
-            kind = "train_on"
-        else:
-            kind = "decay"
-        kinds[seg.stage] = kind
         pieces.append(
             SchedulePiece(
                 start=start,
@@ -79,6 +75,26 @@ def study_schedule(history: StudyHistory, exported_at: datetime) -> Schedule:
             )
         )
         at = end
+
+    for seg in history.segments:
+        if seg.kind is not SegmentKind.exploit or seg.status is not SegmentStatus.completed:
+            continue
+        constant = seg.lr_shape is LRShape.constant or seg.lr_end is None
+        if candidates.get(seg.stage):
+            kind = "search"
+        elif constant:
+            kind = "train_on"
+        else:
+            kind = "decay"
+        kinds[seg.stage] = kind
+        stage_at = stage_start.get(seg.stage, seg.start_step)
+        kept = saved.get(seg.restore) if seg.restore else None
+        if kept is not None and kept.stage == seg.stage:
+            # continue_best: the chosen candidate's window is where the stage began
+            add(kept, stage_at, kind)
+            add(seg, seg.start_step, kind)
+        else:
+            add(seg, stage_at if constant else seg.start_step, kind)
     charged = sum(_trained(s.steps, s.steps_done, s.status) for s in history.segments)
     stages = [
         ScheduleStage(

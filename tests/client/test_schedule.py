@@ -153,10 +153,12 @@ def test_the_exported_schedule_trains_at_the_live_runs_lr_at_every_step(
     assert provenance.stages[0].kind == "search" and provenance.stages[0].candidates == 3
     if label == "continue-cosine":
         assert last.shape is LRShape.cosine
-        # 320 steps before the decay: three searched stages of 100, then 20 steps too
-        # short to search, trained on at the last chosen LR.
-        assert [p.kind for p in schedule.pieces] == ["search"] * 3 + ["train_on", "decay"]
-        assert [p.start for p in schedule.pieces] == [0, 100, 200, 300, 320]
+        # 320 steps before the decay: three searched stages of 100, each the chosen
+        # candidate's annealed window of 10 steps (kept: continue_best) and the 90 steps
+        # that continued it, then 20 steps too short to search, at the last chosen LR.
+        assert [p.kind for p in schedule.pieces] == ["search"] * 6 + ["train_on", "decay"]
+        assert [p.start for p in schedule.pieces] == [0, 10, 100, 110, 200, 210, 300, 320]
+        assert [p.shape for p in schedule.pieces[:6:2]] == [LRShape.wsd] * 3
     else:
         assert {p.kind for p in schedule.pieces} == {"search", "train_on", "decay"}
 
