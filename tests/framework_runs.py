@@ -52,6 +52,7 @@ def check_trained_as_planned(url: str, record_path: Path) -> dict[str, Any]:
     trained = record["trained"]
     assert len(trained) == sum(s["steps_done"] for s in segments)
     start_weights: dict[str, float] = {}
+    end_states: set[str] = set()
     position = 0
     for segment in segments:
         steps = trained[position : position + segment["steps_done"]]
@@ -63,10 +64,15 @@ def check_trained_as_planned(url: str, record_path: Path) -> dict[str, Any]:
             for i in range(1, segment["steps_done"] + 1)
         ]
         assert [step["lr"] for step in steps] == pytest.approx(expected), segment
-        if segment["restore"]:
+        if segment["restore"] in start_weights:
             assert steps[0]["weights"] == start_weights[segment["restore"]], segment
+        elif segment["restore"]:
+            # a candidate's end state (continue_best): saved by an earlier segment
+            assert segment["restore"] in end_states, segment
         if segment["save_start"]:
             start_weights[segment["save_start"]] = steps[0]["weights"]
+        if segment.get("save_end"):
+            end_states.add(segment["save_end"])
     restores = [s["restore"] for s in segments if s["restore"]]
     assert record["restores"] == restores and len(restores) >= 2
 
