@@ -43,11 +43,13 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
         result = train_digits(tuner, seed=1)
         study = tuner.study()
 
-    # The study ran its whole budget: stages of 40, 80 and 72 training steps, then the
-    # default's final decay over the last 20% (48 steps) from the last LR to 0.
+    # The study ran its whole budget: stages of 40, 80 and 72 trajectory steps, each
+    # continuing its chosen candidate's window (2, 4 and 4 steps kept: continue_best), so
+    # 38, 76 and 68 trained after the search, then the default's final decay over the
+    # last 20% (48 steps) from the last LR to 0.
     assert study.status.value == "completed"
     assert study.trajectory_steps == 240
-    assert [steps for _, steps, _ in result.stages] == [40, 80, 72, 48]
+    assert [steps for _, steps, _ in result.stages] == [38, 76, 68, 48]
     assert math.isfinite(result.final_val_loss) and result.final_val_loss < 1.0
     *searched, (decay_stage, _, decay_lr) = result.stages
     assert decay_lr == searched[-1][2]
@@ -104,8 +106,9 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     assert "stage 0: searched 2 LRs for 4 steps each" in done.stdout
     assert len(re.findall(r"lr=\S+\s+(?:forecast \d|diverged|no forecast)", done.stdout)) == 2
     assert done.stdout.count("<- chosen") == 1
-    assert "(chosen by hottest_within_best_noise:" in done.stdout
-    assert re.search(r"stage 0: trained\s+40 steps at lr=", done.stdout)
+    assert "(chosen by min_forecast:" in done.stdout
+    # the chosen candidate's 4 steps are kept (continue_best): 36 more train the stage
+    assert re.search(r"stage 0: trained\s+36 steps at lr=\S+ \(steps 4-40\)", done.stdout)
     # The decay as a decay, not a constant LR.
     assert re.search(
         r"stage \d: one_minus_sqrt decay of 24 steps from lr=\S+ to lr=0 \(steps 96-120\)",
@@ -116,9 +119,10 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     assert "/dashboard/studies/1" in done.stdout
     assert "stagelr serve --database-url" in done.stdout and "--serve" in done.stdout
     assert re.search(r"final validation loss \d+\.\d+ after 120 training steps", done.stdout)
-    # the demo's stage searches with 10% windows (2 candidates x 4 steps); the default
-    # holds its LR to the decay, so the second stage trains on without a search
-    assert "(128 charged, search included)" in done.stdout
+    # the demo's stage searches with 10% windows (2 candidates x 4 steps, the chosen
+    # one's kept); the default holds its LR to the decay, so the second stage trains on
+    # without a search
+    assert "(124 charged, search included)" in done.stdout
     assert (tmp_path / "stagelr.db").exists()
 
 

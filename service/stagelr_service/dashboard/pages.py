@@ -283,11 +283,9 @@ def load_study(
         for c in d.candidates
         if c.forecast is not None
     }
-    searched = sum(
-        (s.steps_done if s.steps_done is not None else s.steps)
-        for s in history.segments
-        if s.kind is SegmentKind.explore and s.status is not SegmentStatus.open
-    )
+    # Charged but not kept: a chosen candidate's window that its stage continued
+    # (continue_best) is on the trajectory, not spent searching.
+    searched = study.charged_steps - study.trajectory_steps
     observed = sum(len(v) for v in history.observations.values())
     explores = [s for s in history.segments if s.kind is SegmentKind.explore]
     diverged = sum(s.status is SegmentStatus.diverged for s in explores)
