@@ -142,7 +142,10 @@ SELECTION_NOTES = {
 
 
 def describe_stage(
-    detail: StageDetail, segment: SegmentView, selection: str | None = None
+    detail: StageDetail,
+    segment: SegmentView,
+    selection: str | None = None,
+    forecast: str | None = None,
 ) -> list[str]:
     """What a stage did, as the demo prints it once the stage's training segment is done:
     its search (each candidate's LR and forecast, the chosen one marked, and the rule that
@@ -150,9 +153,14 @@ def describe_stage(
     lines = []
     tried = detail.candidates
     if tried:
+        scored = (
+            "scoring each by the loss at its annealed window's end"
+            if forecast == "window_end"
+            else f"forecasting the loss at step {detail.tau} of the stage"
+        )
         lines.append(
             f"  stage {detail.index}: searched {len(tried)} LRs for {detail.tau_explore} steps "
-            f"each, forecasting the loss at step {detail.tau} of the stage:"
+            f"each, {scored}:"
         )
         for cand in sorted(tried, key=lambda c: c.lr):
             fc = cand.forecast
@@ -251,9 +259,11 @@ def run_demo(args: object, settings: object) -> int:
         def show(segment: stagelr.Segment) -> None:
             if segment.kind == "exploit":
                 detail = tuner.client.get_stage(segment.study_id, segment.stage)
-                rule = tuner.connect().config.selection
+                config = tuner.connect().config
+                rule, fitted = config.selection, config.forecast
                 selection = None if rule is None else rule.value
-                lines = describe_stage(detail, segment.view, selection)
+                kind = None if fitted is None else fitted.value
+                lines = describe_stage(detail, segment.view, selection, kind)
                 print("\n".join(lines), flush=True)
 
         result = train_digits(tuner, seed=args.seed, on_segment=show)

@@ -103,7 +103,10 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     # Each stage's search: its candidates with their forecasts, the chosen one marked.
-    assert "stage 0: searched 2 LRs for 4 steps each" in done.stdout
+    assert (
+        "stage 0: searched 2 LRs for 4 steps each, scoring each by the loss at its "
+        "annealed window's end" in done.stdout
+    )
     assert len(re.findall(r"lr=\S+\s+(?:forecast \d|diverged|no forecast)", done.stdout)) == 2
     assert done.stdout.count("<- chosen") == 1
     assert "(chosen by min_forecast:" in done.stdout
