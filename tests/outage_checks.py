@@ -28,3 +28,17 @@ def check_outage_accounted(
     assert before == [d for d in baseline if d[0] != "stage" and d[0] <= first]
     report = client.replay(study_id)
     assert report.ok, report.mismatches
+
+
+#: A small study: two stages of three candidates each (a few seconds end to end; the
+#: fixed planner, so that the second stage searches too).
+STUDY: dict[str, Any] = {
+    "planner": "fixed",
+    "lr_min": 1e-3,
+    "lr_max": 1.0,
+    "total_steps": 60,
+    "tau0": 20,
+    "k": 3,
+    "explore_ratio": 0.5,
+    "seed": 3,
+}

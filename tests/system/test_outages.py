@@ -6,7 +6,6 @@ outage (``POST /v1/studies/{id}/outages``, idempotent)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,29 +14,12 @@ import pytest
 import stagelr
 from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 from tests.live import LiveServer
-from tests.outage_checks import check_outage_accounted
+from tests.outage_checks import STUDY, check_outage_accounted
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
 _names = itertools.count()
-
-STUDY: dict[str, Any] = {
-    "planner": "fixed",
-    "lr_min": 1e-3,
-    "lr_max": 1.0,
-    "total_steps": 60,
-    "tau0": 20,
-    "k": 3,
-    "explore_ratio": 0.5,
-    "seed": 3,
-}
-
-
-@pytest.fixture()
-def proxy(live_server) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
-    with TcpProxy(int(live_server.url.rsplit(":", 1)[1])) as p:
-        yield p
 
 
 def tuner_at(url: str, **kwargs: Any) -> stagelr.Tuner:

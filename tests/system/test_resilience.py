@@ -10,39 +10,19 @@ outage; after it, the plan is shortened by the steps trained on fallback segment
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import stagelr
 from stagelr_service.testing.simulation import DrivenJob, SyntheticJob, drive_tuner, study_decisions
-from tests.outage_checks import check_outage_accounted
+from tests.outage_checks import STUDY, check_outage_accounted
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
 _names = itertools.count()
-
-#: A small study: two stages of three candidates each (a few seconds end to end; the
-#: fixed planner, so that the second stage searches too).
-STUDY: dict[str, Any] = {
-    "planner": "fixed",
-    "lr_min": 1e-3,
-    "lr_max": 1.0,
-    "total_steps": 60,
-    "tau0": 20,
-    "k": 3,
-    "explore_ratio": 0.5,
-    "seed": 3,
-}
-
-
-@pytest.fixture()
-def proxy(live_server) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
-    port = int(live_server.url.rsplit(":", 1)[1])
-    with TcpProxy(port) as p:
-        yield p
 
 
 def fast_retries() -> stagelr.RetryTransport:
