@@ -186,12 +186,14 @@ def study_view(
     lease_seconds: float | None,
     config: tuner.ResolvedConfig | None = None,
     trials: Sequence[tuner.Trial] | None = None,
-    outages: Sequence[OutageRecord] = (),
+    outages: Sequence[OutageRecord] | None = None,
 ) -> StudyView:
     """The wire view of a study from its rows; ``best`` is its :func:`best_loss`,
     ``config`` its stored config, when the caller has read it already; ``outages`` the
-    ones its job reported (the study page and GET show them). ``trials``: its
-    history's, for why it fell back from its priors (a list has none)."""
+    ones its job reported (None: those the study record carries, as the study list's
+    records do). ``trials``: its history's, for why it fell back from its priors (a list
+    has none)."""
+    outages = study.outages if outages is None else outages
     config = config or tuner.ResolvedConfig.stored(study.config)
     trajectory = charged = 0
     schedule: list[tuple[int, float]] = []

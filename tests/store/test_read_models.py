@@ -127,8 +127,8 @@ def test_the_study_lists_cost_the_same_statements_for_one_study_and_twenty(
     many, many_count = counted(service, lambda: service.list_studies(limit=20))
     assert len(few.studies) == 1 and len(many.studies) == 20
     print(f"API study list statements: 1 study {few_count}, 20 studies {many_count}")
-    # Measured on SQLite: 6 (BEGIN, the count, the page, then stages, segments and best
-    # losses of every listed study). Before, 8 for one study and 103 for twenty (a
+    # Measured on SQLite: 6 (BEGIN, the page with its total as a window count, the page's
+    # outages, then stages, segments and best losses of every listed study). Before, 8 for one study and 103 for twenty (a
     # history read per study).
     assert few_count == many_count <= 6
 
@@ -149,6 +149,38 @@ def test_the_list_shows_each_study_as_its_own_read_does(service: StudyService) -
     assert listed.total == len(listed.studies) >= 3
     for view in listed.studies:
         assert view == service.get_study(view.id)
+
+
+def test_the_api_list_shows_each_studys_outages_in_constant_statements(
+    service: StudyService,
+) -> None:
+    """The list's views carry the outages the study's own read shows, and listing
+    studies with outages costs the same statements for one study and twenty."""
+    from stagelr.models import OutageReport
+
+    for i in range(17):  # a full page of twenty whatever ran before
+        record(service, f"outage-filler-{i:02d}", ONE_STAGE, segments=1)
+    ids = [record(service, f"outage-{i}", FIVE_STAGES, segments=2 + i) for i in range(3)]
+    for i, study_id in enumerate(ids):
+        for n in range(i + 1):  # 1, 2 and 3 outages
+            service.report_outage(study_id, OutageReport(key=f"o{n}", steps=2 + n))
+    listed = {v.id: v for v in service.list_studies(limit=500).studies}
+    for i, study_id in enumerate(ids):
+        own = service.get_study(study_id)
+        assert [o.key for o in own.outages] == [f"o{n}" for n in range(i + 1)]
+        assert listed[study_id].outages == own.outages
+        assert listed[study_id].offline_steps == own.offline_steps > 0
+        assert listed[study_id] == own
+    few, few_count = counted(service, lambda: service.list_studies(limit=1))
+    many, many_count = counted(service, lambda: service.list_studies(limit=20))
+    assert len(many.studies) == 20 and sum(bool(v.outages) for v in many.studies) == 3
+    assert few.studies[0].outages == many.studies[0].outages != []
+    # BEGIN, the page (its total as a window count), the page's outages, then its
+    # stages, segments and best losses.
+    assert few_count == many_count <= 6
+    # Past the end: a count of its own instead of the outages.
+    past, past_count = counted(service, lambda: service.list_studies(limit=5, offset=10**6))
+    assert past.studies == [] and past.total >= 20 and past_count <= 6
 
 
 def test_a_scoped_page_of_another_project_is_not_found(service: StudyService) -> None:

@@ -70,6 +70,10 @@ class StudyRecord:
     priors: dict[str, Any] | None = None
     #: When the study was archived (None: it is not).
     archived_at: datetime | None = None
+    #: The outages its job reported, in the order reported, where the read that made the
+    #: record fetched them (the API's study list does); empty otherwise (a history carries
+    #: them as :attr:`StudyHistory.outages`).
+    outages: tuple[OutageRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ shows."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -38,12 +39,14 @@ from .housekeeping_queries import housekeeping_filters
 from .live import LiveQueries
 from .models import (
     ObservationRow,
+    OutageRow,
     ProjectRow,
     SegmentRow,
     StageRow,
     StudyRow,
 )
 from .records import (
+    OutageRecord,
     ScheduleSegment,
     SegmentRecord,
     StageRecord,
@@ -70,7 +73,8 @@ class SummaryQueries(LiveQueries):
     ) -> tuple[list[StudyRecord], int]:
         """Studies newest first, filtered by project name, status, a part of the name
         (any case), archiving (False: not archived, True: archived, None: both) and
-        family; and the total count of studies that match the filters (for pagination)."""
+        family; and the total count of studies that match the filters (for pagination).
+        Each record carries its outages."""
         if limit < 0 or offset < 0:
             raise InputError("limit and offset must not be negative")
         conditions = housekeeping_filters(name, archived)
@@ -86,20 +90,42 @@ class SummaryQueries(LiveQueries):
                     f"unknown study status {status!r}: use one of "
                     + ", ".join(s.value for s in StudyStatus)
                 ) from None
-        total = self._s.scalar(
-            select(func.count())
-            .select_from(StudyRow)
-            .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
-            .where(*conditions)
-        )
+        # The page with its total as a window count, then the page's outages: two
+        # statements whatever the page size (a count of its own only past the end).
         rows = self._s.execute(
             study_query()
+            .add_columns(func.count().over().label("total"))
             .where(*conditions)
             .order_by(StudyRow.id.desc())
             .limit(limit)
             .offset(offset)
         ).all()
-        return [study_record(row, project_name) for row, project_name in rows], int(total or 0)
+        if rows:
+            total = int(rows[0].total)
+        else:
+            total = int(
+                self._s.scalar(
+                    select(func.count())
+                    .select_from(StudyRow)
+                    .join(ProjectRow, StudyRow.project_id == ProjectRow.id)
+                    .where(*conditions)
+                )
+                or 0
+            )
+        outages: dict[int, list[OutageRecord]] = {}
+        if rows:
+            for o in self._s.execute(
+                select(OutageRow)
+                .where(OutageRow.study_id.in_([row[0].id for row in rows]))
+                .order_by(OutageRow.study_id, OutageRow.id)
+            ).scalars():
+                outages.setdefault(o.study_id, []).append(
+                    OutageRecord(o.key, o.steps, o.after_seq, o.reported_at)
+                )
+        return [
+            replace(study_record(row[0], row[1]), outages=tuple(outages.get(row[0].id, ())))
+            for row in rows
+        ], total
 
     def count_by_status(self) -> tuple[dict[str, int], dict[str, int]]:
         """How many studies and how many segments are in each status (for /metrics):
