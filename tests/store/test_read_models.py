@@ -128,8 +128,8 @@ def test_the_study_lists_cost_the_same_statements_for_one_study_and_twenty(
     assert len(few.studies) == 1 and len(many.studies) == 20
     print(f"API study list statements: 1 study {few_count}, 20 studies {many_count}")
     # Measured on SQLite: 6 (BEGIN, the page with its total as a window count, the page's
-    # outages, then stages, segments and best losses of every listed study). Before, 8 for one study and 103 for twenty (a
-    # history read per study).
+    # outages, then stages, segments and best losses of every listed study). Before the
+    # read model, 8 for one study and 103 for twenty (a history read per study).
     assert few_count == many_count <= 6
 
     (summaries, _), one_count = counted(
