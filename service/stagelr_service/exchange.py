@@ -2,8 +2,9 @@
 
 A file is a header line, then one line per study with everything the tuner and a replay
 need: the resolved config, status, stages, segments with their observations (NaN and
-infinities as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``) and forecasts, and
-the stored times. Row ids are not exported: segments are keyed by their position
+infinities as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``) and forecasts, the
+outages its job reported (they shortened its plan), whether it is archived, and the
+stored times. Row ids are not exported: segments are keyed by their position
 ``seq`` in the study, stages by their index, studies by (project, name). The format is
 versioned by the header (:data:`FORMAT`, :data:`VERSION`); docs/replay.md specifies it.
 
@@ -36,6 +37,7 @@ __all__ = [
     "VERSION",
     "ExportHeader",
     "ExportedForecast",
+    "ExportedOutage",
     "ExportedSegment",
     "ExportedStage",
     "ExportedStudy",
@@ -53,10 +55,13 @@ FORMAT = "stagelr-studies"
 #: ``range_test_*``); version 4 the config's ``initial_design``; version 5 a study's
 #: priors (config ``family``, ``prior_studies``, ``warm_start``; the study's stored prior
 #: summary, ``priors``); version 6 the config's ``probe`` (segment shape ``wsd``,
-#: forecast ``window_end``). An older file reads
-#: with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs where they lack a
-#: field (a version 1 file's segments are constant-LR).
-VERSION = 6
+#: forecast ``window_end``); version 7 a study's ``outages`` and ``archived_at``. An older
+#: file reads with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs
+#: where they lack a field (a version 1 file's segments are constant-LR); its studies have
+#: no outages and are not archived, as that stagelr stored them.
+VERSION = 7
+#: The study fields a file of an older version cannot hold (they came with this one).
+_SINCE_VERSION_7 = frozenset({"outages", "archived_at"})
 
 
 class _Line(BaseModel):
@@ -122,6 +127,17 @@ class ExportedStage(_Line):
     chosen_lr: float | None
 
 
+class ExportedOutage(_Line):
+    """Steps the study's job trained on fallback segments while the service was away."""
+
+    key: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    steps: int = Field(ge=1)
+    after_seq: int | None = Field(
+        ge=0, description="Seq of the last segment handed out before it (None: before any)."
+    )
+    reported_at: datetime
+
+
 class ExportedStudy(_Line):
     project: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=200)
@@ -134,6 +150,14 @@ class ExportedStudy(_Line):
     segments: list[ExportedSegment]
     priors: dict[str, Any] | None = Field(
         default=None, description="The prior summary stored when the study was created."
+    )
+    archived_at: datetime | None = Field(
+        default=None, description="When the study was archived (None: it is not)."
+    )
+    outages: list[ExportedOutage] = Field(
+        default_factory=list,
+        description="The outages its job reported, in the order reported; they shortened "
+        "its plan, so a replay needs them.",
     )
 
 
@@ -184,6 +208,13 @@ def exported_study(history: StudyHistory) -> ExportedStudy:
         ],
         segments=segments,
         priors=study.priors,
+        archived_at=study.archived_at,
+        outages=[
+            ExportedOutage(
+                key=o.key, steps=o.steps, after_seq=o.after_seq, reported_at=o.reported_at
+            )
+            for o in history.outages
+        ],
     )
 
 
@@ -248,6 +279,12 @@ def read_lines(lines: Iterable[str]) -> Iterator[tuple[int, ExportedStudy]]:
             study = ExportedStudy.model_validate_json(line)
         except ValidationError as exc:
             raise InputError(f"line {number}: not a valid study ({_errors(exc)})") from None
+        newer = sorted(_SINCE_VERSION_7 & study.model_fields_set)
+        if header.version < 7 and newer:
+            raise InputError(
+                f"line {number}: a version {header.version} file cannot hold "
+                f"{', '.join(newer)} (version 7 added them): fix the header's version"
+            )
         if header.version < VERSION:
             study = study.model_copy(update={"config": {**LEGACY_CONFIG, **study.config}})
         _check(study, number)
@@ -273,6 +310,15 @@ def _check(study: ExportedStudy, number: int) -> None:
     for seg in study.segments:
         if not math.isfinite(seg.lr):
             raise InputError(f"{where}: segment {seg.seq} has a non-finite lr")
+    keys = [o.key for o in study.outages]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"{where}: an outage key is listed twice")
+    for outage in study.outages:
+        if outage.after_seq is not None and outage.after_seq >= len(seqs):
+            raise InputError(
+                f"{where}: outage {outage.key!r} follows segment {outage.after_seq}, which "
+                "is not listed"
+            )
 
 
 def _write(store: Store, study: ExportedStudy) -> tuple[str, str | None]:
@@ -290,6 +336,7 @@ def _write(store: Store, study: ExportedStudy) -> tuple[str, str | None]:
                 created_at=study.created_at,
                 updated_at=study.updated_at,
                 priors=study.priors,
+                archived_at=study.archived_at,
             )
             if record is not None:
                 _write_children(repo, record.id, study)
@@ -334,6 +381,7 @@ def _write_children(repo: Repository, study_id: int, study: ExportedStudy) -> No
             if seg.forecast is not None
         ]
     )
+    repo.insert_outage_rows(study_id, [o.model_dump(mode="python") for o in study.outages])
 
 
 def import_studies(store: Store, lines: Iterable[str]) -> ImportResult:

@@ -8,9 +8,53 @@ from collections.abc import Sequence
 
 from stagelr.models import ReplayMismatch, StageReplay
 
+from .. import tuner
 from ..forecast import Forecast
+from ..store.records import StudyHistory
 
-__all__ = ["decades", "finite", "summarize_stages"]
+__all__ = [
+    "decades",
+    "finite",
+    "offline_before",
+    "recorded_geometries",
+    "stage_offline",
+    "summarize_stages",
+]
+
+
+def offline_before(history: StudyHistory, seq: int) -> int:
+    """Offline steps the decision of segment ``seq`` knew of: the outages its job
+    reported before it asked for that segment (``tuner.offline_steps_before``)."""
+    return tuner.offline_steps_before([(o.after_seq, o.steps) for o in history.outages], seq)
+
+
+def stage_offline(history: StudyHistory) -> dict[int, int]:
+    """Stage index -> the offline steps its first decision knew of (those that sized
+    it), for each stage the history has a segment of."""
+    out: dict[int, int] = {}
+    for seg in history.segments:
+        if seg.stage not in out:
+            out[seg.stage] = offline_before(history, seg.seq)
+    return out
+
+
+def recorded_geometries(
+    history: StudyHistory, config: tuner.ResolvedConfig, trials: Sequence[tuner.Trial]
+) -> list[tuner.StageGeometry]:
+    """The geometry of every stage the history reached, each sized as the live service
+    sized it: by the plan its first decision saw, shortened by the outages reported by
+    then (``tuner.with_offline_steps``). Without outages, ``tuner.stage_geometries``."""
+    offline = stage_offline(history)
+    cache: dict[int, list[tuner.StageGeometry]] = {}
+    out: list[tuner.StageGeometry] = []
+    while True:
+        steps = offline.get(len(out), history.offline_steps)
+        if steps not in cache:
+            cache[steps] = tuner.stage_geometries(tuner.with_offline_steps(config, steps), trials)
+        geometries = cache[steps]
+        if len(out) >= len(geometries):
+            return out
+        out.append(geometries[len(out)])
 
 
 def finite(value: float | None) -> float | None:

@@ -16,6 +16,10 @@ config decides within each stage:
 - After ``k`` candidates the tuner chooses the stage's LR by the new selection rule; that
   choice is compared with the recorded one and carried into the next stage (carry-over),
   whose evidence is again the recorded stage's.
+
+Outages are replayed as they happened: each stage keeps the size the live plan gave it
+(shortened by the outages its job had reported by then), and each decision sees the
+offline steps the recorded decision at the same place in its stage saw.
 """
 
 from __future__ import annotations
@@ -41,7 +45,14 @@ from ..errors import InputError, InvalidStateError
 from ..forecast import Forecast
 from ..history import trials_of
 from ..store.records import StudyHistory
-from ._common import decades, finite, summarize_stages
+from ._common import (
+    decades,
+    finite,
+    offline_before,
+    recorded_geometries,
+    stage_offline,
+    summarize_stages,
+)
 
 __all__ = [
     "ESTIMATED",
@@ -172,7 +183,8 @@ def what_if_history(
     stored_config = tuner.ResolvedConfig.stored(study.config)
     config = what_if_config(study.config, overrides)
     recorded_trials = trials_of(history)
-    geometries = tuner.stage_geometries(stored_config, recorded_trials)
+    geometries = recorded_geometries(history, stored_config, recorded_trials)
+    offline_at_start = stage_offline(history)
     chosen_by_stage = {s.index: s.chosen_lr for s in history.stages}
 
     replayed: list[tuner.Trial] = []
@@ -187,14 +199,25 @@ def what_if_history(
             if t.kind is SegmentKind.explore and t.status is not SegmentStatus.open
         ]
         recorded_exploit = next((t for t in recorded if t.kind is SegmentKind.exploit), None)
+        stage_config = tuner.with_offline_steps(config, offline_at_start.get(index, 0))
         estimator: _Estimator | None = None
         used: set[int] = set()
         estimated_lrs: set[float] = set()
         chosen: float | None = None
         # A range test, k explore decisions and one exploit decision at most; the bound
         # guards a bug.
-        for _ in range((config.k or 0) + 3):
-            plan = tuner.next_segment(config, replayed, optimizer)
+        for position in range((config.k or 0) + 3):
+            # The outages known to the recorded decision at this place of the stage (past
+            # its last one: all those reported after it).
+            if position < len(recorded):
+                offline = offline_before(history, recorded[position].seq)
+            elif recorded:
+                offline = offline_before(history, recorded[-1].seq + 1)
+            else:
+                offline = offline_at_start.get(index, history.offline_steps)
+            plan = tuner.next_segment(
+                tuner.with_offline_steps(config, offline), replayed, optimizer
+            )
             decisions += 1
             if isinstance(plan, tuner.StudyEnd) or plan.stage != index:
                 break
@@ -240,7 +263,7 @@ def what_if_history(
                 trial = replace(match, seq=seq, index=plan.index, forecast=fc)
             else:
                 if estimator is None:
-                    searched = tuner.search_config(config, replayed)
+                    searched = tuner.search_config(stage_config, replayed)
                     estimator = _Estimator(searched, geometry, closed_explores, optimizer)
                 estimates += 1
                 estimated_lrs.add(plan.lr)
@@ -260,7 +283,7 @@ def what_if_history(
 
         stage_trials = [t for t in replayed if t.stage == index]
         analysis = tuner.analyze_stage(
-            tuner.search_config(config, replayed), geometry, stage_trials
+            tuner.search_config(stage_config, replayed), geometry, stage_trials
         )
         candidates = [
             ReplayCandidate(

@@ -36,6 +36,7 @@ from .live import LiveQueries
 from .models import (
     ForecastRow,
     ObservationRow,
+    OutageRow,
     ProjectRow,
     SegmentRow,
     StageRow,
@@ -88,9 +89,10 @@ class BulkQueries(LiveQueries):
         created_at: datetime,
         updated_at: datetime,
         priors: Mapping[str, Any] | None = None,
+        archived_at: datetime | None = None,
     ) -> StudyRecord | None:
-        """Insert a study exactly as given (an import keeps its status, times and prior
-        summary).
+        """Insert a study exactly as given (an import keeps its status, times, prior
+        summary and archiving).
 
         None when the project already has a study of that name (nothing is written).
         """
@@ -104,6 +106,7 @@ class BulkQueries(LiveQueries):
             status_reason=status_reason,
             created_at=created_at,
             updated_at=updated_at,
+            archived_at=archived_at,
         )
         if self._insert(row) is not None:
             return None
@@ -186,4 +189,21 @@ class BulkQueries(LiveQueries):
         ]
         if rows:
             self._s.execute(insert(ForecastRow), rows)
+        return len(rows)
+
+    def insert_outage_rows(self, study_id: int, outages: Sequence[Mapping[str, Any]]) -> int:
+        """Insert a study's outages as given (keys: key, steps, after_seq, reported_at), in
+        the order reported, in one statement. Returns rows written."""
+        rows = [
+            {
+                "study_id": study_id,
+                "key": o["key"],
+                "steps": int(o["steps"]),
+                "after_seq": o["after_seq"],
+                "reported_at": o["reported_at"],
+            }
+            for o in outages
+        ]
+        if rows:
+            self._s.execute(insert(OutageRow), rows)
         return len(rows)
