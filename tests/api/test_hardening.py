@@ -17,6 +17,7 @@ import pytest
 from stagelr_service.errors import UnauthorizedError
 from stagelr_service.store import Store
 from stagelr_service.tokens import Tokens
+from tests.dashboard_forms import sign_in as dashboard_sign_in
 from tests.live import LiveServer, run_cli, start_server
 
 pytestmark = pytest.mark.slow
@@ -123,7 +124,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
 
 
 def sign_in(web: httpx.Client, token: str) -> str:
-    answer = web.post("/dashboard/login", data={"token": token, "next": "/dashboard"})
+    answer = dashboard_sign_in(web, token)
     assert answer.status_code == 303, answer.text
     session = web.cookies["stagelr_session"]
     return session
@@ -153,7 +154,7 @@ def test_the_dashboard_cookie_is_a_session_that_sign_out_revokes(
 ) -> None:
     server, token = secured
     with httpx.Client(base_url=server.url, timeout=60) as web:
-        answer = web.post("/dashboard/login", data={"token": token, "next": "/dashboard"})
+        answer = dashboard_sign_in(web, token)
         cookie = answer.headers["set-cookie"]
         session = web.cookies["stagelr_session"]
         assert token not in cookie and session.startswith("sess_")
@@ -185,7 +186,7 @@ def test_sign_in_from_another_site_is_refused(secured: tuple[LiveServer, str]) -
     server, token = secured
     with httpx.Client(base_url=server.url, timeout=60) as web:
         for headers in ({"Origin": "http://evil.test"}, {"Sec-Fetch-Site": "cross-site"}):
-            answer = web.post("/dashboard/login", data={"token": token}, headers=headers)
+            answer = dashboard_sign_in(web, token, **headers)
             assert answer.status_code == 403
             assert "stagelr_session" not in web.cookies
 

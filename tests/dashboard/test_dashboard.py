@@ -27,6 +27,7 @@ from stagelr_service.store import Store, migrate
 from stagelr_service.store.models import ObservationRow, SegmentRow, StageRow, StudyRow
 from stagelr_service.testing.simulation import SyntheticJob
 from stagelr_service.tuner import resolve
+from tests.dashboard_forms import sign_in
 from tests.live import LiveServer, run_cli, start_server
 from tests.store_fixtures import BACKENDS, fresh_database
 
@@ -498,7 +499,7 @@ def test_with_auth_on_the_dashboard_asks_for_a_token_first(
         assert web.get("/dashboard/studies/1/live").status_code == 401
         form = web.get("/dashboard/login")
         assert form.status_code == 200 and 'name="token"' in form.text
-        wrong = web.post("/dashboard/login", data={"token": "stg_wrong", "next": "/dashboard"})
+        wrong = sign_in(web, "stg_wrong")
         assert wrong.status_code == 401 and "not valid" in wrong.text
         assert "set-cookie" not in wrong.headers
 
@@ -516,9 +517,7 @@ def test_a_token_logs_in_with_a_strict_http_only_cookie_and_shows_its_project_on
         server.url, "dash-audio", segments=3, project="audio", token=other_made.stdout.strip()
     )
     with httpx.Client(base_url=server.url) as web:
-        login = web.post(
-            "/dashboard/login", data={"token": token, "next": f"/dashboard/studies/{mine}"}
-        )
+        login = sign_in(web, token, next=f"/dashboard/studies/{mine}")
         assert login.status_code == 303
         assert login.headers["location"] == f"/dashboard/studies/{mine}"
         cookie = login.headers["set-cookie"]
@@ -530,7 +529,7 @@ def test_a_token_logs_in_with_a_strict_http_only_cookie_and_shows_its_project_on
         assert web.get(f"/dashboard/studies/{other}").status_code == 404
         assert web.get(f"/dashboard/studies/{other}/live").status_code == 404
         # An off-site "next" is ignored: no open redirect.
-        bounced = web.post("/dashboard/login", data={"token": token, "next": "https://evil.test/"})
+        bounced = sign_in(web, token, next="https://evil.test/")
         assert bounced.headers["location"] == "/dashboard"
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', web.get("/dashboard").text)
         assert csrf is not None

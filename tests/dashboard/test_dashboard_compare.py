@@ -20,6 +20,7 @@ from stagelr_service.dashboard.compare import MAX_STUDIES, parse_ids
 from stagelr_service.errors import InputError
 from stagelr_service.store import Store, migrate
 from tests.dashboard.test_dashboard import CONFIG, run_synthetic, seed_studies
+from tests.dashboard_forms import sign_in
 from tests.live import LiveServer, run_cli, start_server
 from tests.store_fixtures import BACKENDS, fresh_database
 
@@ -319,7 +320,7 @@ def test_with_auth_on_housekeeping_is_project_scoped(
     ):
         api.delete_study(theirs)
     with httpx.Client(base_url=server.url) as web:
-        web.post("/dashboard/login", data={"token": vision, "next": "/dashboard"})
+        assert sign_in(web, vision).status_code == 303
         assert web.get(f"/dashboard/compare?id={theirs}").status_code == 404
         assert web.get(f"/dashboard/studies/{theirs}/delete").status_code == 404
     with stagelr.Client(server.url, token=audio) as api:

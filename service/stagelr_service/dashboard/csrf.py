@@ -1,49 +1,102 @@
-"""Cross-site request forgery protection for the dashboard's state-changing forms.
+"""Cross-site request forgery protection: the one mechanism of every state-changing
+dashboard request.
 
 The dashboard changes state only by POSTed forms (sign in, sign out, archive, delete).
-A form that archives or deletes carries a token that must match the ``stagelr_csrf``
-cookie (the double-submit pattern): a page of another site can make a browser POST to
-the server, but cannot read the cookie to put the same token in its form, and the
-cookie is ``SameSite=Strict`` so such a request does not even carry it. This holds with
-auth off too, where no login cookie exists to protect anything: a local server's
-dashboard is still safe from a page open in another tab. A request whose ``Origin``
-header names another origin is refused as well.
+Every such form carries a token in its ``csrf`` field (the templates' ``csrf_field()``),
+and every POST route calls :func:`verify` before it does anything:
+
+- with auth on and a session (the ``stagelr_session`` cookie), the token is bound to the
+  session: derived from the session's secret, which only the HttpOnly cookie holds, so
+  another site can neither read nor compute it, and it dies with the session;
+- otherwise (auth off, or the sign-in form before any session), a double-submit token:
+  a random value in the ``stagelr_csrf`` cookie (HttpOnly, ``SameSite=Strict``, path
+  ``/dashboard``) that the form must repeat. A page of another site can make a browser
+  POST to the server, but cannot read the cookie to put the same value in its form, and
+  the strict cookie does not even travel with such a request. This holds with auth off
+  too, where no login protects anything: a local server's dashboard is still safe from
+  a page open in another tab.
+
+:func:`verify` also refuses a request that says it comes from elsewhere: an ``Origin``
+other than the server's own (or the opaque ``null``), or ``Sec-Fetch-Site`` other than
+``same-origin``/``none``. A refusal is a 403 (:class:`Refused`), which the dashboard
+answers with its error page.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 
 from fastapi import Request, Response
 
-__all__ = ["COOKIE", "FIELD", "check", "ensure_token", "set_cookie"]
+from ..errors import ForbiddenError
 
-#: The cookie holding the token, and the form field that must repeat it.
+__all__ = [
+    "COOKIE",
+    "FIELD",
+    "SESSION_COOKIE",
+    "Refused",
+    "issue",
+    "session_token",
+    "verify",
+]
+
+#: The double-submit cookie, and the form field every state-changing form fills.
 COOKIE = "stagelr_csrf"
 FIELD = "csrf"
+#: The session cookie (a server-side session's secret, never a project token).
+SESSION_COOKIE = "stagelr_session"
 
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+#: What the refusal of a missing or wrong token says.
+STALE = "the form's security token is missing or stale: reload the page and try again"
 
 
-def _cookie(request: Request) -> str | None:
-    value = request.cookies.get(COOKIE)
-    return value if value and _SHAPE.match(value) else None
+class Refused(ForbiddenError):
+    """A state-changing dashboard request that did not come from the dashboard's own
+    page (403)."""
+
+    title = "Refused"
 
 
-def ensure_token(request: Request) -> tuple[str, bool]:
-    """The request's token, and whether it is new (then :func:`set_cookie` it)."""
-    existing = _cookie(request)
-    if existing is not None:
-        return existing, False
-    return secrets.token_urlsafe(32), True
+def session_token(secret: str) -> str:
+    """The token of a session: derived from its secret (only the HttpOnly cookie holds
+    it), so another site can neither read nor compute it."""
+    return hashlib.sha256(b"stagelr-csrf:" + secret.encode("utf-8")).hexdigest()[:32]
 
 
-def set_cookie(response: Response, request: Request, token: str) -> None:
+def _auth_on(request: Request) -> bool:
+    return bool(request.app.state.settings.auth != "off")
+
+
+def _expected(request: Request) -> str | None:
+    """The token this request's forms must carry (None: it has none yet)."""
+    if _auth_on(request):
+        secret = request.cookies.get(SESSION_COOKIE)
+        if secret:
+            return session_token(secret)
+    cookie = request.cookies.get(COOKIE)
+    return cookie if cookie and _SHAPE.match(cookie) else None
+
+
+def issue(request: Request) -> tuple[str, str | None]:
+    """The token a page rendered for ``request`` puts in its forms, and the new
+    double-submit cookie's value to set on the response (None: nothing to set)."""
+    expected = _expected(request)
+    if expected is not None:
+        return expected, None
+    fresh = secrets.token_urlsafe(32)
+    return fresh, fresh
+
+
+def set_cookie(response: Response, request: Request, value: str) -> None:
+    """Set the double-submit cookie that :func:`issue` asked for."""
     response.set_cookie(
         COOKIE,
-        token,
+        value,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -51,16 +104,21 @@ def set_cookie(response: Response, request: Request, token: str) -> None:
     )
 
 
-def check(request: Request, submitted: str | None) -> str | None:
-    """Why the POST must be refused, or None when its token and origin are good."""
+def verify(request: Request, form: Mapping[str, str]) -> None:
+    """Raise :class:`Refused` unless the request comes from the dashboard's own page:
+    its origin is this server's and its form carries the token :func:`issue` gave."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Refused(f"the form was sent from another site (Sec-Fetch-Site: {site})")
     origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
-        own = f"{request.url.scheme}://{request.url.netloc}"
-        if origin != own:
-            return f"the form was sent from {origin}, not from this dashboard"
-    elif origin == "null":
-        return "the form was sent from an opaque origin"
-    cookie = _cookie(request)
-    if cookie is None or not submitted or not hmac.compare_digest(cookie, submitted):
-        return "the form's security token is missing or stale: reload the page and try again"
-    return None
+    if origin == "null":
+        raise Refused("the form was sent from an opaque origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is not None and origin != own:
+        raise Refused(f"the form was sent from {origin}, not from this dashboard")
+    expected = _expected(request)
+    submitted = form.get(FIELD, "")
+    if expected is None or not submitted:
+        raise Refused(STALE)
+    if not hmac.compare_digest(expected.encode("utf-8"), submitted.encode("utf-8")):
+        raise Refused(STALE)

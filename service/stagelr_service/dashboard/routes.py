@@ -8,15 +8,14 @@ With auth on, signing in with a project token opens a server-side session
 (:meth:`stagelr_service.tokens.Tokens.open_session`): the ``stagelr_session`` cookie
 (HttpOnly, SameSite=Strict, Secure over HTTPS, expiring with ``STAGELR_SESSION_SECONDS``)
 holds the session's random secret, never the project token; sign-out revokes the
-session in the store. The state-changing requests (sign-in, sign-out) refuse another
-site's ``Origin`` (or ``Sec-Fetch-Site: cross-site``), and sign-out also needs the
-session's CSRF token, which the pages put in the sign-out form.
+session in the store. Every state-changing request (sign-in, sign-out, archive, delete)
+goes through :func:`.csrf.verify` first: the form's token (session-bound with a session,
+double-submit without) and the request's origin; every page gets its token from
+:func:`render`, and every form writes it with the templates' one helper, ``csrf_field()``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
@@ -27,14 +26,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.runtime import Context
+from markupsafe import Markup, escape
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..api.auth import current_scope, token_of
 from ..api.errors import status_of
 from ..errors import (
-    ForbiddenError,
     InputError,
     InvalidStateError,
     NotFoundError,
@@ -53,7 +53,7 @@ log = logging.getLogger("stagelr.dashboard")
 
 _LOGIN = "/dashboard/login"
 #: The session cookie: a server-side session's secret, never a project token.
-SESSION_COOKIE = "stagelr_session"
+SESSION_COOKIE = csrf.SESSION_COOKIE
 #: Ids are 64-bit in the store: a larger one names no study (404), not a driver overflow.
 _MAX_ID = 2**63 - 1
 
@@ -78,6 +78,16 @@ def _ago(moment: datetime, now: datetime) -> str:
     return f"{seconds // 86400} d ago"
 
 
+@pass_context
+def csrf_field(context: Context) -> Markup:
+    """The hidden field every state-changing form carries (the templates' one CSRF
+    helper): the token :func:`render` issued for the request."""
+    token = context.get("csrf_token")
+    if not token:
+        raise RuntimeError("a form needs render(..., request=request) for its CSRF token")
+    return Markup(f'<input type="hidden" name="{csrf.FIELD}" value="{escape(token)}">')
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("stagelr_service.dashboard", "templates"),
@@ -86,7 +96,12 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(asset=asset_url, version=__version__, compare_url=compare.compare_url)
+    env.globals.update(
+        asset=asset_url,
+        version=__version__,
+        compare_url=compare.compare_url,
+        csrf_field=csrf_field,
+    )
     env.filters.update(
         num=fmt_number,
         ago=_ago,
@@ -98,10 +113,20 @@ def _environment() -> Environment:
 _ENV = _environment()
 
 
-def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """Render template ``name`` into an HTML response."""
-    html = _ENV.get_template(name).render(now=datetime.now(timezone.utc), **context)
-    return HTMLResponse(html, status_code=status_code)
+def render(
+    name: str, status_code: int = 200, *, request: Request | None = None, **context: Any
+) -> HTMLResponse:
+    """Render template ``name`` into an HTML response. With ``request``, its forms get
+    the request's CSRF token (:func:`.csrf.issue`), and the response sets the
+    double-submit cookie when the request had none."""
+    token, new_cookie = csrf.issue(request) if request is not None else ("", None)
+    html = _ENV.get_template(name).render(
+        now=datetime.now(timezone.utc), csrf_token=token, **context
+    )
+    response = HTMLResponse(html, status_code=status_code)
+    if request is not None and new_cookie is not None:
+        csrf.set_cookie(response, request, new_cookie)
+    return response
 
 
 def _error_page(status_code: int, title: str, detail: str, scope: str | None) -> HTMLResponse:
@@ -186,30 +211,6 @@ def _scope(request: Request) -> tuple[bool, str | None]:
         return False, None
 
 
-def csrf_token(secret: str) -> str:
-    """The sign-out form's CSRF token: derived from the session's secret, which only the
-    HttpOnly cookie holds, so another site can neither read nor compute it."""
-    return hashlib.sha256(b"stagelr-csrf:" + secret.encode("utf-8")).hexdigest()[:32]
-
-
-def _csrf(request: Request) -> str:
-    secret = request.cookies.get(SESSION_COOKIE)
-    return csrf_token(secret) if secret else ""
-
-
-def _same_origin(request: Request) -> None:
-    """Refuse a state-changing request that another site's page sent (403)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise ForbiddenError("this form can only be sent from the dashboard's own pages")
-    origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.url.netloc}"
-    if origin is not None and origin != own:
-        raise ForbiddenError(
-            f"a request from {origin!r} cannot change the dashboard's session; use the "
-            "dashboard's own pages"
-        )
-
-
 def _to_login(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"{_LOGIN}?next={quote(target, safe='')}", status_code=303)
@@ -263,7 +264,7 @@ def study_list(
         statuses=pages.STATUSES,
         scope_project=project,
         auth_on=_auth_on(request),
-        csrf=_csrf(request),
+        request=request,
     )
 
 
@@ -274,18 +275,9 @@ def study_page(request: Request, study_id: int) -> Response:
     if not allowed:
         return _to_login(request)
     page = pages.load_study(_service(request), _settings(request).lease_seconds, project, study_id)
-    token, new = csrf.ensure_token(request)
-    response = render(
-        "study.html",
-        page=page,
-        csrf_token=token,
-        scope_project=project,
-        auth_on=_auth_on(request),
-        csrf=_csrf(request),
+    return render(
+        "study.html", page=page, scope_project=project, auth_on=_auth_on(request), request=request
     )
-    if new:
-        csrf.set_cookie(response, request, token)
-    return response
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -300,9 +292,7 @@ async def archive(request: Request, study_id: int) -> Response:
     if not allowed:
         return _to_login(request)
     form = await _form(request)
-    refused = csrf.check(request, form.get(csrf.FIELD))
-    if refused:
-        return _error_page(403, "Refused", refused, project)
+    csrf.verify(request, form)
     archived = form.get("archived", "1") != "0"
     await run_in_threadpool(_service(request).archive_study, study_id, archived, scope=project)
     return RedirectResponse(f"/dashboard/studies/{study_id}", status_code=303)
@@ -316,18 +306,14 @@ def delete_form(request: Request, study_id: int) -> Response:
         return _to_login(request)
     lease = _settings(request).lease_seconds
     page = pages.load_summary(_service(request), lease, project, study_id)
-    token, new = csrf.ensure_token(request)
-    response = render(
+    return render(
         "delete.html",
         summary=page,
         status=pages.shown_status(page),
-        csrf_token=token,
         scope_project=project,
         auth_on=_auth_on(request),
+        request=request,
     )
-    if new:
-        csrf.set_cookie(response, request, token)
-    return response
 
 
 @router.post("/dashboard/studies/{study_id}/delete")
@@ -336,10 +322,7 @@ async def delete(request: Request, study_id: int) -> Response:
     allowed, project = _scope(request)
     if not allowed:
         return _to_login(request)
-    form = await _form(request)
-    refused = csrf.check(request, form.get(csrf.FIELD))
-    if refused:
-        return _error_page(403, "Refused", refused, project)
+    csrf.verify(request, await _form(request))
     await run_in_threadpool(_service(request).delete_study, study_id, scope=project)
     return RedirectResponse(f"/dashboard?deleted={study_id}", status_code=303)
 
@@ -352,7 +335,13 @@ def compare_page(request: Request) -> Response:
         return _to_login(request)
     ids = compare.parse_ids(request.query_params.getlist("id"))
     page = compare.load_compare(_service(request), project, ids)
-    return render("compare.html", page=page, scope_project=project, auth_on=_auth_on(request))
+    return render(
+        "compare.html",
+        page=page,
+        scope_project=project,
+        auth_on=_auth_on(request),
+        request=request,
+    )
 
 
 @router.get("/dashboard/studies/{study_id}/schedule.{fmt}")
@@ -407,7 +396,14 @@ def study_live(request: Request, study_id: int, since: str = "") -> Response:
 def login_form(request: Request, next: str | None = None) -> Response:
     if not _auth_on(request):
         return RedirectResponse("/dashboard", status_code=303)
-    return render("login.html", next=_safe_next(next), error=None, scope_project=None, auth_on=True)
+    return render(
+        "login.html",
+        next=_safe_next(next),
+        error=None,
+        scope_project=None,
+        auth_on=True,
+        request=request,
+    )
 
 
 @router.post(_LOGIN)
@@ -415,12 +411,12 @@ async def login(request: Request) -> Response:
     """Check the posted token; if it is valid, open a server-side session and keep its
     secret in an HttpOnly, SameSite=Strict cookie (the page's script never sees it), then
     go where the reader was headed."""
+    form = await _form(request)
+    csrf.verify(request, form)
     if not _auth_on(request):
         return RedirectResponse("/dashboard", status_code=303)
-    _same_origin(request)
-    form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
-    token = (form.get("token") or [""])[0].strip()
-    target = _safe_next(form.get("next", [""])[0])
+    token = form.get("token", "").strip()
+    target = _safe_next(form.get("next", ""))
     tokens = request.app.state.tokens
     try:
         project = await run_in_threadpool(tokens.project_of, token)
@@ -432,6 +428,7 @@ async def login(request: Request) -> Response:
             error="That token is not valid (unknown or revoked).",
             scope_project=None,
             auth_on=True,
+            request=request,
         )
     secret = await run_in_threadpool(tokens.open_session, project)
     log.info("dashboard session opened for project %s", project)
@@ -452,13 +449,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """End the session: revoke it in the store (the cookie is then worthless, even if a
     copy survives) and clear the cookie."""
-    _same_origin(request)
+    csrf.verify(request, await _form(request))
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
-        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
-        sent = (form.get("csrf") or [""])[0]
-        if not hmac.compare_digest(sent.encode(), csrf_token(secret).encode()):
-            raise ForbiddenError("sign out from the dashboard's own pages (the form's token)")
         await run_in_threadpool(request.app.state.tokens.close_session, secret)
     response = RedirectResponse(_LOGIN, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
