@@ -348,11 +348,13 @@ def test_the_store_searches_archives_and_deletes_on_both_backends(
                 assert repo.list_studies(archived=None)[1] == 3
                 assert repo.history(ids[0]) is not None  # archived keeps its history
             with store.transaction() as repo:
+                repo.add_outage(ids[1], "net", 5, 0)
                 assert repo.delete_study(ids[1]) is True
                 assert repo.delete_study(ids[1]) is False
             with store.transaction(read_only=True) as repo:
                 assert repo.history(ids[1]) is None
                 assert repo.observations_of_study(ids[1]) == {}
+                assert repo.outages_of_study(ids[1]) == []
                 assert repo.list_studies(archived=None)[1] == 2
 
 

@@ -199,3 +199,20 @@ def test_the_right_token_from_the_dashboards_own_page_is_taken(dashboard: Dashbo
     assert out.status_code == 303
     if dashboard.auth != "off":  # signed out: the pages ask for a token again
         assert web.get("/dashboard").status_code == 303
+
+
+def test_only_a_page_with_a_form_sets_the_double_submit_cookie(dashboard: Dashboard) -> None:
+    web = dashboard.web
+    if dashboard.auth != "off":
+        pytest.skip("signed in, the forms carry the session's token: no cookie of their own")
+    web.cookies.clear()
+    listed = web.get("/dashboard")
+    assert listed.status_code == 200 and "set-cookie" not in listed.headers
+    assert 'name="csrf"' not in listed.text  # no form that changes state
+    page = web.get(f"/dashboard/studies/{dashboard.keep}")
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith(f"{csrf.COOKIE}=") and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie and "Path=/dashboard" in cookie
+    assert web.cookies[csrf.COOKIE] == form_token(page.text)
+    again = web.get(f"/dashboard/studies/{dashboard.keep}")
+    assert "set-cookie" not in again.headers and form_token(again.text) == form_token(page.text)

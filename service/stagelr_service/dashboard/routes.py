@@ -78,14 +78,23 @@ def _ago(moment: datetime, now: datetime) -> str:
     return f"{seconds // 86400} d ago"
 
 
+class _FormToken:
+    """The CSRF token a page's forms carry, and whether the page has such a form."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.used = False
+
+
 @pass_context
 def csrf_field(context: Context) -> Markup:
     """The hidden field every state-changing form carries (the templates' one CSRF
     helper): the token :func:`render` issued for the request."""
-    token = context.get("csrf_token")
-    if not token:
+    form: _FormToken | None = context.get("csrf_form")
+    if form is None or form.token is None:
         raise RuntimeError("a form needs render(..., request=request) for its CSRF token")
-    return Markup(f'<input type="hidden" name="{csrf.FIELD}" value="{escape(token)}">')
+    form.used = True
+    return Markup(f'<input type="hidden" name="{csrf.FIELD}" value="{escape(form.token)}">')
 
 
 def _environment() -> Environment:
@@ -117,14 +126,13 @@ def render(
     name: str, status_code: int = 200, *, request: Request | None = None, **context: Any
 ) -> HTMLResponse:
     """Render template ``name`` into an HTML response. With ``request``, its forms get
-    the request's CSRF token (:func:`.csrf.issue`), and the response sets the
+    the request's CSRF token (:func:`.csrf.issue`), and a page with a form sets the
     double-submit cookie when the request had none."""
-    token, new_cookie = csrf.issue(request) if request is not None else ("", None)
-    html = _ENV.get_template(name).render(
-        now=datetime.now(timezone.utc), csrf_token=token, **context
-    )
+    token, new_cookie = csrf.issue(request) if request is not None else (None, None)
+    form = _FormToken(token)
+    html = _ENV.get_template(name).render(now=datetime.now(timezone.utc), csrf_form=form, **context)
     response = HTMLResponse(html, status_code=status_code)
-    if request is not None and new_cookie is not None:
+    if request is not None and new_cookie is not None and form.used:
         csrf.set_cookie(response, request, new_cookie)
     return response
 

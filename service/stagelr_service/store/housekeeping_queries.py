@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, delete, func, select
 from stagelr_service.errors import InputError, NotFoundError
 
 from .live import LiveQueries
-from .models import ForecastRow, ObservationRow, SegmentRow, StageRow, StudyRow
+from .models import ForecastRow, ObservationRow, OutageRow, SegmentRow, StageRow, StudyRow
 from .records import StudyRecord
 
 __all__ = ["HousekeepingQueries", "housekeeping_filters"]
@@ -52,13 +52,14 @@ class HousekeepingQueries(LiveQueries):
 
     def delete_study(self, study_id: int) -> bool:
         """Delete the study and its whole history (observations, forecasts, segments,
-        stages), child tables first so no backend relies on cascades; False if there was
-        no such study."""
+        stages, outages), child tables first so no backend relies on cascades; False if
+        there was no such study."""
         segments = select(SegmentRow.id).where(SegmentRow.study_id == study_id)
         self._s.execute(delete(ObservationRow).where(ObservationRow.segment_id.in_(segments)))
         self._s.execute(delete(ForecastRow).where(ForecastRow.segment_id.in_(segments)))
         self._s.execute(delete(SegmentRow).where(SegmentRow.study_id == study_id))
         self._s.execute(delete(StageRow).where(StageRow.study_id == study_id))
+        self._s.execute(delete(OutageRow).where(OutageRow.study_id == study_id))
         deleted = self._s.execute(delete(StudyRow).where(StudyRow.id == study_id))
         self._s.expire_all()
         return bool(cast(Any, deleted).rowcount)
