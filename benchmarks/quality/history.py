@@ -142,6 +142,12 @@ def read_runs(path: Path) -> dict[str, dict[str, Any]]:
     return {r["key"]: r for r in records}
 
 
+def completed(record: dict[str, Any]) -> bool:
+    """Whether the run's study completed (a diverged trajectory stops it)."""
+    status = record.get("status")
+    return status == "completed" if status is not None else math.isfinite(_final(record))
+
+
 def run_key(label: str, condition: str, seed: int, code: str) -> str:
     return json.dumps([label, condition, seed, code])
 
@@ -150,15 +156,13 @@ def latest_code(store: dict[str, dict[str, Any]]) -> str | None:
     """The code hash of the most recently finished run."""
     if not store:
         return None
-    return max(store.values(), key=lambda r: r.get("finished_at", ""))["code"]
+    return str(max(store.values(), key=lambda r: r.get("finished_at", ""))["code"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=None, choices=VARIANTS)
-    parser.add_argument(
-        "--seeds", type=int, default=None, help="at most this many seeds a variant"
-    )
+    parser.add_argument("--seeds", type=int, default=None, help="at most this many seeds a variant")
     parser.add_argument("--runs", type=Path, default=None, help=f"default {RUNS}")
     parser.add_argument("--folder", type=Path, default=None, help=f"default {SCRATCH}")
     parser.add_argument("--report-only", action="store_true", help="print, train nothing")
@@ -275,6 +279,7 @@ def train_all(
             "reason": view.priors.reason if view.priors else "",
             "priors": [s.id for s in view.priors.studies] if view.priors else [],
             "fits": [s.fits for s in view.priors.studies] if view.priors else [],
+            "status": view.status.value,
             "seconds": round(run.seconds, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": harness.machine_name(),
@@ -312,7 +317,9 @@ def train_all(
                 ids = [run_key(partner, "cold", 0, code)] + [
                     run_key(partner, "family", s, code) for s in range(1, seed)
                 ]
-                ids = ids[-MAX_PRIORS:]
+                # a study whose trajectory diverged was stopped: only completed ones are
+                # priors (what a family reads, too)
+                ids = [i for i in ids if completed(store[i])][-MAX_PRIORS:]
                 train(
                     name,
                     "mismatch",
@@ -387,15 +394,15 @@ def render_variant(
     variant = ALL[name]
     steps = QUICK_STEPS if quick else variant.steps
     seeds = list(range(1, seed_count(name, quick, seeds_override)))
-    rows_of = {
-        c: [store.get(run_key(name, c, s, code)) for s in seeds] for c in CONDITIONS
-    }
+    rows_of = {c: [store.get(run_key(name, c, s, code)) for s in seeds] for c in CONDITIONS}
     missing = {c: sum(1 for r in rows if r is None) for c, rows in rows_of.items()}
     if any(missing.values()):
         return [f"{name:<16} pending: {missing} runs missing of seeds 1..{len(seeds)}"]
     best, target = target_finals(name, seeds, quick)
-    cold = [_final(r) for r in rows_of["cold"]]  # type: ignore[index]
+    cold = [_final(r) for r in rows_of["cold"] if r is not None]
+    sd = statistics.stdev(cold) if len(cold) > 1 else math.nan
     out = []
+    verdicts: list[str] = []
     for condition in CONDITIONS:
         rows = [r for r in rows_of[condition] if r is not None]
         finals = [_final(r) for r in rows]
@@ -409,6 +416,9 @@ def render_variant(
         if condition != "cold":
             m, lo, hi = report.paired_bootstrap([v - b for v, b in zip(finals, cold, strict=True)])
             line += f"  {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            if condition == "mismatch":
+                # the safety clause: a prior that does not fit costs at most one seed-SD
+                verdicts.append(f"mismatch - cold {m / sd:+.2f} SD (upper end {hi / sd:+.2f})")
         else:
             line += f"  {'':>26}"
         if target is not None:
@@ -416,18 +426,24 @@ def render_variant(
                 [v - t for v, t in zip(finals, target, strict=True)]
             )
             line += f"  {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            if condition == "family":
+                # the Moonshot clause: beats = the interval below zero
+                verdicts.insert(0, f"family {'beats' if hi < 0 else 'does not beat'} the target")
         out.append(line)
         if condition == "mismatch":
             unfit = sum(1 for r in rows if r["use"] == "unused" or not all(r["fits"]))
             if unfit:
                 out.append(f"{'':<16} ! {unfit} mismatch runs read no prior (fingerprint)")
-    sd = statistics.stdev(cold) if len(cold) > 1 else math.nan
     tail = f"cold seed-SD {sd:.4f}; priors of the control: {chain_label(name)}"
     if target is not None and best is not None:
-        tail = f"target {statistics.median(target):.4f} ({dict(best[0])}); " + tail
+        tail = (
+            f"target {best[1]:.4f} ({dict(best[0])}; its median on these seeds "
+            f"{statistics.median(target):.4f}); " + tail
+        )
     else:
         tail = "target: none in the committed cache; " + tail
     out.append(f"{'':<16} {tail}")
+    out.append(f"{'':<16} {'; '.join(verdicts)}")
     return out
 
 
