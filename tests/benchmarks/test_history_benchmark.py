@@ -18,6 +18,7 @@ pytest.importorskip("torch")
 
 from benchmarks.quality import history  # noqa: E402
 from benchmarks.quality.workloads import VARIANTS  # noqa: E402
+
 from stagelr_service import tuner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
