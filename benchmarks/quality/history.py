@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import json
 import math
@@ -332,16 +333,23 @@ def train_all(
             server.stop()
 
 
+@functools.cache
+def quality_cache() -> Any:
+    """The committed quality cache, loaded once (as ``benchmarks.quality`` loads it)."""
+    from .harness import Cache
+
+    return Cache(ROOT / "docs" / "results" / "quality").load()
+
+
 def target_finals(name: str, seeds: list[int], quick: bool) -> tuple[Any, list[float] | None]:
     """The Tier-A target config of the committed quality cache and its finals at T on
     ``seeds`` (None where the cache lacks them), as the quality report reads them."""
     from . import harness
-    from .harness import Cache
     from .workloads import VARIANTS as ALL
 
     if quick:
         return None, None
-    cache = Cache(ROOT / "docs" / "results" / "quality").load()
+    cache = quality_cache()
     variant = ALL[name]
     best = harness.best_config(cache, variant, False, None)
     if best is None:
