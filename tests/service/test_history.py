@@ -47,6 +47,9 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
 ) -> None:
     first = run_job(live_server.url, "fam-1", SyntheticJob(seed=3), family="mlp", seed=3)
     assert first.config.family == "mlp"
+    # the shipped preset: the annealed model (annealed probes, the chosen one continued)
+    assert first.config.preset == "default"
+    assert first.config.probe == "anneal" and first.config.continue_best
     assert first.priors is not None and first.priors.use is PriorUse.unused
     assert first.priors.reason == "no completed prior study"
     second = run_job(live_server.url, "fam-2", SyntheticJob(seed=2), family="mlp", seed=2)

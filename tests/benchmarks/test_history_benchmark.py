@@ -1,0 +1,126 @@
+"""The learning-from-history benchmark (benchmarks/quality/history.py): its control's
+priors are eligible by fingerprint, its quick path trains and resumes, and its report is
+printed from the committed runs. No timing is asserted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks.quality import history  # noqa: E402
+from benchmarks.quality.workloads import VARIANTS  # noqa: E402
+
+from stagelr_service import tuner  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_history(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quality.history", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def fingerprint_of(variant: object) -> dict[str, object]:
+    """The fingerprint of the study tuned.run_stagelr creates for ``variant`` at T."""
+    grid = variant.grid  # type: ignore[attr-defined]
+    request = {
+        "preset": "default",
+        "charged_steps": variant.steps,  # type: ignore[attr-defined]
+        "lr_min": min(grid),
+        "lr_max": max(grid),
+    }
+    return tuner.fingerprint(tuner.fit_charged_budget(tuner.resolve(request)))
+
+
+def test_every_control_reads_priors_of_its_own_fingerprint_from_another_workload() -> None:
+    assert set(history.VARIANTS) | set(history.LEFT_OUT) == set(VARIANTS)
+    assert {VARIANTS[v].split for v in history.TEST} == {"test"}
+    assert set(history.TEST) == {v.name for v in VARIANTS.values() if v.split == "test"}
+    for name in history.VARIANTS:
+        label = history.chain_label(name)
+        partner = history.chain_variant(label, quick=False)
+        host = VARIANTS[name]
+        assert partner.workload != host.workload or partner.params != host.params, name
+        assert fingerprint_of(partner) == fingerprint_of(host), name
+    # the dev partners share grid and budget: their own families are the priors
+    assert history.chain_label("nqm-b8") == "nqm-b64"
+    assert history.chain_label("digits-noisy") == "digits"
+    # a test partner of another budget would be ignored by fingerprint, so its family is
+    # trained at the variant's budget and range
+    assert fingerprint_of(VARIANTS["regression-b512"]) != fingerprint_of(VARIANTS["regression"])
+    assert history.chain_label("regression") == "regression-b512@regression"
+    assert history.chain_variant("regression-b512@regression", quick=False).steps == 1000
+    assert history.chain_variant("regression-b512@regression", quick=False).param("batch") == 512
+    charrnn = history.chain_variant(history.chain_label("charrnn"), quick=False)
+    assert charrnn.workload == "charrnn-ft" and charrnn.grid == VARIANTS["charrnn"].grid
+
+
+def test_the_report_is_printed_from_the_committed_runs() -> None:
+    assert history.RUNS.exists()
+    out = run_history("--report-only")
+    for name in history.VARIANTS:
+        for condition in history.CONDITIONS:
+            assert re.search(rf"^{re.escape(name)} +{condition} +\d", out, flags=re.M), (
+                name,
+                condition,
+                out,
+            )
+        assert not re.search(rf"^{re.escape(name)} +pending", out, flags=re.M)
+    assert "-- dev split" in out and "-- test split" in out
+    assert "not run: charlm, charlm-3000" in out
+    # every target from the committed quality cache
+    assert len(re.findall(r"^ +target \d", out, flags=re.M)) == len(history.VARIANTS)
+
+
+@pytest.mark.slow
+def test_the_quick_path_trains_a_family_resumes_and_reports_from_its_file(
+    tmp_path: Path,
+) -> None:
+    out = run_history("--quick", "--folder", str(tmp_path))
+    runs = tmp_path / "runs.jsonl.gz"
+    with gzip.open(runs, "rt") as file:
+        records = [json.loads(line) for line in file]
+    keys = {(r["label"], r["condition"], r["seed"]) for r in records}
+    # job 1 and job 2 of the family, a cold seed, the partner's job 1 and the control
+    assert keys == {
+        ("nqm-b8", "cold", 0),
+        ("nqm-b8", "family", 1),
+        ("nqm-b8", "cold", 1),
+        ("nqm-b64", "cold", 0),
+        ("nqm-b8", "mismatch", 1),
+    }
+    by = {(r["label"], r["condition"], r["seed"]): r for r in records}
+    family, cold = by[("nqm-b8", "family", 1)], by[("nqm-b8", "cold", 1)]
+    assert family["use"] in ("used", "fallback") and family["priors"] == [
+        by[("nqm-b8", "cold", 0)]["study_id"]
+    ]
+    mismatch = by[("nqm-b8", "mismatch", 1)]
+    assert mismatch["priors"] == [by[("nqm-b64", "cold", 0)]["study_id"]]
+    assert mismatch["fits"] == [True] and mismatch["use"] in ("used", "fallback")
+    if family["use"] == "used":
+        assert family["search"] < cold["search"]
+    table = [line for line in out.splitlines() if line.startswith("nqm-b8 ")]
+    assert [line.split()[1] for line in table] == ["cold", "family", "mismatch"]
+    # a rerun trains nothing, and the report reads the same file
+    again = run_history("--quick", "--folder", str(tmp_path))
+    assert " seed " not in again
+    report = run_history("--quick", "--folder", str(tmp_path), "--report-only")
+    assert [line for line in report.splitlines() if line.startswith("nqm-b8 ")] == table
