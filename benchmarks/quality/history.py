@@ -360,6 +360,41 @@ def target_finals(name: str, seeds: list[int], quick: bool) -> tuple[Any, list[f
     return best, [harness._final(r) for r in records if r is not None]
 
 
+def moonshot_check(split: str, runs_path: Path = RUNS) -> tuple[bool | None, str]:
+    """The Moonshot tier's history clause on one split, from the committed runs: whether
+    jobs 2..n of a family (priors from the earlier jobs) beat the Tier-A target at T on
+    every measured workload of the split (paired bootstrap interval below zero), and
+    the text the report prints. None: no runs recorded for the split."""
+    from . import report
+    from .workloads import VARIANTS as ALL
+
+    store = read_runs(runs_path)
+    code = latest_code(store)
+    shown = [v for v in VARIANTS if ALL[v].split == split]
+    if code is None or not shown:
+        return None, "a job started from its family's stored history beats the target at T"
+    beaten, measured = [], []
+    for name in shown:
+        seeds = list(range(1, seed_count(name, False, None)))
+        rows = [store.get(run_key(name, "family", s, code)) for s in seeds]
+        _, target = target_finals(name, seeds, False)
+        if any(r is None for r in rows) or target is None:
+            continue
+        finals = [_final(r) for r in rows if r is not None]
+        _, _, hi = report.paired_bootstrap([v - t for v, t in zip(finals, target, strict=True)])
+        measured.append(name)
+        if hi < 0:
+            beaten.append(name)
+    if not measured:
+        return None, "a job started from its family's stored history beats the target at T"
+    text = (
+        "a job started from its family's stored history beats the target at T on every "
+        f"workload (python -m benchmarks.quality.history, stagelr {code[:12]}): on "
+        f"{len(beaten)} of {len(measured)}" + (f" ({', '.join(beaten)})" if beaten else "")
+    )
+    return len(beaten) == len(measured), text
+
+
 def render(
     variants: list[str],
     store: dict[str, dict[str, Any]],

@@ -124,3 +124,15 @@ def test_the_quick_path_trains_a_family_resumes_and_reports_from_its_file(
     assert " seed " not in again
     report = run_history("--quick", "--folder", str(tmp_path), "--report-only")
     assert [line for line in report.splitlines() if line.startswith("nqm-b8 ")] == table
+
+
+def test_the_moonshot_history_clause_is_read_from_the_recorded_runs(tmp_path: Path) -> None:
+    # No runs recorded: the clause is pending, not "not met".
+    ok, text = history.moonshot_check("dev", tmp_path / "none.jsonl.gz")
+    assert ok is None and "history" in text
+    # The committed runs: each split's measured workloads are counted by name.
+    for split, names in (("dev", history.DEV), ("test", history.TEST)):
+        ok, text = history.moonshot_check(split)
+        assert ok is not None
+        measured = int(text.rsplit(" of ", 1)[1].split()[0])
+        assert measured == len(names)
