@@ -26,10 +26,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from stagelr.models import (  # noqa: E402
-    CompleteRequest,
-    ObservationBatch,
-    ObservationIn,
-    SegmentKind,
     StudyConfig,
     StudyCreate,
 )
@@ -42,7 +38,7 @@ from stagelr_service.exchange import (  # noqa: E402
 from stagelr_service.replay.batch import StudySelection, replay_many, select_studies  # noqa: E402
 from stagelr_service.store import Store, migrate  # noqa: E402
 from stagelr_service.studies import StudyService  # noqa: E402
-from stagelr_service.testing.simulation import SyntheticJob  # noqa: E402
+from stagelr_service.testing.simulation import SyntheticJob, drive_service  # noqa: E402
 
 #: A study of three stages (60, 120, 120 steps), 4 candidates each: 15 decisions.
 CONFIG = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=60, tau_max=120, total_steps=300, k=4)
@@ -52,22 +48,7 @@ def record(service: StudyService, name: str, seed: int) -> int:
     """One study driven to its end by the synthetic job through the study service."""
     config = CONFIG.model_copy(update={"seed": seed})
     study, _ = service.create_study(StudyCreate(name=name, config=config))
-    job = SyntheticJob(seed=seed, best_lr=0.02 * (1 + seed % 7))
-    while (segment := service.next_segment(study.id).segment) is not None:
-        reports, diverged = job.train(
-            segment.lr,
-            segment.steps,
-            segment.report_every,
-            explore=segment.kind is SegmentKind.explore,
-            stop_above=segment.stop_above,
-        )
-        service.add_observations(
-            segment.id,
-            ObservationBatch(observations=[ObservationIn(step=s, value=v) for s, v in reports]),
-        )
-        service.complete_segment(
-            segment.id, CompleteRequest(steps_done=reports[-1][0] if diverged else None)
-        )
+    drive_service(service, study.id, SyntheticJob(seed=seed, best_lr=0.02 * (1 + seed % 7)))
     return study.id
 
 

@@ -14,13 +14,11 @@ import json
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stagelr.models import (
-    CompleteRequest,
-    ObservationBatch,
-    ObservationIn,
     OutageReport,
     SegmentKind,
     StudyConfig,
@@ -31,7 +29,7 @@ from stagelr_service.exchange import VERSION, export_studies, import_studies
 from stagelr_service.replay import replay_study, verify_history
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
-from stagelr_service.testing.simulation import SyntheticJob
+from stagelr_service.testing.simulation import SyntheticJob, drive_service
 from stagelr_service.tuner import ResolvedConfig, plan_stages
 from tests.outage_checks import STUDY
 from tests.store_fixtures import BACKENDS, fresh_database
@@ -48,27 +46,16 @@ def record_with_outage(service: StudyService, name: str, seed: int, outage: bool
     steps and one of a single step (the job trained them on fallback segments) before
     the next ``next``."""
     study, _ = service.create_study(StudyCreate(name=name, config=CONFIG))
-    job = SyntheticJob(seed=seed)
     reported = not outage
-    while (segment := service.next_segment(study.id).segment) is not None:
-        reports, diverged = job.train(
-            segment.lr,
-            segment.steps,
-            segment.report_every,
-            explore=segment.kind is SegmentKind.explore,
-            stop_above=segment.stop_above,
-        )
-        service.add_observations(
-            segment.id,
-            ObservationBatch(observations=[ObservationIn(step=s, value=v) for s, v in reports]),
-        )
-        service.complete_segment(
-            segment.id, CompleteRequest(steps_done=reports[-1][0] if diverged else None)
-        )
+
+    def report(segment: Any) -> None:
+        nonlocal reported
         if not reported and segment.kind is SegmentKind.exploit:
             service.report_outage(study.id, OutageReport(key="net-1", steps=OFFLINE))
             service.report_outage(study.id, OutageReport(key="net-2", steps=1))
             reported = True
+
+    drive_service(service, study.id, SyntheticJob(seed=seed), after=report)
     return study.id
 
 

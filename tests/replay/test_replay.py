@@ -20,8 +20,6 @@ import sqlalchemy as sa
 
 import stagelr
 from stagelr.models import (
-    CompleteRequest,
-    ObservationBatch,
     ObservationIn,
     SegmentKind,
     StudyConfig,
@@ -38,7 +36,7 @@ from stagelr_service.replay import (
 )
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
-from stagelr_service.testing.simulation import SyntheticJob
+from stagelr_service.testing.simulation import SyntheticJob, drive_service
 from stagelr_service.tuner import resolve
 from tests.live import run_cli
 
@@ -66,22 +64,7 @@ def record_study(
 ) -> int:
     """Drive one study to its end through the study service with a synthetic job."""
     study, _ = service.create_study(StudyCreate(project=project, name=name, config=config))
-    job = job or SyntheticJob()
-    while (segment := service.next_segment(study.id).segment) is not None:
-        reports, diverged = job.train(
-            segment.lr,
-            segment.steps,
-            segment.report_every,
-            explore=segment.kind is SegmentKind.explore,
-            stop_above=segment.stop_above,
-        )
-        service.add_observations(
-            segment.id,
-            ObservationBatch(observations=[ObservationIn(step=s, value=v) for s, v in reports]),
-        )
-        service.complete_segment(
-            segment.id, CompleteRequest(steps_done=reports[-1][0] if diverged else None)
-        )
+    drive_service(service, study.id, job or SyntheticJob())
     return study.id
 
 

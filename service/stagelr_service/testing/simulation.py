@@ -210,3 +210,33 @@ def study_decisions(client: stagelr.Client, study_id: int) -> list[tuple[Any, ..
     ]
     chosen = [("stage", st.index, st.chosen_lr) for st in client.get_study(study_id).stages]
     return segments + chosen
+
+
+def drive_service(
+    service: Any,
+    study_id: int,
+    job: SyntheticJob,
+    after: Callable[[Any], None] | None = None,
+) -> None:
+    """Train a study to its end through the study service (``StudyService``: no HTTP),
+    ``job`` giving each segment's reports; ``after(segment)`` runs once each segment is
+    complete (where a test reports an outage, say)."""
+    from stagelr.models import CompleteRequest, ObservationBatch, ObservationIn
+
+    while (segment := service.next_segment(study_id).segment) is not None:
+        reports, diverged = job.train(
+            segment.lr,
+            segment.steps,
+            segment.report_every,
+            explore=segment.kind is SegmentKind.explore,
+            stop_above=segment.stop_above,
+        )
+        service.add_observations(
+            segment.id,
+            ObservationBatch(observations=[ObservationIn(step=s, value=v) for s, v in reports]),
+        )
+        service.complete_segment(
+            segment.id, CompleteRequest(steps_done=reports[-1][0] if diverged else None)
+        )
+        if after is not None:
+            after(segment)
