@@ -65,18 +65,6 @@ class Settings(BaseSettings):
             "port and one database (SQLite or PostgreSQL); see docs/operations.md."
         ),
     )
-    threads: int = Field(
-        default=40,
-        ge=1,
-        le=1000,
-        description=(
-            "Request threads of each server process: how many requests it works on at "
-            "once (the others wait their turn in its event loop). Python runs one thread "
-            "at a time, so more threads than the database waits need only make each "
-            "request slower: a thread that waits on the database must then win the "
-            "interpreter back from all the others."
-        ),
-    )
     host: str = Field(default="127.0.0.1", description="Address `stagelr serve` binds.")
     port: int = Field(default=8321, ge=0, le=65535, description="Port `stagelr serve` binds.")
     auto_migrate: bool = Field(

@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dashboard.install(app)  # the HTML pages at / and /dashboard, and their static files
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        # async: answered by the event loop, even when every request thread is busy.
         return {"status": "ok"}
 
     @app.get(
