@@ -30,6 +30,7 @@ machine runs: the output says how loaded it was.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -223,10 +224,8 @@ class Servers:
         out: list[psutil.Process] = []
         for p in self.ps:
             out.append(p)
-            try:
+            with contextlib.suppress(psutil.Error):
                 out.extend(p.children(recursive=True))
-            except psutil.Error:
-                pass
         return out
 
     def _settle(self, workers: int, timeout: float = 90.0) -> None:
@@ -264,10 +263,8 @@ class Servers:
         while not self._stop.wait(0.25):
             rss = 0
             for p in self.tree():
-                try:
+                with contextlib.suppress(psutil.Error):
                     rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak_rss = max(self.peak_rss, rss)
 
     def __enter__(self) -> Servers:

@@ -41,7 +41,9 @@ def _workers(text: str) -> int | str:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes or `auto`") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of processes or `auto`"
+        ) from None
     if not 1 <= value <= 256:
         raise argparse.ArgumentTypeError(f"{value}: give 1 to 256 processes, or `auto`")
     return value

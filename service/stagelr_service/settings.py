@@ -194,7 +194,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     out = {}
     for name, value in settings.model_dump(mode="json").items():
         if value is not None:
-            out[f"{prefix}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            out[f"{prefix}{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     return out
 
 

@@ -65,9 +65,14 @@ def test_next_requests_on_different_studies_run_the_gp_side_by_side(
                 segment = answer.json()["segment"]
                 if segment is None:
                     return str(answer.json()["status"])
-                steps = range(segment["report_every"], segment["steps"] + 1, segment["report_every"])
+                steps = range(
+                    segment["report_every"], segment["steps"] + 1, segment["report_every"]
+                )
                 points = [
-                    {"step": s, "value": 0.5 + math.exp(-0.05 * s) * (1 + abs(math.log10(segment["lr"])))}
+                    {
+                        "step": s,
+                        "value": 0.5 + math.exp(-0.05 * s) * (1 + abs(math.log10(segment["lr"]))),
+                    }
                     for s in steps
                 ]
                 done = client.post(

@@ -131,7 +131,7 @@ class ServerMetrics:
         counted = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             counted = CollectorRegistry()
-            MultiProcessCollector(counted)
+            MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
         return generate_latest(counted) + generate_latest(self.scraped)
 
 
