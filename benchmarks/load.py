@@ -5,7 +5,10 @@ it trains nothing (``stagelr_service.testing.simulation.SyntheticJob`` gives its
 keeps a real job's pace: one step every ``--step-ms`` milliseconds, a report at every
 step. The jobs are split over two client processes and start spread over the first
 explore segment. Backends: SQLite (one server), PostgreSQL (one server), PostgreSQL
-with two replicas (two server processes on one database, jobs alternating between them).
+with two replicas (two servers on one database, jobs alternating between them); each
+server runs ``--workers`` processes (`stagelr serve --workers`, default one per CPU).
+``--baseline-tree DIR`` measures every row first with the servers of another checkout
+(the code before a change), then with this one's, in the same run.
 
 Figures, per backend and number of jobs:
 
@@ -14,13 +17,16 @@ Figures, per backend and number of jobs:
   (``next_segment()``), measured on the client: p50 / p95 / p99;
 - observation ingest: points accepted by the service per second of the run;
 - errors: exceptions in any job;
-- server CPU per decision: the server processes' CPU time (psutil) over the run, divided
-  by the decisions; server memory: the largest RSS seen (sum over replicas);
+- server CPU per decision: the server processes' CPU time (psutil, every replica and
+  worker) over the run, divided by the decisions; server memory: the largest RSS seen
+  (the sum over those processes);
 - ``report()``: its mean cost on the training thread, in microseconds.
 
     python benchmarks/load.py                         # 10, 100, 300 jobs x 3 backends
-    python benchmarks/load.py --quick                 # CI smoke: 5 jobs on SQLite
+    python benchmarks/load.py --quick                 # CI smoke: 5 jobs on SQLite, 2 workers
     python benchmarks/load.py --jobs 100 --backend sqlite --profile /tmp/prof.html
+    python benchmarks/load.py --jobs 300 --backend sqlite --profile /tmp/p.txt --profile-idle
+    python benchmarks/load.py --jobs 300 --baseline-tree /tmp/before   # old and new
 
 Needs PostgreSQL for the postgres backends (``--postgres-url``, default the local server;
 each run gets a fresh database, dropped afterwards). Timings depend on what else the
@@ -613,8 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument(
         "--workers",
-        default="1",
-        help="worker processes of each server (`stagelr serve --workers`; `auto`: one per CPU)",
+        default=None,
+        help="worker processes of each server (`stagelr serve --workers`; default `auto`: one "
+        "per CPU; --quick: 2, so that CI runs the several-process path)",
     )
     parser.add_argument(
         "--baseline-tree",
@@ -661,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes,
         "client_processes": args.client_processes,
     }
-    workers = usable_cpus() if args.workers == "auto" else int(args.workers)
+    chosen = args.workers or ("2" if args.quick else "auto")
+    workers = usable_cpus() if chosen == "auto" else int(chosen)
     setup["workers"] = workers
     runs: list[dict[str, Any]] = []
     if args.baseline_tree is not None:
