@@ -91,13 +91,16 @@ def one_job(
         "reports": 0,
         "report_samples": [],
         "errors": [],
+        "retries": 0,
     }
     time.sleep(delay)
     job = SyntheticJob(seed=seed, noise=0.003)
+    transport = stagelr.RetryTransport()  # the client's default, kept to count its retries
     try:
         with stagelr.Tuner(
             url,
             study=name,
+            transport=transport,
             lr_min=1e-4,
             lr_max=3.0,
             seed=seed,
@@ -146,6 +149,7 @@ def one_job(
                     out["other"].append(done - asked)
     except Exception as error:  # every failure is a figure of this benchmark
         out["errors"].append(f"{type(error).__name__}: {error}")
+    out["retries"] = transport.retries
     return out
 
 
@@ -180,6 +184,7 @@ def client_process(
     merged: dict[str, Any] = {key: [] for key in keys}
     merged["client_cpu_s"] = time.process_time() - cpu0
     merged["report_s"] = sum(r["report_s"] for r in results)
+    merged["retries"] = sum(r["retries"] for r in results)
     merged["reports"] = sum(r["reports"] for r in results)
     for r in results:
         for key in keys:
@@ -214,9 +219,17 @@ class Servers:
             paths = [tree / "client", tree / "service", tree]
             env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
         self.processes: list[ServerProcess] = []
+        #: each replica's Prometheus folder (several workers): its workers' own counts
+        self.metric_folders: list[Path] = []
         for i in range(replicas):
+            replica_env = dict(env)
+            if workers > 1:
+                self.metric_folders.append(folder / f"metrics-{i}")
+                replica_env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metric_folders[-1])
             self.processes.append(
-                start_server(database_url, folder / f"server-{i}.log", migrate=(i == 0), env=env)
+                start_server(
+                    database_url, folder / f"server-{i}.log", migrate=(i == 0), env=replica_env
+                )
             )
         self.ps = [psutil.Process(p.process.pid) for p in self.processes]
         if workers > 1:
@@ -257,6 +270,21 @@ class Servers:
                 continue
             total += times.user + times.system
         return total
+
+    def requests_by_worker(self) -> list[int]:
+        """How many requests each worker answered (several workers), largest first: how
+        evenly the kernel spread the jobs' connections over them."""
+        from prometheus_client.mmap_dict import MmapedDict
+
+        counts: list[int] = []
+        for folder in self.metric_folders:
+            for path in sorted(folder.glob("counter_*.db")):
+                total = 0.0
+                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                    if json.loads(key)[1] == "stagelr_http_requests_total":
+                        total += value
+                counts.append(round(total))
+        return sorted(counts, reverse=True)
 
     @property
     def urls(self) -> list[str]:
@@ -364,6 +392,7 @@ def measure(
                 wall = time.perf_counter() - started - max(0.0, start_at - time.time())
                 cpu = servers.cpu_seconds() - cpu0
                 inside = server_side_ms(servers.urls)
+                by_worker = servers.requests_by_worker()
                 load1 = os.getloadavg()[0]
                 rss = servers.peak_rss
                 accepted = sum(p["reports"] for p in parts)
@@ -391,10 +420,14 @@ def measure(
         "points": accepted,
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:5],
+        # Requests the client sent again (a 503, a dropped connection): hidden in latency.
+        "client_retries": sum(p["retries"] for p in parts),
         "server_cpu_ms_per_decision": cpu / max(1, len(decisions)) * 1e3,
         # Mean time inside the server (its request middleware, all replicas) per route:
         # against the client's figures, what the client, the loop and the kernel add.
         "server_side_mean_ms": inside,
+        # Requests each worker answered (several workers): how evenly they shared the load.
+        "requests_by_worker": by_worker,
         "server_cpu_s": cpu,
         "server_cpu_share": cpu / wall if wall > 0 else math.nan,
         # The simulated jobs' processes share the machine's cores with the server.
@@ -555,10 +588,13 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
         inside = r.get("server_side_mean_ms", {})
         figures = ", ".join(f"{name} {ms:.1f}" for name, ms in inside.items())
         clients = r.get("client_cpu_share", math.nan)
+        shares = r.get("requests_by_worker") or []
+        split = f"; requests by worker {'/'.join(str(n) for n in shares)}" if shares else ""
         print(
             f"  {r.get('code', 'new'):>4} {r['backend']:>10} x{r.get('workers', 1)} "
             f"{r['jobs']:>4} jobs: {figures}; cores busy: server "
-            f"{r['server_cpu_share']:.2f}, client processes {clients:.2f}"
+            f"{r['server_cpu_share']:.2f}, client processes {clients:.2f}{split}; client "
+            f"retries {r.get('client_retries', 0)}"
         )
     print()
     print("anchors:")
