@@ -676,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
+        "--baseline-workers",
+        type=int,
+        default=1,
+        help="worker processes of the baseline tree's servers (1: code before --workers)",
+    )
+    parser.add_argument(
         "--profile", default=None, help="py-spy output (1st server; .txt: raw, else speedscope)"
     )
     parser.add_argument(
@@ -710,7 +716,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     if args.baseline_tree is not None:
         setup["baseline_tree"] = str(args.baseline_tree.resolve())
-        runs.append({"code": "old", "workers": 1, "tree": args.baseline_tree.resolve()})
+        runs.append(
+            {
+                "code": "old",
+                "workers": args.baseline_workers,
+                "tree": args.baseline_tree.resolve(),
+            }
+        )
     runs.append({"code": "new", "workers": workers, "tree": None})
     rows = []
     for backend in backends:
