@@ -65,6 +65,16 @@ class Settings(BaseSettings):
             "port and one database (SQLite or PostgreSQL); see docs/operations.md."
         ),
     )
+    db_pool_size: int = Field(
+        default=15,
+        ge=1,
+        le=1000,
+        description=(
+            "Database connections each server process keeps open (and the most it opens): "
+            "with N workers and R replicas, N x R x this must stay within the database's "
+            "connection limit (PostgreSQL's max_connections, 100 by default)."
+        ),
+    )
     host: str = Field(default="127.0.0.1", description="Address `stagelr serve` binds.")
     port: int = Field(default=8321, ge=0, le=65535, description="Port `stagelr serve` binds.")
     auto_migrate: bool = Field(

@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             connect_timeout=settings.db_connect_timeout,
             statement_timeout=settings.db_statement_timeout,
             pool_timeout=settings.db_pool_timeout,
+            pool_size=settings.db_pool_size,
         )
         if settings.auto_migrate:
             store.migrate()

@@ -21,6 +21,7 @@ from stagelr_service.errors import StoreUnavailableError
 from .engine import (
     DEADLINES,
     DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT_S,
     DEFAULT_STATEMENT_TIMEOUT_S,
     SQLITE_BEGIN_OPTION,
@@ -107,6 +108,7 @@ class Store:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
+        pool_size: int = DEFAULT_POOL_SIZE,
         **engine_options: Any,
     ) -> None:
         self.url: URL = normalize_url(url)
@@ -115,6 +117,7 @@ class Store:
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
             pool_timeout=pool_timeout,
+            pool_size=pool_size,
             **engine_options,
         )
         #: Longest one transaction may wait on PostgreSQL before its connection is cut.
