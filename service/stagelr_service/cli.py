@@ -24,6 +24,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "database_url": getattr(args, "database_url", None),
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
+            "workers": getattr(args, "workers", None),
         }.items()
         if value is not None
     }
@@ -31,6 +32,21 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return Settings(**overrides)
     except ValidationError as exc:
         raise SystemExit(f"stagelr: bad setting: {exc}") from None
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: a number of processes, or `auto`."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of processes or `auto`"
+        ) from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 to 256 processes, or `auto`")
+    return value
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -281,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (STAGELR_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (STAGELR_PORT, default 8321)")
     serve.add_argument("--database-url", help="SQLAlchemy URL (STAGELR_DATABASE_URL)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="server processes sharing the port and the database (STAGELR_WORKERS, "
+        "default 1); `auto`: one per CPU",
+    )
     serve.add_argument(
         "--migrate", action="store_true", help="upgrade the schema first if it is old"
     )

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import uvicorn
 
 from .api import create_app
-from .settings import Settings
+from .settings import Settings, settings_environment
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,18 +31,56 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+#: The app factory uvicorn imports in each worker process (``--workers N``).
+APP_FACTORY = "stagelr_service.api.app:create_app"
+
+
 def serve(settings: Settings) -> None:
-    """Serve until interrupted (``stagelr serve``)."""
+    """Serve until interrupted (``stagelr serve``); with ``settings.workers`` above 1,
+    as that many processes on one port (uvicorn's supervisor restarts one that dies).
+
+    The caller has checked (or migrated) the schema: workers only check it, so that N
+    processes never run a migration at once. Workers read their settings from the
+    environment, so ``settings`` (command-line overrides included) is put there first.
+    """
     from .api.observability import log_config
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=log_config(settings),
-        access_log=False,  # the app's request middleware writes the access log
-    )
+    workers = settings.worker_count
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": log_config(settings),
+        "access_log": False,  # the app's request middleware writes the access log
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    os.environ.update(settings_environment(settings.model_copy(update={"auto_migrate": False})))
+    with _metrics_folder():
+        uvicorn.run(APP_FACTORY, factory=True, workers=workers, **common)
+
+
+@contextmanager
+def _metrics_folder() -> Iterator[Path]:
+    """The folder where the workers' Prometheus counters meet (PROMETHEUS_MULTIPROC_DIR):
+    the one given, emptied (Prometheus' rule: a fresh folder at each start), else a
+    temporary one, removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="stagelr-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class BackgroundServer:

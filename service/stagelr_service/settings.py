@@ -5,6 +5,7 @@ Bad values fail at start with a message naming the variable, not at the first re
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,25 @@ class Settings(BaseSettings):
         description=(
             "Seconds a request waits for a free pooled connection before it answers 503 "
             "(all connections busy, e.g. while the database stalls)."
+        ),
+    )
+    workers: int | Literal["auto"] = Field(
+        default=1,
+        description=(
+            "Server processes of `stagelr serve` (`--workers`): each runs its own event "
+            "loop and thread pool and takes decisions on its own core; `auto`: one per "
+            "CPU the process may use. Each costs about 350 MB. Several workers share one "
+            "port and one database (SQLite or PostgreSQL); see docs/operations.md."
+        ),
+    )
+    db_pool_size: int = Field(
+        default=15,
+        ge=1,
+        le=1000,
+        description=(
+            "Database connections each server process keeps open (and the most it opens): "
+            "with N workers and R replicas, N x R x this must stay within the database's "
+            "connection limit (PostgreSQL's max_connections, 100 by default)."
         ),
     )
     host: str = Field(default="127.0.0.1", description="Address `stagelr serve` binds.")
@@ -136,6 +156,21 @@ class Settings(BaseSettings):
             raise ValueError("use `required` or `off`")
         return v
 
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if v != "auto" and not (1 <= int(v) <= 256):
+            raise ValueError("use a number of processes from 1 to 256, or `auto`")
+        return v
+
+    @property
+    def worker_count(self) -> int:
+        """The number of server processes: ``workers``, with `auto` made the number of
+        CPUs this process may run on."""
+        if self.workers == "auto":
+            return usable_cpus()
+        return int(self.workers)
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -151,6 +186,28 @@ class Settings(BaseSettings):
             return self.database_url
         path = self.data_dir.expanduser() / "stagelr.db"
         return f"sqlite:///{path}"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``STAGELR_*`` variables that give them back: how `stagelr
+    serve --workers N` hands its settings (command-line overrides included) to the
+    worker processes, which read the environment."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    out = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            out[f"{prefix}{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- docs

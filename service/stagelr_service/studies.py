@@ -682,9 +682,9 @@ class StudyService:
     ) -> ReplayReport:
         """Verify the study's decisions (``overrides`` None) or replay it what-if.
 
-        The history is read in one short read-only transaction and replayed outside it.
-        The optimizer's lock is taken per GP call (milliseconds), never for the whole
-        replay, so live decisions interleave with a replay instead of waiting for it.
+        The history is read in one short read-only transaction and replayed outside it;
+        the optimizer takes no lock, so live decisions run beside a replay instead of
+        waiting for it.
         """
         return replay_study(self.store, study_id, self.optimizer, overrides, scope=scope)
 

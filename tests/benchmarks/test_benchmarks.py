@@ -156,6 +156,7 @@ def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     assert "decision p50/p95/p99 ms" in out and "anchors:" in out
     row = json.loads((tmp_path / "load.json").read_text())["rows"][0]
     assert row["backend"] == "sqlite" and row["jobs"] == 5
+    assert row["workers"] == 2  # the several-process server: `stagelr serve --workers 2`
     assert row["decisions"] == 50 and row["errors"] == 0
     assert row["points"] > 0 and row["server_rss_mb"] > 0
     # Read from the server's /metrics: every timed decision's two requests were served.

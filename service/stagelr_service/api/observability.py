@@ -11,7 +11,11 @@
   request counters, the `next` latency histogram, the observation counters (told by
   :class:`stagelr_service.studies.StudyService`), and gauges of studies and segments per
   status read from the store at scrape time. With ``STAGELR_METRICS_TOKEN`` set, a scrape
-  needs that bearer token; unset, anyone who reaches the port may scrape.
+  needs that bearer token; unset, anyone who reaches the port may scrape. Under `stagelr
+  serve --workers N` (``PROMETHEUS_MULTIPROC_DIR`` set, see ``server.serve``) each worker
+  writes its counters and histograms to that folder and a scrape, whichever worker
+  answers it, sums every worker's; the store's gauges are the same from any worker, and
+  ``stagelr_gc_frozen_objects`` is the answering worker's.
 
 :func:`log_config` is the logging setup of ``stagelr serve`` for ``STAGELR_LOG_FORMAT``
 ``text`` or ``json`` (one object per line: time, level, logger, message, and for a
@@ -25,6 +29,7 @@ import gc
 import hmac
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -33,9 +38,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -106,14 +112,10 @@ class ServerMetrics:
             "Observations received again that were already stored (retried batches).",
             registry=self.registry,
         )
-        frozen = Gauge(
-            "stagelr_gc_frozen_objects",
-            "Objects moved out of the garbage collector's reach at start-up (gc.freeze): "
-            "0 means full collections walk torch and BoTorch again, pausing requests.",
-            registry=self.registry,
-        )
-        frozen.set_function(gc.get_freeze_count)
-        self.registry.register(_StoreCollector(app))
+        # Read at scrape time, by whichever process answers: never summed over workers.
+        self.scraped = CollectorRegistry(auto_describe=True)
+        self.scraped.register(_FrozenCollector())
+        self.scraped.register(_StoreCollector(app))
 
     # The study service's hooks.
     def decided(self, seconds: float) -> None:
@@ -124,8 +126,29 @@ class ServerMetrics:
         self.duplicates.inc(duplicates)
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+        """The metrics in Prometheus text format: this app's counters and histograms (with
+        several workers, every worker's, summed), then the gauges read now."""
+        counted = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            counted = CollectorRegistry()
+            MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
+        return generate_latest(counted) + generate_latest(self.scraped)
+
+
+class _FrozenCollector(Collector):
+    """``stagelr_gc_frozen_objects`` of the process that answers the scrape."""
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("stagelr_gc_frozen_objects", "")]
+
+    def collect(self) -> Iterator[Metric]:
+        frozen = GaugeMetricFamily(
+            "stagelr_gc_frozen_objects",
+            "Objects moved out of the garbage collector's reach at start-up (gc.freeze): "
+            "0 means full collections walk torch and BoTorch again, pausing requests.",
+        )
+        frozen.add_metric([], gc.get_freeze_count())
+        yield frozen
 
 
 class _StoreCollector(Collector):

@@ -21,9 +21,12 @@ use of torch's global RNG, and CPU float64 kernels with one thread are bitwise r
 
 Threads and process state: the first ``GPOptimizer`` sets ``torch.set_num_threads(1)``
 (two threads on a 2-core machine made fits 7-20x slower under contention); also run the
-server with ``OMP_NUM_THREADS=1`` and scale with processes. BoTorch and GPyTorch touch
-process-wide state (warning filters, settings), so every public call holds one
-module-level lock; it is safe to call from a thread pool, one decision at a time.
+server with ``OMP_NUM_THREADS=1`` and scale with processes. A proposal and a posterior
+are plain torch arithmetic under ``torch.no_grad()`` (thread-local): no BoTorch model, no
+warning filters, no shared state, so calls from a thread pool run side by side (torch
+releases the GIL inside its kernels) and each gives the same bits as alone. Only the
+fallback that builds BoTorch's model (a Cholesky that failed) touches process-wide state
+(warning filters, GPyTorch settings): it holds one module-level lock.
 """
 
 from __future__ import annotations
@@ -99,10 +102,10 @@ _threads_set = False
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence, for one call only, the benign warnings this stack emits.
+    """Silence, for one call only, the benign warnings BoTorch's model construction emits.
 
-    The filters are restored on exit; the module lock makes the swap safe between our
-    own calls.
+    The filters are restored on exit; hold the module lock around it: the swap is
+    process-wide.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(
@@ -299,10 +302,9 @@ def make_model(
     """The same GP as GPOptimizer's, default-initialized and unfitted, for reference fits.
 
     Returns the model on standardized y, and the y mean and std used to standardize. For
-    benchmarks and tests: it does not take GPOptimizer's lock, so do not use it from
-    several threads at once.
+    benchmarks and tests.
     """
-    with _quiet():
+    with _LOCK, _quiet():
         data = _prepare(x, y, yvar)
         return _build_model(data), data.y_mean, data.y_std
 
@@ -347,8 +349,11 @@ def _grid_mean_std(
     cov = hyper.outputscale * _matern(x, x, hyper.lengthscale) + torch.diag(noise)
     chol, info = torch.linalg.cholesky_ex(cov)
     if int(info) != 0:
-        model, _ = _fitted_model(data, hyper)
-        return _mean_std(model, points)
+        # BoTorch's model, with GPyTorch's jitter: its warnings and settings are
+        # process-wide, so this (rare) path runs one call at a time.
+        with _LOCK, _quiet():
+            model, _ = _fitted_model(data, hyper)
+            return _mean_std(model, points)
     cross = hyper.outputscale * _matern(points, x, hyper.lengthscale)  # (G, n)
     alpha = torch.cholesky_solve((data.y - hyper.mean).unsqueeze(-1), chol)  # (n, 1)
     mean = hyper.mean + (cross @ alpha).squeeze(-1)
@@ -425,7 +430,8 @@ class GPOptimizer:
             raise ValueError(f"exclude_radius must be finite and >= 0, got {exclude_radius}")
         if math.isnan(upper):
             raise ValueError("upper must be a number, got NaN")
-        with _LOCK, _quiet(), torch.no_grad():
+        # No lock: nothing below touches process-wide state (see the module docstring).
+        with torch.no_grad():
             data = _prepare(x, y, yvar)
             hyper = _fit_map(data)
             grid = self._grid
@@ -474,7 +480,7 @@ class GPOptimizer:
             ValueError: On invalid data (as ``propose``) or a non-finite grid.
         """
         points = _floats("grid", grid)
-        with _LOCK, _quiet(), torch.no_grad():
+        with torch.no_grad():
             data = _prepare(x, y, yvar)
             if not points:
                 return Posterior(x=[], mean=[], std=[])

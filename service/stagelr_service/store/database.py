@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -21,15 +21,18 @@ from stagelr_service.errors import StoreUnavailableError
 from .engine import (
     DEADLINES,
     DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT_S,
     DEFAULT_STATEMENT_TIMEOUT_S,
     SQLITE_BEGIN_OPTION,
+    SQLITE_BUSY_TIMEOUT_S,
     make_engine,
     mask_url,
     normalize_url,
 )
 from .repository import Repository
 from .schema import check_schema, migrate
+from .write_queue import WriteQueue
 
 __all__ = ["Store", "store_unavailable", "utcnow"]
 
@@ -105,6 +108,7 @@ class Store:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
+        pool_size: int = DEFAULT_POOL_SIZE,
         **engine_options: Any,
     ) -> None:
         self.url: URL = normalize_url(url)
@@ -113,6 +117,7 @@ class Store:
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
             pool_timeout=pool_timeout,
+            pool_size=pool_size,
             **engine_options,
         )
         #: Longest one transaction may wait on PostgreSQL before its connection is cut.
@@ -121,15 +126,15 @@ class Store:
         # wait for (nor block) the writer. The option is ignored on PostgreSQL.
         self._read_engine = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
         self._clock = clock
-        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
-        # SQLite's busy handler, polling at up to 100 ms intervals: under many concurrent
-        # requests that polling, not the work, made the latency (a third of the server's
-        # samples in the load benchmark sat in BEGIN IMMEDIATE). The threads of this process
-        # queue on a lock instead and start the moment the writer before them commits.
-        # Other processes still meet the busy timeout; PostgreSQL needs none of this.
-        self._write_lock: threading.RLock | None = (
-            threading.RLock() if self.url.get_backend_name() == "sqlite" else None
-        )
+        # SQLite has one writer at a time: write transactions queue on the WriteQueue
+        # (this process's threads on a lock, other processes on a file lock beside the
+        # database) instead of polling in SQLite's busy handler (see .write_queue).
+        # PostgreSQL needs none of this.
+        self._write_lock: WriteQueue | None = None
+        if self.url.get_backend_name() == "sqlite":
+            assert self.url.database is not None
+            database = Path(self.url.database).expanduser().resolve()
+            self._write_lock = WriteQueue(database, SQLITE_BUSY_TIMEOUT_S)
 
     def now(self) -> datetime:
         """The store's clock (aware UTC): what row timestamps are compared with."""
@@ -203,6 +208,8 @@ class Store:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._write_lock is not None:
+            self._write_lock.close()
 
     def __enter__(self) -> Store:
         return self

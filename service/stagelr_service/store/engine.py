@@ -34,6 +34,7 @@ from .deadline import Deadlines, shutdown_socket
 __all__ = [
     "DEADLINES",
     "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_POOL_SIZE",
     "DEFAULT_POOL_TIMEOUT_S",
     "DEFAULT_STATEMENT_TIMEOUT_S",
     "SQLITE_BEGIN_OPTION",
@@ -51,6 +52,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_STATEMENT_TIMEOUT_S = 10.0
 DEFAULT_POOL_TIMEOUT_S = 5.0
+#: Connections each engine keeps (the STAGELR_DB_POOL_SIZE setting).
+DEFAULT_POOL_SIZE = 15
 
 
 def _cut_connection(dbapi_connection: Any) -> None:
@@ -115,6 +118,7 @@ def make_engine(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
+    pool_size: int = DEFAULT_POOL_SIZE,
     **kwargs: Any,
 ) -> Engine:
     """Create the engine for ``url`` (see the module docstring for what is set up).
@@ -123,6 +127,12 @@ def make_engine(
     table and drops the old one, and with foreign keys on, that drop would cascade.
     """
     parsed = normalize_url(url)
+    # A fixed pool: connections are kept, never opened for a burst and closed after it
+    # (SQLAlchemy's default, 5 kept plus 10 "overflow" ones, opened and closed a
+    # PostgreSQL connection many times a second under load: a fork and a handshake each).
+    # A request that finds every connection busy waits up to pool_timeout.
+    kwargs.setdefault("pool_size", pool_size)
+    kwargs.setdefault("max_overflow", 0)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(
             parsed, foreign_keys=foreign_keys, pool_timeout=pool_timeout, **kwargs

@@ -1,0 +1,88 @@
+"""Concurrent `next` requests on different studies overlap inside the optimizer.
+
+Checked structurally, not by timing: the GP's hyperparameter fit waits, on its first
+call in each request thread, until as many threads are inside it at once as there are
+jobs. Behind one lock around the optimizer (the code before) only one thread could ever
+be inside, the barrier breaks, and the decisions fail.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from stagelr_service.api import create_app
+from stagelr_service.settings import Settings
+
+JOBS = 4
+CONFIG = {"lr_min": 1e-3, "lr_max": 1.0, "total_steps": 60, "tau0": 20, "k": 3,
+          "explore_ratio": 0.5, "seed": 0}  # fmt: skip
+
+
+def test_next_requests_on_different_studies_run_the_gp_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stagelr_service.optimizer import gp
+
+    fit_map = gp._fit_map
+    barrier = threading.Barrier(JOBS, timeout=60)
+    waited: set[int] = set()
+    inside = 0
+    most_inside = 0
+    count_lock = threading.Lock()
+
+    def counting_fit_map(data: Any) -> Any:
+        nonlocal inside, most_inside
+        with count_lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        try:
+            if threading.get_ident() not in waited:
+                waited.add(threading.get_ident())
+                barrier.wait()  # every job's thread inside the GP at once
+            return fit_map(data)
+        finally:
+            with count_lock:
+                inside -= 1
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/c.db", auto_migrate=True)
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.setattr(gp, "_fit_map", counting_fit_map)
+
+        def job(i: int) -> str:
+            made = client.post("/v1/studies", json={"name": f"c-{i}", "config": CONFIG})
+            assert made.status_code == 201, made.text
+            study_id = made.json()["id"]
+            while True:
+                answer = client.post(f"/v1/studies/{study_id}/next")
+                assert answer.status_code == 200, answer.text
+                segment = answer.json()["segment"]
+                if segment is None:
+                    return str(answer.json()["status"])
+                steps = range(
+                    segment["report_every"], segment["steps"] + 1, segment["report_every"]
+                )
+                points = [
+                    {
+                        "step": s,
+                        "value": 0.5 + math.exp(-0.05 * s) * (1 + abs(math.log10(segment["lr"]))),
+                    }
+                    for s in steps
+                ]
+                done = client.post(
+                    f"/v1/segments/{segment['id']}/complete", json={"observations": points}
+                )
+                assert done.status_code == 200, done.text
+
+        with ThreadPoolExecutor(JOBS) as pool:
+            statuses = list(pool.map(job, range(JOBS)))
+
+    assert statuses == ["completed"] * JOBS
+    assert len(waited) == JOBS  # each job's `next` reached the GP in its own thread
+    assert most_inside == JOBS  # ... and all were inside it together
