@@ -59,7 +59,13 @@ def test_serve_keeps_the_demo_server_up_with_the_study_page(tmp_path: Path) -> N
             assert demo.poll() is None  # still serving after the page was read
         finally:
             demo.send_signal(signal.SIGINT)
-            demo.wait(timeout=30)
+            try:
+                # generous: a shared 2-core machine under load can be slow to wind down
+                demo.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
+                pytest.fail("the demo server did not stop within 120 s of Ctrl-C")
     assert demo.returncode == 0, out.read_text()
 
 
