@@ -44,6 +44,9 @@ def test_serve_keeps_the_demo_server_up_with_the_study_page(tmp_path: Path) -> N
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1", "STAGELR_DATA_DIR": str(tmp_path)},
+            # A shell's background job inherits SIGINT ignored (POSIX); the test stands in
+            # for a user pressing Ctrl-C at a terminal, where it is not.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 240
