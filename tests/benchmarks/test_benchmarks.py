@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(script: str, *args: str) -> str:
+    return run_python(str(ROOT / "benchmarks" / script), *args)
+
+
+def run_python(*argv: str) -> str:
+    """``python ARGV`` from the repository root, one torch thread; its stdout (it must
+    succeed)."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         timeout=600,

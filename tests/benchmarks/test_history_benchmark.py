@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,22 +17,13 @@ from benchmarks.quality import history  # noqa: E402
 from benchmarks.quality.workloads import VARIANTS  # noqa: E402
 
 from stagelr_service import tuner  # noqa: E402
+from tests.benchmarks.test_benchmarks import run_python  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_history(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.quality.history", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return run_python("-m", "benchmarks.quality.history", *args)
 
 
 def fingerprint_of(variant: object) -> dict[str, object]:
