@@ -204,3 +204,24 @@ def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
         check=False,
     )
     assert bad.returncode == 2 and "write NAME=JSON" in bad.stderr
+
+
+def test_the_horizon_diagnostic_reads_the_best_peak_at_each_horizon(tmp_path: Path) -> None:
+    runs = tmp_path / "horizon.json"
+    argv = ["benchmarks.quality.horizon", "--variant", "nqm-b64", "--seeds", "1"]
+    out = run_module(*argv, "--budget", "0.04", "--budget", "0.12", "--runs", str(runs))
+    rows = re.findall(r"^\| (\S+)T \| (.*) \| (\S+) \| (\S+) \|$", out, flags=re.M)
+    # both short horizons, and the full-length grid from the committed cache
+    assert [r[0] for r in rows] == ["0.04", "0.12", "1"]
+    for _, cells, best, vertex in rows:
+        losses = [float(c) for c in cells.split(" | ")]
+        assert len(losses) == 8 and all(v > 0 for v in losses)
+        assert float(best) > 0 and float(vertex) > 0
+    # the NQM's longer runs end lower at every peak
+    short, longer = ([float(c) for c in r[1].split(" | ")] for r in rows[:2])
+    assert all(b < a for a, b in zip(short, longer, strict=True))
+    assert "best peak from 0.04T to 0.12T" in out and "extrapolated from 0.04T and 0.12T" in out
+    # the runs are kept: a second call trains nothing and prints the same
+    kept = json.loads(runs.read_text())
+    assert len(kept) == 16
+    assert run_module(*argv, "--budget", "0.04", "--budget", "0.12", "--runs", str(runs)) == out

@@ -1,0 +1,141 @@
+"""How the best peak LR moves with the run's length: the question a short search window
+has to answer for the full run.
+
+    python -m benchmarks.quality.horizon --variant cnn --variant charrnn --seeds 3
+
+For each variant, every peak of its Tier-A grid is trained as a WSD run (constant, then
+the 1-sqrt cooldown over the last 20%) planned for each ``--budget`` fraction of T, from
+the job's start, on each seed; the full-length WSD runs (budget 1) are read from the
+committed quality cache. It prints, per variant and budget, the median final loss per
+peak and the best peak, then how far the best peak moves from one horizon to the next
+(in log2 units per log2 of the horizon). A search that scores candidates by a short
+annealed window assumes the short horizon's best peak is the full run's; where it moves,
+that assumption fails (docs/tuner.md).
+
+Runs are kept in ``--runs`` (default under the ignored ``benchmarks/results/tmp/``),
+keyed by the baseline code hash, so a rerun trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+from pathlib import Path
+
+from benchmarks.quality import harness, methods
+from benchmarks.quality.workloads import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "docs" / "results" / "quality"
+
+
+def _full_length(variant: str, code: str) -> dict[float, list[float]]:
+    """The committed full-length WSD grid runs of ``variant``: peak -> final losses."""
+    path = CACHE / f"{variant}.jsonl.gz"
+    out: dict[float, list[float]] = {}
+    if not path.exists():
+        return out
+    aliases = harness.load_aliases(CACHE, harness.code_hashes())
+    for record in harness.read_records(path):
+        if record["method"] != "grid" or record["config"].get("schedule") != "wsd":
+            continue
+        if float(record["config"].get("budget", 1.0)) != 1.0:
+            continue
+        workload = VARIANTS[variant].workload
+        if aliases.get(("baseline", record["code"], workload), record["code"]) != code:
+            continue
+        loss = record["run"]["final_loss"]
+        out.setdefault(float(record["config"]["peak"]), []).append(
+            math.inf if loss is None else float(loss)
+        )
+    return out
+
+
+def _best(table: dict[float, float]) -> float:
+    return min(table, key=lambda peak: table[peak])
+
+
+def _vertex(table: dict[float, float]) -> float:
+    """The peak at the vertex of a parabola in log2(peak) through the best grid point
+    and its neighbours (the best point itself at an edge)."""
+    peaks = sorted(table)
+    i = peaks.index(_best(table))
+    if i == 0 or i == len(peaks) - 1:
+        return peaks[i]
+    xs = [math.log2(p) for p in peaks[i - 1 : i + 2]]
+    ys = [table[p] for p in peaks[i - 1 : i + 2]]
+    if not all(math.isfinite(y) for y in ys):
+        return peaks[i]
+    denom = (xs[0] - xs[1]) * (xs[0] - xs[2]) * (xs[1] - xs[2])
+    a = (xs[2] * (ys[1] - ys[0]) + xs[1] * (ys[0] - ys[2]) + xs[0] * (ys[2] - ys[1])) / denom
+    b = (
+        xs[2] ** 2 * (ys[0] - ys[1]) + xs[1] ** 2 * (ys[2] - ys[0]) + xs[0] ** 2 * (ys[1] - ys[2])
+    ) / denom
+    if a <= 0:
+        return peaks[i]
+    return float(2 ** min(xs[2], max(xs[0], -b / (2 * a))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", action="append", type=float, default=None)
+    parser.add_argument(
+        "--runs", type=Path, default=ROOT / "benchmarks" / "results" / "tmp" / "horizon.json"
+    )
+    args = parser.parse_args(argv)
+    budgets = sorted(args.budget or [0.04, 0.12])
+    code = harness.code_hashes()["baseline"]
+    args.runs.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, float | None] = json.loads(args.runs.read_text()) if args.runs.exists() else {}
+    for name in args.variant:
+        variant = VARIANTS[name]
+        tables: dict[float, dict[float, float]] = {}
+        for budget in budgets:
+            per_peak: dict[float, list[float]] = {}
+            for peak in variant.grid:
+                for seed in range(args.seeds):
+                    key = json.dumps([name, budget, peak, seed, code])
+                    if key not in runs:
+                        run = methods.run_grid_point(variant, seed, "wsd", peak, budget)
+                        runs[key] = None if not math.isfinite(run.final_loss) else run.final_loss
+                        args.runs.write_text(json.dumps(runs))
+                    value = runs[key]
+                    per_peak.setdefault(peak, []).append(math.inf if value is None else value)
+            tables[budget] = {p: statistics.median(v) for p, v in per_peak.items()}
+        full = _full_length(name, code)
+        if full:
+            tables[1.0] = {p: statistics.median(v) for p, v in full.items()}
+        print(f"\n## {name} (T = {variant.steps}, {variant.family})")
+        peaks = sorted(variant.grid)
+        print("| horizon | " + " | ".join(f"{p:g}" for p in peaks) + " | best | vertex |")
+        print("| --- |" + " ---: |" * (len(peaks) + 2))
+        vertices: dict[float, float] = {}
+        for budget, table in sorted(tables.items()):
+            vertices[budget] = _vertex(table)
+            cells = " | ".join(f"{table.get(p, math.nan):.4f}" for p in peaks)
+            print(f"| {budget:g}T | {cells} | {_best(table):g} | {vertices[budget]:.3g} |")
+        ordered = sorted(vertices)
+        for a, b in itertools.pairwise(ordered):
+            slope = math.log2(vertices[b] / vertices[a]) / math.log2(b / a)
+            print(
+                f"- best peak from {a:g}T to {b:g}T: x{vertices[b] / vertices[a]:.2f} "
+                f"(slope {slope:+.2f} in log2 LR per log2 horizon)"
+            )
+        if len(ordered) >= 3 and 1.0 in vertices:
+            a, b = ordered[0], ordered[-2]
+            slope = math.log2(vertices[b] / vertices[a]) / math.log2(b / a)
+            predicted = vertices[b] * (1.0 / b) ** slope
+            print(
+                f"- extrapolated from {a:g}T and {b:g}T to T: {predicted:.3g}, "
+                f"measured {vertices[1.0]:.3g} (x{predicted / vertices[1.0]:.2f})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
