@@ -581,6 +581,11 @@ class PriorsView(_Wire):
     candidates: list[float] = Field(
         default_factory=list, description="The narrow search's LRs (empty: none planned)."
     )
+    basis: Literal["chosen_lr", "final_loss"] | None = Field(
+        default=None,
+        description="How the centre was found: the median of the priors' chosen LRs, or "
+        "where a GP over their final losses is lowest (priors that held different LRs).",
+    )
     reason: str = Field(default="", description="Why the priors were used or not.")
 
 

@@ -305,7 +305,14 @@ def priors_view(
     if trials is not None and use is not PriorUse.searching:
         verdict, _ = tuner.warm_verdict(config, trials)
         reason = verdict.reason if verdict is not None else ""
-    return PriorsView(**base, use=use, lr=warm.lr, candidates=list(warm.candidates), reason=reason)
+    return PriorsView(
+        **base,
+        use=use,
+        lr=warm.lr,
+        candidates=list(warm.candidates),
+        basis=warm.basis,
+        reason=reason,
+    )
 
 
 def history_view(

@@ -161,7 +161,7 @@ class StudyService:
                 summary = self._prior_summary(repo, name, resolved)
         if summary is not None:
             resolved = resolved.model_copy(
-                update={"warm_start": tuner.warm_start(resolved, summary)}
+                update={"warm_start": tuner.warm_start(resolved, summary, self.optimizer)}
             )
         try:
             config = tuner.fit_charged_budget(resolved).to_stored()

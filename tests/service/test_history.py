@@ -96,6 +96,33 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
     client.close()
 
 
+def test_priors_that_held_different_lrs_centre_on_their_final_losses(
+    live_server: LiveServer,
+) -> None:
+    # Two earlier jobs held LRs far apart (their own searches found LRs near 0.005 and 0.2).
+    cool = run_job(live_server.url, "spread-1", SyntheticJob(seed=3, best_lr=0.005), seed=3)
+    hot = run_job(live_server.url, "spread-2", SyntheticJob(seed=4, best_lr=0.2), seed=4)
+    lrs = [cool.stages[0].chosen_lr, hot.stages[0].chosen_lr]
+    assert max(lrs) / min(lrs) > 1.5, lrs  # type: ignore[type-var, operator]
+    study = run_job(
+        live_server.url, "spread-3", SyntheticJob(seed=5), prior_studies=[cool.id, hot.id], seed=5
+    )
+    priors = study.priors
+    assert priors is not None and priors.basis == "final_loss" and priors.lr is not None
+    assert min(lrs) / 2.1 <= priors.lr <= max(lrs) * 2.1  # type: ignore[type-var, operator]
+    finals = {s.id: s.final_loss for s in priors.studies}
+    assert set(finals) == {cool.id, hot.id} and all(f is not None for f in finals.values())
+    page = httpx.get(f"{live_server.url}/dashboard/studies/{study.id}").text
+    assert "final losses is lowest" in page
+    # a family whose jobs held one LR centres on it, and says so
+    first = run_job(live_server.url, "one-1", SyntheticJob(seed=3), family="one", seed=3)
+    second = run_job(live_server.url, "one-2", SyntheticJob(seed=2), family="one", seed=2)
+    assert second.priors is not None and second.priors.basis == "chosen_lr"
+    assert second.priors.lr == pytest.approx(first.stages[0].chosen_lr)
+    page = httpx.get(f"{live_server.url}/dashboard/studies/{second.id}").text
+    assert "the median of the LRs the priors chose" in page
+
+
 def test_a_prior_that_does_not_fit_falls_back_to_a_full_search_within_the_budget(
     live_server: LiveServer,
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from stagelr.models import SegmentKind
 from stagelr_service import tuner
 from stagelr_service.testing.simulation import SyntheticJob, simulate
+from stagelr_service.tuner._priors import WARM_SPAN_DECADES
 
 REQUEST = {"lr_min": 1e-3, "lr_max": 1.0, "charged_steps": 4000}
 
@@ -37,9 +38,9 @@ def summary(optimizer):  # type: ignore[no-untyped-def]
     return tuner.prior_summary([entry], "fam", [])
 
 
-def warm_config(summary, **request):  # type: ignore[no-untyped-def]
+def warm_config(summary, optimizer, **request):  # type: ignore[no-untyped-def]
     resolved = tuner.resolve({**REQUEST, "seed": 2, "family": "fam", **request})
-    warm = tuner.warm_start(resolved, summary)
+    warm = tuner.warm_start(resolved, summary, optimizer)
     return tuner.fit_charged_budget(resolved.model_copy(update={"warm_start": warm}))
 
 
@@ -60,7 +61,7 @@ def test_the_summary_is_compact_and_content_hashed(summary) -> None:
 
 
 def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -> None:
-    config = warm_config(summary)
+    config = warm_config(summary, optimizer)
     warm = config.warm_start
     assert warm is not None and warm.priors == (7,)
     assert warm.lr == pytest.approx(summary["studies"][0]["chosen_lr"])
@@ -96,7 +97,7 @@ def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -
 def test_a_prior_that_does_not_fit_falls_back_to_the_full_search(
     summary, optimizer, job, reason
 ) -> None:
-    config = warm_config(summary)
+    config = warm_config(summary, optimizer)
     plans, trials, end = simulate(config, optimizer, job)
     assert end is not None
     verdict, _ = tuner.warm_verdict(config, trials)
@@ -114,20 +115,20 @@ def test_a_prior_that_does_not_fit_falls_back_to_the_full_search(
     assert sum(t.trained for t in trials) <= REQUEST["charged_steps"]
 
 
-def test_priors_of_another_fingerprint_are_not_used(summary) -> None:
-    assert warm_config(summary, lr_max=2.0).warm_start is None
-    assert warm_config(summary, charged_steps=5000).warm_start is None
-    assert warm_config(summary, continue_best=False).warm_start is None
+def test_priors_of_another_fingerprint_are_not_used(summary, optimizer) -> None:
+    assert warm_config(summary, optimizer, lr_max=2.0).warm_start is None
+    assert warm_config(summary, optimizer, charged_steps=5000).warm_start is None
+    assert warm_config(summary, optimizer, continue_best=False).warm_start is None
     # the seed is no part of the fingerprint
-    assert warm_config(summary, seed=99).warm_start is not None
+    assert warm_config(summary, optimizer, seed=99).warm_start is not None
 
 
 def test_decisions_with_priors_are_deterministic(summary, optimizer) -> None:
-    config = warm_config(summary)
+    config = warm_config(summary, optimizer)
     for job in (SyntheticJob(seed=2), SyntheticJob(seed=2, start_loss=25.0)):
         runs = [simulate(config, optimizer, dataclasses.replace(job))[0] for _ in range(2)]
         assert [p.decision() for p in runs[0]] == [p.decision() for p in runs[1]]
-    assert warm_config(summary) == config
+    assert warm_config(summary, optimizer) == config
 
 
 def held_states(plans) -> set[str]:  # type: ignore[no-untyped-def]
@@ -146,7 +147,7 @@ def held_states(plans) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def test_the_narrow_search_under_continue_best_keeps_the_chosen_state(summary, optimizer) -> None:
-    config = warm_config(summary)
+    config = warm_config(summary, optimizer)
     warm = config.warm_start
     assert config.continue_best and config.probe == "anneal" and warm is not None
     plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=2))
@@ -173,7 +174,7 @@ def test_the_narrow_search_under_continue_best_keeps_the_chosen_state(summary, o
 def test_a_fallback_under_continue_best_keeps_its_own_states_within_budget(
     summary, optimizer
 ) -> None:
-    config = warm_config(summary)
+    config = warm_config(summary, optimizer)
     plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=2, start_loss=25.0))
     assert end is not None
     explores = [p for p in stage0(plans) if p.kind is SegmentKind.explore]
@@ -188,3 +189,65 @@ def test_a_fallback_under_continue_best_keeps_its_own_states_within_budget(
     assert explores[exploit.why["continues"]].lr == exploit.lr
     assert held_states(plans) == set()
     assert sum(t.trained for t in trials) <= REQUEST["charged_steps"]
+
+
+def family_summary(summary, points):  # type: ignore[no-untyped-def]
+    """Priors of one fingerprint that held the given LRs and ended at the given losses."""
+    (entry,) = summary["studies"]
+    studies = [
+        {**entry, "id": 10 + i, "chosen_lr": lr, "final_loss": loss}
+        for i, (lr, loss) in enumerate(points)
+    ]
+    return tuner.prior_summary(studies, "fam", [])
+
+
+def test_priors_at_one_lr_centre_on_it(summary, optimizer) -> None:
+    same = family_summary(summary, [(0.05, 0.40), (0.06, 0.30), (0.055, 0.35)])
+    warm = warm_config(same, optimizer).warm_start
+    assert warm is not None and warm.basis == "chosen_lr"
+    assert warm.lr == pytest.approx(0.055)
+
+
+@pytest.mark.parametrize("better", ["hotter", "cooler"])
+def test_priors_that_held_different_lrs_centre_where_their_runs_ended_lowest(
+    summary, optimizer, better
+) -> None:
+    # Three jobs held 0.02, 0.04 and 0.08; their final losses fall towards one side.
+    losses = [0.50, 0.40, 0.30] if better == "hotter" else [0.30, 0.40, 0.50]
+    fam = family_summary(summary, list(zip([0.02, 0.04, 0.08], losses, strict=True)))
+    warm = warm_config(fam, optimizer).warm_start
+    assert warm is not None and warm.basis == "final_loss"
+    step = 10**WARM_SPAN_DECADES
+    if better == "hotter":
+        assert 0.08 < warm.lr <= 0.08 * step * 1.0001  # beyond the best, one step at most
+    else:
+        assert 0.02 / step / 1.0001 <= warm.lr < 0.02
+    # the narrow search is centred there
+    assert warm.candidates[0] == warm.lr
+    # a valley between them: the centre stays inside
+    valley = family_summary(summary, [(0.02, 0.5), (0.04, 0.3), (0.08, 0.5)])
+    inner = warm_config(valley, optimizer).warm_start
+    assert inner is not None and 0.02 < inner.lr < 0.08
+
+
+def test_with_a_final_loss_centre_a_neighbour_winning_its_window_is_no_misfit(
+    summary, optimizer
+) -> None:
+    # The family's runs ended lowest at a cool LR; this job's short windows favour a
+    # hotter one (best_lr 0.3): the narrow search still uses the priors.
+    fam = family_summary(summary, [(0.01, 0.30), (0.02, 0.35), (0.04, 0.45)])
+    config = warm_config(fam, optimizer)
+    assert config.warm_start is not None and config.warm_start.basis == "final_loss"
+    plans, trials, end = simulate(
+        config, optimizer, SyntheticJob(seed=2, best_lr=0.3, cliff_lr=3.0)
+    )
+    assert end is not None
+    verdict, _ = tuner.warm_verdict(config, trials)
+    assert verdict is not None and verdict.fits, verdict.reason
+    assert "final losses" in verdict.reason
+    exploit = next(p for p in stage0(plans) if p.kind is SegmentKind.exploit)
+    assert exploit.why["priors"] == "used"
+    # a start loss far from the priors' is still a misfit
+    _, far, _ = simulate(config, optimizer, SyntheticJob(seed=2, start_loss=25.0))
+    verdict, _ = tuner.warm_verdict(config, far)
+    assert verdict is not None and not verdict.fits and "far from" in verdict.reason

@@ -33,7 +33,7 @@ from typing import Any
 from stagelr.models import SegmentKind, SegmentStatus
 
 from ._stability import stability_cap, window_unstable
-from ._types import StageAnalysis, StageGeometry, Trial
+from ._types import Optimizer, StageAnalysis, StageGeometry, Trial
 from .config import ResolvedConfig, WarmStart
 
 __all__ = [
@@ -86,6 +86,13 @@ START_LOSS_RATIO = 2.0
 #: A centre forecast further than this fraction from the priors' (plus twice its sd)
 #: does not fit.
 FORECAST_TOLERANCE = 0.5
+#: Priors whose chosen LRs span at least this factor have measured how the whole run's
+#: final loss depends on the LR: the centre is where a GP over those final losses is
+#: lowest. Half the narrow search's step: a family whose jobs trained different narrow
+#: candidates spans it.
+FINAL_LOSS_SPREAD = 10 ** (WARM_SPAN_DECADES / 2)
+#: Points of the grid the final-loss GP is minimized on.
+FINAL_LOSS_GRID = 61
 
 
 def fingerprint(config: ResolvedConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -152,11 +159,54 @@ def _median_log(values: Sequence[float]) -> float:
     return math.exp(statistics.median(math.log(v) for v in values))
 
 
-def warm_start(config: ResolvedConfig, summary: Mapping[str, Any]) -> WarmStart | None:
+def _unit(config: ResolvedConfig, lr: float) -> float:
+    return math.log(lr / config.lr_min) / math.log(config.lr_max / config.lr_min)
+
+
+def _from_unit(config: ResolvedConfig, x: float) -> float:
+    return float(config.lr_min * (config.lr_max / config.lr_min) ** min(1.0, max(0.0, x)))
+
+
+def final_loss_centre(
+    config: ResolvedConfig, fitting: Sequence[Mapping[str, Any]], optimizer: Optimizer
+) -> float | None:
+    """The LR where a GP over the priors' (chosen LR, final loss) pairs predicts the
+    lowest final loss, or None when the priors do not span :data:`FINAL_LOSS_SPREAD`.
+
+    A search window, however it is scored, answers a shorter run's question: the best
+    peak LR moves with the run's length, by up to five times either way between 4% and
+    all of a run on the benchmark's workloads (docs/tuner.md). A prior's final loss is
+    the answer for the whole run at the LR it held. The GP learns the seed noise; the
+    minimum is taken within one narrow-search step of the LRs the priors held, so a
+    family moves at most that far beyond what it has measured."""
+    points = [
+        (float(s["chosen_lr"]), float(s["final_loss"]))
+        for s in fitting
+        if s.get("final_loss") is not None and math.isfinite(s["final_loss"])
+    ]
+    lrs = [lr for lr, _ in points]
+    if len(points) < 2 or max(lrs) / min(lrs) < FINAL_LOSS_SPREAD:
+        return None
+    step = 10**WARM_SPAN_DECADES
+    low = _unit(config, max(config.lr_min, min(lrs) / step))
+    high = _unit(config, min(config.lr_max, max(lrs) * step))
+    grid = [low + (high - low) * i / (FINAL_LOSS_GRID - 1) for i in range(FINAL_LOSS_GRID)]
+    post = optimizer.posterior(
+        [_unit(config, lr) for lr in lrs], [loss for _, loss in points], None, grid
+    )
+    best = min(range(len(grid)), key=lambda i: (post.mean[i], i))
+    return _from_unit(config, grid[best])
+
+
+def warm_start(
+    config: ResolvedConfig, summary: Mapping[str, Any], optimizer: Optimizer
+) -> WarmStart | None:
     """The narrow first search the priors allow, or None (a full search): no prior of
     the same fingerprint with a chosen LR inside the study's range, or a search that
-    a range test makes different. Under ``continue_best`` the training segment continues
-    the chosen narrow candidate's end state (its shorter window counts as kept steps)."""
+    a range test makes different. Its centre is :func:`final_loss_centre` where the
+    priors held LRs far enough apart, else the median of their chosen LRs. Under
+    ``continue_best`` the training segment continues the chosen narrow candidate's end
+    state (its shorter window counts as kept steps)."""
     if config.lr_bounds == "range_test":
         return None
     mine = fingerprint(config)
@@ -169,7 +219,8 @@ def warm_start(config: ResolvedConfig, summary: Mapping[str, Any]) -> WarmStart 
     ]
     if not fitting:
         return None
-    centre = _median_log([s["chosen_lr"] for s in fitting])
+    fitted = final_loss_centre(config, fitting, optimizer)
+    centre = fitted if fitted is not None else _median_log([s["chosen_lr"] for s in fitting])
     step = 10**WARM_SPAN_DECADES
     candidates = (
         centre,
@@ -192,6 +243,7 @@ def warm_start(config: ResolvedConfig, summary: Mapping[str, Any]) -> WarmStart 
         window=WARM_WINDOW,
         start_loss=statistics.median(starts) if starts else None,
         prediction=statistics.median(predictions) if predictions else None,
+        basis="chosen_lr" if fitted is None else "final_loss",
     )
 
 
@@ -254,6 +306,14 @@ def assess(
             )
     usable = [c for c in analysis.candidates if not c.diverged]
     lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
+    if warm.basis == "final_loss":
+        # The centre is where the family's whole runs ended lowest; a neighbour that
+        # wins a short window is the window's horizon speaking, not a misfit.
+        return Verdict(
+            True,
+            f"the priors' final losses put the centre at {warm.lr:.3g}; its window was "
+            "stable and the stage started near their start loss",
+        )
     if lowest is not centre:
         other = lowest.forecast.std if math.isfinite(lowest.forecast.std) else 0.0
         if centre.objective - lowest.objective > math.sqrt(sd**2 + other**2):

@@ -260,6 +260,10 @@ class WarmStart(BaseModel):
     start_loss: float | None = None
     #: the priors' forecast for their chosen LR (median), None: unknown
     prediction: float | None = None
+    #: how the centre was found: ``chosen_lr`` (the median of the priors' chosen LRs) or
+    #: ``final_loss`` (the lowest final loss a GP over the priors' LRs predicts: a
+    #: family whose jobs held different LRs has measured the whole run's answer)
+    basis: Literal["chosen_lr", "final_loss"] = "chosen_lr"
 
 
 def stage_count_bound(
