@@ -581,10 +581,12 @@ class PriorsView(_Wire):
     candidates: list[float] = Field(
         default_factory=list, description="The narrow search's LRs (empty: none planned)."
     )
-    basis: Literal["chosen_lr", "final_loss"] | None = Field(
+    basis: Literal["chosen_lr", "final_loss", "explore"] | None = Field(
         default=None,
-        description="How the centre was found: the median of the priors' chosen LRs, or "
-        "where a GP over their final losses is lowest (priors that held different LRs).",
+        description="How the centre was found: where a GP over the priors' final losses is "
+        "lowest (final_loss: they held different LRs), a step cooler than the one LR they "
+        "held (explore), or the median of their chosen LRs (chosen_lr: studies stored "
+        "before the others). With final_loss and explore the first stage trains the centre.",
     )
     reason: str = Field(default="", description="Why the priors were used or not.")
 

@@ -61,9 +61,12 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
     priors = second.priors
     assert priors is not None and priors.use is PriorUse.used
     assert [s.id for s in priors.studies] == [first.id] and priors.studies[0].fits
-    assert priors.lr == pytest.approx(first.stages[0].chosen_lr)
+    # one LR measured so far: the second job measures a step cooler, and trains it
+    assert priors.basis == "explore"
+    assert priors.lr == pytest.approx(first.stages[0].chosen_lr / 10**0.3)  # type: ignore[operator]
+    assert second.stages[0].chosen_lr == pytest.approx(priors.lr)
     assert len(priors.candidates) == 3 and priors.summary_hash
-    assert "no LR of the narrow search beat the priors' LR" in priors.reason
+    assert "the priors held one LR" in priors.reason
     # what the search saved became trajectory; the whole run still fits the budget
     assert second.config.total_steps > first.config.total_steps  # type: ignore[operator]
     assert second.charged_steps <= CONFIG["charged_steps"]
@@ -114,13 +117,13 @@ def test_priors_that_held_different_lrs_centre_on_their_final_losses(
     assert set(finals) == {cool.id, hot.id} and all(f is not None for f in finals.values())
     page = httpx.get(f"{live_server.url}/dashboard/studies/{study.id}").text
     assert "final losses is lowest" in page
-    # a family whose jobs held one LR centres on it, and says so
+    # a family whose jobs held one LR measures a step cooler, and says so
     first = run_job(live_server.url, "one-1", SyntheticJob(seed=3), family="one", seed=3)
     second = run_job(live_server.url, "one-2", SyntheticJob(seed=2), family="one", seed=2)
-    assert second.priors is not None and second.priors.basis == "chosen_lr"
-    assert second.priors.lr == pytest.approx(first.stages[0].chosen_lr)
+    assert second.priors is not None and second.priors.basis == "explore"
+    assert second.priors.lr == pytest.approx(first.stages[0].chosen_lr / 10**0.3)  # type: ignore[operator]
     page = httpx.get(f"{live_server.url}/dashboard/studies/{second.id}").text
-    assert "the median of the LRs the priors chose" in page
+    assert "a step cooler than the one LR the priors held" in page
 
 
 def test_a_prior_that_does_not_fit_falls_back_to_a_full_search_within_the_budget(

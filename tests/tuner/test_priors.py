@@ -64,7 +64,10 @@ def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -
     config = warm_config(summary, optimizer)
     warm = config.warm_start
     assert warm is not None and warm.priors == (7,)
-    assert warm.lr == pytest.approx(summary["studies"][0]["chosen_lr"])
+    # one LR measured: the next job measures a step cooler
+    step = 10**WARM_SPAN_DECADES
+    assert warm.basis == "explore" and warm.holds_centre
+    assert warm.lr == pytest.approx(summary["studies"][0]["chosen_lr"] / step)
     plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=2))
     assert end is not None
     first = stage0(plans)
@@ -80,8 +83,11 @@ def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -
     assert sum(t.trained for t in trials) == tuner.planned_charge(config)
     exploit = next(p for p in first if p.kind is SegmentKind.exploit)
     assert exploit.why["priors"] == "used" and exploit.index == len(warm.candidates)
+    # the centre is trained, whichever narrow window ended lowest
+    assert exploit.lr == warm.lr and exploit.why["source"] == "priors_centre"
     verdict, finished = tuner.warm_verdict(config, trials)
     assert verdict is not None and verdict.fits and finished == 3
+    assert "held one LR" in verdict.reason
 
 
 @pytest.mark.parametrize(
@@ -89,9 +95,8 @@ def test_a_fitting_prior_gives_a_narrow_cheap_first_search(summary, optimizer) -
     [
         (SyntheticJob(seed=2, start_loss=25.0), "far from the priors'"),
         (SyntheticJob(seed=2, best_lr=0.003, cliff_lr=0.02), "diverged"),
-        (SyntheticJob(seed=2, best_lr=0.3, cliff_lr=3.0), "disagrees|beat the priors' LR"),
         # the hotter neighbour blows up: the priors' LR sits above the stability edge
-        (SyntheticJob(seed=2, cliff_lr=0.15), "above the stability edge"),
+        (SyntheticJob(seed=2, cliff_lr=0.07), "above the stability edge"),
     ],
 )
 def test_a_prior_that_does_not_fit_falls_back_to_the_full_search(
@@ -201,11 +206,38 @@ def family_summary(summary, points):  # type: ignore[no-untyped-def]
     return tuner.prior_summary(studies, "fam", [])
 
 
-def test_priors_at_one_lr_centre_on_it(summary, optimizer) -> None:
+def test_priors_at_one_lr_measure_a_step_cooler(summary, optimizer) -> None:
     same = family_summary(summary, [(0.05, 0.40), (0.06, 0.30), (0.055, 0.35)])
     warm = warm_config(same, optimizer).warm_start
-    assert warm is not None and warm.basis == "chosen_lr"
-    assert warm.lr == pytest.approx(0.055)
+    assert warm is not None and warm.basis == "explore"
+    assert warm.lr == pytest.approx(0.055 / 10**WARM_SPAN_DECADES)
+    # never below the range
+    low = family_summary(summary, [(0.0012, 0.4)])
+    edge = warm_config(low, optimizer).warm_start
+    assert edge is not None and edge.lr == pytest.approx(REQUEST["lr_min"])
+
+
+def test_a_chosen_lr_centre_of_a_stored_study_keeps_its_selection(summary, optimizer) -> None:
+    # Studies stored before the centre was trained name basis chosen_lr (the field's
+    # default): their fitting narrow search still trains the selection's pick.
+    config = warm_config(summary, optimizer)
+    assert config.warm_start is not None
+    stored = config.to_stored()
+    stored["warm_start"].pop("basis")
+    old = tuner.ResolvedConfig.stored(stored)
+    assert old.warm_start is not None and old.warm_start.basis == "chosen_lr"
+    assert not old.warm_start.holds_centre
+    plans, trials, end = simulate(old, optimizer, SyntheticJob(seed=2, best_lr=0.02))
+    assert end is not None
+    explores = [p for p in stage0(plans) if p.kind is SegmentKind.explore]
+    exploit = next(p for p in stage0(plans) if p.kind is SegmentKind.exploit)
+    verdict, _ = tuner.warm_verdict(old, trials)
+    assert verdict is not None
+    if verdict.fits:
+        assert exploit.why["source"] == "min_forecast"
+        assert exploit.lr == explores[exploit.why["index"]].lr
+    else:
+        assert "beat the priors' LR" in verdict.reason
 
 
 @pytest.mark.parametrize("better", ["hotter", "cooler"])

@@ -220,8 +220,14 @@ def warm_start(
     if not fitting:
         return None
     fitted = final_loss_centre(config, fitting, optimizer)
-    centre = fitted if fitted is not None else _median_log([s["chosen_lr"] for s in fitting])
     step = 10**WARM_SPAN_DECADES
+    if fitted is not None:
+        centre, basis = fitted, "final_loss"
+    else:
+        # One LR measured: the next job measures a step cooler (the flat side of a
+        # run's loss against its LR; the hot side is steep), and the GP then has two.
+        centre = max(config.lr_min, _median_log([s["chosen_lr"] for s in fitting]) / step)
+        basis = "explore"
     candidates = (
         centre,
         max(config.lr_min, centre / step),
@@ -243,7 +249,7 @@ def warm_start(
         window=WARM_WINDOW,
         start_loss=statistics.median(starts) if starts else None,
         prediction=statistics.median(predictions) if predictions else None,
-        basis="chosen_lr" if fitted is None else "final_loss",
+        basis=basis,
     )
 
 
@@ -306,13 +312,18 @@ def assess(
             )
     usable = [c for c in analysis.candidates if not c.diverged]
     lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
-    if warm.basis == "final_loss":
-        # The centre is where the family's whole runs ended lowest; a neighbour that
-        # wins a short window is the window's horizon speaking, not a misfit.
+    if warm.holds_centre:
+        # The centre is where the family's whole runs point; a neighbour that wins a
+        # short window is the window's horizon speaking, not a misfit.
+        why = (
+            "the priors' final losses put the centre at"
+            if warm.basis == "final_loss"
+            else "the priors held one LR; the centre, a step cooler, is"
+        )
         return Verdict(
             True,
-            f"the priors' final losses put the centre at {warm.lr:.3g}; its window was "
-            "stable and the stage started near their start loss",
+            f"{why} {warm.lr:.3g}; its window was stable and the stage started near "
+            "their start loss",
         )
     if lowest is not centre:
         other = lowest.forecast.std if math.isfinite(lowest.forecast.std) else 0.0

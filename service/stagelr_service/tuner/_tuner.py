@@ -837,7 +837,12 @@ def _warm_first_stage(
     verdict, _ = warm_verdict(config, trials)
     assert verdict is not None
     if verdict.fits:
-        lr, chosen, why = _choose(config, analysis, optimizer)
+        centre = next((c for c in analysis.candidates if c.trial.index == 0), None)
+        if warm.holds_centre and centre is not None:
+            # The family's runs chose the centre; the narrow search only checked it.
+            lr, chosen, why = centre.trial.lr, centre, {"source": "priors_centre", "index": 0}
+        else:
+            lr, chosen, why = _choose(config, analysis, optimizer)
         why = {**why, "priors": "used", "reason": verdict.reason}
         # The narrow geometry: with continue_best the training continues the chosen
         # candidate's end state, its shorter window counted as kept steps.

@@ -260,10 +260,19 @@ class WarmStart(BaseModel):
     start_loss: float | None = None
     #: the priors' forecast for their chosen LR (median), None: unknown
     prediction: float | None = None
-    #: how the centre was found: ``chosen_lr`` (the median of the priors' chosen LRs) or
-    #: ``final_loss`` (the lowest final loss a GP over the priors' LRs predicts: a
-    #: family whose jobs held different LRs has measured the whole run's answer)
-    basis: Literal["chosen_lr", "final_loss"] = "chosen_lr"
+    #: how the centre was found, and what the stage trains: ``final_loss`` (where a GP
+    #: over the priors' (LR, final loss) pairs is lowest: jobs that held different LRs
+    #: measured the whole run's answer) and ``explore`` (the priors held one LR: one
+    #: narrow step cooler, to measure the other side) train the centre once the narrow
+    #: search finds it fits; ``chosen_lr`` (the median of the priors' chosen LRs, the
+    #: studies created before the others existed) trains the narrow candidate the
+    #: study's selection picks
+    basis: Literal["chosen_lr", "final_loss", "explore"] = "chosen_lr"
+
+    @property
+    def holds_centre(self) -> bool:
+        """Whether a fitting narrow search trains the centre (not the selection's pick)."""
+        return self.basis != "chosen_lr"
 
 
 def stage_count_bound(
