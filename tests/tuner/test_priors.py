@@ -5,6 +5,7 @@ search within the budget; both are deterministic."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -207,10 +208,15 @@ def family_summary(summary, points):  # type: ignore[no-untyped-def]
 
 
 def test_priors_at_one_lr_measure_a_step_cooler(summary, optimizer) -> None:
-    same = family_summary(summary, [(0.05, 0.40), (0.06, 0.30), (0.055, 0.35)])
+    same = family_summary(summary, [(0.05, 0.40), (0.06, 0.30)])
     warm = warm_config(same, optimizer).warm_start
     assert warm is not None and warm.basis == "explore"
-    assert warm.lr == pytest.approx(0.055 / 10**WARM_SPAN_DECADES)
+    assert warm.lr == pytest.approx(math.sqrt(0.05 * 0.06) / 10**WARM_SPAN_DECADES)
+    # three or more at one LR: the family has settled there, and stays
+    settled = family_summary(summary, [(0.05, 0.40), (0.06, 0.30), (0.055, 0.35)])
+    warm = warm_config(settled, optimizer).warm_start
+    assert warm is not None and warm.basis == "final_loss"
+    assert warm.lr == pytest.approx(0.055, rel=0.01)
     # never below the range
     low = family_summary(summary, [(0.0012, 0.4)])
     edge = warm_config(low, optimizer).warm_start
@@ -283,3 +289,45 @@ def test_with_a_final_loss_centre_a_neighbour_winning_its_window_is_no_misfit(
     _, far, _ = simulate(config, optimizer, SyntheticJob(seed=2, start_loss=25.0))
     verdict, _ = tuner.warm_verdict(config, far)
     assert verdict is not None and not verdict.fits and "far from" in verdict.reason
+
+
+def leaning(summary, lean_lr):  # type: ignore[no-untyped-def]
+    """A family whose jobs held 0.01..0.04 (lowest final loss at the cool end) and whose
+    own search windows ended lowest at ``lean_lr``."""
+    (entry,) = summary["studies"]
+    studies = [
+        {**entry, "id": 20 + i, "chosen_lr": lr, "final_loss": loss,
+         "candidates": [[lean_lr, 0.5], [lr, 0.9]]}
+        for i, (lr, loss) in enumerate([(0.01, 0.30), (0.02, 0.35), (0.04, 0.45)])
+    ]  # fmt: skip
+    return tuner.prior_summary(studies, "fam", [])
+
+
+@pytest.mark.parametrize(
+    "lean_lr, fits, reason",
+    [
+        # the priors' windows also ended lowest hotter: the job's hotter win is horizon
+        (0.2, True, "final losses put the centre"),
+        # their windows leaned cooler: a hotter win says another workload
+        (0.001, False, "a hotter LR .* beyond noise, where the priors' windows leaned cooler"),
+        # their windows ended lowest at the centre: no lean to explain a win away
+        (None, False, "leaned nowhere"),
+    ],
+)  # fmt: skip
+def test_a_neighbour_winning_its_window_is_a_misfit_only_against_the_priors_lean(
+    summary, optimizer, lean_lr, fits, reason
+) -> None:
+    config = warm_config(leaning(summary, 0.2), optimizer)
+    warm = config.warm_start
+    assert warm is not None and warm.basis == "final_loss" and warm.window_lr == pytest.approx(0.2)
+    lean = warm.lr if lean_lr is None else lean_lr
+    config = config.model_copy(update={"warm_start": warm.model_copy(update={"window_lr": lean})})
+    # this job's short windows favour a far hotter LR than the centre
+    job = SyntheticJob(seed=2, best_lr=0.3, cliff_lr=3.0)
+    plans, trials, end = simulate(config, optimizer, job)
+    assert end is not None
+    verdict, _ = tuner.warm_verdict(config, trials)
+    assert verdict is not None and verdict.fits is fits
+    assert __import__("re").search(reason, verdict.reason), verdict.reason
+    exploit = next(p for p in stage0(plans) if p.kind is SegmentKind.exploit)
+    assert exploit.why["priors"] == ("used" if fits else "fallback")

@@ -28,7 +28,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from stagelr.models import SegmentKind, SegmentStatus
 
@@ -93,6 +93,9 @@ FORECAST_TOLERANCE = 0.5
 FINAL_LOSS_SPREAD = 10 ** (WARM_SPAN_DECADES / 2)
 #: Points of the grid the final-loss GP is minimized on.
 FINAL_LOSS_GRID = 61
+#: Priors that all held one LR, at least this many, are a family settled there: it is
+#: the centre (no step away to measure).
+SETTLED_PRIORS = 3
 
 
 def fingerprint(config: ResolvedConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -185,6 +188,10 @@ def final_loss_centre(
         if s.get("final_loss") is not None and math.isfinite(s["final_loss"])
     ]
     lrs = [lr for lr, _ in points]
+    if len(points) >= SETTLED_PRIORS and max(lrs) / min(lrs) < FINAL_LOSS_SPREAD:
+        # The family has settled: its recent jobs all held this LR (a step it tried
+        # away from it is older than the priors read).
+        return _median_log(lrs)
     if len(points) < 2 or max(lrs) / min(lrs) < FINAL_LOSS_SPREAD:
         return None
     step = 10**WARM_SPAN_DECADES
@@ -221,6 +228,7 @@ def warm_start(
         return None
     fitted = final_loss_centre(config, fitting, optimizer)
     step = 10**WARM_SPAN_DECADES
+    basis: Literal["final_loss", "explore"]
     if fitted is not None:
         centre, basis = fitted, "final_loss"
     else:
@@ -234,6 +242,7 @@ def warm_start(
         min(config.lr_max, centre * step),
     )
     starts = [s["start_loss"] for s in fitting if s.get("start_loss") is not None]
+    winners = [w for w in (_window_winner(s) for s in fitting) if w is not None]
     predictions: list[float] = []
     # A window-end score is the loss where a window ended: the narrow search's shorter
     # windows end higher than the priors' full ones, so there is no forecast to compare
@@ -250,7 +259,14 @@ def warm_start(
         start_loss=statistics.median(starts) if starts else None,
         prediction=statistics.median(predictions) if predictions else None,
         basis=basis,
+        window_lr=_median_log(winners) if winners else None,
     )
+
+
+def _window_winner(prior: Mapping[str, Any]) -> float | None:
+    """The LR of a prior's first-stage candidate whose window scored lowest."""
+    scored = [(p, lr) for lr, p in prior.get("candidates", []) if p is not None and lr > 0]
+    return min(scored)[1] if scored else None
 
 
 def warm_window(warm: WarmStart, geometry: StageGeometry) -> int:
@@ -313,8 +329,21 @@ def assess(
     usable = [c for c in analysis.candidates if not c.diverged]
     lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
     if warm.holds_centre:
-        # The centre is where the family's whole runs point; a neighbour that wins a
-        # short window is the window's horizon speaking, not a misfit.
+        # The centre is where the family's whole runs point. A neighbour that wins its
+        # short window beyond noise is the window's horizon speaking when it sits on the
+        # side where the priors' own windows ended lowest; on the other side, or where
+        # theirs leaned nowhere, the workload is not theirs.
+        beaten = _beaten_by(centre, usable)
+        if beaten is not None:
+            side = "hotter" if beaten.trial.lr > centre.trial.lr else "cooler"
+            lean = _lean(warm, centre.trial.lr)
+            if lean != side:
+                where = "nowhere" if lean is None else f"{lean}, to {warm.window_lr:.3g}"
+                return Verdict(
+                    False,
+                    f"a {side} LR ({beaten.trial.lr:.3g}) beat the centre beyond noise, where "
+                    f"the priors' windows leaned {where}",
+                )
         why = (
             "the priors' final losses put the centre at"
             if warm.basis == "final_loss"
@@ -336,6 +365,31 @@ def assess(
     return Verdict(
         True, f"no LR of the narrow search beat the priors' LR {warm.lr:.3g} beyond noise"
     )
+
+
+def _beaten_by(centre: Any, usable: Sequence[Any]) -> Any:
+    """The candidate whose score beat the centre's by more than their combined sd (the
+    lowest such), or None."""
+    lowest = min(usable, key=lambda c: (c.objective, c.trial.index))
+    if lowest is centre:
+        return None
+    sd = centre.forecast.std if math.isfinite(centre.forecast.std) else 0.0
+    other = lowest.forecast.std if math.isfinite(lowest.forecast.std) else 0.0
+    return lowest if centre.objective - lowest.objective > math.sqrt(sd**2 + other**2) else None
+
+
+def _lean(warm: WarmStart, centre_lr: float) -> str | None:
+    """Which side of the centre the priors' windows ended lowest on (None: within half a
+    narrow step of it, or unknown)."""
+    if warm.window_lr is None:
+        return None
+    ratio = warm.window_lr / centre_lr
+    half = 10 ** (WARM_SPAN_DECADES / 2)
+    if ratio >= half:
+        return "hotter"
+    if ratio <= 1 / half:
+        return "cooler"
+    return None
 
 
 def fallback_skip(config: ResolvedConfig, geometry: StageGeometry, window: int = 0) -> int:

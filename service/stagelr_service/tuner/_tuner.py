@@ -838,6 +838,7 @@ def _warm_first_stage(
     assert verdict is not None
     if verdict.fits:
         centre = next((c for c in analysis.candidates if c.trial.index == 0), None)
+        chosen: CandidateAnalysis | None
         if warm.holds_centre and centre is not None:
             # The family's runs chose the centre; the narrow search only checked it.
             lr, chosen, why = centre.trial.lr, centre, {"source": "priors_centre", "index": 0}

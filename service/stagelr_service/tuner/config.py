@@ -268,6 +268,11 @@ class WarmStart(BaseModel):
     #: studies created before the others existed) trains the narrow candidate the
     #: study's selection picks
     basis: Literal["chosen_lr", "final_loss", "explore"] = "chosen_lr"
+    #: where the priors' own search windows ended lowest (the median over priors, in
+    #: log-LR), None: unknown. A short window leans away from the whole run's best LR,
+    #: the same way for every job of one workload: a neighbour of the centre that wins
+    #: its window on the other side (or with no lean at all) says the priors do not fit.
+    window_lr: float | None = None
 
     @property
     def holds_centre(self) -> bool:
