@@ -252,9 +252,10 @@ class Tuner:
             if self._outage_steps:
                 self._report_outage()
                 prefetched = None
-            if prefetched is not None and self._segment is not None:
-                if prefetched[0] != self._segment.id:
-                    prefetched = None
+            if prefetched is not None and (
+                self._segment is None or prefetched[0] != self._segment.id
+            ):
+                prefetched = None  # the answer to another segment's completion
             answer = (
                 prefetched[1] if prefetched is not None else self.client.next_segment(self.study_id)
             )

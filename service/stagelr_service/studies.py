@@ -917,4 +917,3 @@ def _as_stored(forecast: Forecast) -> Forecast:
         params=stored_params(forecast.params),
         n_points=forecast.n_points,
     )
-
