@@ -51,7 +51,10 @@ class Tuner:
 
     Only :meth:`next_segment`, ``segment.complete()`` and ``segment.fail()`` wait on the
     network. Reports go through a queue to one background thread, which sends them in
-    batches and keeps them buffered while the service is unreachable.
+    batches and keeps them buffered while the service is unreachable. A completion also
+    brings the next segment (one ``complete-and-next`` request, which the service serves
+    in one write transaction); :meth:`next_segment` then answers from it without a
+    request. A service without that request gets ``complete`` then ``next``.
 
     When the service is unreachable, training goes on. Every request is first retried
     with jittered exponential backoff (:class:`stagelr.RetryTransport`; every endpoint is
