@@ -65,6 +65,16 @@ class Settings(BaseSettings):
             "port and one database (SQLite or PostgreSQL); see docs/operations.md."
         ),
     )
+    request_threads: int = Field(
+        default=40,
+        ge=1,
+        le=1000,
+        description=(
+            "Threads each server process runs requests on (the event loop hands every "
+            "API request to one; a request waits for a free one): they share the process's "
+            "interpreter lock, so more threads are not more decisions a second."
+        ),
+    )
     db_pool_size: int = Field(
         default=15,
         ge=1,
