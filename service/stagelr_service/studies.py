@@ -531,22 +531,7 @@ class StudyService:
             if self.metrics is not None:
                 self.metrics.ingested(0, duplicates)
             return 0, duplicates
-        beyond = [step for step, _, _ in rows if step > segment.steps]
-        if beyond:
-            raise InputError(
-                f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
-                "steps: report steps counted from 1 within the segment"
-            )
-        off = [
-            step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)
-        ]
-        if off:
-            raise InputError(
-                f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
-                f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
-                f"{point_stride(segment.steps)}th step and at its report cadence (every "
-                f"{segment.report_every} steps): report those steps only"
-            )
+        _check_open_rows(segment, rows)
         # It touches the study (its updated_at) when anything is new.
         accepted, duplicates = repo.add_observations(segment.id, rows, study_id=segment.study_id)
         if self.metrics is not None:
@@ -662,10 +647,18 @@ class StudyService:
             or any(s.status is SegmentStatus.open for s in history.segments[:-1])
         ):
             return None
+        rows = [(o.step, o.metric or segment.metric, o.value) for o in request.observations]
+        try:
+            _check_batch_order(segment.id, rows)
+            _check_open_rows(segment, rows)
+        except InputError:
+            return None  # refused by the plain path
         stored = history.observations.get(segment_id, [])
         merged = _merged(stored, segment.metric, request.observations)
         if merged is None:
             return None  # a conflicting point: the plain path refuses it
+        known = {(o.step, o.metric) for o in stored}
+        new = [o for o in merged if (o.step, o.metric) not in known]
         study = history.study
         try:
             status, steps_done, forecast = self._closing(
@@ -683,17 +676,19 @@ class StudyService:
         plan = tuner.next_segment(config, trials, self.optimizer)
 
         with self.store.transaction() as repo:
-            current = repo.lock_study(study.id)
-            if current is None or current.status is not StudyStatus.running:
+            # The study locked (PostgreSQL), and still running; then the segment still open,
+            # with the points read before (stored points never change, only grow: a count
+            # tells whether any landed), so the new ones are known to be new.
+            if not repo.touch_running_study(study.id):
                 raise _Changed
             segment = self._segment(repo, segment_id)
             if segment.status is not SegmentStatus.open:
                 raise _Changed
-            if request.observations:
-                self._store_batch(repo, segment, request.observations)
-            # Stored observations never change, only grow: a count tells whether any landed.
-            if len(repo.observations_of_segment(segment_id)) != len(merged):
+            if len(repo.observations_of_segment(segment_id)) != len(stored):
                 raise _Changed
+            repo.insert_observations(segment_id, study.id, new)
+            if self.metrics is not None and request.observations:
+                self.metrics.ingested(len(new), len(request.observations) - len(new))
             updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
             if forecast is not None:
                 repo.upsert_forecast(
@@ -709,7 +704,6 @@ class StudyService:
                 )
             else:
                 repo.set_stage(segment.stage_id, status="completed")
-            repo.touch_study(study.id)
             completed = self._view(updated)
             if isinstance(plan, tuner.StudyEnd):
                 repo.set_study_status(study.id, plan.status, plan.reason)
@@ -728,7 +722,7 @@ class StudyService:
                 repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
             return CompletedAndNext(
                 completed=completed,
-                next=NextSegment(status=current.status, segment=self._view(issued)),
+                next=NextSegment(status=StudyStatus.running, segment=self._view(issued)),
             )
 
     @staticmethod
@@ -917,3 +911,21 @@ def _as_stored(forecast: Forecast) -> Forecast:
         params=stored_params(forecast.params),
         n_points=forecast.n_points,
     )
+
+
+def _check_open_rows(segment: SegmentRecord, rows: Sequence[tuple[int, Metric, float]]) -> None:
+    """What an open segment stores of a batch: steps within it, at the points it keeps."""
+    beyond = [step for step, _, _ in rows if step > segment.steps]
+    if beyond:
+        raise InputError(
+            f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
+            "steps: report steps counted from 1 within the segment"
+        )
+    off = [step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)]
+    if off:
+        raise InputError(
+            f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
+            f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
+            f"{point_stride(segment.steps)}th step and at its report cadence (every "
+            f"{segment.report_every} steps): report those steps only"
+        )
