@@ -450,6 +450,7 @@ def server_side_ms(urls: list[str]) -> dict[str, float]:
     routes = {
         "next": "/v1/studies/{study_id}/next",
         "complete": "/v1/segments/{segment_id}/complete",
+        "complete-and-next": "/v1/segments/{segment_id}/complete-and-next",
         "observations": "/v1/segments/{segment_id}/observations",
     }
     sums = {name: [0.0, 0.0] for name in routes}
@@ -555,7 +556,7 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     )
     print(
         "decision = complete() of an explore segment (flushes its reports) + next_segment(), "
-        "on the client"
+        "on the client (one complete-and-next request where the server has it)"
     )
     print(
         "load = the machine's 1-minute load average before/after (2 cores: above 2 means "
@@ -586,7 +587,7 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     print("inside the server (mean ms from its request middleware, every request of the run):")
     for r in rows:
         inside = r.get("server_side_mean_ms", {})
-        figures = ", ".join(f"{name} {ms:.1f}" for name, ms in inside.items())
+        figures = ", ".join(f"{name} {ms:.1f}" for name, ms in inside.items() if not math.isnan(ms))
         clients = r.get("client_cpu_share", math.nan)
         shares = r.get("requests_by_worker") or []
         split = f"; requests by worker {'/'.join(str(n) for n in shares)}" if shares else ""

@@ -6,19 +6,21 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
 import httpx
 
 from ._client import DEFAULT_TIMEOUT, Client
-from ._exceptions import ServerError, TransportError
+from ._exceptions import NotFoundError, ServerError, TransportError
 from ._segment import Segment
 from ._sender import ObservationSender
 from .models import (
     LRShape,
     Metric,
+    NextSegment,
+    ObservationIn,
     SegmentKind,
     SegmentStatus,
     SegmentView,
@@ -49,7 +51,10 @@ class Tuner:
 
     Only :meth:`next_segment`, ``segment.complete()`` and ``segment.fail()`` wait on the
     network. Reports go through a queue to one background thread, which sends them in
-    batches and keeps them buffered while the service is unreachable.
+    batches and keeps them buffered while the service is unreachable. A completion also
+    brings the next segment (one ``complete-and-next`` request, which the service serves
+    in one write transaction); :meth:`next_segment` then answers from it without a
+    request. A service without that request gets ``complete`` then ``next``.
 
     When the service is unreachable, training goes on. Every request is first retried
     with jittered exponential backoff (:class:`stagelr.RetryTransport`; every endpoint is
@@ -196,6 +201,12 @@ class Tuner:
         self._study: StudyView | None = None
         self._segment: Segment | None = None
         self._status: StudyStatus | None = None
+        # Whether the service answers a completion with the next segment (its
+        # complete-and-next request): None until the first completion tells.
+        self._combined: bool | None = None
+        # The service's next segment, answered with the completion of the one before:
+        # (the completed segment's id, the answer).
+        self._prefetched: tuple[int, NextSegment] | None = None
 
     # ------------------------------------------------------------------ study
 
@@ -224,6 +235,7 @@ class Tuner:
 
     def stop(self) -> StudyView:
         """End the study early; the service hands out no more segments."""
+        self._prefetched = None
         self.flush()
         return self.client.stop_study(self.study_id)
 
@@ -239,9 +251,17 @@ class Tuner:
         try:
             if self._segment is not None and not self._segment._retry_close():
                 return self._fallback("the last segment could not be closed")
+            prefetched, self._prefetched = self._prefetched, None
             if self._outage_steps:
                 self._report_outage()
-            answer = self.client.next_segment(self.study_id)
+                prefetched = None
+            if prefetched is not None and (
+                self._segment is None or prefetched[0] != self._segment.id
+            ):
+                prefetched = None  # the answer to another segment's completion
+            answer = (
+                prefetched[1] if prefetched is not None else self.client.next_segment(self.study_id)
+            )
         except (TransportError, ServerError) as exc:
             if self.raise_on_error:
                 raise
@@ -265,8 +285,34 @@ class Tuner:
             sender=self._sender,
             flush_timeout=self._flush_timeout,
             raise_on_error=self.raise_on_error,
+            completer=self._complete,
         )
         return self._segment
+
+    def _complete(
+        self, segment_id: int, steps_done: int | None, observations: Sequence[ObservationIn]
+    ) -> SegmentView:
+        """Send a segment's completion, and with it ask for the next segment: one
+        request, which :meth:`next_segment` then answers from. Not while fallback steps
+        wait to be reported (the next decision must know them), nor to a service that
+        has no such request (it answers 404: it gets the plain completion from then on).
+        """
+        self._prefetched = None
+        if self._combined is False or self._outage_steps:
+            return self.client.complete_segment(segment_id, steps_done, observations)
+        try:
+            answer = self.client.complete_and_next(segment_id, steps_done, observations)
+        except NotFoundError:
+            if self._combined:
+                raise  # the service has the request: the segment is what it cannot find
+            # An older service (no such route), or an unknown segment: the plain request
+            # tells which, raising the segment's 404 in the second case.
+            view = self.client.complete_segment(segment_id, steps_done, observations)
+            self._combined = False
+            return view
+        self._combined = True
+        self._prefetched = (segment_id, answer.next)
+        return answer.completed
 
     def _report_outage(self) -> None:
         """Tell the service the steps trained on fallback segments since it last answered

@@ -23,6 +23,7 @@ __all__ = [
     "LRShape",
     "CandidateView",
     "CompleteRequest",
+    "CompletedAndNext",
     "DivergedPolicy",
     "FailRequest",
     "ForecastModel",
@@ -695,6 +696,14 @@ class NextSegment(_Wire):
 
     status: StudyStatus
     segment: SegmentView | None = None
+
+
+class CompletedAndNext(_Wire):
+    """The answer to ``POST /v1/segments/{id}/complete-and-next``: the segment as its
+    completion left it (what ``/complete`` answers), and what ``/next`` answers after it."""
+
+    completed: SegmentView
+    next: NextSegment
 
 
 class StudyList(_Wire):

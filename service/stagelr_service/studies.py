@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from stagelr.models import (
     MAX_SEGMENT_POINTS,
+    CompletedAndNext,
     CompleteRequest,
     FailRequest,
     Metric,
@@ -68,6 +69,7 @@ from .history import (
 from .housekeeping import audit as _audit
 from .replay import replay_study
 from .store import DuplicateSegmentError, Repository, Store
+from .store.codec import stored_params
 from .store.records import (
     ObservationRecord,
     SegmentRecord,
@@ -529,22 +531,7 @@ class StudyService:
             if self.metrics is not None:
                 self.metrics.ingested(0, duplicates)
             return 0, duplicates
-        beyond = [step for step, _, _ in rows if step > segment.steps]
-        if beyond:
-            raise InputError(
-                f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
-                "steps: report steps counted from 1 within the segment"
-            )
-        off = [
-            step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)
-        ]
-        if off:
-            raise InputError(
-                f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
-                f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
-                f"{point_stride(segment.steps)}th step and at its report cadence (every "
-                f"{segment.report_every} steps): report those steps only"
-            )
+        _check_open_rows(segment, rows)
         # It touches the study (its updated_at) when anything is new.
         accepted, duplicates = repo.add_observations(segment.id, rows, study_id=segment.study_id)
         if self.metrics is not None:
@@ -611,6 +598,132 @@ class StudyService:
                 repo.set_stage(segment.stage_id, status="completed")
             repo.touch_study(segment.study_id)
             return self._view(updated)
+
+    def complete_and_next(
+        self, segment_id: int, request: CompleteRequest, *, scope: str | None = None
+    ) -> CompletedAndNext:
+        """Close a trained segment and answer what `next` would answer after it, in one
+        request: ``complete_segment`` then ``next_segment``, with the same answers.
+
+        A job's usual decision point (its open segment, the study's last, completes and
+        the next one is decided) runs in one read transaction and one write
+        transaction: the study's history is read, the completion's forecast and the
+        next decision are computed from it outside any transaction (the history the
+        tuner sees is the read one with this completion applied, as the store would
+        give it back), then the completion and the decision are written together with
+        the study locked. Should anything have changed in between (a batch landed,
+        another request closed the segment or decided first), nothing is written and
+        the request runs as the two it replaces. Anything else (a retry, a closed or
+        failed segment, a study that no longer runs) runs as those two as well.
+        """
+        self._check_batch_size(request.observations)
+        started = time.perf_counter()
+        try:
+            answer = self._close_and_decide(segment_id, request, scope)
+        except _Changed:
+            answer = None
+        if answer is None:
+            completed = self.complete_segment(segment_id, request, scope=scope)
+            following = self.next_segment(completed.study_id, scope=scope)
+            return CompletedAndNext(completed=completed, next=following)
+        if self.metrics is not None:
+            self.metrics.decided(time.perf_counter() - started)
+        return answer
+
+    def _close_and_decide(
+        self, segment_id: int, request: CompleteRequest, scope: str | None
+    ) -> CompletedAndNext | None:
+        """:meth:`complete_and_next` in one write transaction; None where the plain
+        path must answer, :class:`_Changed` when the store moved under the decision."""
+        with self.store.transaction(read_only=True) as repo:
+            segment = self._segment(repo, segment_id, scope)
+            history = repo.history(segment.study_id)
+        if (
+            history is None
+            or history.study.status is not StudyStatus.running
+            or segment.status is not SegmentStatus.open
+            or not history.segments
+            or history.segments[-1].id != segment_id
+            or any(s.status is SegmentStatus.open for s in history.segments[:-1])
+        ):
+            return None
+        rows = [(o.step, o.metric or segment.metric, o.value) for o in request.observations]
+        try:
+            _check_batch_order(segment.id, rows)
+            _check_open_rows(segment, rows)
+        except InputError:
+            return None  # refused by the plain path
+        stored = history.observations.get(segment_id, [])
+        merged = _merged(stored, segment.metric, request.observations)
+        if merged is None:
+            return None  # a conflicting point: the plain path refuses it
+        known = {(o.step, o.metric) for o in stored}
+        new = [o for o in merged if (o.step, o.metric) not in known]
+        study = history.study
+        try:
+            status, steps_done, forecast = self._closing(
+                segment, request, merged, ResolvedConfig.stored(study.config)
+            )
+        except (InputError, InvalidStateError):
+            return None  # refused, in order, by the plain path
+        closed = segment.model_copy(update={"status": status, "steps_done": steps_done})
+        as_stored = None if forecast is None else _as_stored(forecast)
+        trials = trials_of(history)
+        trials[-1] = trial_of(closed, merged, as_stored)
+        config = tuner.with_offline_steps(
+            ResolvedConfig.stored(study.config), history.offline_steps
+        )
+        plan = tuner.next_segment(config, trials, self.optimizer)
+
+        with self.store.transaction() as repo:
+            # The study locked (PostgreSQL), and still running; then the segment still open,
+            # with the points read before (stored points never change, only grow: a count
+            # tells whether any landed), so the new ones are known to be new.
+            if not repo.touch_running_study(study.id):
+                raise _Changed
+            segment = self._segment(repo, segment_id)
+            if segment.status is not SegmentStatus.open:
+                raise _Changed
+            if len(repo.observations_of_segment(segment_id)) != len(stored):
+                raise _Changed
+            repo.insert_observations(segment_id, study.id, new)
+            if self.metrics is not None and request.observations:
+                self.metrics.ingested(len(new), len(request.observations) - len(new))
+            updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
+            if forecast is not None:
+                repo.upsert_forecast(
+                    segment_id,
+                    model=forecast.model,
+                    prediction=finite(forecast.prediction),
+                    std=finite(forecast.std),
+                    status=forecast.status,
+                    params=dict(forecast.params),
+                    n_points=forecast.n_points,
+                    objective=None,
+                    study_id=study.id,
+                )
+            else:
+                repo.set_stage(segment.stage_id, status="completed")
+            completed = self._view(updated)
+            if isinstance(plan, tuner.StudyEnd):
+                repo.set_study_status(study.id, plan.status, plan.reason)
+                return CompletedAndNext(
+                    completed=completed, next=NextSegment(status=plan.status, segment=None)
+                )
+            geometry = plan.geometry
+            stage = repo.get_or_create_stage(
+                study.id, geometry.index, geometry.tau, geometry.tau_explore, geometry.start_step
+            )
+            try:
+                issued = repo.insert_segment(study.id, stage.id, segment.seq + 1, plan)
+            except DuplicateSegmentError:
+                raise _Changed from None
+            if plan.kind is SegmentKind.exploit:
+                repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
+            return CompletedAndNext(
+                completed=completed,
+                next=NextSegment(status=StudyStatus.running, segment=self._view(issued)),
+            )
 
     @staticmethod
     def _closing(
@@ -779,3 +892,40 @@ def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]
                 f"{what}; send each metric's steps in increasing order, one value per step"
             )
         last[metric] = step
+
+
+class _Changed(Exception):
+    """The store moved between a combined request's read and its write: nothing was
+    written, and the request runs as the two it stands for."""
+
+
+def _as_stored(forecast: Forecast) -> Forecast:
+    """``forecast`` as a history read gives it back once stored: non-finite values
+    as NaN, the params through their JSON column."""
+    prediction, std = finite(forecast.prediction), finite(forecast.std)
+    return Forecast(
+        prediction=math.nan if prediction is None else float(prediction),
+        std=math.nan if std is None else float(std),
+        status=forecast.status,
+        model=forecast.model,
+        params=stored_params(forecast.params),
+        n_points=forecast.n_points,
+    )
+
+
+def _check_open_rows(segment: SegmentRecord, rows: Sequence[tuple[int, Metric, float]]) -> None:
+    """What an open segment stores of a batch: steps within it, at the points it keeps."""
+    beyond = [step for step, _, _ in rows if step > segment.steps]
+    if beyond:
+        raise InputError(
+            f"step {beyond[0]} is beyond segment {segment.id}'s {segment.steps} "
+            "steps: report steps counted from 1 within the segment"
+        )
+    off = [step for step, _, _ in rows if not keeps_step(step, segment.steps, segment.report_every)]
+    if off:
+        raise InputError(
+            f"step {off[0]}: segment {segment.id} has {segment.steps} steps and stores "
+            f"at most {MAX_SEGMENT_POINTS} points a metric, at every "
+            f"{point_stride(segment.steps)}th step and at its report cadence (every "
+            f"{segment.report_every} steps): report those steps only"
+        )

@@ -219,6 +219,7 @@ def test_a_study_is_visible_only_with_its_projects_token(secure_server: LiveServ
             {"observations": [point]},
         ),
         ("POST", f"/v1/segments/{segment['id']}/complete", {}),
+        ("POST", f"/v1/segments/{segment['id']}/complete-and-next", {}),
         ("POST", f"/v1/segments/{segment['id']}/fail", {}),
     ):
         r = httpx.request(method, base + path, json=body, headers=bearer(theirs))

@@ -61,9 +61,13 @@ def test_metrics_count_what_a_training_run_did(live_server) -> None:
 
     # Requests by route template and status.
     assert requests(samples, "POST", "/v1/studies", "201") == 2
-    nexts = requests(samples, "POST", "/v1/studies/{study_id}/next", "200")
-    assert nexts == len(segments) + 1  # one per segment, and the one that ended the study
-    assert requests(samples, "POST", "/v1/segments/{segment_id}/complete", "200") == len(segments)
+    # The first segment's `next`; every completion then brought the next answer with it
+    # (the last one: the study's end).
+    assert requests(samples, "POST", "/v1/studies/{study_id}/next", "200") == 1
+    combined = "/v1/segments/{segment_id}/complete-and-next"
+    assert requests(samples, "POST", combined, "200") == len(segments)
+    assert requests(samples, "POST", "/v1/segments/{segment_id}/complete", "200") == 0
+    nexts = len(segments) + 1  # decisions answered: one per segment, and the study's end
     assert requests(samples, "GET", "/v1/studies/{study_id}", "404") == 1
     assert requests(samples, "GET", "<unmatched>", "404") == 1
     # Every `next` answered was timed, and every stored point counted once.

@@ -165,9 +165,10 @@ def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     assert row["workers"] == 2  # the several-process server: `stagelr serve --workers 2`
     assert row["decisions"] == 50 and row["errors"] == 0
     assert row["points"] > 0 and row["server_rss_mb"] > 0
-    # Read from the server's /metrics: every timed decision's two requests were served.
+    # Read from the server's /metrics: each job's first `next`, then one complete-and-next
+    # per decision.
     inside = row["server_side_mean_ms"]
-    assert inside["next"] > 0 and inside["complete"] > 0
+    assert inside["next"] > 0 and inside["complete-and-next"] > 0
     assert "inside the server" in out
 
 

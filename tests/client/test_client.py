@@ -76,8 +76,11 @@ class FakeService:
     count), ("complete", segment id, steps_done) and ("fail", segment id, reason).
     """
 
-    def __init__(self, plan: list[SegmentView]) -> None:
+    def __init__(self, plan: list[SegmentView], *, combined: bool = False) -> None:
         self.plan = list(plan)
+        #: Whether it answers complete-and-next (a current service) or 404s it (an older
+        #: one): each such request records its completion, then ("next",).
+        self.combined = combined
         self.events: list[tuple[Any, ...]] = []
         self.observations: dict[int, dict[int, float]] = {}
         self.stop_segments: set[int] = set()
@@ -109,9 +112,28 @@ class FakeService:
             return self._create(StudyCreate.model_validate_json(request.content))
         if request.method == "POST" and path == "/v1/studies/1/next":
             return self._next()
-        match = re.fullmatch(r"/v1/segments/(\d+)/(observations|complete|fail)", path)
-        if request.method == "POST" and match:
+        match = re.fullmatch(
+            r"/v1/segments/(\d+)/(observations|complete|complete-and-next|fail)", path
+        )
+        if (
+            request.method == "POST"
+            and match
+            and (self.combined or match[2] != "complete-and-next")
+        ):
             segment_id, action = int(match[1]), match[2]
+            if action == "complete-and-next":
+                body = CompleteRequest.model_validate_json(request.content)
+                closed = self._route(
+                    httpx.Request(
+                        "POST", f"{URL}/v1/segments/{segment_id}/complete", content=request.content
+                    )
+                )
+                if closed.status_code != 200:
+                    return closed
+                answer = json.loads(self._next().content)
+                return httpx.Response(
+                    200, json={"completed": json.loads(closed.content), "next": answer}
+                )
             if action == "observations":
                 batch = ObservationBatch.model_validate_json(request.content)
                 return self._observe(segment_id, batch)
@@ -272,6 +294,54 @@ def test_segment_left_open_by_the_loop_body_is_completed_before_the_next(
         ("next",),
         ("complete", 2, None),
         ("next",),
+    ]
+
+
+def test_a_completion_brings_the_next_segment_from_a_current_service(
+    make_tuner: Any,
+) -> None:
+    service = FakeService([segment(1), segment(2), segment(3, kind="exploit")], combined=True)
+
+    seen = [seg.id for seg in make_tuner(service)]
+
+    assert seen == [1, 2, 3]
+    # One `next` for the first segment; each completion brings the next answer with it.
+    assert [r.url.path for r in service.requests] == [
+        "/v1/studies",
+        "/v1/studies/1/next",
+        "/v1/segments/1/complete-and-next",
+        "/v1/segments/2/complete-and-next",
+        "/v1/segments/3/complete-and-next",
+    ]
+    assert service.events[1:] == [
+        ("next",),
+        ("complete", 1, None),
+        ("next",),
+        ("complete", 2, None),
+        ("next",),
+        ("complete", 3, None),
+        ("next",),
+    ]
+
+
+def test_a_service_without_complete_and_next_gets_complete_then_next(make_tuner: Any) -> None:
+    """An older service answers 404 to the combined request: the client completes the
+    plain way, remembers, and asks `next` on its own from then on."""
+    service = FakeService([segment(1), segment(2), segment(3, kind="exploit")])
+
+    seen = [seg.id for seg in make_tuner(service)]
+
+    assert seen == [1, 2, 3]
+    assert [r.url.path for r in service.requests] == [
+        "/v1/studies",
+        "/v1/studies/1/next",
+        "/v1/segments/1/complete-and-next",  # 404: no such route
+        "/v1/segments/1/complete",
+        "/v1/studies/1/next",
+        "/v1/segments/2/complete",
+        "/v1/studies/1/next",
+        "/v1/segments/3/complete",
+        "/v1/studies/1/next",
     ]
 
 

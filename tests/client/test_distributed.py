@@ -56,12 +56,14 @@ def test_two_gloo_ranks_share_one_plan_and_only_rank_zero_talks(live_server, tmp
     # one searched stage, the next trained on at its LR, and the final decay
     assert "completed: 5 segments" in stdout
 
-    # Only rank 0 asked: one study creation, one `next` per segment plus the final one,
-    # one completion per segment, and reports from one process.
+    # Only rank 0 asked: one study creation, one `next` for the first segment, one
+    # completion per segment that brings the next answer with it, and reports from one
+    # process.
     counts = requests_by_route(live_server.url)
     assert counts[("POST", "/v1/studies")] == 1
-    assert counts[("POST", "/v1/studies/{study_id}/next")] == len(segments) + 1
-    assert counts[("POST", "/v1/segments/{segment_id}/complete")] == len(segments)
+    assert counts[("POST", "/v1/studies/{study_id}/next")] == 1
+    assert counts[("POST", "/v1/segments/{segment_id}/complete-and-next")] == len(segments)
+    assert ("POST", "/v1/segments/{segment_id}/complete") not in counts
     metrics = httpx.get(f"{live_server.url}/metrics", timeout=30).text
     stored = sum(
         len(httpx.get(f"{live_server.url}/v1/segments/{s['id']}/observations").json())

@@ -31,7 +31,15 @@ from stagelr_service.errors import (
     NotFoundError,
     ObservationConflictError,
 )
-from stagelr_service.store import Repository, SegmentRecord, Store, mask_url, migrate, normalize_url
+from stagelr_service.store import (
+    ObservationRecord,
+    Repository,
+    SegmentRecord,
+    Store,
+    mask_url,
+    migrate,
+    normalize_url,
+)
 from stagelr_service.tuner import resolve
 from tests.store_fixtures import BACKENDS, clear_tables, fresh_database
 
@@ -688,3 +696,35 @@ def test_concurrent_identical_batches_store_each_observation_once(store: Store) 
     assert not [r for r in results if isinstance(r, Exception)], results
     assert sum(accepted for accepted, _ in results) == 50
     assert all(accepted + duplicates == 50 for accepted, duplicates in results)
+
+
+def test_touch_running_study_touches_and_tells_only_a_running_study(store: Store) -> None:
+    running, stopped = new_study(store, "running"), new_study(store, "stopped")
+    with store.transaction() as repo:
+        repo.set_study_status(stopped, "stopped", "by request")
+        before = {s: repo.get_study(s).updated_at for s in (running, stopped)}  # type: ignore[union-attr]
+    with store.transaction() as repo:
+        assert repo.touch_running_study(running) is True
+        assert repo.touch_running_study(stopped) is False
+        assert repo.touch_running_study(10**9) is False
+    with store.transaction(read_only=True) as repo:
+        assert repo.get_study(running).updated_at > before[running]  # type: ignore[union-attr]
+        assert repo.get_study(stopped).updated_at == before[stopped]  # type: ignore[union-attr]
+
+
+def test_insert_observations_stores_what_add_observations_stores(store: Store) -> None:
+    study_id = new_study(store)
+    inserted, added = new_segment(store, study_id, 0), new_segment(store, study_id, 1)
+    points = [
+        ObservationRecord(1, Metric.val_loss, 2.5),
+        ObservationRecord(2, Metric.val_loss, math.nan),
+        ObservationRecord(2, Metric.train_loss, math.inf),
+        ObservationRecord(3, Metric.val_loss, -math.inf),
+    ]
+    with store.transaction() as repo:
+        repo.insert_observations(inserted, study_id, points)
+        repo.insert_observations(inserted, study_id, [])
+        repo.add_observations(added, points)
+    with store.transaction(read_only=True) as repo:
+        a, b = repo.observations_of_segment(inserted), repo.observations_of_segment(added)
+    assert repr(a) == repr(b) and len(a) == 4

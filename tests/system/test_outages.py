@@ -79,13 +79,13 @@ def test_after_an_outage_the_plan_shrinks_and_the_study_shows_it(
     calls = itertools.count()
 
     def inject(kind: str, n: int) -> None:
-        # Before the third decision the service goes away for two fallback segments.
-        if (kind, n) == ("next", 3):
-            call = next(calls)
-            if call == 0:
-                proxy.refuse()
-            elif call == 2:
-                proxy.pass_through()
+        # As the second segment completes (the request that brings the third decision),
+        # the service goes away for two fallback segments; the completion goes through
+        # after them, after the outage's report, and the third decision knows its steps.
+        if (kind, n) == ("complete", 2):
+            proxy.refuse()
+        if (kind, n) == ("next", 3) and next(calls) == 2:
+            proxy.pass_through()
 
     with tuner_at(proxy.url, fallback_steps=5) as tuner:
         record = drive_tuner(tuner, SyntheticJob(seed=11), inject)

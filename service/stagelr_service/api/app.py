@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # with it. 0.5 ms hands the GIL over ten times as often.
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         try:
             yield
         finally:

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from stagelr.models import (
+    CompletedAndNext,
     CompleteRequest,
     FailRequest,
     NextSegment,
@@ -255,6 +256,20 @@ def complete_segment(
     segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: CompleteRequest | None = None
 ) -> SegmentView:
     return service.complete_segment(segment_id, body or CompleteRequest(), scope=scope.project)
+
+
+@router.post(
+    "/segments/{segment_id}/complete-and-next",
+    response_model=CompletedAndNext,
+    summary="Mark a segment trained and get the next one (idempotent)",
+)
+def complete_and_next(
+    segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: CompleteRequest | None = None
+) -> CompletedAndNext:
+    """What ``/complete`` and then ``/next`` of the segment's study answer, in one
+    request (one write transaction when the segment is its study's open one). A retry
+    gets the same answer: the completed segment and the open one after it."""
+    return service.complete_and_next(segment_id, body or CompleteRequest(), scope=scope.project)
 
 
 @router.post(

@@ -4,6 +4,7 @@ part of the repository (:mod:`.live`, :mod:`.token_queries`, :mod:`.summaries`,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from enum import Enum
@@ -102,6 +103,12 @@ def decode_params(params: Mapping[str, Any]) -> dict[str, Any]:
         key: float(value) if isinstance(value, str) and value in _SPECIAL_FLOATS else value
         for key, value in params.items()
     }
+
+
+def stored_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as the store gives them back once written: through their JSON column
+    (a float's repr round-trips exactly; a numpy float comes back a float)."""
+    return decode_params(json.loads(json.dumps(encode_params(params), allow_nan=False)))
 
 
 def metric_value(metric: Metric | str) -> str:

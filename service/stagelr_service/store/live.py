@@ -126,6 +126,19 @@ class _Hot:
 
     @staticmethod
     @cache
+    def touch_running() -> Any:
+        table = cast(Table, StudyRow.__table__)
+        return (
+            update(table)
+            .where(
+                table.c.id == bindparam("study_id"),
+                table.c.status == StudyStatus.running.value,
+            )
+            .values(updated_at=bindparam("now"))
+        )
+
+    @staticmethod
+    @cache
     def insert_segment(dialect: str) -> Any:
         """INSERT a segment unless its (study, seq) is taken; RETURNING its id (no row:
         taken). One statement, no SAVEPOINT: ON CONFLICT leaves the transaction usable
@@ -434,6 +447,19 @@ class LiveQueries:
         self._s.execute(_Hot.touch(), {"study_id": study_id, "now": self._now()})
         self._touched.add(study_id)
 
+    def touch_running_study(self, study_id: int) -> bool:
+        """Touch the study (:meth:`touch_study`) if it is running: True if it was.
+
+        One statement that locks the study row on PostgreSQL and tells its status: what
+        :meth:`lock_study` and a touch do in two, for a writer that needs no more of the
+        study than that it runs.
+        """
+        result = self._s.execute(_Hot.touch_running(), {"study_id": study_id, "now": self._now()})
+        if cast(Any, result).rowcount != 1:
+            return False
+        self._touched.add(study_id)
+        return True
+
     # ------------------------------------------------------------------ stages
 
     def get_or_create_stage(
@@ -683,6 +709,30 @@ class LiveQueries:
                 continue
             return len(new), repeats + len(batch) - len(new)
         raise AssertionError("unreachable")
+
+    def insert_observations(
+        self, segment_id: int, study_id: int, observations: Sequence[ObservationRecord]
+    ) -> None:
+        """Insert observations the caller knows are new: it read the segment's stored ones
+        with the study locked (or SQLite's write lock held), so no writer can add any
+        before this INSERT. One statement, no SELECT and no SAVEPOINT
+        (:meth:`add_observations` checks for itself)."""
+        if not observations:
+            return
+        self.touch_study(study_id)
+        rows = []
+        for step, metric, value in observations:
+            stored, special = encode_float(value)
+            rows.append(
+                {
+                    "segment_id": segment_id,
+                    "step": int(step),
+                    "metric": metric_value(metric),
+                    "value": stored,
+                    "special": special,
+                }
+            )
+        self._s.execute(insert(ObservationRow), rows)
 
     def count_existing(
         self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
