@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,52 @@ def test_next_requests_on_different_studies_run_the_gp_side_by_side(
     assert statuses == ["completed"] * JOBS
     assert len(waited) == JOBS  # each job's `next` reached the GP in its own thread
     assert most_inside == JOBS  # ... and all were inside it together
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_request_threads_bound_the_requests_that_run_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """``STAGELR_REQUEST_THREADS`` is the thread limiter of the server's event loop: with
+    two, no third request is ever inside a decision; with four, more than two are (each
+    request waits inside until as many as the limit have arrived, or 5 s)."""
+    from stagelr_service import studies
+
+    decide = studies.tuner.next_segment
+    arrived = threading.Semaphore(0)
+    inside = most_inside = 0
+    count_lock = threading.Lock()
+
+    def counting_next_segment(*args: Any, **kwargs: Any) -> Any:
+        nonlocal inside, most_inside
+        with count_lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        arrived.release()
+        try:
+            # Hold the thread until `threads` requests are inside (a limit of 2 never
+            # lets a third in; a limit of 4 lets four in), at most 5 s.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                with count_lock:
+                    if inside >= threads:
+                        break
+                time.sleep(0.01)
+            return decide(*args, **kwargs)
+        finally:
+            with count_lock:
+                inside -= 1
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/t.db", auto_migrate=True, request_threads=threads
+    )
+    with TestClient(create_app(settings)) as client:
+        ids = [
+            client.post("/v1/studies", json={"name": f"t-{i}", "config": CONFIG}).json()["id"]
+            for i in range(6)
+        ]
+        monkeypatch.setattr(studies.tuner, "next_segment", counting_next_segment)
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda i: client.post(f"/v1/studies/{i}/next"), ids))
+    assert all(a.status_code == 200 for a in answers)
+    assert most_inside == threads, (most_inside, threads)
