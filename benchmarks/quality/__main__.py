@@ -1,13 +1,14 @@
 """The tuning-quality benchmark: python -m benchmarks.quality [--quick | --full] [options].
 
 Options: --workload W, --method M (repeatable), --seeds N, --jobs 1|2, --report-only,
---default-frozen-at COMMIT.
+--default-frozen-at COMMIT [--frozen-split test|test2].
 
 Trains what the results cache lacks (resumable: every run is written when it finishes),
 then prints each split's summary table and tier verdicts and a table per workload
 variant, and writes the plots, the JSON summary and the markdown section of
-docs/benchmarks.md. ``default`` runs on the test split only after
-``--default-frozen-at COMMIT`` has recorded the commit it is judged at.
+docs/benchmarks.md. The stagelr methods run on a held-out split (test, test2) only after
+``--default-frozen-at COMMIT --frozen-split SPLIT`` has recorded the commit ``default`` is
+judged at there.
 
     python -m benchmarks.quality --quick                 # CI smoke: tiny T, 1 seed, 2-point grid
     python -m benchmarks.quality --full --jobs 1         # the protocol (W3 takes days)
@@ -26,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from . import harness, report  # noqa: E402
-from .workloads import VARIANTS, WORKLOADS  # noqa: E402
+from .workloads import HELD_OUT, VARIANTS, WORKLOADS  # noqa: E402
 
 ROOT = harness.ROOT
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
@@ -60,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         "--default-frozen-at",
         metavar="COMMIT",
         default=None,
-        help="record that default is frozen at COMMIT, which lets it run on the test split",
+        help="record that default is frozen at COMMIT for --frozen-split, which lets the "
+        "stagelr methods run on that split",
+    )
+    parser.add_argument(
+        "--frozen-split",
+        choices=HELD_OUT,
+        default="test",
+        help="the held-out split --default-frozen-at is for (default: test)",
     )
     parser.add_argument("--results", type=Path, default=None, help="the results cache folder")
     parser.add_argument("--img", type=Path, default=None, help="where the PNGs go")
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         commit = args.default_frozen_at.strip()
         if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
             parser.error(f"--default-frozen-at {commit!r}: give a git commit hash")
-        harness.record_frozen(results, commit)
+        harness.record_frozen(results, commit, args.frozen_split)
     started = time.perf_counter()
     if not args.report_only:
 
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" --seeds {args.seeds}" if args.seeds is not None else "")
     )
     img_prefix = "img/" if docs is not None else str(img) + "/"
-    frozen = harness.frozen_default(results)
+    frozen = harness.frozen_defaults(results)
     overview = report.render_summary(summaries, verdicts, img_prefix=img_prefix, frozen=frozen)
     lines = report.render(
         summaries, verdicts, command=command, info=info, img_prefix=img_prefix, cache=cache

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     from .harness import Cache, Task
 
     variants = args.variant or FAST
+    held = [v for v in variants if workloads.VARIANTS[v].split in workloads.HELD_OUT]
+    if held:
+        # Comparing presets on a held-out split would read it: it is for the dev split.
+        parser.error(f"{', '.join(held)}: held out from default's development (dev split only)")
     if any(workloads.VARIANTS[v].workload == "charlm" for v in variants) and args.seeds > 3:
         print("note: charlm with more than 3 seeds takes long", flush=True)
     code = harness.code_hashes()["stagelr"]

@@ -50,10 +50,11 @@ SERVICE = ROOT / "service" / "stagelr_service"
 SLOW = ("charlm", "charrnn", "charrnn-ft")
 GRID_SEEDS = {
     "nqm": 3, "digits": 3, "charlm": 2, "cnn": 3, "regression": 3, "charrnn": 2, "charrnn-ft": 2,
+    "lstm": 3, "autoencoder": 3, "charmlp-ft": 3,
 }  # fmt: skip
 METHOD_SEEDS = {
     "nqm": 10, "digits": 10, "charlm": 3, "cnn": 10, "regression": 10, "charrnn": 5,
-    "charrnn-ft": 5,
+    "charrnn-ft": 5, "lstm": 10, "autoencoder": 10, "charmlp-ft": 10,
 }  # fmt: skip
 BASELINES = ("untuned", "range_test")
 RIVALS = rivals.ALL
@@ -63,7 +64,8 @@ ALL_METHODS = ("grid", *BASELINES, *RIVALS, *STAGELR)
 BUDGETS = (1.0, 1.5, 2.0, 3.0)
 #: stagelr's rows planned for each budget (the same preset told B x T charged steps).
 DEFAULT_BY_BUDGET = {b: m for m, (p, b) in tuned.METHODS.items() if p == "default"}
-#: Where the commit at which ``default`` was frozen for a test-split report is recorded.
+#: Where the commit at which ``default`` was frozen for a held-out split's report is
+#: recorded: this file for the test split, ``default-frozen-<split>.json`` for another.
 FROZEN_FILE = "default-frozen.json"
 ALIASES_FILE = "code-aliases.json"
 QUICK_STEPS = {"nqm": 160, "digits": 160, "charlm": 32, "regression": 160, "cnn": 160}
@@ -358,33 +360,47 @@ def _final(record: dict[str, Any]) -> float:
     return math.inf if value is None else float(value)
 
 
-def frozen_default(folder: Path) -> dict[str, Any] | None:
-    """The record of the commit at which ``default`` was frozen for the test split (None:
-    it has not been run there)."""
-    path = folder / FROZEN_FILE
+def frozen_file(folder: Path, split: str = "test") -> Path:
+    """Where the frozen commit of held-out ``split`` is recorded."""
+    if split not in workloads.HELD_OUT:
+        raise ValueError(f"{split!r} is not a held-out split ({', '.join(workloads.HELD_OUT)})")
+    return folder / (FROZEN_FILE if split == "test" else f"default-frozen-{split}.json")
+
+
+def frozen_default(folder: Path, split: str = "test") -> dict[str, Any] | None:
+    """The record of the commit at which ``default`` was frozen for held-out ``split``
+    (None: it has not been run there)."""
+    path = frozen_file(folder, split)
     if not path.exists():
         return None
     record: dict[str, Any] = json.loads(path.read_text())
     return record
 
 
-def record_frozen(folder: Path, commit: str) -> dict[str, Any]:
-    """Record that ``default`` is judged on the test split as of ``commit``."""
+def frozen_defaults(folder: Path) -> dict[str, dict[str, Any] | None]:
+    """Each held-out split's frozen-commit record (None where there is none)."""
+    return {split: frozen_default(folder, split) for split in workloads.HELD_OUT}
+
+
+def record_frozen(folder: Path, commit: str, split: str = "test") -> dict[str, Any]:
+    """Record that ``default`` is judged on held-out ``split`` as of ``commit``."""
     record = {
         "commit": commit,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (folder / FROZEN_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    frozen_file(folder, split).write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
 def method_applies(method: str, variant: Variant, folder: Path) -> bool:
-    """Whether ``method`` runs on ``variant``: rivals by optimizer family; ``default`` on
-    the test split only once its frozen commit is recorded."""
+    """Whether ``method`` runs on ``variant``: rivals by optimizer family; a stagelr
+    method (``default`` at every budget, ``autolrs``) on a held-out split only once the
+    commit at which ``default`` is frozen for that split is recorded (a stagelr run reads
+    the workload)."""
     if method in RIVALS:
         return rivals.applies(method, variant)
-    if method in DEFAULT_BY_BUDGET.values() and variant.split == "test":
-        return frozen_default(folder) is not None
+    if method.startswith("stagelr-") and variant.split in workloads.HELD_OUT:
+        return frozen_default(folder, variant.split) is not None
     return True
 
 

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 targets[row["variant"]] = float(row["target"])
 
     variants = args.variant or ["nqm-b8", "nqm-b64", "digits", "digits-noisy"]
+    held = [v for v in variants if workloads.VARIANTS[v].split in workloads.HELD_OUT]
+    if held:
+        # Probing default on a held-out split would read it: it is for the dev split.
+        parser.error(f"{', '.join(held)}: held out from default's development (dev split only)")
     with tempfile.TemporaryDirectory() as folder:
         server = harness.start_service(Path(folder))
         try:

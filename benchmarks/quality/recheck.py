@@ -16,7 +16,23 @@ two differ.
 
 Per variant it samples the ``--per-variant`` quickest runs of that hash that did not
 diverge (``--variant`` picks variants, ``--skip`` leaves some out; a later check of the
-same change adds its variants to the record).
+same change adds its variants to the record). The NQM oracle (kind ``oracle``) is
+compared on its value, its LR sequence and its expected curve.
+
+Another CPU rounds differently, so records another machine trained cannot be reproduced
+here. Then take the samples on this machine before the change, with the old code:
+
+    python -m benchmarks.quality.recheck --old f5db67991c8d5093 --train-samples DIR
+
+retrains, with today's code (which must be ``--old``), the quickest runs that the results
+cache reads as that code (its own or carried over by an alias) and writes them to ``DIR``
+(a results folder: gzip-compressed JSON lines); after the change,
+
+    python -m benchmarks.quality.recheck --old f5db67991c8d5093 --samples DIR
+
+reproduces those and records the alias in the results folder, naming ``DIR`` as where
+its evidence lies. Old and new code then gave the same runs on one CPU, so the new code
+gives every other machine's old runs too.
 """
 
 from __future__ import annotations
@@ -50,6 +66,11 @@ def task_of(record: dict[str, Any], old: str) -> Task | None:
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Where two runs' results differ (empty: identical, bit for bit)."""
     out = []
+    if "lrs" in a or "lrs" in b:  # the NQM oracle
+        for field in ("final_loss", "lrs", "expected_curve"):
+            if a.get(field) != b.get(field):
+                out.append(f"{field} differs")
+        return out
     for field in ("final_loss", "charged_steps", "trajectory_steps", "diverged"):
         if a.get(field) != b.get(field):
             out.append(f"{field}: {a.get(field)!r} != {b.get(field)!r}")
@@ -69,16 +90,26 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def samples(
-    folder: Path, old: str, per_variant: int, skip: set[str]
+    folder: Path, old: str, per_variant: int, skip: set[str], here_only: bool = True
 ) -> list[tuple[Task, dict[str, Any]]]:
+    """Per variant, the ``per_variant`` quickest runs of code ``old`` that did not diverge
+    (``here_only``: trained on this machine; else made by any machine, ``old`` being
+    today's code, and read through the results folder's aliases as the cache reads them)."""
     here = machine_name()
+    aliases = {} if here_only else harness.load_aliases(folder, harness.code_hashes())
     chosen: list[tuple[Task, dict[str, Any]]] = []
     for path in sorted(folder.glob("*.jsonl.gz")):
-        records = [
-            r for r in read_records(path)
-            if r["code"] == old and r.get("machine") == here and r["variant"] not in skip
-            and r["method"] != "oracle"
-        ]  # fmt: skip
+        records = []
+        for r in read_records(path):
+            if r["variant"] not in VARIANTS or r["variant"] in skip:
+                continue
+            if not here_only:
+                workload = VARIANTS[r["variant"]].workload
+                alias = aliases.get((harness.kind_of(r["method"]), r["code"], workload))
+                if alias is not None:
+                    r = harness.rekeyed(r, alias)
+            if r["code"] == old and (not here_only or r.get("machine") == here):
+                records.append(r)
         # The quickest runs that trained to the end (a diverged run exercises little).
         records.sort(
             key=lambda r: (
@@ -105,7 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, default=harness.ROOT / "docs" / "results" / "quality"
     )
+    parser.add_argument(
+        "--train-samples",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="retrain samples of --old (today's code) on this machine into DIR, for a later "
+        "--samples DIR check of a change",
+    )
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="reproduce the old code's runs that --train-samples wrote to DIR",
+    )
     args = parser.parse_args(argv)
+    if args.train_samples is not None:
+        return train_samples(args)
     cache = Cache(args.results)
     aliases_path = args.results / harness.ALIASES_FILE
     known = json.loads(aliases_path.read_text()) if aliases_path.exists() else {"aliases": []}
@@ -113,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         for old in args.old:
-            chosen = samples(args.results, old, args.per_variant, set(args.skip))
+            chosen = samples(args.samples or args.results, old, args.per_variant, set(args.skip))
             if args.variant:
                 chosen = [(t, r) for t, r in chosen if t.variant.name in args.variant]
             if not chosen:
@@ -158,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                 "variants": sorted({t.variant.name for t, _ in chosen}),
                 "reproduced": [r["key"] for _, r in chosen],
             }
+            if args.samples is not None:
+                entry["samples"] = _rel(args.samples)
             for earlier in known["aliases"]:
                 if (earlier["kind"], earlier["old"], earlier["new"]) == (kind, old, entry["new"]):
                     # Another sample of the same change: the variants both vouch for.
                     entry["variants"] = sorted(set(entry["variants"]) | set(earlier["variants"]))
                     entry["reproduced"] = earlier["reproduced"] + entry["reproduced"]
+                    if "samples" in earlier and "samples" not in entry:
+                        entry["samples"] = earlier["samples"]
             known["aliases"] = [
                 a for a in known["aliases"] if not (a["old"] == old and a["new"] == entry["new"])
             ] + [entry]
@@ -171,6 +223,48 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+    return status
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(harness.ROOT))
+    except ValueError:
+        return str(path)
+
+
+def train_samples(args: argparse.Namespace) -> int:
+    """Retrain samples of each ``--old`` hash (today's code) on this machine into
+    ``--train-samples``: the old side of a later ``--samples`` check."""
+    hashes = harness.code_hashes()
+    out = Cache(args.train_samples, hashes).load()
+    status = 0
+    for old in args.old:
+        chosen = samples(args.results, old, args.per_variant, set(args.skip), here_only=False)
+        if args.variant:
+            chosen = [(t, r) for t, r in chosen if t.variant.name in args.variant]
+        kinds = {task.kind for task, _ in chosen}
+        if not chosen or len(kinds) != 1 or hashes[next(iter(kinds))] != old:
+            print(f"{old}: not today's code of one kind (today: {hashes}); nothing trained")
+            status = 1
+            continue
+        if kinds == {"stagelr"}:
+            print(f"{old}: stagelr samples need the server; check them where they were made")
+            status = 1
+            continue
+        harness._init_worker(None)
+        for task, _ in chosen:
+            if out.get(task) is not None:
+                continue
+            started = time.perf_counter()
+            (run,) = harness.execute_item((task,))
+            out.add(task, run)
+            print(
+                f"{old} {task.variant.name} {task.method} {dict(task.config)} seed {task.seed}: "
+                f"trained here ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+        out.compact(sorted({t.variant.name for t, _ in chosen}))
     return status
 
 

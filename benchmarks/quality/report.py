@@ -24,9 +24,10 @@ Definitions (BENCHMARK.md section 1, version 2, made exact):
   minus the oracle's; an optimizer that is not plain SGD stands in with its median
   realized loss at T.
 
-The tier verdicts (Credible, Strong, Moonshot) are read separately on each split; on the
-test split ``default``'s rows exist only once the commit at which it was frozen is
-recorded (``harness.record_frozen``), and until then its verdicts read "not run".
+The tier verdicts (Credible, Strong, Moonshot) are read separately on each split; on a
+held-out split (test, test2) the stagelr rows exist only once the commit at which
+``default`` was frozen for that split is recorded (``harness.record_frozen``), and until
+then its verdicts read "not run".
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 
 from . import harness, methods, rivals, workloads
 from .harness import BUDGETS, Cache, Task, cpu_name
-from .workloads import SPLITS, Variant
+from .workloads import HELD_OUT, SPLITS, Variant
 
 RESAMPLES = 10_000
 LABELS = {
@@ -621,19 +622,21 @@ def render_summary(
     verdicts: dict[str, dict[str, dict[str, Any]]],
     *,
     img_prefix: str,
-    frozen: dict[str, Any] | None = None,
+    frozen: dict[str, dict[str, Any] | None] | None = None,
 ) -> list[str]:
-    """Per split: the tier verdicts, their checks and the summary table (markdown)."""
+    """Per split: the tier verdicts, their checks and the summary table (markdown).
+    ``frozen``: each held-out split's frozen-commit record (None where there is none)."""
     lines: list[str] = []
     for split, tiers in verdicts.items():
         lines += ["", f"**{split.capitalize()} split.**", ""]
-        if split == "test":
+        if split in HELD_OUT:
+            record = (frozen or {}).get(split)
             lines.append(
                 "`default` frozen at commit "
                 + (
-                    f"`{frozen['commit']}` (recorded {frozen['recorded_at']})."
-                    if frozen
-                    else "(none): default not yet run on the test split."
+                    f"`{record['commit']}` (recorded {record['recorded_at']})."
+                    if record
+                    else f"(none): default not yet run on the {split} split."
                 )  # fmt: skip
             )
             lines.append("")

@@ -28,6 +28,16 @@ and grid-tuned before ``default`` is judged on them (BENCHMARK.md section 1):
   that corpus (checkpoint cached on disk, keyed by this file's hash and the corpus), then
   trained from that checkpoint on the other half with a fresh Adam.
 
+The *test2 split* (``Variant.split == "test2"``) is a second held-out set of the same
+families, written and grid-tuned once the first test split had been read:
+
+- ``lstm``: an LSTM reading the digits images row by row, Adam.
+- ``autoencoder``: an MLP autoencoder of the digits images, MSE, SGD with momentum.
+  ``autoencoder-5000`` is its long-horizon variant (T = 5000 against 1000).
+- ``charmlp-ft``: fine-tuning: a byte-level MLP language model pretrained inside the
+  benchmark on half a of the prose corpus, then trained on half b from its checkpoint
+  with a fresh SGD with momentum.
+
 Nothing here knows about tuners: the methods drive a job through ``train_step`` and
 ``val_loss`` and checkpoint it through ``checkpointer``.
 """
@@ -114,7 +124,7 @@ class Variant:
     grid: tuple[float, ...]  # Tier A peak LRs
     params: tuple[tuple[str, Any], ...] = ()
     evals: int = 50  # harness evaluations per run (every 2% of T)
-    split: str = "dev"  # dev: default was developed on it | test: held out from that
+    split: str = "dev"  # dev: default was developed on it | test, test2: held out from it
 
     def param(self, key: str, default: Any = None) -> Any:
         return dict(self.params).get(key, default)
@@ -123,7 +133,7 @@ class Variant:
         """The same variant at a tiny budget: T = ``steps``, 8 harness evaluations and (for
         charlm) a 1-batch validation set. Only the pipeline is checked at that size."""
         params = dict(self.params)
-        if self.workload in ("charlm", "charrnn", "charrnn-ft"):
+        if self.workload in ("charlm", "charrnn", "charrnn-ft", "charmlp-ft"):
             params["val_batches"] = 1
         return Variant(
             self.name,
@@ -145,6 +155,9 @@ CNN_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
 REG_GRID = tuple(0.0025 * 2**i for i in range(8))  # 2.5e-3 .. 0.32
 RNN_GRID = tuple(5e-4 * 2**i for i in range(8))  # 5e-4 .. 6.4e-2
 FT_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
+LSTM_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
+AE_GRID = tuple(0.08 * 2**i for i in range(8))  # 0.08 .. 10.24 (pixel MSE: small gradients)
+MLP_FT_GRID = tuple(0.00125 * 2**i for i in range(8))  # 1.25e-3 .. 0.16
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -179,10 +192,38 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant("charrnn", "charrnn", "adam", 500, 0.05, RNN_GRID, split="test"),
         Variant("charrnn-ft", "charrnn-ft", "adam", 300, 0.05, FT_GRID, split="test"),
+        # The test2 split: held out from default, written once the test split was read.
+        Variant("lstm", "lstm", "adam", 600, 0.05, LSTM_GRID, (("batch", 32),), split="test2"),
+        Variant(
+            "autoencoder",
+            "autoencoder",
+            "sgd",
+            1000,
+            0.05,
+            AE_GRID,
+            (("batch", 32),),
+            split="test2",
+        ),
+        Variant(
+            "autoencoder-5000",
+            "autoencoder",
+            "sgd",
+            5000,
+            0.05,
+            AE_GRID,
+            (("batch", 32),),
+            split="test2",
+        ),
+        Variant("charmlp-ft", "charmlp-ft", "sgd", 600, 0.05, MLP_FT_GRID, split="test2"),
     )
 }
-WORKLOADS = ("nqm", "digits", "charlm", "cnn", "regression", "charrnn", "charrnn-ft")
-SPLITS = ("dev", "test")
+WORKLOADS = (
+    "nqm", "digits", "charlm", "cnn", "regression", "charrnn", "charrnn-ft", "lstm",
+    "autoencoder", "charmlp-ft",
+)  # fmt: skip
+SPLITS = ("dev", "test", "test2")
+#: The held-out splits: default runs there only once its frozen commit is recorded.
+HELD_OUT = ("test", "test2")
 
 
 def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
@@ -209,6 +250,12 @@ def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
             int(variant.param("val_batches", 8)),
             finetune=variant.workload == "charrnn-ft",
         )
+    if variant.workload == "lstm":
+        return RowLSTMJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "autoencoder":
+        return AutoencoderJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "charmlp-ft":
+        return CharMLPJob(seed, optimizer, warmup, int(variant.param("val_batches", 32)))
     raise ValueError(f"unknown workload {variant.workload!r}")
 
 
@@ -818,7 +865,7 @@ def corpus_sha256(workload: str) -> str | None:
     """The SHA-256 of the corpus a workload trains on (None: data fixed by the code)."""
     if workload == "charlm":
         return stdlib_corpus().sha256
-    if workload in ("charrnn", "charrnn-ft"):
+    if workload in ("charrnn", "charrnn-ft", "charmlp-ft"):
         return prose_corpus().sha256
     return None
 
@@ -939,3 +986,183 @@ class CharRNNJob(TorchJob):
 
         logits = self.model(self.val_x)
         return float(F.cross_entropy(logits.reshape(-1, 256), self.val_y.reshape(-1)))
+
+
+# --------------------------------------------------------------------------- test2 split
+
+
+class RowLSTMJob(ArrayJob):
+    """An LSTM (hidden 64) reading each 8x8 digits image row by row (8 steps of 8
+    pixels), a linear head on its last state; Adam at its framework defaults,
+    cross-entropy, the digits workload's 70/30 split."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        data = _digits()
+        self.batch = batch
+        self.x_train = data.x_train.reshape(-1, 8, 8)
+        self.y_train = data.y_train
+        self.x_val = data.x_val.reshape(-1, 8, 8)
+        self.y_val = data.y_val
+
+        class RowLSTM(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm = nn.LSTM(8, 64, batch_first=True)
+                self.head = nn.Linear(64, 10)
+
+            def forward(self, x: Any) -> Any:
+                return self.head(self.lstm(x)[0][:, -1])
+
+        self.model = RowLSTM()
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._start(seed)
+
+
+def _sgd_family(model: Any, optimizer: str, warmup: int) -> tuple[Any, bool]:
+    """SGD with momentum 0.9 (no weight decay, no Nesterov), or schedule-free SGD at its
+    published defaults (lr 1.0, momentum 0.9) and the benchmark's warmup."""
+    import torch
+
+    if optimizer == "schedulefree":
+        import schedulefree
+
+        sf = schedulefree.SGDScheduleFree(model.parameters(), warmup_steps=warmup)
+        sf.train()
+        return sf, True
+    if optimizer != "standard":
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), False
+
+
+class AutoencoderJob(ArrayJob):
+    """An MLP autoencoder 64-128-16-128-64 (ReLU, linear output) reconstructing the
+    digits images (pixels in [0, 1]), MSE, SGD momentum 0.9; validated on the held-out
+    30% of the images."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        data = _digits()
+        self.batch = batch
+        self.x_train, self.y_train = data.x_train, data.x_train
+        self.x_val, self.y_val = data.x_val, data.x_val
+        self.model = nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16),
+            nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 64),
+        )  # fmt: skip
+        self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.MSELoss()
+        self._start(seed)
+
+
+def _char_mlp(context: int) -> Any:
+    """A Bengio-style byte-level MLP language model: the last ``context`` bytes embedded
+    (32 each), concatenated, one hidden layer of 512 (tanh), logits over 256 bytes."""
+    from torch import nn
+
+    class CharMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(256, 32)
+            self.hidden = nn.Linear(32 * context, 512)
+            self.head = nn.Linear(512, 256)
+
+        def forward(self, idx: Any) -> Any:
+            return self.head(self.hidden(self.embed(idx).flatten(1)).tanh())
+
+    return CharMLP()
+
+
+#: The pretraining run of ``charmlp-ft``: half a of the prose, Adam cosine from 2e-3 with
+#: 5% warmup, this many steps, seed 0 (every fine-tuning seed starts from it).
+MLP_PRETRAIN_STEPS = 1500
+MLP_PRETRAIN_LR = 2e-3
+
+
+def pretrained_char_mlp() -> dict[str, Any]:
+    """The pretrained byte MLP's weights, trained once and cached on disk, keyed by this
+    file's hash and the corpus's (a code or corpus change pretrains afresh)."""
+    import torch
+
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = PRETRAINED_DIR / f"charmlp-{code}-{prose_corpus().sha256[:16]}.pt"
+    if path.exists():
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+        return state
+    _torch_setup(0)
+    job = CharMLPJob.__new__(CharMLPJob)
+    job._setup(0, prose_corpus().train_a, prose_corpus().val_b, 1)
+    job.model = _char_mlp(job.context)
+    opt = torch.optim.Adam(job.model.parameters(), lr=MLP_PRETRAIN_LR)
+    warm = MLP_PRETRAIN_STEPS // 20
+    for t in range(MLP_PRETRAIN_STEPS):
+        lr = MLP_PRETRAIN_LR * (
+            (t + 1) / warm
+            if t < warm
+            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (MLP_PRETRAIN_STEPS - warm)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        job._loss(t).backward()
+        opt.step()
+    state = job.model.state_dict()
+    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
+    return state
+
+
+class CharMLPJob(TorchJob):
+    """Fine-tuning the byte MLP of :func:`_char_mlp` (context 16, batch 64): start from
+    :func:`pretrained_char_mlp` (trained on half a of the prose) and train on half b
+    with a fresh SGD momentum 0.9, validated on half b's held-out tails."""
+
+    context = 16
+    batch = 64
+
+    def __init__(self, seed: int, optimizer: str, warmup: int, val_batches: int) -> None:
+        corpus = prose_corpus()
+        state = pretrained_char_mlp()
+        _torch_setup(seed)
+        self._setup(seed, corpus.train_b, corpus.val_b, val_batches)
+        self.model = _char_mlp(self.context)
+        self.model.load_state_dict(state)
+        self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
+        self.eval_cost_steps = self.val_batches / 3.0
+
+    def _setup(self, seed: int, train: bytes, val: bytes, val_batches: int) -> None:
+        import torch
+
+        self.seed = seed
+        self.val_batches = val_batches
+        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
+        held = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
+        g = torch.Generator().manual_seed(54321)  # the same validation set for everyone
+        starts = torch.randint(
+            0, len(held) - self.context - 1, (val_batches * self.batch,), generator=g
+        )
+        self.val_x = torch.stack([held[s : s + self.context] for s in starts.tolist()])
+        self.val_y = held[starts + self.context]
+
+    def _loss(self, t: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        starts = torch.randint(
+            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
+        )
+        x = torch.stack([self.train_data[s : s + self.context] for s in starts.tolist()])
+        return F.cross_entropy(self.model(x), self.train_data[starts + self.context])
+
+    def _val(self) -> float:
+        import torch.nn.functional as F
+
+        return float(F.cross_entropy(self.model(self.val_x), self.val_y))

@@ -1,0 +1,130 @@
+"""The quality benchmark's second held-out split (test2): its variants build and train,
+no stagelr method is planned there until the commit at which ``default`` is frozen for
+that split is recorded, and the report shows ``default`` as not run there meanwhile."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks.quality import harness, methods, report, rivals  # noqa: E402
+from benchmarks.quality.harness import Cache, Task  # noqa: E402
+from benchmarks.quality.workloads import HELD_OUT, SPLITS, VARIANTS  # noqa: E402
+
+TEST2 = [name for name, v in VARIANTS.items() if v.split == "test2"]
+
+
+def test_the_test2_split_covers_the_protocols_families() -> None:
+    assert "test2" in SPLITS and "test2" in HELD_OUT
+    assert len(TEST2) >= 4
+    variants = [VARIANTS[n] for n in TEST2]
+    assert {v.family for v in variants} >= {"adam", "sgd"}
+    assert {v.workload for v in variants} >= {"lstm", "autoencoder", "charmlp-ft"}
+    # Fresh workloads: none shares a workload with the dev or the test split.
+    older = {v.workload for v in VARIANTS.values() if v.split != "test2"}
+    assert not older & {v.workload for v in variants}
+    # A long-horizon variant of the autoencoder.
+    assert VARIANTS["autoencoder-5000"].steps == 5 * VARIANTS["autoencoder"].steps
+    for v in variants:
+        assert len(v.grid) == 8
+        assert all(b == pytest.approx(2 * a) for a, b in zip(v.grid, v.grid[1:], strict=False))
+
+
+@pytest.mark.parametrize("name", TEST2)
+def test_a_test2_variant_trains_a_smoke_run_deterministically(name: str) -> None:
+    variant = VARIANTS[name].smoke(24)
+    peak = variant.grid[3]
+    a = methods.run_grid_point(variant, 1, "wsd", peak)
+    b = methods.run_grid_point(variant, 1, "wsd", peak)
+    assert a.charged_steps == 24 and math.isfinite(a.final_loss)
+    assert a.curve == b.curve  # the seed fixes init and data order
+    if VARIANTS[name].workload == "charmlp-ft":
+        # It starts from the pretrained model, far below a uniform guess over 256 bytes.
+        assert a.curve[0][2] < 0.6 * math.log(256)
+    else:
+        assert a.final_loss < a.curve[0][2]  # it learns
+    untuned = methods.run_method(variant, 2, "untuned", {})
+    assert math.isfinite(untuned.final_loss)
+
+
+def test_schedule_free_runs_on_a_test2_variant() -> None:
+    variant = VARIANTS["autoencoder"].smoke(16)
+    assert rivals.applies("dog", variant) and not rivals.applies("prodigy", variant)
+    assert rivals.applies("prodigy", VARIANTS["lstm"])
+    run = rivals.run_rival(variant, 0, "schedulefree", {})
+    assert run.charged_steps == 3 * 16 and math.isfinite(run.final_loss)
+
+
+def _run(final: float, steps: int) -> dict[str, Any]:
+    return {
+        "final_loss": final,
+        "charged_steps": steps,
+        "trajectory_steps": steps,
+        "curve": [(0, 0, 2.0), (steps, steps, final)],
+        "lr_path": [],
+        "extra": {},
+    }
+
+
+def test_no_stagelr_run_is_planned_on_a_split_without_its_frozen_commit(tmp_path: Path) -> None:
+    variant = VARIANTS["lstm"].smoke(40)
+    cache = Cache(tmp_path).load()
+    stagelr = [m for m in harness.ALL_METHODS if m.startswith("stagelr-")]
+    assert "stagelr-autolrs" in stagelr and "stagelr-default" in stagelr
+
+    def planned() -> set[str]:
+        return {t.method for t in harness.plan(variant, cache, list(harness.ALL_METHODS), True,
+                                               None)}  # fmt: skip
+
+    assert not planned() & set(stagelr)
+    assert {"grid", "untuned", "range_test", "schedulefree", "prodigy", "dadapt"} <= planned()
+    # The test split's record does not open test2.
+    harness.record_frozen(tmp_path, "abc1234")
+    assert (tmp_path / harness.FROZEN_FILE).exists()
+    assert not planned() & set(stagelr)
+    assert not any(harness.method_applies(m, variant, tmp_path) for m in stagelr)
+    assert harness.method_applies("stagelr-default", VARIANTS["cnn"], tmp_path)
+    # Nor are the budgeted runs of default planned once the grid is complete.
+    for kind, peak in harness.grid_points(variant, True):
+        config = (("peak", peak), ("schedule", kind))
+        cache.add(Task(variant, "grid", 0, config), _run(0.5 + peak, variant.steps))
+    names = list(harness.ALL_METHODS)
+    assert all(not m.startswith("stagelr-") for m, _ in harness.planned_methods(
+        variant, cache, names, True, None))  # fmt: skip
+    # Its own record does.
+    harness.record_frozen(tmp_path, "def5678", "test2")
+    assert harness.frozen_default(tmp_path, "test2")["commit"] == "def5678"
+    assert (tmp_path / "default-frozen-test2.json").exists()
+    assert {"stagelr-default", "stagelr-autolrs"} <= planned()
+    with pytest.raises(ValueError, match="held-out"):
+        harness.frozen_default(tmp_path, "dev")
+
+
+def test_the_report_shows_default_not_run_on_test2(tmp_path: Path) -> None:
+    variant = VARIANTS["lstm"].smoke(40)
+    cache = Cache(tmp_path).load()
+    points = harness.grid_points(variant, True)
+    for kind, peak in points:
+        config = (("peak", peak), ("schedule", kind))
+        final = 0.4 if (kind, peak) == points[0] else 0.9
+        cache.add(Task(variant, "grid", 0, config), _run(final, variant.steps))
+    cache.add(Task(variant, "untuned", 0), _run(1.0, variant.steps))
+    cache.add(Task(variant, "prodigy", 0), _run(0.6, variant.steps))
+    harness.record_frozen(tmp_path, "abc1234")  # the test split's, not test2's
+    summary = report.summarize(variant, cache, True, None)
+    assert summary["split"] == "test2" and summary["default_run"] is False
+    assert not any(m.startswith("stagelr-") for m in summary["methods"])
+    verdicts = report.tier_verdicts([summary])
+    assert set(verdicts) == {"test2"}
+    assert {v["status"] for v in verdicts["test2"].values()} == {report.NOT_FROZEN}
+    frozen = harness.frozen_defaults(tmp_path)
+    assert frozen["test"] is not None and frozen["test2"] is None
+    text = "\n".join(report.render_summary([summary], verdicts, img_prefix="", frozen=frozen))
+    assert "**Test2 split.**" in text
+    assert "default not yet run on the test2 split" in text
+    assert f"| lstm | 0.4000 | {report.NOT_FROZEN} | Prodigy + cosine 0.6000 |" in text
