@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from benchmarks.quality import harness
 from benchmarks.quality.harness import Cache, Task
 from benchmarks.quality.workloads import VARIANTS
