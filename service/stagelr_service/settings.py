@@ -66,15 +66,16 @@ class Settings(BaseSettings):
         ),
     )
     request_threads: int = Field(
-        default=40,
+        default=4,
         ge=1,
         le=1000,
         description=(
             "Threads each server process runs requests on (the event loop hands every "
             "API request to one; a request waits for a free one). They share the process's "
-            "GIL: on SQLite under load, the holder of the write queue waits for the GIL "
-            "after each statement against the others, and 4 gave decisions 10 times "
-            "faster at 300 jobs on 2 cores (docs/operations.md)."
+            "GIL, and a thread back from the database waits for it against the others: "
+            "at 300 jobs on 2 cores, 4 threads gave decisions a p50 13 times lower than "
+            "40 on SQLite and 4 times lower on PostgreSQL (docs/operations.md). Raise it "
+            "for many slow requests at once (replays, exports) on a larger machine."
         ),
     )
     db_pool_size: int = Field(
