@@ -581,21 +581,7 @@ class StudyService:
                 config = ResolvedConfig.stored(study.config)
                 closing = self._closing(segment, request, current, config)
             status, steps_done, forecast = closing
-            updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
-            if forecast is not None:
-                repo.upsert_forecast(
-                    segment_id,
-                    model=forecast.model,
-                    prediction=finite(forecast.prediction),
-                    std=finite(forecast.std),
-                    status=forecast.status,
-                    params=dict(forecast.params),
-                    n_points=forecast.n_points,
-                    objective=None,
-                    study_id=segment.study_id,
-                )
-            else:
-                repo.set_stage(segment.stage_id, status="completed")
+            updated = _store_closing(repo, segment, status, steps_done, forecast)
             repo.touch_study(segment.study_id)
             return self._view(updated)
 
@@ -689,21 +675,7 @@ class StudyService:
             repo.insert_observations(segment_id, study.id, new)
             if self.metrics is not None and request.observations:
                 self.metrics.ingested(len(new), len(request.observations) - len(new))
-            updated = repo.update_segment_status(segment_id, status, steps_done=steps_done)
-            if forecast is not None:
-                repo.upsert_forecast(
-                    segment_id,
-                    model=forecast.model,
-                    prediction=finite(forecast.prediction),
-                    std=finite(forecast.std),
-                    status=forecast.status,
-                    params=dict(forecast.params),
-                    n_points=forecast.n_points,
-                    objective=None,
-                    study_id=study.id,
-                )
-            else:
-                repo.set_stage(segment.stage_id, status="completed")
+            updated = _store_closing(repo, segment, status, steps_done, forecast)
             completed = self._view(updated)
             if isinstance(plan, tuner.StudyEnd):
                 repo.set_study_status(study.id, plan.status, plan.reason)
@@ -929,3 +901,30 @@ def _check_open_rows(segment: SegmentRecord, rows: Sequence[tuple[int, Metric, f
             f"{point_stride(segment.steps)}th step and at its report cadence (every "
             f"{segment.report_every} steps): report those steps only"
         )
+
+
+def _store_closing(
+    repo: Any,
+    segment: Any,
+    status: SegmentStatus,
+    steps_done: int | None,
+    forecast: Any,
+) -> Any:
+    """Write a segment's closing: its status and steps, and an explore segment's forecast
+    (a training segment closes its stage instead). Returns the updated segment."""
+    updated = repo.update_segment_status(segment.id, status, steps_done=steps_done)
+    if forecast is not None:
+        repo.upsert_forecast(
+            segment.id,
+            model=forecast.model,
+            prediction=finite(forecast.prediction),
+            std=finite(forecast.std),
+            status=forecast.status,
+            params=dict(forecast.params),
+            n_points=forecast.n_points,
+            objective=None,
+            study_id=segment.study_id,
+        )
+    else:
+        repo.set_stage(segment.stage_id, status="completed")
+    return updated
