@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +23,7 @@ from stagelr_service.server import free_port
 from stagelr_service.testing.simulation import SyntheticJob, drive_tuner, study_decisions
 from tests.live import ServerProcess, start_server
 from tests.store_fixtures import BACKENDS, fresh_database
+from tests.system.test_workers import burst_post
 
 pytestmark = pytest.mark.slow
 
@@ -99,27 +98,7 @@ def test_racing_combined_requests_on_one_segment_decide_once(two_workers: Server
         study = api.post("/v1/studies", json={"name": "race", "config": CONFIG}).json()
         first = api.post(f"/v1/studies/{study['id']}/next").json()["segment"]
     body = {"observations": [{"step": s, "value": 2.0 / s} for s in range(1, first["steps"] + 1)]}
-    start = threading.Barrier(BURST)
-    answers: list[dict[str, Any]] = [{} for _ in range(BURST)]
-    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(BURST)]
-    try:
-        for client in clients:
-            assert client.get("/healthz").status_code == 200  # connected
-
-        def ask(i: int) -> None:
-            start.wait()
-            response = clients[i].post(f"/v1/segments/{first['id']}/complete-and-next", json=body)
-            assert response.status_code == 200, response.text
-            answers[i] = response.json()
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(BURST)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        for client in clients:
-            client.close()
+    answers = burst_post(url, f"/v1/segments/{first['id']}/complete-and-next", body, BURST)
     assert {a["completed"]["id"] for a in answers} == {first["id"]}
     assert {a["completed"]["status"] for a in answers} == {"completed"}
     assert len({a["next"]["segment"]["id"] for a in answers}) == 1  # one decision for all

@@ -66,23 +66,29 @@ def next_answers_by_worker(metrics: Path) -> dict[int, float]:
 
 
 def burst_of_next(url: str, study_id: int) -> list[dict[str, Any]]:
-    """BURST `next` requests at once, each on its own connection. The connections are
-    opened one by one first (the kernel hands each new one to whichever worker accepts
-    it first; a burst of new connections tends to go to one), then all ask together."""
-    start = threading.Barrier(BURST)
-    answers: list[dict[str, Any]] = [{} for _ in range(BURST)]
-    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(BURST)]
+    """BURST `next` requests at once (:func:`burst_post`)."""
+    return burst_post(url, f"/v1/studies/{study_id}/next")
+
+
+def burst_post(url: str, path: str, body: Any = None, size: int = BURST) -> list[dict[str, Any]]:
+    """``size`` POST requests of ``path`` at once, each on its own connection, each
+    answered 200 (their JSON answers). The connections are opened one by one first (the
+    kernel hands each new one to whichever worker accepts it first; a burst of new
+    connections tends to go to one), then all ask together."""
+    start = threading.Barrier(size)
+    answers: list[dict[str, Any]] = [{} for _ in range(size)]
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(size)]
     try:
         for client in clients:
             assert client.get("/healthz").status_code == 200  # connected
 
         def ask(i: int) -> None:
             start.wait()
-            response = clients[i].post(f"/v1/studies/{study_id}/next")
+            response = clients[i].post(path, json=body)
             assert response.status_code == 200, response.text
             answers[i] = response.json()
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(BURST)]
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(size)]
         for t in threads:
             t.start()
         for t in threads:
