@@ -1,5 +1,9 @@
 """Paired comparisons of stagelr presets at charged budget T on the dev split's fast variants.
 
+Variants of a held-out split are refused until ``default`` has been judged there (its
+frozen commit recorded): then its results have been read, and comparing on it makes it a
+dev split for any later change to ``default`` (the tool says so).
+
     python -m benchmarks.quality.devsplit --seeds 10 \\
         --config 'old=default-v1:{}' --config 'new=default:{}'
 
@@ -39,6 +43,22 @@ def _parse(item: str) -> tuple[str, str, dict[str, Any]]:
     return name, preset, json.loads(text or "{}")
 
 
+def split_check(variants: list[str], folder: Path) -> tuple[list[str], list[str]]:
+    """The variants a comparison may not run on (a held-out split whose frozen commit is
+    not recorded: ``default`` has not been judged there), and the held-out splits among
+    ``variants`` whose results have been read (recorded)."""
+    from . import harness, workloads
+
+    read = {split for split in workloads.HELD_OUT if harness.frozen_default(folder, split)}
+    held = [
+        v
+        for v in variants
+        if workloads.VARIANTS[v].split in workloads.HELD_OUT
+        and workloads.VARIANTS[v].split not in read
+    ]
+    return held, sorted({workloads.VARIANTS[v].split for v in variants} & read)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=None)
@@ -66,10 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     from .harness import Cache, Task
 
     variants = args.variant or FAST
-    held = [v for v in variants if workloads.VARIANTS[v].split in workloads.HELD_OUT]
+    folder = ROOT / "docs" / "results" / "quality"
+    held, spent = split_check(variants, folder)
     if held:
-        # Comparing presets on a held-out split would read it: it is for the dev split.
-        parser.error(f"{', '.join(held)}: held out from default's development (dev split only)")
+        # Comparing presets on a held-out split would read it before default is judged
+        # there: it is for the dev split, and for a split whose results were read already.
+        parser.error(
+            f"{', '.join(held)}: held out from default's development, and default has not "
+            "been judged there yet (dev split, or a held-out split already read, only)"
+        )
+    if spent:
+        # BENCHMARK.md: a change to default made after looking at a held-out split's
+        # results makes them dev results.
+        print(
+            f"note: the {', '.join(spent)} split's results were read at its frozen commit; "
+            "a default changed after comparing on it is judged on a fresh split",
+            flush=True,
+        )
     if any(workloads.VARIANTS[v].workload == "charlm" for v in variants) and args.seeds > 3:
         print("note: charlm with more than 3 seeds takes long", flush=True)
     code = harness.code_hashes()["stagelr"]
@@ -78,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     # that report recorded (a later edit of the workloads' code leaves them valid data).
     report_json = ROOT / "docs" / "results" / "quality.json"
     committed = json.loads(report_json.read_text())["code"] if report_json.exists() else None
-    folder = ROOT / "docs" / "results" / "quality"
     cache = (Cache(folder, hashes=committed) if committed else Cache(folder)).load()
 
     def key(label: str, variant: str, preset: str, overrides: dict[str, Any], seed: int) -> str:

@@ -229,3 +229,23 @@ def test_the_horizon_diagnostic_reads_the_best_peak_at_each_horizon(tmp_path: Pa
     kept = json.loads(runs.read_text())
     assert len(kept) == 16
     assert run_module(*argv, "--budget", "0.04", "--budget", "0.12", "--runs", str(runs)) == out
+
+
+def test_devsplit_compares_on_a_held_out_split_only_once_default_was_judged_there(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.quality import devsplit, harness
+
+    # No frozen commit recorded for either held-out split: both are refused.
+    assert devsplit.split_check(["digits", "cnn", "lstm"], tmp_path) == (["cnn", "lstm"], [])
+    harness.frozen_file(tmp_path, "test").write_text('{"commit": "abc1234"}')
+    # The test split was read at its frozen commit: allowed, and said to be spent.
+    assert devsplit.split_check(["digits", "cnn", "lstm"], tmp_path) == (["lstm"], ["test"])
+    assert devsplit.split_check(["digits"], tmp_path) == ([], [])
+    # The command refuses the unjudged split before it trains anything.
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quality.devsplit", "--variant", "lstm",
+         "--config", "a=default:{}"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "lstm: held out" in bad.stderr
