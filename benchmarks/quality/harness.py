@@ -477,7 +477,9 @@ def planned_methods(
     seeds_override: int | None, rival_budgets: bool = True,
 ) -> list[tuple[str, tuple[tuple[str, Any], ...]]]:  # fmt: skip
     """The planned methods whose steps-to-target is read from budgeted runs: the target
-    config (once the grid is complete), Prodigy and D-Adapt, stagelr default."""
+    config (once the grid is complete), Prodigy and D-Adapt, stagelr default (when a
+    budgeted run of it, ``stagelr-default-1.5t`` and the like, is among ``method_names``:
+    ``--method stagelr-default`` alone asks for its runs at T)."""
     out: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
     best = best_config(cache, variant, quick, seeds_override)
     if best is not None and "grid" in method_names:
@@ -485,7 +487,7 @@ def planned_methods(
     for method in rivals.PLANNED if rival_budgets else ():
         if method in method_names and method_applies(method, variant, cache.folder):
             out.append((method, ()))
-    wants_default = any(m in method_names for m in DEFAULT_BY_BUDGET.values())
+    wants_default = any(m in method_names for b, m in DEFAULT_BY_BUDGET.items() if b != 1.0)
     if wants_default and method_applies("stagelr-default", variant, cache.folder):
         out.append(("stagelr-default", ()))
     return out

@@ -101,6 +101,10 @@ def test_no_stagelr_run_is_planned_on_a_split_without_its_frozen_commit(tmp_path
     assert harness.frozen_default(tmp_path, "test2")["commit"] == "def5678"
     assert (tmp_path / "default-frozen-test2.json").exists()
     assert {"stagelr-default", "stagelr-autolrs"} <= planned()
+    assert ("stagelr-default", ()) in harness.planned_methods(variant, cache, names, True, None)
+    # Naming default at T alone asks for no budgeted runs of it.
+    at_t = ["grid", "stagelr-default", "stagelr-autolrs"]
+    assert [m for m, _ in harness.planned_methods(variant, cache, at_t, True, None)] == ["grid"]
     with pytest.raises(ValueError, match="held-out"):
         harness.frozen_default(tmp_path, "dev")
 
