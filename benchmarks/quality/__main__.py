@@ -129,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     img_prefix = "img/" if docs is not None else str(img) + "/"
     frozen = harness.frozen_defaults(results)
-    overview = report.render_summary(summaries, verdicts, img_prefix=img_prefix, frozen=frozen)
+    overview = report.render_summary(
+        summaries,
+        verdicts,
+        img_prefix=img_prefix,
+        frozen=frozen,
+        stagelr_code=harness.code_hashes()["stagelr"],
+        equivalent=frozenset(
+            old
+            for kind, old, _ in harness.load_aliases(results, harness.code_hashes())
+            if kind == "stagelr"
+        ),
+    )
     lines = report.render(
         summaries, verdicts, command=command, info=info, img_prefix=img_prefix, cache=cache
     )

@@ -383,10 +383,13 @@ def frozen_defaults(folder: Path) -> dict[str, dict[str, Any] | None]:
 
 
 def record_frozen(folder: Path, commit: str, split: str = "test") -> dict[str, Any]:
-    """Record that ``default`` is judged on held-out ``split`` as of ``commit``."""
+    """Record that ``default`` is judged on held-out ``split`` as of ``commit``, with the
+    stagelr code hash it is judged at (a later ``default`` is another hash: the report
+    then says the split's results were read before it, and are dev results for it)."""
     record = {
         "commit": commit,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stagelr_code": code_hashes()["stagelr"],
     }
     frozen_file(folder, split).write_text(json.dumps(record, indent=1) + "\n")
     return record

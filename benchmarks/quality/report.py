@@ -623,9 +623,14 @@ def render_summary(
     *,
     img_prefix: str,
     frozen: dict[str, dict[str, Any] | None] | None = None,
+    stagelr_code: str | None = None,
+    equivalent: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Per split: the tier verdicts, their checks and the summary table (markdown).
-    ``frozen``: each held-out split's frozen-commit record (None where there is none)."""
+    ``frozen``: each held-out split's frozen-commit record (None where there is none);
+    ``stagelr_code``: the stagelr code hash the rows were read at (today's): a split
+    frozen at another is said to hold dev results for it, unless that one is among
+    ``equivalent`` (older hashes whose runs ``recheck`` reproduced with today's code)."""
     lines: list[str] = []
     for split, tiers in verdicts.items():
         lines += ["", f"**{split.capitalize()} split.**", ""]
@@ -639,6 +644,13 @@ def render_summary(
                     else f"(none): default not yet run on the {split} split."
                 )  # fmt: skip
             )
+            judged = (record or {}).get("stagelr_code")
+            if judged and stagelr_code and judged not in {stagelr_code, *equivalent}:
+                lines.append(
+                    f"`default` changed after these results were read (stagelr {judged[:12]} "
+                    f"then, {stagelr_code[:12]} now): the rows below are today's `default` "
+                    "and are dev results for it (BENCHMARK.md); a fresh split judges it."
+                )
             lines.append("")
         lines.append(
             "Tier verdicts: " + "; ".join(f"**{t}** {v['status']}" for t, v in tiers.items()) + "."

@@ -132,3 +132,32 @@ def test_the_report_shows_default_not_run_on_test2(tmp_path: Path) -> None:
     assert "**Test2 split.**" in text
     assert "default not yet run on the test2 split" in text
     assert f"| lstm | 0.4000 | {report.NOT_FROZEN} | Prodigy + cosine 0.6000 |" in text
+
+
+def test_a_split_frozen_at_another_default_says_its_rows_are_dev_results(tmp_path: Path) -> None:
+    variant = VARIANTS["lstm"].smoke(40)
+    cache = Cache(tmp_path).load()
+    for kind, peak in harness.grid_points(variant, True):
+        cache.add(Task(variant, "grid", 0, (("peak", peak), ("schedule", kind))),
+                  _run(0.5, variant.steps))  # fmt: skip
+    record = harness.record_frozen(tmp_path, "abc1234", "test2")
+    today = harness.code_hashes()["stagelr"]
+    assert record["stagelr_code"] == today
+    summary = report.summarize(variant, cache, True, None)
+    verdicts = report.tier_verdicts([summary])
+    frozen = harness.frozen_defaults(tmp_path)
+
+    def text(code: str) -> str:
+        return "\n".join(report.render_summary(
+            [summary], verdicts, img_prefix="", frozen=frozen, stagelr_code=code))  # fmt: skip
+
+    # Judged at today's code: no note.
+    assert "frozen at commit `abc1234`" in text(today) and "changed after" not in text(today)
+    # A later default: the split's rows are dev results for it.
+    later = text("f" * 16)
+    assert "`default` changed after these results were read" in later
+    assert f"stagelr {today[:12]} then, ffffffffffff now" in later
+    # unless recheck reproduced the judged code's runs with today's (an alias)
+    same = "\n".join(report.render_summary([summary], verdicts, img_prefix="", frozen=frozen,
+                      stagelr_code="f" * 16, equivalent=frozenset({today})))  # fmt: skip
+    assert "changed after" not in same
