@@ -160,11 +160,12 @@ def test_a_dropped_chosen_state_trains_the_stage_short_within_the_planned_charge
 
 
 def test_default_is_default_v1_with_the_annealed_model_and_no_tie_rule() -> None:
-    """The previous default stays available, and differs in exactly these four fields
-    (docs/tuner.md compares the two on the dev split)."""
+    """The previous default stays available, and differs in exactly these five fields
+    (docs/tuner.md compares them on the dev split): the annealed model's four and the
+    initial design's third stratum."""
     changed = {
         key for key, value in PRESETS["default"].items() if PRESETS["default-v1"][key] != value
     }
-    assert changed == {"probe", "forecast", "selection", "continue_best"}
+    assert changed == {"probe", "forecast", "selection", "continue_best", "initial_design"}
     assert PRESETS["default-v1"]["selection"].value == "hottest_within_best_noise"
     assert PRESETS["default-v1"]["probe"] == "constant"
