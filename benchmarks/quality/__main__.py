@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         stagelr_code=harness.code_hashes()["stagelr"],
         equivalent=frozenset(
             old
-            for kind, old, _ in harness.load_aliases(results, harness.code_hashes())
-            if kind == "stagelr"
+            for kind, old, _, method in harness.load_aliases(results, harness.code_hashes())
+            if kind == "stagelr" and method in (None, "stagelr-default")
         ),
     )
     lines = report.render(

@@ -192,7 +192,8 @@ class Cache:
         for path in sorted(self.folder.glob("*.jsonl.gz")):
             for record in read_records(path):
                 workload = VARIANTS[record["variant"]].workload
-                alias = aliases.get((kind_of(record["method"]), record["code"], workload))
+                method = record["method"]
+                alias = alias_of(aliases, kind_of(method), record["code"], workload, method)
                 if alias is not None:
                     record = rekeyed(record, alias)
                 if record["code"] not in current:
@@ -257,12 +258,19 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     partial.replace(path)
 
 
-def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[tuple[str, str, str], str]:
-    """(kind, old code hash, workload) -> today's hash of that kind, for each recorded
-    alias whose new side is today's code (``recheck`` reproduced runs of that workload
-    under the old code with it, bit for bit), and for each alias of such an old hash in
-    turn. An alias vouches only for the workloads its samples came from (every variant of
-    a workload runs the same code; only T or a parameter differs)."""
+#: An alias map's key: (kind, old code hash, workload, method or None for every method).
+AliasKey = tuple[str, str, str, str | None]
+
+
+def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[AliasKey, str]:
+    """(kind, old code hash, workload, method) -> today's hash of that kind, for each
+    recorded alias whose new side is today's code (``recheck`` reproduced runs of that
+    workload under the old code with it, bit for bit), and for each alias of such an old
+    hash in turn. An alias vouches only for the workloads its samples came from (every
+    variant of a workload runs the same code; only T or a parameter differs), and, when
+    it names ``methods``, only for those (a change to one preset's defaults leaves the
+    other presets' runs as they were: ``recheck --method``); the method is None where it
+    vouches for every method. Read a record's alias with :func:`alias_of`."""
     path = folder / ALIASES_FILE
     if not path.exists():
         return {}
@@ -271,22 +279,48 @@ def load_aliases(folder: Path, hashes: dict[str, str]) -> dict[tuple[str, str, s
     def workloads_of(entry: dict[str, Any]) -> set[str]:
         return {VARIANTS[v].workload for v in entry["variants"] if v in VARIANTS}
 
-    out: dict[tuple[str, str, str], str] = {}
+    def scope(entry: dict[str, Any]) -> list[str | None]:
+        methods = entry.get("methods")
+        return [None] if not methods else list(methods)
+
+    out: dict[AliasKey, str] = {}
     for entry in entries:
         if hashes.get(entry["kind"]) == entry["new"]:
             for workload in workloads_of(entry):
-                out[(entry["kind"], entry["old"], workload)] = entry["new"]
+                for method in scope(entry):
+                    out[(entry["kind"], entry["old"], workload, method)] = entry["new"]
     grew = True
     while grew:
         grew = False
         for entry in entries:
+            mine = scope(entry)
             for workload in workloads_of(entry):
-                key = (entry["kind"], entry["old"], workload)
-                via = (entry["kind"], entry["new"], workload)
-                if via in out and key not in out:
-                    out[key] = out[via]
-                    grew = True
+                via = [
+                    (m, new)
+                    for (k, o, w, m), new in list(out.items())
+                    if (k, o, w) == (entry["kind"], entry["new"], workload)
+                ]
+                for onward, new in via:
+                    # The chain vouches for the methods both links do.
+                    if onward is None:
+                        methods = mine
+                    elif None in mine or onward in mine:
+                        methods = [onward]
+                    else:
+                        methods = []
+                    for method in methods:
+                        key = (entry["kind"], entry["old"], workload, method)
+                        if key not in out:
+                            out[key] = new
+                            grew = True
     return out
+
+
+def alias_of(
+    aliases: dict[AliasKey, str], kind: str, code: str, workload: str, method: str
+) -> str | None:
+    """Today's hash a record of ``method`` made under ``code`` is read as, or None."""
+    return aliases.get((kind, code, workload, method)) or aliases.get((kind, code, workload, None))
 
 
 def rekeyed(record: dict[str, Any], code: str) -> dict[str, Any]:

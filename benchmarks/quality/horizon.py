@@ -45,7 +45,8 @@ def _full_length(variant: str, code: str) -> dict[float, list[float]]:
         if float(record["config"].get("budget", 1.0)) != 1.0:
             continue
         workload = VARIANTS[variant].workload
-        if aliases.get(("baseline", record["code"], workload), record["code"]) != code:
+        alias = harness.alias_of(aliases, "baseline", record["code"], workload, "grid")
+        if (alias or record["code"]) != code:
             continue
         loss = record["run"]["final_loss"]
         out.setdefault(float(record["config"]["peak"]), []).append(

@@ -90,11 +90,17 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def samples(
-    folder: Path, old: str, per_variant: int, skip: set[str], here_only: bool = True
+    folder: Path,
+    old: str,
+    per_variant: int,
+    skip: set[str],
+    here_only: bool = True,
+    methods: set[str] | None = None,
 ) -> list[tuple[Task, dict[str, Any]]]:
     """Per variant, the ``per_variant`` quickest runs of code ``old`` that did not diverge
     (``here_only``: trained on this machine; else made by any machine, ``old`` being
-    today's code, and read through the results folder's aliases as the cache reads them)."""
+    today's code, and read through the results folder's aliases as the cache reads them;
+    ``methods``: runs of these methods only)."""
     here = machine_name()
     aliases = {} if here_only else harness.load_aliases(folder, harness.code_hashes())
     chosen: list[tuple[Task, dict[str, Any]]] = []
@@ -103,9 +109,14 @@ def samples(
         for r in read_records(path):
             if r["variant"] not in VARIANTS or r["variant"] in skip:
                 continue
+            if methods is not None and r["method"] not in methods:
+                continue
             if not here_only:
                 workload = VARIANTS[r["variant"]].workload
-                alias = aliases.get((harness.kind_of(r["method"]), r["code"], workload))
+                method = r["method"]
+                alias = harness.alias_of(
+                    aliases, harness.kind_of(method), r["code"], workload, method
+                )
                 if alias is not None:
                     r = harness.rekeyed(r, alias)
             if r["code"] == old and (not here_only or r.get("machine") == here):
@@ -134,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", default=[], help="a variant to leave out")
     parser.add_argument("--variant", action="append", default=None, help="only these variants")
     parser.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="only runs of these methods, and the alias vouches for them alone (a change to "
+        "one preset's defaults leaves another preset's runs as they were)",
+    )
+    parser.add_argument(
         "--results", type=Path, default=harness.ROOT / "docs" / "results" / "quality"
     )
     parser.add_argument(
@@ -161,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         for old in args.old:
-            chosen = samples(args.samples or args.results, old, args.per_variant, set(args.skip))
+            methods = set(args.method) if args.method else None
+            chosen = samples(
+                args.samples or args.results,
+                old,
+                args.per_variant,
+                set(args.skip),
+                methods=methods,
+            )
             if args.variant:
                 chosen = [(t, r) for t, r in chosen if t.variant.name in args.variant]
             if not chosen:
@@ -206,17 +231,31 @@ def main(argv: list[str] | None = None) -> int:
                 "variants": sorted({t.variant.name for t, _ in chosen}),
                 "reproduced": [r["key"] for _, r in chosen],
             }
+            if methods is not None:
+                # The alias vouches for these methods' runs only.
+                entry["methods"] = sorted(methods)
             if args.samples is not None:
                 entry["samples"] = _rel(args.samples)
             for earlier in known["aliases"]:
-                if (earlier["kind"], earlier["old"], earlier["new"]) == (kind, old, entry["new"]):
+                same = (earlier["kind"], earlier["old"], earlier["new"]) == (
+                    kind,
+                    old,
+                    entry["new"],
+                )
+                if same and earlier.get("methods") == entry.get("methods"):
                     # Another sample of the same change: the variants both vouch for.
                     entry["variants"] = sorted(set(entry["variants"]) | set(earlier["variants"]))
                     entry["reproduced"] = earlier["reproduced"] + entry["reproduced"]
                     if "samples" in earlier and "samples" not in entry:
                         entry["samples"] = earlier["samples"]
             known["aliases"] = [
-                a for a in known["aliases"] if not (a["old"] == old and a["new"] == entry["new"])
+                a
+                for a in known["aliases"]
+                if not (
+                    a["old"] == old
+                    and a["new"] == entry["new"]
+                    and a.get("methods") == entry.get("methods")
+                )
             ] + [entry]
             aliases_path.write_text(json.dumps(known, indent=1) + "\n")
             print(f"{old}: {len(chosen)} runs reproduced bit for bit: now read as {entry['new']}")
@@ -240,7 +279,14 @@ def train_samples(args: argparse.Namespace) -> int:
     out = Cache(args.train_samples, hashes).load()
     status = 0
     for old in args.old:
-        chosen = samples(args.results, old, args.per_variant, set(args.skip), here_only=False)
+        chosen = samples(
+            args.results,
+            old,
+            args.per_variant,
+            set(args.skip),
+            here_only=False,
+            methods=set(args.method) if args.method else None,
+        )
         if args.variant:
             chosen = [(t, r) for t, r in chosen if t.variant.name in args.variant]
         kinds = {task.kind for task, _ in chosen}

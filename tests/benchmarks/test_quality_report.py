@@ -226,6 +226,36 @@ def test_the_cache_is_compressed_and_reads_aliased_code_as_todays(tmp_path: Path
     assert Cache(tmp_path).load().get(task) is None
 
 
+def test_an_alias_that_names_methods_vouches_for_their_runs_alone(tmp_path: Path) -> None:
+    """A preset's defaults change: the other preset's runs are carried over (recheck
+    --method), the changed one's are not, also through a chain of aliases."""
+    variant = VARIANTS["nqm-b8"]
+    today = harness.code_hashes()["stagelr"]
+    older, old = "01d01d01d01d01d0", "0ld0ld0ld0ld0ld0"
+    for code in (older, old):
+        cache = Cache(tmp_path, hashes={**harness.code_hashes(), "stagelr": code}).load()
+        cache.add(Task(variant, "stagelr-autolrs", int(code == old)), _run(0.7, variant.steps))
+        cache.add(Task(variant, "stagelr-default", int(code == old)), _run(0.6, variant.steps))
+    chain = {"kind": "stagelr", "old": older, "new": old, "variants": ["nqm-b64"]}
+    scoped = {
+        "kind": "stagelr", "old": old, "new": today, "variants": ["nqm-b8"],
+        "methods": ["stagelr-autolrs"],
+    }  # fmt: skip
+    (tmp_path / harness.ALIASES_FILE).write_text(json.dumps({"aliases": [chain, scoped]}))
+    aliases = harness.load_aliases(tmp_path, harness.code_hashes())
+    assert harness.alias_of(aliases, "stagelr", old, "nqm", "stagelr-autolrs") == today
+    assert harness.alias_of(aliases, "stagelr", old, "nqm", "stagelr-default") is None
+    # the older hash reaches today's through the scoped link: for autolrs only
+    assert harness.alias_of(aliases, "stagelr", older, "nqm", "stagelr-autolrs") == today
+    assert harness.alias_of(aliases, "stagelr", older, "nqm", "stagelr-default") is None
+    loaded = Cache(tmp_path).load()
+    assert {(r["method"], r["seed"]) for r in loaded.records.values()} == {
+        ("stagelr-autolrs", 0),
+        ("stagelr-autolrs", 1),
+    }
+    assert loaded.stale == 2
+
+
 @pytest.mark.slow
 def test_rivals_plan_their_budget_and_the_anytime_ones_run_to_3t() -> None:
     pytest.importorskip("prodigyopt")
