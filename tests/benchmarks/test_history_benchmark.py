@@ -61,6 +61,33 @@ def test_every_control_reads_priors_of_its_own_fingerprint_from_another_workload
     assert history.chain_variant("regression-b512@regression", quick=False).param("batch") == 512
     charrnn = history.chain_variant(history.chain_label("charrnn"), quick=False)
     assert charrnn.workload == "charrnn-ft" and charrnn.grid == VARIANTS["charrnn"].grid
+    # the transformer's control: the GRU at its budget and range (charlm-3000 at charlm's
+    # budget would be charlm itself)
+    for name in ("charlm", "charlm-3000"):
+        gru = history.chain_variant(history.chain_label(name), quick=False)
+        assert gru.workload == "charrnn" and gru.steps == VARIANTS[name].steps
+    assert history.seed_count("charlm", False, None) == 5
+    assert history.seed_count("charlm-3000", False, None) == 3
+    assert history.seed_count("charlm-3000", False, 2) == 2
+
+
+def test_a_variant_measured_under_an_earlier_code_keeps_its_rows() -> None:
+    def rec(label: str, condition: str, seed: int, code: str, at: str) -> dict[str, object]:
+        return {"key": history.run_key(label, condition, seed, code), "label": label,
+                "condition": condition, "seed": seed, "code": code, "finished_at": at}  # fmt: skip
+
+    store = {}
+    for condition in history.CONDITIONS:
+        for seed in (1, 2):
+            for r in (rec("a", condition, seed, "old", "1"), rec("b", condition, seed, "new", "2")):
+                store[r["key"]] = r
+    # b is complete under today's code; a only under the old one; c under none
+    assert history.variant_code(store, "b", "new", [1, 2]) == "new"
+    assert history.variant_code(store, "a", "new", [1, 2]) == "old"
+    assert history.variant_code(store, "c", "new", [1, 2]) == "new"
+    # one missing run of the old code: nothing complete, today's code (rows pending)
+    del store[history.run_key("a", "mismatch", 2, "old")]
+    assert history.variant_code(store, "a", "new", [1, 2]) == "new"
 
 
 def test_the_report_is_printed_from_the_committed_runs() -> None:
@@ -75,7 +102,7 @@ def test_the_report_is_printed_from_the_committed_runs() -> None:
             )
         assert not re.search(rf"^{re.escape(name)} +pending", out, flags=re.M)
     assert "-- dev split" in out and "-- test split" in out
-    assert "not run: charlm, charlm-3000" in out
+    assert "not run: lstm, autoencoder, autoencoder-5000, charmlp-ft (the test2 split" in out
     # every target from the committed quality cache
     assert len(re.findall(r"^ +target \d", out, flags=re.M)) == len(history.VARIANTS)
 
