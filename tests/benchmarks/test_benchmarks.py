@@ -245,7 +245,7 @@ def test_devsplit_compares_on_a_held_out_split_only_once_default_was_judged_ther
     # The command refuses the unjudged split before it trains anything.
     bad = subprocess.run(
         [sys.executable, "-m", "benchmarks.quality.devsplit", "--variant", "lstm",
-         "--config", "a=default:{}"],
+         "--config", "a=default:{}", "--results", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "lstm: held out" in bad.stderr
