@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,28 @@ def test_request_ab_pairs_two_servers_call_by_call(tmp_path) -> None:
     for row in rows.values():
         assert row["A_ms"] > 0 and row["B_ms"] > 0
         assert row["B_over_A"] == pytest.approx(row["B_ms"] / row["A_ms"])
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_decision_instructions_counts_two_trees_the_same_when_they_are_the_same(
+    tmp_path: Path,
+) -> None:
+    # This tree as its own baseline: the same decisions, and counts within a hair (what
+    # makes the figure worth more than a timing on a shared machine).
+    out = run(
+        "decision_instructions.py",
+        "--studies",
+        "1",
+        "--baseline-tree",
+        str(ROOT),
+        "--json",
+        str(tmp_path / "i.json"),
+    )
+    assert "(the same decisions)" in out, out
+    old, new = json.loads((tmp_path / "i.json").read_text())["rows"]
+    assert old["decisions"] == new["decisions"] == 10 and old["lrs"] == new["lrs"]
+    assert new["per_decision_m"] > 1.0
+    assert abs(new["instructions"] / old["instructions"] - 1.0) < 0.02
 
 
 def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:

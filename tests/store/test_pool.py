@@ -7,14 +7,20 @@ fork and a handshake on the server) many times a second.
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy import text
 
 from stagelr_service.errors import StoreUnavailableError
 from stagelr_service.settings import Settings
 from stagelr_service.store import Store
+from stagelr_service.store import engine as engine_module
+from tests.store_fixtures import POSTGRES_ENV, fresh_postgres_database, postgres_admin_url
 
 
 def test_a_burst_keeps_its_connections_and_never_opens_more(tmp_path: Path) -> None:
@@ -34,3 +40,54 @@ def test_the_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().db_pool_size == 15
     monkeypatch.setenv("STAGELR_DB_POOL_SIZE", "4")
     assert Settings().db_pool_size == 4
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(postgres_admin_url() is None, reason=f"set {POSTGRES_ENV}")
+def test_only_a_rested_connection_is_pinged_and_a_lost_one_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection back from a transaction moments ago goes out again without a ping (a
+    round trip per transaction under load); one that rested is pinged, so a server
+    that went away meanwhile costs no request. One lost while it had just been used
+    fails that one transaction (503), and the pool replaces it."""
+    admin = postgres_admin_url()
+    assert admin is not None
+    with fresh_postgres_database(admin) as url, Store(url, pool_size=1) as store:
+        store.migrate()
+        pings = []
+        real_ping = store.engine.dialect.do_ping
+
+        def counted(dbapi_connection: Any) -> bool:
+            pings.append(dbapi_connection)
+            return bool(real_ping(dbapi_connection))
+
+        monkeypatch.setattr(store.engine.dialect, "do_ping", counted)
+
+        def backend_pid() -> int:  # through the store's pool, as a transaction takes it
+            with store.engine.connect() as connection:
+                return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+        def terminate(pid: int) -> None:
+            with psycopg.connect(admin, autocommit=True) as admin_connection:
+                admin_connection.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        first = backend_pid()
+        assert len(pings) == 1  # a new connection is pinged
+        assert backend_pid() == first
+        assert len(pings) == 1  # back moments ago: not pinged
+
+        # Rested: pinged, and a lost server is found by the ping, not by a request.
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_S", 0.05)
+        terminate(first)
+        time.sleep(0.2)
+        second = backend_pid()
+        assert second != first and len(pings) >= 2
+
+        # Just used, then lost: its next transaction fails as one mid-way would (503),
+        # and the pool connects anew for the one after.
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_S", 60.0)
+        terminate(second)
+        with pytest.raises(StoreUnavailableError), store.transaction(read_only=True) as repo:
+            repo.list_studies(project=None)
+        assert backend_pid() not in (first, second)

@@ -170,7 +170,7 @@ def study_query() -> Select[StudyRow, str]:
     return select(StudyRow, ProjectRow.name).join(ProjectRow, StudyRow.project_id == ProjectRow.id)
 
 
-def study_record(row: StudyRow, project: str) -> StudyRecord:
+def study_record(row: StudyRow | Row[Any], project: str) -> StudyRecord:
     return StudyRecord(
         id=row.id,
         project_id=row.project_id,

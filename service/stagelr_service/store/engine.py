@@ -20,6 +20,7 @@ wait for a free pooled connection).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ DEFAULT_STATEMENT_TIMEOUT_S = 10.0
 DEFAULT_POOL_TIMEOUT_S = 5.0
 #: Connections each engine keeps (the STAGELR_DB_POOL_SIZE setting).
 DEFAULT_POOL_SIZE = 15
+#: A pooled PostgreSQL connection that rested longer than this is pinged when taken out.
+PING_AFTER_IDLE_S = 1.0
+_CHECKED_IN = "stagelr_checked_in"
 
 
 def _cut_connection(dbapi_connection: Any) -> None:
@@ -156,10 +160,24 @@ def make_engine(
         **kwargs,
     )
 
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:  # None: a connection the pool has already let go
+            record.info[_CHECKED_IN] = time.monotonic()
+
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # SQLAlchemy's pool_pre_ping, with a deadline: a connection whose server stopped
         # answering is cut and replaced (DisconnectionError makes the pool connect anew).
+        # Only for a connection that has rested in the pool: one that finished a
+        # transaction moments ago was answering then, and a server lost since fails its
+        # next statement as it would fail mid-transaction (503, and the client retries;
+        # the pool then drops it). Under load every connection is in use all the time,
+        # and the ping was a round trip of every transaction. A connection's info is
+        # emptied when the pool invalidates it, so a new one is pinged.
+        checked_in = record.info.get(_CHECKED_IN)
+        if checked_in is not None and time.monotonic() - checked_in < PING_AFTER_IDLE_S:
+            return
         try:
             with DEADLINES.guard(dbapi_connection, connect_timeout):
                 engine.dialect.do_ping(dbapi_connection)

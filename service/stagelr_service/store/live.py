@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -99,17 +100,19 @@ class _Hot:
     @staticmethod
     @cache
     def study() -> Any:
-        return study_query().where(StudyRow.id == bindparam("study_id"))
+        # Plain columns (the study's, and its project's name), not an ORM entity: a read
+        # then always sees what the database holds, also after waiting for a lock.
+        studies, projects = cast(Table, StudyRow.__table__), cast(Table, ProjectRow.__table__)
+        return (
+            select(*studies.c, projects.c.name.label("project_name"))
+            .join(projects, studies.c.project_id == projects.c.id)
+            .where(studies.c.id == bindparam("study_id"))
+        )
 
     @staticmethod
     @cache
     def locked_study() -> Any:
-        return (
-            _Hot.study()
-            .with_for_update(of=StudyRow)
-            # The row may have changed while we waited for the lock: refresh it.
-            .execution_options(populate_existing=True)
-        )
+        return _Hot.study().with_for_update(of=cast(Table, StudyRow.__table__))
 
     @staticmethod
     @cache
@@ -164,10 +167,9 @@ class _Hot:
     @staticmethod
     @cache
     def stage() -> Any:
-        return (
-            select(StageRow)
-            .where(StageRow.study_id == bindparam("study_id"), StageRow.index == bindparam("index"))
-            .execution_options(populate_existing=True)
+        table = StageRow.__table__
+        return select(*table.c).where(
+            table.c.study_id == bindparam("study_id"), table.c.index == bindparam("index")
         )
 
     @staticmethod
@@ -184,18 +186,68 @@ class _Hot:
 
     @staticmethod
     @cache
+    def segment_columns() -> Any:
+        """A segment's columns and its stage's index: rows, not ORM entities (a read then
+        always sees what the database holds, and costs no identity-map bookkeeping)."""
+        segments, stages = SegmentRow.__table__, StageRow.__table__
+        return select(*segments.c, stages.c.index.label("stage_index")).join(
+            stages, segments.c.stage_id == stages.c.id
+        )
+
+    @staticmethod
+    @cache
     def segment() -> Any:
-        return LiveQueries._segment_query().where(SegmentRow.id == bindparam("segment_id"))
+        table = SegmentRow.__table__
+        return _Hot.segment_columns().where(table.c.id == bindparam("segment_id"))
 
     @staticmethod
     @cache
     def segments() -> Any:
-        segments, stages = SegmentRow.__table__, StageRow.__table__
+        table = SegmentRow.__table__
         return (
-            select(*segments.c, stages.c.index.label("stage_index"))
-            .join(stages, segments.c.stage_id == stages.c.id)
-            .where(segments.c.study_id == bindparam("study_id"))
-            .order_by(segments.c.seq)
+            _Hot.segment_columns()
+            .where(table.c.study_id == bindparam("study_id"))
+            .order_by(table.c.seq)
+        )
+
+    @staticmethod
+    @cache
+    def close_segment() -> Any:
+        """Set a segment's status fields; RETURNING the row (no row: no such segment)."""
+        table = cast(Table, SegmentRow.__table__)
+        return (
+            update(table)
+            .where(table.c.id == bindparam("segment_id"))
+            .values(
+                status=bindparam("status"),
+                steps_done=bindparam("steps_done"),
+                fail_reason=bindparam("fail_reason"),
+                completed_at=bindparam("completed_at"),
+            )
+            .returning(*table.c)
+        )
+
+    @staticmethod
+    @cache
+    def stage_by_id() -> Any:
+        table = StageRow.__table__
+        return select(*table.c).where(table.c.id == bindparam("stage_id"))
+
+    @staticmethod
+    @cache
+    def insert_observations() -> Any:
+        # A Core INSERT on the table (executemany): the ORM-enabled one takes the bulk
+        # persistence path, which costs more than the statement here.
+        return insert(cast(Table, ObservationRow.__table__))
+
+    @staticmethod
+    @cache
+    def outages() -> Any:
+        table = OutageRow.__table__
+        return (
+            select(table.c.key, table.c.steps, table.c.after_seq, table.c.reported_at)
+            .where(table.c.study_id == bindparam("study_id"))
+            .order_by(table.c.id)
         )
 
     @staticmethod
@@ -206,11 +258,12 @@ class _Hot:
     @staticmethod
     @cache
     def heartbeat() -> Any:
+        table = cast(Table, SegmentRow.__table__)
         return (
-            update(SegmentRow)
+            update(table)
             .where(
-                SegmentRow.id == bindparam("segment_id"),
-                SegmentRow.status == SegmentStatus.open.value,
+                table.c.id == bindparam("segment_id"),
+                table.c.status == SegmentStatus.open.value,
             )
             .values(heartbeat_at=bindparam("now"))
         )
@@ -279,12 +332,28 @@ class LiveQueries:
         self._clock = clock
         #: Studies whose ``updated_at`` this transaction has set already.
         self._touched: set[int] = set()
-        #: Rows read in this transaction, held so that the session's (weak) identity map
-        #: keeps them: a later ``Session.get`` of one is then answered without a query.
-        self._held: list[Any] = []
-        #: Segment id -> its stage's index, for the segments read in this transaction.
-        self._stage_index: dict[int, int] = {}
+        #: Segment id -> (its study, its stage's index), for the segments this
+        #: transaction read or wrote.
+        self._segment_of: dict[int, tuple[int, int]] = {}
+        #: Stage id -> the stage, for the stages this transaction read or created.
+        self._stages: dict[int, StageRecord] = {}
         self._dialect_name: str | None = None
+        self._connection: Connection | None = None
+
+    def _run(self, statement: Any, params: Any = None) -> Any:
+        """Execute a Core statement on the transaction's connection: what
+        ``Session.execute`` does for it, without the ORM's execution layer (a third of a
+        statement's cost on the decision path). Pending ORM changes are flushed first,
+        as the session's autoflush would."""
+        session = self._s
+        if session.new or session.dirty or session.deleted:
+            session.flush()
+        if self._connection is None:
+            self._connection = session.connection()
+        return self._connection.execute(statement, params)
+
+    def _run_scalar(self, statement: Any, params: Any = None) -> Any:
+        return self._run(statement, params).scalar()
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -377,8 +446,8 @@ class LiveQueries:
         raise error
 
     def get_study(self, study_id: int) -> StudyRecord | None:
-        found = self._s.execute(_Hot.study(), {"study_id": study_id}).one_or_none()
-        return None if found is None else study_record(*found)
+        found = self._run(_Hot.study(), {"study_id": study_id}).first()
+        return None if found is None else study_record(found, found.project_name)
 
     def find_study(self, project: str, name: str) -> StudyRecord | None:
         """The study ``name`` of the project named ``project``, if any."""
@@ -416,8 +485,8 @@ class LiveQueries:
         one study (on any replica) run one after the other. SQLite: a plain read; the
         write transaction already holds the database's write lock (BEGIN IMMEDIATE).
         """
-        found = self._s.execute(_Hot.locked_study(), {"study_id": study_id}).one_or_none()
-        return None if found is None else study_record(*found)
+        found = self._run(_Hot.locked_study(), {"study_id": study_id}).first()
+        return None if found is None else study_record(found, found.project_name)
 
     def set_study_status(
         self, study_id: int, status: StudyStatus | str, reason: str | None = None
@@ -444,7 +513,7 @@ class LiveQueries:
             return
         # Study rows are never held by the session (readers keep records, not rows), so
         # no loaded copy can go stale under this Core statement.
-        self._s.execute(_Hot.touch(), {"study_id": study_id, "now": self._now()})
+        self._run(_Hot.touch(), {"study_id": study_id, "now": self._now()})
         self._touched.add(study_id)
 
     def touch_running_study(self, study_id: int) -> bool:
@@ -454,7 +523,7 @@ class LiveQueries:
         :meth:`lock_study` and a touch do in two, for a writer that needs no more of the
         study than that it runs.
         """
-        result = self._s.execute(_Hot.touch_running(), {"study_id": study_id, "now": self._now()})
+        result = self._run(_Hot.touch_running(), {"study_id": study_id, "now": self._now()})
         if cast(Any, result).rowcount != 1:
             return False
         self._touched.add(study_id)
@@ -472,10 +541,9 @@ class LiveQueries:
         """
         query = _Hot.stage()
         params = {"study_id": study_id, "index": index}
-        row = self._s.scalar(query, params)
-        if row is not None:
-            self._held.append(row)
-            return stage_record(row)
+        found = self._run(query, params).first()
+        if found is not None:
+            return self._keep_stage(stage_record(found))
         self.touch_study(study_id)
         row = StageRow(
             study_id=study_id,
@@ -488,11 +556,24 @@ class LiveQueries:
         )
         error = self._insert(row)
         if error is not None:
-            found = self._s.scalar(query, params)
+            found = self._run(query, params).first()
             if found is None:
                 raise error
-            row = found
-        return stage_record(row)
+            return self._keep_stage(stage_record(found))
+        return self._keep_stage(stage_record(row))
+
+    def _keep_stage(self, stage: StageRecord) -> StageRecord:
+        self._stages[stage.id] = stage
+        return stage
+
+    def _stage_by_id(self, stage_id: int) -> StageRecord | None:
+        """The stage (as this transaction read or created it: a stage's study and index
+        never change), or None if there is none."""
+        stage = self._stages.get(stage_id)
+        if stage is None:
+            found = self._run(_Hot.stage_by_id(), {"stage_id": stage_id}).first()
+            stage = None if found is None else self._keep_stage(stage_record(found))
+        return stage
 
     def get_stage(self, study_id: int, index: int) -> StageRecord | None:
         row = self._s.scalar(
@@ -501,7 +582,7 @@ class LiveQueries:
         return None if row is None else stage_record(row)
 
     def stages_of_study(self, study_id: int) -> list[StageRecord]:
-        rows = self._s.execute(_Hot.stages(), {"study_id": study_id})
+        rows = self._run(_Hot.stages(), {"study_id": study_id})
         return [stage_record(row) for row in rows]
 
     def set_stage(
@@ -524,29 +605,23 @@ class LiveQueries:
         if not isinstance(chosen_lr, Keep):
             row.chosen_lr = chosen_lr
         self._s.flush()
-        return stage_record(row)
+        return self._keep_stage(stage_record(row))
 
     # ------------------------------------------------------------------ segments
 
-    @staticmethod
-    def _segment_query() -> Select[SegmentRow, int]:
-        # populate_existing: a row this transaction holds is refreshed by a new read (the
-        # read after a lock must see what a concurrent writer committed meanwhile).
-        return (
-            select(SegmentRow, StageRow.index)
-            .join(StageRow, SegmentRow.stage_id == StageRow.id)
-            .execution_options(populate_existing=True)
-        )
-
     def _one_segment(
-        self, query: Select[SegmentRow, int], params: Mapping[str, Any] | None = None
+        self, query: Any, params: Mapping[str, Any] | None = None
     ) -> SegmentRecord | None:
-        found = self._s.execute(query, params).first()
-        if found is None:
-            return None
-        row, stage = found
-        self._held.append(row)
-        self._stage_index[row.id] = stage
+        found = self._run(query, params).first()
+        return None if found is None else self._segment_row(found)
+
+    def _segment_row(self, row: Any) -> SegmentRecord:
+        """The record of a row of ``_Hot.segment_columns`` (or of a segment's columns,
+        whose stage this transaction knows), remembered as this transaction's."""
+        stage = getattr(row, "stage_index", None)
+        if stage is None:
+            stage = self._segment_of[row.id][1]
+        self._segment_of[row.id] = (row.study_id, stage)
         return segment_record(row, stage)
 
     def insert_segment(
@@ -560,7 +635,7 @@ class LiveQueries:
         usable (the INSERT .. ON CONFLICT DO NOTHING wrote nothing); re-read the study
         and answer from it.
         """
-        stage = self._s.get(StageRow, stage_id)
+        stage = self._stage_by_id(stage_id)
         if stage is None or stage.study_id != study_id:
             raise NotFoundError(f"stage {stage_id} of study {study_id} does not exist")
         if stage.index != decision.stage:
@@ -582,13 +657,13 @@ class LiveQueries:
             completed_at=None,
             heartbeat_at=now,
         )
-        segment_id = self._s.scalar(_Hot.insert_segment(self._dialect()), values)
+        segment_id = self._run_scalar(_Hot.insert_segment(self._dialect()), values)
         if segment_id is None:
             raise DuplicateSegmentError(
                 f"segment {seq} of study {study_id} was issued concurrently by another "
                 "request: read the study again and use the stored segment"
             )
-        self._stage_index[segment_id] = stage.index
+        self._segment_of[segment_id] = (study_id, stage.index)
         return segment_record(SimpleNamespace(id=segment_id, **values), stage.index)
 
     def heartbeat_segment(self, segment_id: int) -> SegmentRecord | None:
@@ -598,7 +673,7 @@ class LiveQueries:
         closed it). Locks only the segment row, so it cannot deadlock with writers that
         lock the study first.
         """
-        self._s.execute(_Hot.heartbeat(), {"segment_id": segment_id, "now": self._now()})
+        self._run(_Hot.heartbeat(), {"segment_id": segment_id, "now": self._now()})
         segment = self.get_segment(segment_id)
         return segment if segment is not None and segment.status is SegmentStatus.open else None
 
@@ -607,22 +682,24 @@ class LiveQueries:
 
     def segment_by_seq(self, study_id: int, seq: int) -> SegmentRecord | None:
         """Segment ``seq`` of the study (e.g. the one a racing request issued first)."""
+        table = SegmentRow.__table__
         return self._one_segment(
-            self._segment_query().where(SegmentRow.study_id == study_id, SegmentRow.seq == seq)
+            _Hot.segment_columns().where(table.c.study_id == study_id, table.c.seq == seq)
         )
 
     def open_segment(self, study_id: int) -> SegmentRecord | None:
         """The study's open segment (the latest, should there be several), or None."""
+        table = SegmentRow.__table__
         return self._one_segment(
-            self._segment_query()
-            .where(SegmentRow.study_id == study_id, SegmentRow.status == SegmentStatus.open.value)
-            .order_by(SegmentRow.seq.desc())
+            _Hot.segment_columns()
+            .where(table.c.study_id == study_id, table.c.status == SegmentStatus.open.value)
+            .order_by(table.c.seq.desc())
         )
 
     def segments_of_study(self, study_id: int) -> list[SegmentRecord]:
         """All segments of the study, in issue order (by ``seq``)."""
-        rows = self._s.execute(_Hot.segments(), {"study_id": study_id})
-        return [segment_record(row, row.stage_index) for row in rows]
+        rows = self._run(_Hot.segments(), {"study_id": study_id})
+        return [self._segment_row(row) for row in rows]
 
     def update_segment_status(
         self,
@@ -637,22 +714,22 @@ class LiveQueries:
         ``completed_at`` is set when the segment leaves ``open`` (cleared if it returns).
         Whether the transition is allowed is the caller's decision.
         """
-        row = self._s.get(SegmentRow, segment_id)
+        if segment_id not in self._segment_of and self.get_segment(segment_id) is None:
+            raise NotFoundError(f"segment {segment_id} does not exist")
+        # The study first (the lock order), then one UPDATE that returns the row.
+        self.touch_study(self._segment_of[segment_id][0])
+        new_status = SegmentStatus(status)
+        values = {
+            "segment_id": segment_id,
+            "status": new_status.value,
+            "steps_done": steps_done,
+            "fail_reason": fail_reason,
+            "completed_at": None if new_status is SegmentStatus.open else self._now(),
+        }
+        row = self._run(_Hot.close_segment(), values).first()
         if row is None:
             raise NotFoundError(f"segment {segment_id} does not exist")
-        self.touch_study(row.study_id)
-        new_status = SegmentStatus(status)
-        row.status = new_status.value
-        row.steps_done = steps_done
-        row.fail_reason = fail_reason
-        row.completed_at = None if new_status is SegmentStatus.open else self._now()
-        self._s.flush()
-        stage = self._stage_index.get(segment_id)
-        if stage is not None:  # the row is current after the flush
-            return segment_record(row, stage)
-        segment = self.get_segment(segment_id)
-        assert segment is not None
-        return segment
+        return self._segment_row(row)
 
     # ------------------------------------------------------------------ observations
 
@@ -690,8 +767,8 @@ class LiveQueries:
             try:
                 with guard:
                     if new:
-                        self._s.execute(
-                            insert(ObservationRow),
+                        self._run(
+                            _Hot.insert_observations(),
                             [
                                 {
                                     "segment_id": segment_id,
@@ -732,7 +809,7 @@ class LiveQueries:
                     "special": special,
                 }
             )
-        self._s.execute(insert(ObservationRow), rows)
+        self._run(_Hot.insert_observations(), rows)
 
     def count_existing(
         self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
@@ -750,7 +827,7 @@ class LiveQueries:
         return len(new), repeats + len(batch) - len(new)
 
     def _study_of_segment(self, segment_id: int) -> int:
-        study_id = self._s.scalar(_Hot.study_of_segment(), {"segment_id": segment_id})
+        study_id = self._run_scalar(_Hot.study_of_segment(), {"segment_id": segment_id})
         if study_id is None:
             raise NotFoundError(f"segment {segment_id} does not exist")
         return int(study_id)
@@ -786,7 +863,7 @@ class LiveQueries:
         steps = [step for step, _ in batch]
         stored: dict[tuple[int, str], Encoded] = {
             (step, metric): (value, special)
-            for step, metric, value, special in self._s.execute(
+            for step, metric, value, special in self._run(
                 _Hot.observations_between(),
                 {"segment_id": segment_id, "low": min(steps), "high": max(steps)},
             )
@@ -807,7 +884,7 @@ class LiveQueries:
 
     def observations_of_segment(self, segment_id: int) -> list[ObservationRecord]:
         """The segment's observations sorted by (step, metric)."""
-        rows = self._s.execute(_Hot.observations_of_segment(), {"segment_id": segment_id})
+        rows = self._run(_Hot.observations_of_segment(), {"segment_id": segment_id})
         return [
             ObservationRecord(step, Metric(metric), decode_float(value, special))
             for step, metric, value, special in rows
@@ -816,7 +893,7 @@ class LiveQueries:
     def observations_of_study(self, study_id: int) -> dict[int, list[ObservationRecord]]:
         """segment id -> observations sorted by (step, metric), for the whole study in one
         query; segments without observations are absent."""
-        rows = self._s.execute(_Hot.observations_of_study(), {"study_id": study_id})
+        rows = self._run(_Hot.observations_of_study(), {"study_id": study_id})
         out: dict[int, list[ObservationRecord]] = {}
         for segment_id, step, metric, value, special in rows:
             out.setdefault(segment_id, []).append(
@@ -859,7 +936,7 @@ class LiveQueries:
         }
         # Forecast rows are never held by the session (no reader keeps them), so no
         # loaded copy can go stale under this Core statement.
-        forecast_id = self._s.scalar(_Hot.upsert_forecast(self._dialect()), values)
+        forecast_id = self._run_scalar(_Hot.upsert_forecast(self._dialect()), values)
         return forecast_record(SimpleNamespace(id=forecast_id, **values))
 
     def get_forecast(self, segment_id: int) -> ForecastRecord | None:
@@ -868,7 +945,7 @@ class LiveQueries:
 
     def forecasts_of_study(self, study_id: int) -> dict[int, ForecastRecord]:
         """segment id -> forecast, for every segment of the study that has one."""
-        rows = self._s.execute(_Hot.forecasts(), {"study_id": study_id})
+        rows = self._run(_Hot.forecasts(), {"study_id": study_id})
         return {row.segment_id: forecast_record(row) for row in rows}
 
     # ------------------------------------------------------------------ history
@@ -892,10 +969,8 @@ class LiveQueries:
 
     def outages_of_study(self, study_id: int) -> list[OutageRecord]:
         """The outages a job reported for the study, in the order reported."""
-        rows = self._s.scalars(
-            select(OutageRow).where(OutageRow.study_id == study_id).order_by(OutageRow.id)
-        ).all()
-        return [OutageRecord(r.key, r.steps, r.after_seq, r.reported_at) for r in rows]
+        rows = self._run(_Hot.outages(), {"study_id": study_id})
+        return [OutageRecord(key, steps, after_seq, at) for key, steps, after_seq, at in rows]
 
     def add_outage(
         self, study_id: int, key: str, steps: int, after_seq: int | None
