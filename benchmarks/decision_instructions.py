@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ print(json.dumps({"decisions": decisions, "lrs": digest.hexdigest()[:16]}))
 """
 
 
-def run(tree: Path | None, studies: int, database: str, tag: str) -> dict[str, object]:
+def run(tree: Path | None, studies: int, database: str, tag: str) -> dict[str, Any]:
     """Count the instructions of one tree's decisions; its figures."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if tree is not None:
@@ -136,6 +137,23 @@ def run(tree: Path | None, studies: int, database: str, tag: str) -> dict[str, o
     }
 
 
+def report(rows: list[dict[str, Any]], backend: str) -> str:
+    """The printed table: each tree's count per decision; with two, their ratio and
+    whether they made the same decisions."""
+    lines = [f"instructions per decision (complete_and_next in process, {backend}):"]
+    for row in rows:
+        lines.append(
+            f"  {row['tree']:<30} {row['decisions']:>4} decisions  "
+            f"{row['per_decision_m']:8.2f} M instructions each  (LRs {row['lrs']})"
+        )
+    if len(rows) == 2:
+        old, new = rows
+        same = "the same decisions" if old["lrs"] == new["lrs"] else "DIFFERENT decisions"
+        ratio = float(new["instructions"]) / float(old["instructions"])
+        lines.append(f"  new / old: {ratio:.3f} ({same})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=3, help="studies (10 decisions each)")
@@ -158,17 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run(args.baseline_tree.resolve(), args.studies, database, f"old-{tag}"))
     rows.append(run(None, args.studies, database, f"new-{tag}"))
     backend = "postgresql" if database else "sqlite"
-    print(f"instructions per decision (complete_and_next in process, {backend}):")
-    for row in rows:
-        print(
-            f"  {row['tree']:<30} {row['decisions']:>4} decisions  "
-            f"{row['per_decision_m']:8.2f} M instructions each  (LRs {row['lrs']})"
-        )
-    if len(rows) == 2:
-        old, new = rows
-        same = "the same decisions" if old["lrs"] == new["lrs"] else "DIFFERENT decisions"
-        ratio = float(new["instructions"]) / float(old["instructions"])  # type: ignore[arg-type]
-        print(f"  new / old: {ratio:.3f} ({same})")
+    print(report(rows, backend))
     if args.json is not None:
         args.json.write_text(json.dumps({"backend": backend, "rows": rows}, indent=2) + "\n")
     return 0

@@ -190,25 +190,21 @@ def test_request_ab_pairs_two_servers_call_by_call(tmp_path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_decision_instructions_counts_two_trees_the_same_when_they_are_the_same(
-    tmp_path: Path,
-) -> None:
-    # This tree as its own baseline: the same decisions, and counts within a hair (what
-    # makes the figure worth more than a timing on a shared machine).
-    out = run(
-        "decision_instructions.py",
-        "--studies",
-        "1",
-        "--baseline-tree",
-        str(ROOT),
-        "--json",
-        str(tmp_path / "i.json"),
-    )
-    assert "(the same decisions)" in out, out
-    old, new = json.loads((tmp_path / "i.json").read_text())["rows"]
-    assert old["decisions"] == new["decisions"] == 10 and old["lrs"] == new["lrs"]
-    assert new["per_decision_m"] > 1.0
-    assert abs(new["instructions"] / old["instructions"] - 1.0) < 0.02
+def test_decision_instructions_counts_a_decision_and_compares_two_trees(tmp_path: Path) -> None:
+    out = run("decision_instructions.py", "--studies", "1", "--json", str(tmp_path / "i.json"))
+    assert "M instructions each" in out, out
+    (row,) = json.loads((tmp_path / "i.json").read_text())["rows"]
+    assert row["decisions"] == 10 and row["per_decision_m"] > 1.0
+    # Two trees (the comparison's own logic; a second valgrind run costs a minute of CI).
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from decision_instructions import report
+    finally:
+        sys.path.pop(0)
+    cheaper = {**row, "tree": "new", "instructions": row["instructions"] * 0.9}
+    assert "new / old: 0.900 (the same decisions)" in report([row, cheaper], "sqlite")
+    other = {**cheaper, "lrs": "0" * 16}
+    assert "(DIFFERENT decisions)" in report([row, other], "sqlite")
 
 
 def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
