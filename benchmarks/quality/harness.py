@@ -26,7 +26,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -554,6 +554,26 @@ def extension(
     return tasks
 
 
+def phases(
+    variant: Variant,
+    cache: Cache,
+    first: list[Task],
+    method_names: list[str],
+    quick: bool,
+    seeds_override: int | None,
+    rival_budgets: bool = True,
+) -> Iterator[tuple[str, list[Task]]]:
+    """The batches of runs to train for ``variant``, each planned once the one before has
+    been trained into ``cache``: ``first`` (its :func:`plan`), then the target config on
+    every seed and each budget that the runs so far leave open (a seed's run ended above
+    the target at every smaller budget), until none is. An empty ``first`` (every run at T
+    cached, or only budgeted methods asked for) goes straight to the budgeted runs."""
+    if first:
+        yield "runs", first
+    while tasks := extension(variant, cache, method_names, quick, seeds_override, rival_budgets):
+        yield "budgeted runs", tasks
+
+
 # --------------------------------------------------------------------------- execution
 
 _URL: str | None = None
@@ -844,9 +864,10 @@ def run_all(
             initargs=(server.url if server else None,),
         ) as pool:
             for variant in variants:
-                tasks = first[variant.name]
-                phase = "runs"
-                while tasks:
+                for phase, tasks in phases(
+                    variant, cache, first[variant.name], method_names, quick, seeds_override,
+                    rival_budgets,
+                ):  # fmt: skip
                     log(f"{variant.name}: {len(tasks)} runs to train ({phase})")
                     futures = {pool.submit(execute_item, item): item for item in _work_items(tasks)}
                     # Written as each finishes: an interrupted benchmark loses no result.
@@ -855,13 +876,6 @@ def run_all(
                             cache.add(task, run)
                             trained += 1
                             log(_describe(task, run))
-                    # The target config on every seed, then each budget that the runs so
-                    # far leave open (a seed's run ended above the target at every
-                    # smaller budget), until none is.
-                    phase = "budgeted runs"
-                    tasks = extension(
-                        variant, cache, method_names, quick, seeds_override, rival_budgets
-                    )
                 cache.compact([variant.name])
                 if server is not None:
                     export_studies(cache, variant.name)

@@ -152,6 +152,22 @@ def test_budgets_are_planned_one_at_a_time_until_a_run_ends_at_the_target(tmp_pa
     assert not harness.method_applies("prodigy", VARIANTS["digits"], tmp_path)
 
 
+def test_budgeted_runs_alone_are_planned_when_every_run_at_t_is_cached(tmp_path: Path) -> None:
+    cache, variant, _ = _grid_cache(tmp_path, "cnn", best=0.40)
+    harness.record_frozen(tmp_path, "abc1234")
+    wanted = ["grid", "stagelr-default-1.5t"]
+    cache.add(Task(variant, "stagelr-default", 0), _run(0.5, variant.steps))
+    assert harness.plan(variant, cache, wanted, True, None) == []
+    batches = harness.phases(variant, cache, [], wanted, True, None)
+    phase, tasks = next(batches)
+    assert phase == "budgeted runs"
+    assert tasks == [Task(variant, "stagelr-default-1.5t", 0)]
+    cache.add(tasks[0], _run(0.45, round(1.5 * variant.steps)))  # still above: 2T next
+    assert next(batches)[1] == [Task(variant, "stagelr-default-2t", 0)]
+    cache.add(Task(variant, "stagelr-default-2t", 0), _run(0.39, 2 * variant.steps))
+    assert list(batches) == []
+
+
 def _summary(name: str, split: str, default: float | None, rival: float, target: float = 0.4,
              steps_to: float = 1000.0, autolrs: float = 0.9) -> dict[str, Any]:  # fmt: skip
     def row(value: float, stt: float = math.nan, verdict: str = "worse") -> dict[str, Any]:
