@@ -94,8 +94,9 @@ def run_module(module: str, *args: str) -> str:
 def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_path) -> None:
     for package in ("schedulefree", "prodigyopt", "dadaptation", "dog"):
         pytest.importorskip(package)
+    # Two processes, as on a machine of two cores (the runs do not depend on it).
     out = run_module(
-        "benchmarks.quality", "--quick",
+        "benchmarks.quality", "--quick", "--jobs", "2",
         "--results", str(tmp_path / "cache"), "--img", str(tmp_path / "img"),
         "--json", str(tmp_path / "q.json"), "--docs", str(tmp_path / "bench.md"),
     )  # fmt: skip

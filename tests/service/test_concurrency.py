@@ -138,3 +138,43 @@ def test_request_threads_bound_the_requests_that_run_at_once(
             answers = list(pool.map(lambda i: client.post(f"/v1/studies/{i}/next"), ids))
     assert all(a.status_code == 200 for a in answers)
     assert most_inside == threads, (most_inside, threads)
+
+
+def test_each_api_request_takes_the_request_thread_pool_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's service call is its one trip through the thread pool: FastAPI checks a
+    sync handler's answer against its response model in the pool as well, a second wait
+    in the queue at load, so the handlers are async and hand over only the call."""
+    import anyio.to_thread
+
+    run_sync = anyio.to_thread.run_sync
+    hops: list[str] = []
+
+    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/h.db", auto_migrate=True)
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+
+        def hops_of(method: str, path: str, **body: Any) -> int:
+            hops.clear()
+            answer = client.request(method, path, **body)
+            assert answer.status_code < 300, answer.text
+            return len(hops)
+
+        made = {"json": {"name": "hops", "config": CONFIG}}
+        assert hops_of("POST", "/v1/studies", **made) == 1
+        assert hops_of("POST", "/v1/studies", **made) == 1  # the same study again: 200
+        study = client.post("/v1/studies", json=made["json"]).json()
+        assert hops_of("POST", f"/v1/studies/{study['id']}/next") == 1
+        segment = client.post(f"/v1/studies/{study['id']}/next").json()["segment"]
+        points = {"observations": [{"step": segment["report_every"], "value": 1.0}]}
+        path = f"/v1/segments/{segment['id']}"
+        assert hops_of("POST", f"{path}/observations", json=points) == 1
+        assert hops_of("POST", f"{path}/complete-and-next", json={}) == 1
+        assert hops_of("GET", f"/v1/studies/{study['id']}/segments") == 1
+        assert hops_of("GET", f"/v1/studies/{study['id']}") == 1
+        assert hops_of("DELETE", f"/v1/studies/{study['id']}") == 1

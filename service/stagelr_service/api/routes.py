@@ -1,14 +1,21 @@
 """HTTP routes under /v1. They translate only: parse, call the study service, answer.
 
-Handlers are plain ``def``: FastAPI runs them in its thread pool, so a decision (a GP fit
-and a store transaction) never blocks the event loop.
+Each handler is ``async`` and hands its service call to the request thread pool
+(:func:`_call`), so a decision (a GP fit and store transactions) never blocks the event
+loop. A plain ``def`` handler would cost a second hop through that pool per request:
+FastAPI checks a sync handler's return value against its ``response_model`` in the pool
+too, so at load a finished decision queued again behind new requests for a thread before
+its answer could be sent. Here the check runs on the event loop, where it is a type
+check (the service returns the response model's own class) and the fast JSON path.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from stagelr.models import (
     CompletedAndNext,
@@ -49,6 +56,15 @@ async def _service(request: Request) -> StudyService:
 
 ServiceDep = Annotated[StudyService, Depends(_service)]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+async def _call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """Run a service call in the request thread pool (its size: ``request_threads``)."""
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
     for code in (401, 404, 409, 422, 503)
@@ -64,17 +80,17 @@ router = APIRouter(prefix="/v1", responses=_PROBLEMS)
     summary="Create a study, or get the one of the same project and name",
     responses={200: {"model": StudyView, "description": "The study already existed."}},
 )
-def create_study(
+async def create_study(
     body: StudyCreate, service: ServiceDep, scope: ScopeDep, response: Response
 ) -> StudyView:
-    study, created = service.create_study(body, scope=scope.project)
+    study, created = await _call(service.create_study, body, scope=scope.project)
     if not created:
         response.status_code = status.HTTP_200_OK
     return study
 
 
 @router.get("/studies", response_model=StudyList, summary="List studies")
-def list_studies(
+async def list_studies(
     service: ServiceDep,
     scope: ScopeDep,
     project: str | None = None,
@@ -90,7 +106,8 @@ def list_studies(
         bool, Query(description="List the archived studies instead of the others.")
     ] = False,
 ) -> StudyList:
-    return service.list_studies(
+    return await _call(
+        service.list_studies,
         project=project,
         status=status_,
         limit=limit,
@@ -103,8 +120,8 @@ def list_studies(
 
 
 @router.get("/studies/{study_id}", response_model=StudyView, summary="Get a study")
-def get_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
-    return service.get_study(study_id, scope=scope.project)
+async def get_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return await _call(service.get_study, study_id, scope=scope.project)
 
 
 @router.post(
@@ -112,13 +129,13 @@ def get_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyV
     response_model=NextSegment,
     summary="The segment to train now (the open one again, if there is one)",
 )
-def next_segment(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> NextSegment:
-    return service.next_segment(study_id, scope=scope.project)
+async def next_segment(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> NextSegment:
+    return await _call(service.next_segment, study_id, scope=scope.project)
 
 
 @router.post("/studies/{study_id}/stop", response_model=StudyView, summary="Stop a study")
-def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
-    return service.stop_study(study_id, scope=scope.project)
+async def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return await _call(service.stop_study, study_id, scope=scope.project)
 
 
 @router.post(
@@ -126,8 +143,8 @@ def stop_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Study
     response_model=StudyView,
     summary="Archive a study: out of the default list, its history kept (replay, export)",
 )
-def archive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
-    return service.archive_study(study_id, True, scope=scope.project)
+async def archive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return await _call(service.archive_study, study_id, True, scope=scope.project)
 
 
 @router.post(
@@ -135,8 +152,8 @@ def archive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> St
     response_model=StudyView,
     summary="Bring an archived study back into the list",
 )
-def unarchive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
-    return service.archive_study(study_id, False, scope=scope.project)
+async def unarchive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyView:
+    return await _call(service.archive_study, study_id, False, scope=scope.project)
 
 
 @router.delete(
@@ -145,8 +162,8 @@ def unarchive_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> 
     response_class=Response,
     summary="Delete a study and its whole history, for good",
 )
-def delete_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Response:
-    service.delete_study(study_id, scope=scope.project)
+async def delete_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Response:
+    await _call(service.delete_study, study_id, scope=scope.project)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -155,10 +172,10 @@ def delete_study(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Res
     response_model=StudyView,
     summary="Report steps trained while the service was unreachable (idempotent per key)",
 )
-def report_outage(
+async def report_outage(
     study_id: StudyId, body: OutageReport, service: ServiceDep, scope: ScopeDep
 ) -> StudyView:
-    return service.report_outage(study_id, body, scope=scope.project)
+    return await _call(service.report_outage, study_id, body, scope=scope.project)
 
 
 @router.get(
@@ -166,8 +183,8 @@ def report_outage(
     response_model=StudyPlan,
     summary="The study's plan (stage lengths, searches, final decay) against what ran",
 )
-def study_plan(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyPlan:
-    return service.get_plan(study_id, scope=scope.project)
+async def study_plan(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> StudyPlan:
+    return await _call(service.get_plan, study_id, scope=scope.project)
 
 
 @router.get(
@@ -175,8 +192,8 @@ def study_plan(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Study
     response_model=Schedule,
     summary="The study's trajectory as a portable LR schedule (piecewise, with provenance)",
 )
-def study_schedule(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Schedule:
-    return service.get_schedule(study_id, scope=scope.project)
+async def study_schedule(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Schedule:
+    return await _call(service.get_schedule, study_id, scope=scope.project)
 
 
 @router.get(
@@ -184,10 +201,10 @@ def study_schedule(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> S
     response_model=StageDetail,
     summary="A stage's search: candidates, forecasts and the GP posterior over LR",
 )
-def stage_detail(
+async def stage_detail(
     study_id: StudyId, index: int, service: ServiceDep, scope: ScopeDep
 ) -> StageDetail:
-    return service.stage_detail(study_id, index, scope=scope.project)
+    return await _call(service.stage_detail, study_id, index, scope=scope.project)
 
 
 @router.get(
@@ -195,8 +212,8 @@ def stage_detail(
     response_model=ReplayReport,
     summary="Verify a study: replay every recorded decision with its stored config",
 )
-def verify_replay(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> ReplayReport:
-    return service.replay(study_id, scope=scope.project)
+async def verify_replay(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> ReplayReport:
+    return await _call(service.replay, study_id, scope=scope.project)
 
 
 @router.post(
@@ -204,11 +221,11 @@ def verify_replay(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> Re
     response_model=ReplayReport,
     summary="What-if: replay a study under its config with overrides (estimates flagged)",
 )
-def what_if_replay(
+async def what_if_replay(
     study_id: StudyId, body: ReplayRequest, service: ServiceDep, scope: ScopeDep
 ) -> ReplayReport:
     overrides = {**body.overrides, **({"warm_start": None} if body.without_priors else {})}
-    return service.replay(study_id, overrides, scope=scope.project)
+    return await _call(service.replay, study_id, overrides, scope=scope.project)
 
 
 @router.get(
@@ -216,13 +233,15 @@ def what_if_replay(
     response_model=list[SegmentView],
     summary="Every segment of a study, in the order they were handed out",
 )
-def list_segments(study_id: StudyId, service: ServiceDep, scope: ScopeDep) -> list[SegmentView]:
-    return service.list_segments(study_id, scope=scope.project)
+async def list_segments(
+    study_id: StudyId, service: ServiceDep, scope: ScopeDep
+) -> list[SegmentView]:
+    return await _call(service.list_segments, study_id, scope=scope.project)
 
 
 @router.get("/segments/{segment_id}", response_model=SegmentView, summary="Get a segment")
-def get_segment(segment_id: SegmentId, service: ServiceDep, scope: ScopeDep) -> SegmentView:
-    return service.get_segment(segment_id, scope=scope.project)
+async def get_segment(segment_id: SegmentId, service: ServiceDep, scope: ScopeDep) -> SegmentView:
+    return await _call(service.get_segment, segment_id, scope=scope.project)
 
 
 @router.get(
@@ -230,10 +249,10 @@ def get_segment(segment_id: SegmentId, service: ServiceDep, scope: ScopeDep) -> 
     response_model=list[ObservationView],
     summary="A segment's reported losses, by step",
 )
-def list_observations(
+async def list_observations(
     segment_id: SegmentId, service: ServiceDep, scope: ScopeDep
 ) -> list[ObservationView]:
-    return service.list_observations(segment_id, scope=scope.project)
+    return await _call(service.list_observations, segment_id, scope=scope.project)
 
 
 @router.post(
@@ -241,10 +260,10 @@ def list_observations(
     response_model=ObservationsAccepted,
     summary="Report losses (batched, idempotent)",
 )
-def add_observations(
+async def add_observations(
     segment_id: SegmentId, body: ObservationBatch, service: ServiceDep, scope: ScopeDep
 ) -> ObservationsAccepted:
-    return service.add_observations(segment_id, body, scope=scope.project)
+    return await _call(service.add_observations, segment_id, body, scope=scope.project)
 
 
 @router.post(
@@ -252,10 +271,12 @@ def add_observations(
     response_model=SegmentView,
     summary="Mark a segment trained (idempotent)",
 )
-def complete_segment(
+async def complete_segment(
     segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: CompleteRequest | None = None
 ) -> SegmentView:
-    return service.complete_segment(segment_id, body or CompleteRequest(), scope=scope.project)
+    return await _call(
+        service.complete_segment, segment_id, body or CompleteRequest(), scope=scope.project
+    )
 
 
 @router.post(
@@ -263,13 +284,15 @@ def complete_segment(
     response_model=CompletedAndNext,
     summary="Mark a segment trained and get the next one (idempotent)",
 )
-def complete_and_next(
+async def complete_and_next(
     segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: CompleteRequest | None = None
 ) -> CompletedAndNext:
     """What ``/complete`` and then ``/next`` of the segment's study answer, in one
     request (one write transaction when the segment is its study's open one). A retry
     gets the same answer: the completed segment and the open one after it."""
-    return service.complete_and_next(segment_id, body or CompleteRequest(), scope=scope.project)
+    return await _call(
+        service.complete_and_next, segment_id, body or CompleteRequest(), scope=scope.project
+    )
 
 
 @router.post(
@@ -277,7 +300,7 @@ def complete_and_next(
     response_model=SegmentView,
     summary="Mark a segment failed (idempotent)",
 )
-def fail_segment(
+async def fail_segment(
     segment_id: SegmentId, service: ServiceDep, scope: ScopeDep, body: FailRequest | None = None
 ) -> SegmentView:
-    return service.fail_segment(segment_id, body or FailRequest(), scope=scope.project)
+    return await _call(service.fail_segment, segment_id, body or FailRequest(), scope=scope.project)
