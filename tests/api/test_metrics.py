@@ -13,6 +13,13 @@ from tests.framework_runs import run_example
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def live_server(own_live_server):  # type: ignore[no-untyped-def]
+    """This module's own server: its test checks /metrics counters and gauges (requests
+    by route, decisions, studies by status), which must count only what it did."""
+    return own_live_server
+
+
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of /metrics: (name, sorted labels) -> value."""
     response = httpx.get(f"{url}/metrics", timeout=30)

@@ -18,6 +18,15 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture(scope="module")
+def live_server(own_live_server):  # type: ignore[no-untyped-def]
+    """This module's own server: the generated requests act on whatever ids exist
+    (stopping studies, failing segments of other modules), and the derandomized run
+    is the same run only on a database of its own."""
+    return own_live_server
+
+
 #: Generated requests per operation and mode: enough to reach every validator, and the
 #: whole run stays well under a minute.
 EXAMPLES = 15

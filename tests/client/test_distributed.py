@@ -14,6 +14,13 @@ from tests.framework_runs import run_example
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def live_server(own_live_server):  # type: ignore[no-untyped-def]
+    """This module's own server: its test checks /metrics request counters (only rank
+    0 asked), which must count only what it did."""
+    return own_live_server
+
+
 def requests_by_route(url: str) -> dict[tuple[str, str], float]:
     """The server's request counters from /metrics: (method, route) -> count."""
     counts: dict[tuple[str, str], float] = {}

@@ -22,6 +22,15 @@ from tests.live import LiveServer, run_cli, start_server
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture(scope="module")
+def live_server(own_live_server):  # type: ignore[no-untyped-def]
+    """This module's own server: it bulk-loads a thousand studies and pages and sorts
+    the whole unfiltered list (its totals, first and last pages), which would also
+    push every other module's studies down the shared server's lists."""
+    return own_live_server
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

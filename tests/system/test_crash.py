@@ -167,7 +167,8 @@ def test_a_job_killed_mid_segment_resumes_from_its_disk_checkpoint(
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
 
     with stagelr.Client(url) as client:
-        study = next(s for s in client.list_studies().studies if s.name == "job-crash")
+        studies = client.list_studies(name="job-crash").studies
+        study = next(s for s in studies if s.name == "job-crash")
         assert study.open_segment is not None and study.open_segment.seq == 4
         partial = client.list_observations(study.open_segment.id)
         every = study.open_segment.report_every
@@ -177,7 +178,8 @@ def test_a_job_killed_mid_segment_resumes_from_its_disk_checkpoint(
         assert resumed.returncode == 0, resumed.stderr
         assert "finished completed" in resumed.stdout
 
-        base_id = next(s.id for s in client.list_studies().studies if s.name == "job-base")
+        listed = client.list_studies(name="job-base").studies
+        base_id = next(s.id for s in listed if s.name == "job-base")
         assert study_decisions(client, study.id) == study_decisions(client, base_id)
         # Every loss the resumed job reported is the one the uninterrupted job did: the
         # resumed segment re-reported steps 1-5 as exact duplicates, not conflicts.

@@ -26,7 +26,8 @@ def tuner(url: str, study: str) -> stagelr.Tuner:
 
 
 def studies_named(url: str, name: str) -> list[Any]:
-    studies = httpx.get(f"{url}/v1/studies", timeout=30).json()["studies"]
+    # The name search: the shared server holds every module's studies, beyond one page.
+    studies = httpx.get(f"{url}/v1/studies", params={"name": name}, timeout=30).json()["studies"]
     return [s for s in studies if s["name"] == name]
 
 

@@ -160,7 +160,7 @@ def test_a_budget_too_small_is_a_422_problem_naming_the_fix(live_server) -> None
                 },
             },
         )
-        listed = api.get("/v1/studies").json()
+        listed = api.get("/v1/studies", params={"name": "charged-too-small"}).json()
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "charged_steps = 50 is too small" in response.json()["detail"]
