@@ -85,6 +85,7 @@ def one_job(
     """One simulated job: real client, synthetic losses, a real job's pace."""
     out: dict[str, Any] = {
         "decisions": [],
+        "arrivals": [],  # (wall clock, seconds) of each timed decision
         "next_only": [],
         "other": [],
         "report_s": 0.0,
@@ -144,6 +145,7 @@ def one_job(
                 done = time.perf_counter()
                 if explore:
                     out["decisions"].append(done - started)
+                    out["arrivals"].append((time.time() - (done - started), done - started))
                     out["next_only"].append(done - asked)
                 else:
                     out["other"].append(done - asked)
@@ -153,6 +155,16 @@ def one_job(
     return out
 
 
+def job_step_s(index: int, step_s: float, step_spread: float) -> float:
+    """Job ``index``'s step time: ``step_s`` for every job (``step_spread`` 0, lockstep),
+    else spread evenly over ``step_s * (1 +- step_spread)`` (a golden-ratio sequence over
+    the job indices: a lab's jobs of different models and hardware)."""
+    if not step_spread:
+        return step_s
+    fraction = (index * 0.6180339887498949) % 1.0
+    return step_s * (1.0 + step_spread * (2.0 * fraction - 1.0))
+
+
 def client_process(
     urls: list[str],
     indices: list[int],
@@ -160,6 +172,7 @@ def client_process(
     sizes: dict[str, Any],
     step_s: float,
     start_at: float,
+    step_spread: float = 0.0,
 ) -> dict[str, Any]:
     """Run the jobs ``indices`` as threads of this process; their merged figures."""
     results: list[dict[str, Any]] = [{} for _ in indices]
@@ -168,8 +181,9 @@ def client_process(
 
     def target(slot: int, index: int) -> None:
         delay = max(0.0, start_at - time.time()) + spread * (index / max(1, len(indices) * 2))
+        pace = job_step_s(index, step_s, step_spread)
         results[slot] = one_job(
-            urls[index % len(urls)], f"{tag}-{index}", index, sizes, step_s, delay
+            urls[index % len(urls)], f"{tag}-{index}", index, sizes, pace, delay
         )
 
     threads = [
@@ -180,7 +194,7 @@ def client_process(
         thread.start()
     for thread in threads:
         thread.join()
-    keys = ("decisions", "next_only", "other", "errors", "report_samples")
+    keys = ("decisions", "arrivals", "next_only", "other", "errors", "report_samples")
     merged: dict[str, Any] = {key: [] for key in keys}
     merged["client_cpu_s"] = time.process_time() - cpu0
     merged["report_s"] = sum(r["report_s"] for r in results)
@@ -387,6 +401,7 @@ def measure(
                             [sizes] * processes,
                             [step_s] * processes,
                             [start_at] * processes,
+                            [args.step_spread] * processes,
                         )
                     )
                 wall = time.perf_counter() - started - max(0.0, start_at - time.time())
@@ -402,6 +417,7 @@ def measure(
             if drop is not None:
                 drop()
     decisions = [v for p in parts for v in p["decisions"]]
+    arrivals = [tuple(a) for p in parts for a in p["arrivals"]]
     next_only = [v for p in parts for v in p["next_only"]]
     other = [v for p in parts for v in p["other"]]
     errors = [e for p in parts for e in p["errors"]]
@@ -414,6 +430,8 @@ def measure(
         "workers": workers,
         "decisions": len(decisions),
         "decision_ms": {str(q): percentile(decisions, q) * 1e3 for q in (50, 95, 99)},
+        "step_spread": args.step_spread,
+        "arrivals": arrival_pattern(arrivals),
         "next_only_ms": {str(q): percentile(next_only, q) * 1e3 for q in (50, 95, 99)},
         "other_next_ms": {str(q): percentile(other, q) * 1e3 for q in (50, 95, 99)},
         "ingest_points_per_s": accepted / wall if wall > 0 else math.nan,
@@ -438,6 +456,39 @@ def measure(
         "report_us_p99": percentile([v for p in parts for v in p["report_samples"]], 99) * 1e6,
         "wall_s": wall,
         "loadavg_before_after": [load0, load1],
+    }
+
+
+def arrival_pattern(arrivals: list[tuple[float, float]]) -> dict[str, Any]:
+    """How the decisions arrived over the run, and what they waited.
+
+    ``per_s``: decisions arriving per second, over 1-s windows of the run's middle (its
+    first and last tenth left out: the jobs' start and end): mean, p90 and max; jobs
+    whose decisions come in bunches show a p90 and max far above the mean. ``p50_ms_by_
+    third``: the median decision in each third of the run, by arrival (a queue that
+    builds up over the run climbs from third to third)."""
+    if len(arrivals) < 10:
+        return {}
+    ordered = sorted(arrivals)
+    t0, t1 = ordered[0][0], ordered[-1][0]
+    span = t1 - t0
+    lo, hi = t0 + 0.1 * span, t1 - 0.1 * span
+    windows = max(1, int(hi - lo))
+    counts = [0] * windows
+    for t, _ in ordered:
+        if lo <= t < lo + windows:
+            counts[int(t - lo)] += 1
+    thirds = [
+        [d for t, d in ordered if t0 + i * span / 3 <= t <= t0 + (i + 1) * span / 3]
+        for i in range(3)
+    ]
+    return {
+        "per_s": {
+            "mean": sum(counts) / windows,
+            "p90": percentile([float(c) for c in counts], 90),
+            "max": max(counts),
+        },
+        "p50_ms_by_third": [percentile(third, 50) * 1e3 for third in thirds],
     }
 
 
@@ -546,7 +597,14 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     print(
         f"pace: a step every {setup['step_ms']:g} ms, a report when the segment asks; stages of "
         f"{setup['sizes']['tau0']} steps, k = {setup['sizes']['k']} candidates of "
-        f"{round(setup['sizes']['tau0'] * 0.1)} steps (the presets' sizes); each job runs "
+        f"{round(setup['sizes']['tau0'] * 0.1)} steps (the presets' sizes); "
+        + (
+            f"job step times spread over {setup['step_ms']:g} ms x (1 +- "
+            f"{setup['step_spread']:g}); "
+            if setup.get("step_spread")
+            else ""
+        )
+        + "each job runs "
         f"{setup['sizes']['total_steps'] // setup['sizes']['tau0']} stage(s) and stops once "
         f"the last stage's LR is served; {setup['client_processes']} client processes"
     )
@@ -591,6 +649,14 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
         clients = r.get("client_cpu_share", math.nan)
         shares = r.get("requests_by_worker") or []
         split = f"; requests by worker {'/'.join(str(n) for n in shares)}" if shares else ""
+        pattern = r.get("arrivals") or {}
+        if pattern:
+            rate, thirds = pattern["per_s"], pattern["p50_ms_by_third"]
+            figures += (
+                f"; decisions arriving per s mean {rate['mean']:.0f}, p90 {rate['p90']:.0f}, "
+                f"max {rate['max']}; p50 by third of the run "
+                + "/".join(f"{ms:.0f}" for ms in thirds)
+            )
         print(
             f"  {r.get('code', 'new'):>4} {r['backend']:>10} x{r.get('workers', 1)} "
             f"{r['jobs']:>4} jobs: {figures}; cores busy: server "
@@ -651,6 +717,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a job's step time (default 100 ms: a fast GPU step; 20 ms is a stress pace)",
     )
+    parser.add_argument(
+        "--step-spread",
+        type=float,
+        default=0.0,
+        help="spread the jobs' step times evenly over step-ms * (1 +- F) (default 0: every "
+        "job at step-ms, in lockstep)",
+    )
     parser.add_argument("--stage", type=int, default=None, help="stage length tau (steps)")
     parser.add_argument("--stages", type=int, default=None, help="stages per job")
     parser.add_argument("--client-processes", type=int, default=2)
@@ -708,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = {
         **machine(),
         "step_ms": step_ms,
+        "step_spread": args.step_spread,
         "sizes": sizes,
         "client_processes": args.client_processes,
     }

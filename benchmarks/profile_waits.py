@@ -36,7 +36,11 @@ def category(frames: list[str]) -> str:
     """The category of one sampled stack (frames outermost first, as py-spy writes)."""
     stack = ";".join(frames)
     leaf = frames[-1]
-    if "_run_sync_endpoint" in stack:
+    # A request's work on a pool thread: the service call an async handler hands to the
+    # pool (its frames are stagelr's), or a plain `def` endpoint as FastAPI runs it.
+    if "_run_sync_endpoint" in stack or (
+        "WorkerThread.run" in stack and "(stagelr_service/" in stack
+    ):
         if "WriteQueue._flock" in stack:
             return CATEGORIES[1]
         # A C-level lock acquire shows the Python line that called it.

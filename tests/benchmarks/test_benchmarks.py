@@ -175,6 +175,10 @@ def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     inside = row["server_side_mean_ms"]
     assert inside["next"] > 0 and inside["complete-and-next"] > 0
     assert "inside the server" in out
+    # When the decisions came, and what they waited, third by third of the run.
+    pattern = row["arrivals"]
+    assert pattern["per_s"]["mean"] > 0 and len(pattern["p50_ms_by_third"]) == 3
+    assert "decisions arriving per s" in out
 
 
 def test_request_ab_pairs_two_servers_call_by_call(tmp_path) -> None:
