@@ -21,12 +21,15 @@ Figures, per backend and number of jobs:
   worker) over the run, divided by the decisions; server memory: the largest RSS seen
   (the sum over those processes);
 - ``report()``: its mean cost on the training thread, in microseconds.
+- when the decisions arrived: per second over the run's middle (mean, p90, max), and the
+  median decision in each third of the run (a queue that builds up climbs).
 
     python benchmarks/load.py                         # 10, 100, 300 jobs x 3 backends
     python benchmarks/load.py --quick                 # CI smoke: 5 jobs on SQLite, 2 workers
     python benchmarks/load.py --jobs 100 --backend sqlite --profile /tmp/prof.html
     python benchmarks/load.py --jobs 300 --backend sqlite --profile /tmp/p.txt --profile-idle
     python benchmarks/load.py --jobs 300 --baseline-tree /tmp/before   # old and new
+    python benchmarks/load.py --jobs 300 --step-spread 0.5   # jobs' steps over 50-150 ms
 
 Needs PostgreSQL for the postgres backends (``--postgres-url``, default the local server;
 each run gets a fresh database, dropped afterwards). Timings depend on what else the
