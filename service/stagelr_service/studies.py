@@ -622,14 +622,14 @@ class StudyService:
         """:meth:`complete_and_next` in one write transaction; None where the plain
         path must answer, :class:`_Changed` when the store moved under the decision."""
         with self.store.transaction(read_only=True) as repo:
-            segment = self._segment(repo, segment_id, scope)
-            history = repo.history(segment.study_id)
+            history = repo.history_of_segment(segment_id)
+        if history is None or (scope is not None and history.study.project != scope):
+            return None  # the plain path says it is not found
+        segment = history.segments[-1]
         if (
-            history is None
-            or history.study.status is not StudyStatus.running
+            history.study.status is not StudyStatus.running
+            or segment.id != segment_id
             or segment.status is not SegmentStatus.open
-            or not history.segments
-            or history.segments[-1].id != segment_id
             or any(s.status is SegmentStatus.open for s in history.segments[:-1])
         ):
             return None
@@ -662,20 +662,19 @@ class StudyService:
         plan = tuner.next_segment(config, trials, self.optimizer)
 
         with self.store.transaction() as repo:
-            # The study locked (PostgreSQL), and still running; then the segment still open,
-            # with the points read before (stored points never change, only grow: a count
-            # tells whether any landed), so the new ones are known to be new.
+            # The study locked (PostgreSQL), and still running; then the segment closed
+            # if it is still open with the points read before (stored points never
+            # change, only grow: a count tells whether any landed), so the new ones are
+            # known to be new.
             if not repo.touch_running_study(study.id):
                 raise _Changed
-            segment = self._segment(repo, segment_id)
-            if segment.status is not SegmentStatus.open:
-                raise _Changed
-            if len(repo.observations_of_segment(segment_id)) != len(stored):
+            updated = repo.close_open_segment(segment, status, steps_done, len(stored))
+            if updated is None:
                 raise _Changed
             repo.insert_observations(segment_id, study.id, new)
             if self.metrics is not None and request.observations:
                 self.metrics.ingested(len(new), len(request.observations) - len(new))
-            updated = _store_closing(repo, segment, status, steps_done, forecast)
+            _store_closed(repo, segment, forecast)
             completed = self._view(updated)
             if isinstance(plan, tuner.StudyEnd):
                 repo.set_study_status(study.id, plan.status, plan.reason)
@@ -683,9 +682,19 @@ class StudyService:
                     completed=completed, next=NextSegment(status=plan.status, segment=None)
                 )
             geometry = plan.geometry
-            stage = repo.get_or_create_stage(
-                study.id, geometry.index, geometry.tau, geometry.tau_explore, geometry.start_step
-            )
+            read = [st for st in history.stages if st.index == geometry.index]
+            if read:
+                # Its id, study and index were read above, and never change.
+                stage = read[0]
+                repo.know_stage(stage)
+            else:
+                stage = repo.get_or_create_stage(
+                    study.id,
+                    geometry.index,
+                    geometry.tau,
+                    geometry.tau_explore,
+                    geometry.start_step,
+                )
             try:
                 issued = repo.insert_segment(study.id, stage.id, segment.seq + 1, plan)
             except DuplicateSegmentError:
@@ -913,6 +922,13 @@ def _store_closing(
     """Write a segment's closing: its status and steps, and an explore segment's forecast
     (a training segment closes its stage instead). Returns the updated segment."""
     updated = repo.update_segment_status(segment.id, status, steps_done=steps_done)
+    _store_closed(repo, segment, forecast)
+    return updated
+
+
+def _store_closed(repo: Any, segment: Any, forecast: Any) -> None:
+    """What a segment's closing writes besides the segment: an explore segment's
+    forecast, or (a training segment) its stage completed."""
     if forecast is not None:
         repo.upsert_forecast(
             segment.id,
@@ -927,4 +943,3 @@ def _store_closing(
         )
     else:
         repo.set_stage(segment.stage_id, status="completed")
-    return updated

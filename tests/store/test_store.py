@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 
 from stagelr.models import (
@@ -36,6 +36,7 @@ from stagelr_service.store import (
     Repository,
     SegmentRecord,
     Store,
+    StudyHistory,
     mask_url,
     migrate,
     normalize_url,
@@ -606,6 +607,117 @@ def test_history_holds_everything_of_one_study(store: Store) -> None:
     assert [s.id for s in history.segments] == [first, second]
     assert history.observations == {first: [(1, "val_loss", 1.0)]}
     assert history.forecasts == {first: forecast}
+
+
+def _history_in_six_reads(repo: Repository, study_id: int) -> StudyHistory:
+    study = repo.get_study(study_id)
+    assert study is not None
+    return StudyHistory(
+        study=study,
+        stages=repo.stages_of_study(study_id),
+        segments=repo.segments_of_study(study_id),
+        observations=repo.observations_of_study(study_id),
+        forecasts=repo.forecasts_of_study(study_id),
+        outages=repo.outages_of_study(study_id),
+    )
+
+
+def _bits(history: StudyHistory) -> str:
+    """A history's every value, bit for bit (repr: NaN equal to NaN, -0.0 apart from
+    0.0), forecasts in segment order."""
+    return repr(replace(history, forecasts=dict(sorted(history.forecasts.items()))))
+
+
+def test_history_reads_every_value_as_the_reads_of_its_parts(store: Store) -> None:
+    """history() (one statement on PostgreSQL: JSON aggregates) and history_of_segment()
+    give the records the six plain reads give: floats bit for bit, whole-numbered ones
+    as floats, non-finite points, timestamps, JSON columns, outages."""
+    with store.transaction() as repo:
+        project_id = repo.get_or_create_project("p").id
+        study, _ = repo.create_study(
+            project_id, "rich", CONFIG, priors={"studies": [3, 4], "lr": 0.1 + 0.2}
+        )
+        first_stage = new_stage(repo, study.id, 0)
+        second_stage = new_stage(repo, study.id, 1)
+        values = [2.0, 0.1, 1e-300, -0.0, 1 / 3, math.nan, math.inf, -math.inf]
+        segments = []
+        for seq, stage_id in enumerate([first_stage, first_stage, second_stage]):
+            decision = segment_fields(stage=0 if stage_id == first_stage else 1, index=seq)
+            segment = repo.insert_segment(study.id, stage_id, seq, decision)
+            segments.append(segment.id)
+            repo.add_observations(
+                segment.id,
+                [(step, "val_loss", value) for step, value in enumerate(values, 1)]
+                + [(2, "train_loss", 7.0)],
+            )
+        repo.update_segment_status(segments[0], SegmentStatus.completed, steps_done=100)
+        repo.update_segment_status(segments[1], SegmentStatus.failed, fail_reason="OOM")
+        repo.upsert_forecast(
+            segments[0],
+            model="window_end",
+            prediction=1.0,
+            std=1e-17,
+            status="ok",
+            params={"a": math.nan, "b": 3.0},
+            n_points=8,
+            objective=None,
+        )
+        repo.set_stage(first_stage, status="training", chosen_lr=3.0)
+        repo.add_outage(study.id, "k1", 40, 0)
+        repo.add_outage(study.id, "k0", 5, None)
+        repo.set_study_status(study.id, "stopped", "by request")
+    bare = new_study(store, "bare")
+    executed: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        executed.append(statement)
+
+    with store.transaction(read_only=True) as repo:
+        parts = _history_in_six_reads(repo, study.id)
+        event.listen(store.engine, "before_cursor_execute", count)
+        try:
+            whole = repo.history(study.id)
+            by_segment = repo.history_of_segment(segments[1])
+        finally:
+            event.remove(store.engine, "before_cursor_execute", count)
+        assert whole is not None and by_segment is not None
+        assert _bits(whole) == _bits(parts)
+        assert _bits(by_segment) == _bits(parts)
+        empty = repo.history_of_segment(10**9)
+        assert empty is None and repo.history(10**9) is None
+        assert _bits(repo.history(bare)) == _bits(_history_in_six_reads(repo, bare))  # type: ignore[arg-type]
+    assert [o.key for o in whole.outages] == ["k1", "k0"]
+    assert whole.study.priors == {"studies": [3, 4], "lr": 0.1 + 0.2}
+    assert whole.stages[0].chosen_lr == 3.0 and isinstance(whole.stages[0].chosen_lr, float)
+    assert [o.value for o in whole.observations[segments[0]] if o.step == 1] == [2.0]
+    if store.dialect == "postgresql":
+        assert len(executed) == 2, executed  # one statement a history
+
+
+def test_close_open_segment_closes_only_an_open_segment_with_the_points_read(
+    store: Store,
+) -> None:
+    study_id = new_study(store)
+    segment_id = new_segment(store, study_id, 0)
+    with store.transaction() as repo:
+        repo.add_observations(segment_id, [(1, "val_loss", 1.0), (2, "val_loss", 0.5)])
+        segment = repo.get_segment(segment_id)
+    assert segment is not None
+    with store.transaction() as repo:
+        assert repo.touch_running_study(study_id)
+        # A point landed since the caller read one: nothing is written.
+        assert repo.close_open_segment(segment, SegmentStatus.completed, 100, 1) is None
+        closed = repo.close_open_segment(segment, SegmentStatus.diverged, 40, 2)
+    assert closed is not None
+    assert (closed.status, closed.steps_done, closed.stage) == (SegmentStatus.diverged, 40, 0)
+    with store.transaction(read_only=True) as repo:
+        stored = repo.get_segment(segment_id)
+    assert stored == closed and stored.completed_at is not None  # type: ignore[union-attr]
+    with store.transaction() as repo:
+        # Closed already: nothing is written.
+        assert repo.close_open_segment(segment, SegmentStatus.completed, 100, 2) is None
+    with store.transaction(read_only=True) as repo:
+        assert repo.get_segment(segment_id) == closed
 
 
 # --------------------------------------------------------------------------- engines

@@ -170,7 +170,7 @@ def study_query() -> Select[StudyRow, str]:
     return select(StudyRow, ProjectRow.name).join(ProjectRow, StudyRow.project_id == ProjectRow.id)
 
 
-def study_record(row: StudyRow | Row[Any], project: str) -> StudyRecord:
+def study_record(row: StudyRow | Row[Any] | SimpleNamespace, project: str) -> StudyRecord:
     return StudyRecord(
         id=row.id,
         project_id=row.project_id,
@@ -187,7 +187,7 @@ def study_record(row: StudyRow | Row[Any], project: str) -> StudyRecord:
     )
 
 
-def stage_record(row: StageRow | Row[Any]) -> StageRecord:
+def stage_record(row: StageRow | Row[Any] | SimpleNamespace) -> StageRecord:
     status: StageStatus = row.status  # type: ignore[assignment]
     return StageRecord(
         id=row.id,

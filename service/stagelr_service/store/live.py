@@ -16,17 +16,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import cache
 from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import (
+    Float,
     Select,
     Table,
     bindparam,
+    func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -73,6 +76,7 @@ from .models import (
     SegmentRow,
     StageRow,
     StudyRow,
+    UTCDateTime,
 )
 from .records import (
     ForecastRecord,
@@ -229,6 +233,35 @@ class _Hot:
 
     @staticmethod
     @cache
+    def close_open_segment() -> Any:
+        """Close a segment that is open and holds ``points`` observations; RETURNING the
+        row (no row: it is not open, or holds another number of points)."""
+        table = cast(Table, SegmentRow.__table__)
+        observations = cast(Table, ObservationRow.__table__)
+        points = (
+            select(func.count())
+            .select_from(observations)
+            .where(observations.c.segment_id == bindparam("segment_id"))
+            .scalar_subquery()
+        )
+        return (
+            update(table)
+            .where(
+                table.c.id == bindparam("segment_id"),
+                table.c.status == SegmentStatus.open.value,
+                points == bindparam("points"),
+            )
+            .values(
+                status=bindparam("status"),
+                steps_done=bindparam("steps_done"),
+                fail_reason=None,
+                completed_at=bindparam("completed_at"),
+            )
+            .returning(*table.c)
+        )
+
+    @staticmethod
+    @cache
     def stage_by_id() -> Any:
         table = StageRow.__table__
         return select(*table.c).where(table.c.id == bindparam("stage_id"))
@@ -239,6 +272,20 @@ class _Hot:
         # A Core INSERT on the table (executemany): the ORM-enabled one takes the bulk
         # persistence path, which costs more than the statement here.
         return insert(cast(Table, ObservationRow.__table__))
+
+    @staticmethod
+    @cache
+    def insert_observation_arrays() -> Any:
+        # PostgreSQL: a batch as one array per column, unnested into rows. An executemany
+        # runs its INSERT once per row there (a Bind and an Execute each, in one round
+        # trip); this runs one statement whatever the batch's size, and its text never
+        # changes, so the connection prepares it once.
+        return text(
+            "INSERT INTO observations (segment_id, step, metric, value, special) "
+            "SELECT * FROM unnest(CAST(:segment_id AS INTEGER[]), CAST(:step AS INTEGER[]), "
+            "CAST(:metric AS VARCHAR[]), CAST(:value AS DOUBLE PRECISION[]), "
+            "CAST(:special AS VARCHAR[]))"
+        )
 
     @staticmethod
     @cache
@@ -322,6 +369,77 @@ class _Hot:
             .join(segments, forecasts.c.segment_id == segments.c.id)
             .where(segments.c.study_id == bindparam("study_id"))
         )
+
+
+def _json_row(table: Table, obj: dict[str, Any], **extra: str) -> SimpleNamespace:
+    """A row of ``table`` that PostgreSQL gave as a JSON object (``row_to_json``), with
+    the Python values the row read would give: timestamps aware UTC, a float column
+    a float even where JSON wrote it as an integer, JSON columns as they were stored.
+    ``extra`` names the labelled columns that are not the table's (kept as they are)."""
+    out: dict[str, Any] = {}
+    for column in table.c:
+        value = obj[column.name]
+        if value is not None:
+            if isinstance(column.type, UTCDateTime):
+                value = datetime.fromisoformat(value).astimezone(timezone.utc)
+            elif isinstance(column.type, Float):
+                value = float(value)
+        out[column.name] = value
+    for name in extra.values():
+        out[name] = obj[name]
+    return SimpleNamespace(**out)
+
+
+#: A study's history, each part aggregated to JSON, as text (parsed by :func:`_loads`);
+#: ``{study}`` is the study's id.
+_HISTORY_SQL = """
+SELECT
+  CAST((SELECT row_to_json(s) FROM (
+     SELECT studies.*, projects.name AS project_name
+     FROM studies JOIN projects ON studies.project_id = projects.id
+     WHERE studies.id = {study}) AS s) AS TEXT) AS study,
+  CAST((SELECT coalesce(json_agg(t ORDER BY t.index), '[]')
+     FROM stages AS t WHERE t.study_id = {study}) AS TEXT) AS stages,
+  CAST((SELECT coalesce(json_agg(s ORDER BY s.seq), '[]') FROM (
+     SELECT segments.*, stages.index AS stage_index
+     FROM segments JOIN stages ON segments.stage_id = stages.id
+     WHERE segments.study_id = {study}) AS s) AS TEXT) AS segments,
+  CAST((SELECT coalesce(json_agg(json_build_array(o.segment_id, o.step, o.metric, o.value,
+                                             o.special)
+                            ORDER BY o.segment_id, o.step, o.metric), '[]')
+     FROM observations AS o JOIN segments AS g ON o.segment_id = g.id
+     WHERE g.study_id = {study}) AS TEXT) AS observations,
+  CAST((SELECT coalesce(json_agg(f ORDER BY f.id), '[]')
+     FROM forecasts AS f JOIN segments AS g ON f.segment_id = g.id
+     WHERE g.study_id = {study}) AS TEXT) AS forecasts,
+  CAST((SELECT coalesce(json_agg(json_build_array(u.key, u.steps, u.after_seq, u.reported_at)
+                            ORDER BY u.id), '[]')
+     FROM outages AS u WHERE u.study_id = {study}) AS TEXT) AS outages
+"""
+
+
+@cache
+def _history_in_one_statement(by_segment: bool) -> Any:
+    """PostgreSQL: a study's whole history in one statement instead of six (each a round
+    trip, and a statement's own cost in the server: a decision's read was 6 of its 15
+    statements). One statement is one snapshot too. Each part keeps the order of its
+    own query. The study is ``:study_id``, or (``by_segment``) the study of segment
+    ``:segment_id``."""
+    study = (
+        "(SELECT study_id FROM segments WHERE id = :segment_id)" if by_segment else ":study_id"
+    )
+    return text(_HISTORY_SQL.format(study=study))
+
+
+def _json_int(literal: str) -> int | float:
+    # PostgreSQL writes a float column's -0.0 as -0, which JSON would read as the integer
+    # 0, its sign lost; no integer column is ever written so.
+    return -0.0 if literal == "-0" else int(literal)
+
+
+def _loads(document: str) -> Any:
+    """JSON as PostgreSQL's aggregates write it, every float bit for bit."""
+    return json.loads(document, parse_int=_json_int)
 
 
 class LiveQueries:
@@ -566,6 +684,12 @@ class LiveQueries:
         self._stages[stage.id] = stage
         return stage
 
+    def know_stage(self, stage: StageRecord) -> None:
+        """Tell this transaction of a stage an earlier one read: what it uses of it (its
+        id, study and index) never changes, so :meth:`insert_segment` need not read it
+        again."""
+        self._stages.setdefault(stage.id, stage)
+
     def _stage_by_id(self, stage_id: int) -> StageRecord | None:
         """The stage (as this transaction read or created it: a stage's study and index
         never change), or None if there is none."""
@@ -731,6 +855,32 @@ class LiveQueries:
             raise NotFoundError(f"segment {segment_id} does not exist")
         return self._segment_row(row)
 
+    def close_open_segment(
+        self,
+        segment: SegmentRecord,
+        status: SegmentStatus,
+        steps_done: int | None,
+        points: int,
+    ) -> SegmentRecord | None:
+        """Close ``segment`` (``status``, ``steps_done``) if it is still open and holds
+        exactly ``points`` observations, the ones its caller read: one UPDATE. None when
+        it does not: it was closed meanwhile, or points landed since the caller's read.
+        Stored points never change, only grow, so an equal count means the same points.
+        Call it with the study locked (:meth:`touch_running_study`)."""
+        self.touch_study(segment.study_id)
+        values = {
+            "segment_id": segment.id,
+            "status": status.value,
+            "steps_done": steps_done,
+            "points": points,
+            "completed_at": self._now(),
+        }
+        row = self._run(_Hot.close_open_segment(), values).first()
+        if row is None:
+            return None
+        self._segment_of[segment.id] = (segment.study_id, segment.stage)
+        return segment_record(row, segment.stage)
+
     # ------------------------------------------------------------------ observations
 
     def add_observations(
@@ -767,18 +917,12 @@ class LiveQueries:
             try:
                 with guard:
                     if new:
-                        self._run(
-                            _Hot.insert_observations(),
-                            [
-                                {
-                                    "segment_id": segment_id,
-                                    "step": step,
-                                    "metric": metric,
-                                    "value": value,
-                                    "special": special,
-                                }
+                        self._insert_observation_rows(
+                            segment_id,
+                            (
+                                (step, metric, value, special)
                                 for (step, metric), (value, special) in new.items()
-                            ],
+                            ),
                         )
             except IntegrityError:
                 if attempt == 1:
@@ -786,6 +930,42 @@ class LiveQueries:
                 continue
             return len(new), repeats + len(batch) - len(new)
         raise AssertionError("unreachable")
+
+    def _insert_observation_rows(
+        self, segment_id: int, rows: Iterable[tuple[int, str, float | None, str | None]]
+    ) -> None:
+        """INSERT a segment's ``(step, metric, value, special)`` rows in one statement:
+        the rows as arrays on PostgreSQL, an executemany on SQLite (in process, where a
+        row costs no round trip)."""
+        rows = list(rows)
+        if not rows:
+            return
+        if self._dialect() == "postgresql":
+            steps, metrics, values, specials = (list(c) for c in zip(*rows, strict=True))
+            self._run(
+                _Hot.insert_observation_arrays(),
+                {
+                    "segment_id": [segment_id] * len(steps),
+                    "step": steps,
+                    "metric": metrics,
+                    "value": values,
+                    "special": specials,
+                },
+            )
+            return
+        self._run(
+            _Hot.insert_observations(),
+            [
+                {
+                    "segment_id": segment_id,
+                    "step": step,
+                    "metric": metric,
+                    "value": value,
+                    "special": special,
+                }
+                for step, metric, value, special in rows
+            ],
+        )
 
     def insert_observations(
         self, segment_id: int, study_id: int, observations: Sequence[ObservationRecord]
@@ -797,19 +977,13 @@ class LiveQueries:
         if not observations:
             return
         self.touch_study(study_id)
-        rows = []
-        for step, metric, value in observations:
-            stored, special = encode_float(value)
-            rows.append(
-                {
-                    "segment_id": segment_id,
-                    "step": int(step),
-                    "metric": metric_value(metric),
-                    "value": stored,
-                    "special": special,
-                }
-            )
-        self._run(_Hot.insert_observations(), rows)
+        self._insert_observation_rows(
+            segment_id,
+            (
+                (int(step), metric_value(metric), *encode_float(value))
+                for step, metric, value in observations
+            ),
+        )
 
     def count_existing(
         self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
@@ -952,7 +1126,9 @@ class LiveQueries:
 
     def history(self, study_id: int) -> StudyHistory | None:
         """The study with its stages, segments, observations, forecasts and outages (six
-        queries), or None if there is no such study."""
+        queries; one on PostgreSQL), or None if there is no such study."""
+        if self._dialect() == "postgresql":
+            return self._history_at_once(False, {"study_id": study_id})
         study = self.get_study(study_id)
         if study is None:
             return None
@@ -963,6 +1139,52 @@ class LiveQueries:
             observations=self.observations_of_study(study_id),
             forecasts=self.forecasts_of_study(study_id),
             outages=self.outages_of_study(study_id),
+        )
+
+    def history_of_segment(self, segment_id: int) -> StudyHistory | None:
+        """The history (:meth:`history`) of the study segment ``segment_id`` belongs to,
+        or None if there is no such segment: one statement on PostgreSQL."""
+        if self._dialect() == "postgresql":
+            return self._history_at_once(True, {"segment_id": segment_id})
+        study_id = self._run_scalar(_Hot.study_of_segment(), {"segment_id": segment_id})
+        return None if study_id is None else self.history(int(study_id))
+
+    def _history_at_once(self, by_segment: bool, key: dict[str, int]) -> StudyHistory | None:
+        """:meth:`history` in one statement (PostgreSQL), the same records."""
+        found = self._run(_history_in_one_statement(by_segment), key).one()
+        if found.study is None:
+            return None
+        row = SimpleNamespace(**{name: _loads(part) for name, part in found._mapping.items()})
+        study = _json_row(cast(Table, StudyRow.__table__), row.study, project="project_name")
+        stages = cast(Table, StageRow.__table__)
+        segments = cast(Table, SegmentRow.__table__)
+        forecasts = cast(Table, ForecastRow.__table__)
+        observations: dict[int, list[ObservationRecord]] = {}
+        for segment_id, step, metric, value, special in row.observations:
+            observations.setdefault(segment_id, []).append(
+                ObservationRecord(
+                    step, Metric(metric), decode_float(finite_or_none(value), special)
+                )
+            )
+        return StudyHistory(
+            study=study_record(study, study.project_name),
+            stages=[stage_record(_json_row(stages, obj)) for obj in row.stages],
+            segments=[
+                self._segment_row(_json_row(segments, obj, stage="stage_index"))
+                for obj in row.segments
+            ],
+            observations=observations,
+            forecasts={
+                obj["segment_id"]: forecast_record(_json_row(forecasts, obj))
+                for obj in row.forecasts
+            },
+            outages=[
+                OutageRecord(
+                    key, steps, after_seq,
+                    datetime.fromisoformat(at).astimezone(timezone.utc),
+                )  # fmt: skip
+                for key, steps, after_seq, at in row.outages
+            ],
         )
 
     # ------------------------------------------------------------------ outages
