@@ -720,6 +720,25 @@ def test_close_open_segment_closes_only_an_open_segment_with_the_points_read(
         assert repo.get_segment(segment_id) == closed
 
 
+def test_a_read_only_transaction_on_postgresql_runs_in_autocommit(store: Store) -> None:
+    """A pure read sends no BEGIN and no COMMIT on PostgreSQL (at READ COMMITTED each
+    statement has its own snapshot inside a transaction too): every statement is then a
+    transaction of its own, started when the statement is. A write transaction is one."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite's read transactions start DEFERRED, for WAL's snapshot")
+    study_id = new_study(store)
+    started = text("SELECT now() = statement_timestamp()")
+    with store.transaction(read_only=True) as repo:
+        assert repo.get_study(study_id) is not None
+        time.sleep(0.01)
+        own = repo._s.execute(started).scalar()
+    with store.transaction() as repo:
+        assert repo.get_study(study_id) is not None
+        time.sleep(0.01)
+        shared = repo._s.execute(started).scalar()
+    assert (own, shared) == (True, False)
+
+
 # --------------------------------------------------------------------------- engines
 
 

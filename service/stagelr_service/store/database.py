@@ -123,8 +123,15 @@ class Store:
         #: Longest one transaction may wait on PostgreSQL before its connection is cut.
         self.statement_timeout = statement_timeout
         # Read-only transactions on SQLite start DEFERRED: in WAL mode they then never
-        # wait for (nor block) the writer. The option is ignored on PostgreSQL.
-        self._read_engine = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        # wait for (nor block) the writer. On PostgreSQL they run in autocommit: at READ
+        # COMMITTED each statement sees its own snapshot inside a transaction as well, so
+        # a BEGIN and a COMMIT (two round trips) would add nothing to a pure read.
+        if self.url.get_backend_name() == "sqlite":
+            self._read_engine = self.engine.execution_options(
+                **{SQLITE_BEGIN_OPTION: "DEFERRED"}
+            )
+        else:
+            self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
         # SQLite has one writer at a time: write transactions queue on the WriteQueue
         # (this process's threads on a lock, other processes on a file lock beside the
