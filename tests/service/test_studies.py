@@ -235,8 +235,8 @@ def test_a_decision_runs_a_bounded_number_of_statements(service) -> None:
         event.remove(service.store.engine, "before_cursor_execute", count)
     print(f"statements: completion {completing}, decision {deciding}")
     # Measured: 14 and 12 on SQLite (its BEGINs are statements too), 12 and 5 on
-    # PostgreSQL (a history is one statement there; 14 and 10 while it was six). Before: 19 and 13 on
-    # SQLite while the segment and the forecast were
+    # PostgreSQL (a history is one statement there; 14 and 10 while it was six).
+    # Before: 19 and 13 on SQLite while the segment and the forecast were
     # ORM inserts in SAVEPOINTs (now one INSERT .. ON CONFLICT each) and SQLite's
     # observation insert had a SAVEPOINT too; 34 and 16 before a completion stored its
     # reports in its own write transaction and each transaction touched its study once.
