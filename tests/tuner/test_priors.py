@@ -129,6 +129,21 @@ def test_priors_of_another_fingerprint_are_not_used(summary, optimizer) -> None:
     assert warm_config(summary, optimizer, seed=99).warm_start is not None
 
 
+def test_a_prior_held_at_a_range_end_by_a_rounding_hair_fits(summary, optimizer) -> None:
+    """A family whose LR sits at the bottom of its range stores it as computed in log
+    space (0.07999999999999999 for an lr_min of 0.08): the next job still takes it."""
+    (entry,) = summary["studies"]
+    lr_min = REQUEST["lr_min"]
+    assert entry["chosen_lr"] > lr_min
+    at_bottom = math.nextafter(lr_min, 0.0)
+    for held, fits in ((at_bottom, True), (lr_min * 0.99, False)):
+        moved = tuner.prior_summary([{**entry, "chosen_lr": held}], "fam", [])
+        warm = warm_config(moved, optimizer).warm_start
+        assert (warm is not None) == fits, held
+        if warm is not None:
+            assert min(warm.candidates) >= lr_min
+
+
 def test_decisions_with_priors_are_deterministic(summary, optimizer) -> None:
     config = warm_config(summary, optimizer)
     for job in (SyntheticJob(seed=2), SyntheticJob(seed=2, start_loss=25.0)):

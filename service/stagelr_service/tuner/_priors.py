@@ -205,6 +205,16 @@ def final_loss_centre(
     return _from_unit(config, grid[best])
 
 
+#: How far outside its range (relative) an LR a study held may lie and still be in it: a
+#: centre computed in log space and stepped back lands on a range end by rounding alone
+#: (0.07999999999999999 held against ``lr_min`` 0.08).
+RANGE_ROUNDING = 1e-9
+
+
+def _in_range(config: ResolvedConfig, lr: float) -> bool:
+    return config.lr_min * (1 - RANGE_ROUNDING) <= lr <= config.lr_max * (1 + RANGE_ROUNDING)
+
+
 def warm_start(
     config: ResolvedConfig, summary: Mapping[str, Any], optimizer: Optimizer
 ) -> WarmStart | None:
@@ -222,7 +232,7 @@ def warm_start(
         for s in summary.get("studies", [])
         if s.get("fingerprint") == mine
         and s.get("chosen_lr") is not None
-        and config.lr_min <= s["chosen_lr"] <= config.lr_max
+        and _in_range(config, s["chosen_lr"])
     ]
     if not fitting:
         return None
