@@ -20,6 +20,8 @@ Figures, per backend and number of jobs:
 - server CPU per decision: the server processes' CPU time (psutil, every replica and
   worker) over the run, divided by the decisions; server memory: the largest RSS seen
   (the sum over those processes);
+- database CPU per decision (PostgreSQL): the same for the machine's ``postgres``
+  processes (its backends, which do a statement's work, and its writers);
 - ``report()``: its mean cost on the training thread, in microseconds.
 - when the decisions arrived: per second over the run's middle (mean, p90, max), and the
   median decision in each third of the run (a queue that builds up climbs).
@@ -156,6 +158,21 @@ def one_job(
         out["errors"].append(f"{type(error).__name__}: {error}")
     out["retries"] = transport.retries
     return out
+
+
+def database_cpu_seconds() -> float:
+    """The CPU time so far (user and system) of this machine's PostgreSQL processes: the
+    server's backends, which run the statements, and its background writers. A backend
+    that exits takes its time with it; a server's pooled connections live through a run.
+    """
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] not in ("postgres", "postmaster"):
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def job_step_s(index: int, step_s: float, step_spread: float) -> float:
@@ -307,6 +324,10 @@ class Servers:
     def urls(self) -> list[str]:
         return [p.url for p in self.processes]
 
+    def database_cpu_seconds(self) -> float:
+        """CPU time of the machine's PostgreSQL processes so far (0 without them)."""
+        return database_cpu_seconds()
+
     def cpu_seconds(self) -> float:
         return self._cpu(self.tree())
 
@@ -388,6 +409,7 @@ def measure(
                         idle=args.profile_idle,
                     )
                 cpu0 = servers.cpu_seconds()
+                db0 = servers.database_cpu_seconds() if backend != "sqlite" else 0.0
                 load0 = os.getloadavg()[0]
                 started = time.perf_counter()
                 start_at = time.time() + 2.0
@@ -409,6 +431,7 @@ def measure(
                     )
                 wall = time.perf_counter() - started - max(0.0, start_at - time.time())
                 cpu = servers.cpu_seconds() - cpu0
+                db = servers.database_cpu_seconds() - db0 if backend != "sqlite" else math.nan
                 inside = server_side_ms(servers.urls)
                 by_worker = servers.requests_by_worker()
                 load1 = os.getloadavg()[0]
@@ -444,6 +467,8 @@ def measure(
         # Requests the client sent again (a 503, a dropped connection): hidden in latency.
         "client_retries": sum(p["retries"] for p in parts),
         "server_cpu_ms_per_decision": cpu / max(1, len(decisions)) * 1e3,
+        # PostgreSQL's own processes (NaN on SQLite, which runs inside the server's).
+        "database_cpu_ms_per_decision": db / max(1, len(decisions)) * 1e3,
         # Mean time inside the server (its request middleware, all replicas) per route:
         # against the client's figures, what the client, the loop and the kernel add.
         "server_side_mean_ms": inside,
@@ -652,6 +677,9 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
         clients = r.get("client_cpu_share", math.nan)
         shares = r.get("requests_by_worker") or []
         split = f"; requests by worker {'/'.join(str(n) for n in shares)}" if shares else ""
+        database = r.get("database_cpu_ms_per_decision", math.nan)
+        if not math.isnan(database):
+            split += f"; database CPU {database:.1f} ms/decision"
         pattern = r.get("arrivals") or {}
         if pattern:
             rate, thirds = pattern["per_s"], pattern["p50_ms_by_third"]

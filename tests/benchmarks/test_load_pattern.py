@@ -37,3 +37,27 @@ def test_arrival_pattern_tells_bunched_decisions_from_even_ones() -> None:
     climbing = [(i / 30.0, 0.01 * (1 + i // 1000)) for i in range(3000)]
     assert load.arrival_pattern(climbing)["p50_ms_by_third"] == pytest.approx([10, 20, 30])
     assert load.arrival_pattern(even[:5]) == {}  # too few to say
+
+
+def test_database_cpu_counts_the_work_of_postgresql_backends() -> None:
+    """The load benchmark's database CPU grows with what PostgreSQL's backends compute
+    (here a statement that takes a backend a good tenth of a second)."""
+    import os
+
+    url = os.environ.get("STAGELR_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set STAGELR_TEST_POSTGRES_URL to run on PostgreSQL")
+    from sqlalchemy import create_engine, text
+
+    from stagelr_service.store.engine import normalize_url
+
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            before = load.database_cpu_seconds()
+            connection.execute(text("SELECT count(*) FROM generate_series(1, 5000000)"))
+            after = load.database_cpu_seconds()
+    finally:
+        engine.dispose()
+    assert after - before >= 0.05
