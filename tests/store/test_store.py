@@ -739,6 +739,39 @@ def test_a_read_only_transaction_on_postgresql_runs_in_autocommit(store: Store) 
     assert (own, shared) == (True, False)
 
 
+def test_floats_read_back_exact_where_the_database_would_round_them(
+    store: Store, database: URL
+) -> None:
+    """A database set to round floats (extra_float_digits = 0: 15 digits) still gives the
+    store every float bit for bit, in a history read as in a row read."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite keeps doubles as doubles")
+    from sqlalchemy import create_engine
+
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    name = database.database
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" SET extra_float_digits = 0'))
+        with Store(database) as rounding:
+            study_id = new_study(rounding)
+            segment_id = new_segment(rounding, study_id)
+            value = 0.1 + 0.2  # 0.30000000000000004: 17 digits
+            with rounding.transaction() as repo:
+                repo.add_observations(segment_id, [(1, "val_loss", value)])
+            with rounding.transaction(read_only=True) as repo:
+                assert repo._s.execute(text("SHOW extra_float_digits")).scalar() == "3"
+                history = repo.history(study_id)
+                points = repo.observations_of_segment(segment_id)
+            assert history is not None
+            assert [o.value for o in history.observations[segment_id]] == [value]
+            assert [o.value for o in points] == [value]
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" RESET extra_float_digits'))
+        admin.dispose()
+
+
 # --------------------------------------------------------------------------- engines
 
 

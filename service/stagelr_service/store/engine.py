@@ -147,9 +147,14 @@ def make_engine(
         # A transaction whose client went away mid-way (a connection cut by a deadline,
         # a network that dropped it unseen) must not hold its locks, e.g. on a study row,
         # until TCP gives up: the server ends it after the same time.
+        # Floats come back as text, a study's history as JSON text too: with
+        # extra_float_digits above 0, PostgreSQL 12+ writes each double's shortest exact
+        # form. A server, database or role set to 0 would round them to 15 digits, and
+        # the decisions made from them would differ from those the store was given.
         "options": (
             f"-c statement_timeout={round(statement_timeout * 1000)} "
-            f"-c idle_in_transaction_session_timeout={round(statement_timeout * 1000)}"
+            f"-c idle_in_transaction_session_timeout={round(statement_timeout * 1000)} "
+            "-c extra_float_digits=3"
         ),
     }
     engine = create_engine(
