@@ -610,16 +610,9 @@ def test_history_holds_everything_of_one_study(store: Store) -> None:
 
 
 def _history_in_six_reads(repo: Repository, study_id: int) -> StudyHistory:
-    study = repo.get_study(study_id)
-    assert study is not None
-    return StudyHistory(
-        study=study,
-        stages=repo.stages_of_study(study_id),
-        segments=repo.segments_of_study(study_id),
-        observations=repo.observations_of_study(study_id),
-        forecasts=repo.forecasts_of_study(study_id),
-        outages=repo.outages_of_study(study_id),
-    )
+    history = repo.history_in_parts(study_id)
+    assert history is not None
+    return history
 
 
 def _bits(history: StudyHistory) -> str:

@@ -1129,6 +1129,11 @@ class LiveQueries:
         queries; one on PostgreSQL), or None if there is no such study."""
         if self._dialect() == "postgresql":
             return self._history_at_once(False, {"study_id": study_id})
+        return self.history_in_parts(study_id)
+
+    def history_in_parts(self, study_id: int) -> StudyHistory | None:
+        """:meth:`history` as six reads, one a part, on every backend (SQLite's way; on
+        PostgreSQL, what the one statement must agree with)."""
         study = self.get_study(study_id)
         if study is None:
             return None
