@@ -38,6 +38,19 @@ families, written and grid-tuned once the first test split had been read:
   benchmark on half a of the prose corpus, then trained on half b from its checkpoint
   with a fresh SGD with momentum.
 
+The *test3 split* (``Variant.split == "test3"``) is a third, written and grid-tuned once
+test2 had been read:
+
+- ``convlm``: a causal dilated 1-D conv net as a byte-level LM on charlm's corpus, Adam.
+- ``convlm-ft``: fine-tuning across domains: that conv LM pretrained inside the
+  benchmark on the Python sources, then trained on the prose corpus's half b from its
+  checkpoint with a fresh Adam.
+- ``imagefit``: regressing a photo's colours (scikit-learn's bundled ``china.jpg``) from
+  pixel coordinates through random Fourier features and an MLP, MSE, SGD with momentum;
+  ``imagefit-b2048`` is its large-batch variant (batch 2048 against 128, T = 300).
+- ``cnn-ft``: fine-tuning to new classes: a conv net pretrained on digits 0-4, a new zero
+  head, trained on digits 5-9 with a fresh AdamW.
+
 Nothing here knows about tuners: the methods drive a job through ``train_step`` and
 ``val_loss`` and checkpoint it through ``checkpointer``.
 """
@@ -124,7 +137,7 @@ class Variant:
     grid: tuple[float, ...]  # Tier A peak LRs
     params: tuple[tuple[str, Any], ...] = ()
     evals: int = 50  # harness evaluations per run (every 2% of T)
-    split: str = "dev"  # dev: default was developed on it | test, test2: held out from it
+    split: str = "dev"  # dev: default was developed on it | test, test2, test3: held out
 
     def param(self, key: str, default: Any = None) -> Any:
         return dict(self.params).get(key, default)
@@ -133,7 +146,7 @@ class Variant:
         """The same variant at a tiny budget: T = ``steps``, 8 harness evaluations and (for
         charlm) a 1-batch validation set. Only the pipeline is checked at that size."""
         params = dict(self.params)
-        if self.workload in ("charlm", "charrnn", "charrnn-ft", "charmlp-ft"):
+        if self.workload in BYTE_LMS:
             params["val_batches"] = 1
         return Variant(
             self.name,
@@ -148,6 +161,9 @@ class Variant:
         )
 
 
+#: The byte-level language models (validated on batches of held-out text).
+BYTE_LMS = ("charlm", "charrnn", "charrnn-ft", "charmlp-ft", "convlm", "convlm-ft")
+
 SGD_GRID = tuple(0.0125 * 2**i for i in range(8))  # 0.0125 .. 1.6
 ADAMW_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
 NQM_GRID = tuple(2.0**-i for i in range(6, -1, -1)) + (1.9,)  # 2^-6 .. 1, and 1.9
@@ -158,6 +174,10 @@ FT_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
 LSTM_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
 AE_GRID = tuple(0.08 * 2**i for i in range(8))  # 0.08 .. 10.24 (pixel MSE: small gradients)
 MLP_FT_GRID = tuple(0.00125 * 2**i for i in range(8))  # 1.25e-3 .. 0.16
+CONV_LM_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
+CONV_FT_GRID = tuple(5e-4 * 2**i for i in range(8))  # 5e-4 .. 0.064
+IMAGE_GRID = tuple(0.08 * 2**i for i in range(8))  # 0.08 .. 10.24
+CNN_FT_GRID = tuple(0.002 * 2**i for i in range(8))  # 2e-3 .. 0.256
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -215,15 +235,41 @@ VARIANTS: dict[str, Variant] = {
             split="test2",
         ),
         Variant("charmlp-ft", "charmlp-ft", "sgd", 600, 0.05, MLP_FT_GRID, split="test2"),
+        # The test3 split: held out from default, written once test2 had been read.
+        Variant("convlm", "convlm", "adam", 600, 0.05, CONV_LM_GRID, split="test3"),
+        Variant("convlm-ft", "convlm-ft", "adam", 300, 0.05, CONV_FT_GRID, split="test3"),
+        Variant(
+            "imagefit",
+            "imagefit",
+            "sgd",
+            1000,
+            0.05,
+            IMAGE_GRID,
+            (("batch", 128),),
+            split="test3",
+        ),
+        Variant(
+            "imagefit-b2048",
+            "imagefit",
+            "sgd",
+            300,
+            0.05,
+            IMAGE_GRID,
+            (("batch", 2048),),
+            split="test3",
+        ),
+        Variant(
+            "cnn-ft", "cnn-ft", "adamw", 300, 0.05, CNN_FT_GRID, (("batch", 32),), split="test3"
+        ),
     )
 }
 WORKLOADS = (
     "nqm", "digits", "charlm", "cnn", "regression", "charrnn", "charrnn-ft", "lstm",
-    "autoencoder", "charmlp-ft",
+    "autoencoder", "charmlp-ft", "convlm", "convlm-ft", "imagefit", "cnn-ft",
 )  # fmt: skip
-SPLITS = ("dev", "test", "test2")
+SPLITS = ("dev", "test", "test2", "test3")
 #: The held-out splits: default runs there only once its frozen commit is recorded.
-HELD_OUT = ("test", "test2")
+HELD_OUT = ("test", "test2", "test3")
 
 
 def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
@@ -256,6 +302,18 @@ def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
         return AutoencoderJob(seed, int(variant.param("batch")), optimizer, warmup)
     if variant.workload == "charmlp-ft":
         return CharMLPJob(seed, optimizer, warmup, int(variant.param("val_batches", 32)))
+    if variant.workload in ("convlm", "convlm-ft"):
+        return ConvLMJob(
+            seed,
+            optimizer,
+            warmup,
+            int(variant.param("val_batches", 8)),
+            finetune=variant.workload == "convlm-ft",
+        )
+    if variant.workload == "imagefit":
+        return ImageFitJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "cnn-ft":
+        return DigitsFineTuneJob(seed, int(variant.param("batch")), optimizer, warmup)
     raise ValueError(f"unknown workload {variant.workload!r}")
 
 
@@ -863,10 +921,13 @@ def prose_corpus() -> Prose:
 
 def corpus_sha256(workload: str) -> str | None:
     """The SHA-256 of the corpus a workload trains on (None: data fixed by the code)."""
-    if workload == "charlm":
+    if workload in ("charlm", "convlm"):
         return stdlib_corpus().sha256
     if workload in ("charrnn", "charrnn-ft", "charmlp-ft"):
         return prose_corpus().sha256
+    if workload == "convlm-ft":  # pretrained on code, fine-tuned on prose
+        pair = stdlib_corpus().sha256 + prose_corpus().sha256
+        return hashlib.sha256(pair.encode()).hexdigest()
     return None
 
 
@@ -1166,3 +1227,326 @@ class CharMLPJob(TorchJob):
         import torch.nn.functional as F
 
         return float(F.cross_entropy(self.model(self.val_x), self.val_y))
+
+
+# --------------------------------------------------------------------------- test3 split
+
+
+class ConvLMJob(TorchJob):
+    """A causal dilated 1-D conv net as a byte-level LM on the standard library's
+    ``*.py`` (charlm's corpus), or (``finetune``) that net pretrained there by
+    :func:`pretrained_conv_lm` and trained on the prose corpus's half b with a fresh
+    Adam, validated on half b's held-out tails (a change of domain: code to English).
+    The net: embedding 64, four residual blocks of a causal
+    convolution (kernel 3, dilations 1, 2, 4, 8; 64 channels; ReLU), a linear head,
+    context 64, batch 32, every position predicted; Adam at its framework defaults."""
+
+    context = 64
+    batch = 32
+
+    def __init__(
+        self, seed: int, optimizer: str, warmup: int, val_batches: int, finetune: bool = False
+    ) -> None:
+        if finetune:
+            state = pretrained_conv_lm()
+            prose = prose_corpus()
+            _torch_setup(seed)
+            self._setup(seed, prose.train_b, prose.val_b, val_batches)
+            self.model = _causal_conv_lm()
+            self.model.load_state_dict(state)
+        else:
+            _torch_setup(seed)
+            self._setup(seed, stdlib_corpus().train, stdlib_corpus().val, val_batches)
+            self.model = _causal_conv_lm()
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self.eval_cost_steps = self.val_batches / 3.0
+
+    def _setup(self, seed: int, train: bytes, val: bytes, val_batches: int) -> None:
+        import torch
+
+        self.seed = seed
+        self.val_batches = val_batches
+        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
+        held = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
+        g = torch.Generator().manual_seed(23456)  # the same validation set for everyone
+        starts = torch.randint(
+            0, len(held) - self.context - 1, (val_batches * self.batch,), generator=g
+        ).tolist()
+        self.val_x = torch.stack([held[s : s + self.context] for s in starts])
+        self.val_y = torch.stack([held[s + 1 : s + 1 + self.context] for s in starts])
+
+    def _loss(self, t: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        starts = torch.randint(
+            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
+        ).tolist()
+        x = torch.stack([self.train_data[s : s + self.context] for s in starts])
+        y = torch.stack([self.train_data[s + 1 : s + 1 + self.context] for s in starts])
+        return F.cross_entropy(self.model(x).reshape(-1, 256), y.reshape(-1))
+
+    def _val(self) -> float:
+        import torch.nn.functional as F
+
+        total = 0.0
+        for i in range(self.val_batches):
+            rows = slice(i * self.batch, (i + 1) * self.batch)
+            logits = self.model(self.val_x[rows])
+            total += float(F.cross_entropy(logits.reshape(-1, 256), self.val_y[rows].reshape(-1)))
+        return total / self.val_batches
+
+
+#: The pretraining run of ``convlm-ft``: the standard library's ``*.py`` (charlm's
+#: training files), Adam cosine from 4e-3 with 5% warmup, this many steps, seed 0.
+CONV_PRETRAIN_STEPS = 1500
+CONV_PRETRAIN_LR = 4e-3
+
+
+def pretrained_conv_lm() -> dict[str, Any]:
+    """The conv LM's weights after pretraining on code, trained once and cached on disk,
+    keyed by this file's hash and the corpus's."""
+    import torch
+
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = PRETRAINED_DIR / f"convlm-{code}-{stdlib_corpus().sha256[:16]}.pt"
+    if path.exists():
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+        return state
+    _torch_setup(0)
+    job = ConvLMJob.__new__(ConvLMJob)
+    job._setup(0, stdlib_corpus().train, stdlib_corpus().val, 1)
+    job.model = _causal_conv_lm()
+    opt = torch.optim.Adam(job.model.parameters(), lr=CONV_PRETRAIN_LR)
+    warm = CONV_PRETRAIN_STEPS // 20
+    for t in range(CONV_PRETRAIN_STEPS):
+        lr = CONV_PRETRAIN_LR * (
+            (t + 1) / warm
+            if t < warm
+            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (CONV_PRETRAIN_STEPS - warm)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        job._loss(t).backward()
+        opt.step()
+    state = job.model.state_dict()
+    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
+    return state
+
+
+def _causal_conv_lm(channels: int = 64, dilations: tuple[int, ...] = (1, 2, 4, 8)) -> Any:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class CausalBlock(nn.Module):
+        def __init__(self, dilation: int) -> None:
+            super().__init__()
+            self.pad = 2 * dilation  # kernel 3: two taps into the past
+            self.conv = nn.Conv1d(channels, channels, 3, dilation=dilation)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = x + F.relu(self.conv(F.pad(x, (self.pad, 0))))
+            return out
+
+    class ConvLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(256, 64)
+            self.inp = nn.Conv1d(64, channels, 1)
+            self.blocks = nn.Sequential(*(CausalBlock(d) for d in dilations))
+            self.head = nn.Linear(channels, 256)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            x = self.inp(self.embed(idx).transpose(1, 2))
+            logits: torch.Tensor = self.head(self.blocks(x).transpose(1, 2))
+            return logits
+
+    return ConvLM()
+
+
+@dataclass(frozen=True)
+class ImagePixels:
+    """scikit-learn's bundled ``china.jpg``, every 4th pixel both ways (107 x 160),
+    RGB in [0, 1] against (row, column) in [-1, 1]; a fixed 80/20 split of the pixels."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+
+
+@lru_cache(maxsize=1)
+def _image_pixels() -> ImagePixels:
+    import torch
+    from sklearn.datasets import load_sample_image
+
+    image = torch.from_numpy(load_sample_image("china.jpg")[::4, ::4].copy()).float() / 255.0
+    rows, cols = image.shape[:2]
+    grid = torch.stack(
+        torch.meshgrid(torch.linspace(-1, 1, rows), torch.linspace(-1, 1, cols), indexing="ij"),
+        dim=-1,
+    ).reshape(-1, 2)
+    colours = image.reshape(-1, 3)
+    order = torch.randperm(len(grid), generator=torch.Generator().manual_seed(777))
+    cut = int(0.8 * len(grid))
+    train, val = order[:cut], order[cut:]
+    return ImagePixels(grid[train], colours[train], grid[val], colours[val])
+
+
+def _fourier_mlp(features: int = 128, scale: float = 8.0, width: int = 256) -> Any:
+    """An MLP on fixed random Fourier features of the 2-D coordinate (Tancik et al.
+    2020): ``features`` frequencies drawn once (seed 4242, the same for every seed),
+    sin and cos, two hidden ReLU layers of ``width``, three outputs."""
+    import torch
+    from torch import nn
+
+    frequencies = scale * torch.randn(2, features, generator=torch.Generator().manual_seed(4242))
+
+    class FourierMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("frequencies", frequencies)
+            self.net = nn.Sequential(
+                nn.Linear(2 * features, width), nn.ReLU(),
+                nn.Linear(width, width), nn.ReLU(),
+                nn.Linear(width, 3),
+            )  # fmt: skip
+
+        def forward(self, xy: torch.Tensor) -> torch.Tensor:
+            z = 2 * math.pi * xy @ self.frequencies
+            out: torch.Tensor = self.net(torch.cat([z.sin(), z.cos()], dim=1))
+            return out
+
+    return FourierMLP()
+
+
+class ImageFitJob(ArrayJob):
+    """Regressing a photo's colours from pixel coordinates (:func:`_image_pixels`) with
+    the Fourier-feature MLP of :func:`_fourier_mlp`, MSE, SGD momentum 0.9; validated on
+    the held-out fifth of the pixels (interpolation)."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        data = _image_pixels()
+        self.batch = batch
+        self.x_train, self.y_train = data.x_train, data.y_train
+        self.x_val, self.y_val = data.x_val, data.y_val
+        self.model = _fourier_mlp()
+        self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.MSELoss()
+        self._start(seed)
+
+
+def _digit_cnn() -> Any:
+    """Conv 3x3 (16) - max-pool - conv 3x3 (32) - max-pool - 64 - 10, for 8x8 images."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+def _digits_of(classes: range, part: str) -> tuple[Any, Any]:
+    """The digits images (N, 1, 8, 8) and labels of ``classes`` from the train or val part."""
+    data = _digits()
+    x, y = (data.x_train, data.y_train) if part == "train" else (data.x_val, data.y_val)
+    keep = (y >= classes.start) & (y < classes.stop)
+    return x[keep].reshape(-1, 1, 8, 8), y[keep]
+
+
+#: The pretraining run of ``cnn-ft``: digits 0-4, Adam cosine from 2e-3 with 5% warmup,
+#: batch 32, this many steps, seed 0 (every fine-tuning seed starts from it).
+CNN_PRETRAIN_STEPS = 600
+CNN_PRETRAIN_LR = 2e-3
+#: AdamW's weight decay on the fine-tune (the rivals and schedule-free take it too).
+CNN_FT_DECAY = 0.01
+
+
+def pretrained_digit_cnn() -> dict[str, Any]:
+    """The conv net of :func:`_digit_cnn` trained on digits 0-4, once, cached on disk
+    and keyed by this file's hash (a code change pretrains afresh)."""
+    import torch
+    from torch import nn
+
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = PRETRAINED_DIR / f"digitcnn-{code}.pt"
+    if path.exists():
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+        return state
+    _torch_setup(0)
+    job = ArrayJob.__new__(ArrayJob)
+    job.batch = 32
+    job.x_train, job.y_train = _digits_of(range(0, 5), "train")
+    job.x_val, job.y_val = _digits_of(range(0, 5), "val")
+    job.model = _digit_cnn()
+    job.loss_fn = nn.CrossEntropyLoss()
+    job._start(0)
+    opt = torch.optim.Adam(job.model.parameters(), lr=CNN_PRETRAIN_LR)
+    warm = CNN_PRETRAIN_STEPS // 20
+    for t in range(CNN_PRETRAIN_STEPS):
+        lr = CNN_PRETRAIN_LR * (
+            (t + 1) / warm
+            if t < warm
+            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (CNN_PRETRAIN_STEPS - warm)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        job._loss(t).backward()
+        opt.step()
+    state = job.model.state_dict()
+    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
+    return state
+
+
+class DigitsFineTuneJob(ArrayJob):
+    """Fine-tuning: the conv net of :func:`pretrained_digit_cnn` (digits 0-4), its last
+    layer replaced by a zero one (a new head for a new label set: the loss starts at
+    ln 10), trained on
+    digits 5-9 with a fresh AdamW (framework betas, weight decay
+    0.01), batch 32, validated on the held-out images of 5-9."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        import torch
+        from torch import nn
+
+        state = pretrained_digit_cnn()
+        _torch_setup(seed)
+        self.batch = batch
+        self.x_train, self.y_train = _digits_of(range(5, 10), "train")
+        self.x_val, self.y_val = _digits_of(range(5, 10), "val")
+        self.model = _digit_cnn()
+        self.model.load_state_dict(state)
+        head = self.model[len(self.model) - 1]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+        if optimizer == "schedulefree":
+            import schedulefree
+
+            self.optimizer = schedulefree.AdamWScheduleFree(
+                self.model.parameters(), weight_decay=CNN_FT_DECAY, warmup_steps=warmup
+            )
+            self.optimizer.train()
+            self._schedulefree = True
+        elif optimizer == "standard":
+            self.optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=1e-3, weight_decay=CNN_FT_DECAY
+            )
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._start(seed)

@@ -1,6 +1,7 @@
-"""The quality benchmark's second held-out split (test2): its variants build and train,
-no stagelr method is planned there until the commit at which ``default`` is frozen for
-that split is recorded, and the report shows ``default`` as not run there meanwhile."""
+"""The quality benchmark's fresher held-out splits (test2, test3): their variants build
+and train, no stagelr method is planned there until the commit at which ``default`` is
+frozen for that split is recorded, and the report shows ``default`` as not run there
+meanwhile."""
 
 from __future__ import annotations
 
@@ -17,35 +18,62 @@ from benchmarks.quality.harness import Cache, Task  # noqa: E402
 from benchmarks.quality.workloads import HELD_OUT, SPLITS, VARIANTS  # noqa: E402
 
 TEST2 = [name for name, v in VARIANTS.items() if v.split == "test2"]
+TEST3 = [name for name, v in VARIANTS.items() if v.split == "test3"]
+#: Per fresh split: its optimizer families and workloads at least, and its variant that
+#: is the large-batch or long-horizon one, with the variant it scales (batch or T).
+COVERAGE = {
+    "test2": (
+        {"adam", "sgd"},
+        {"lstm", "autoencoder", "charmlp-ft"},
+        ("autoencoder-5000", "autoencoder", "steps", 5),
+    ),
+    "test3": (
+        {"adam", "adamw", "sgd"},
+        {"convlm", "convlm-ft", "imagefit", "cnn-ft"},
+        ("imagefit-b2048", "imagefit", "batch", 16),
+    ),
+}
+#: The fine-tunes: each starts from its pretrained model, so its first reading sits far
+#: below a fresh model's (the byte LMs: a uniform guess over 256 bytes; the digits conv
+#: net, whose new head is zero: exactly a uniform guess over its 10 classes).
+FINE_TUNES = {"charmlp-ft": 0.6 * math.log(256), "convlm-ft": 0.6 * math.log(256)}
 
 
-def test_the_test2_split_covers_the_protocols_families() -> None:
-    assert "test2" in SPLITS and "test2" in HELD_OUT
-    assert len(TEST2) >= 4
-    variants = [VARIANTS[n] for n in TEST2]
-    assert {v.family for v in variants} >= {"adam", "sgd"}
-    assert {v.workload for v in variants} >= {"lstm", "autoencoder", "charmlp-ft"}
-    # Fresh workloads: none shares a workload with the dev or the test split.
-    older = {v.workload for v in VARIANTS.values() if v.split != "test2"}
+@pytest.mark.parametrize("split", sorted(COVERAGE))
+def test_a_fresh_split_covers_the_protocols_families(split: str) -> None:
+    families, workloads, (scaled, base, what, factor) = COVERAGE[split]
+    names = [name for name, v in VARIANTS.items() if v.split == split]
+    assert split in SPLITS and split in HELD_OUT
+    assert len(names) >= 4
+    variants = [VARIANTS[n] for n in names]
+    assert {v.family for v in variants} >= families
+    assert {v.workload for v in variants} >= workloads
+    # Fresh workloads: none shares a workload with an older split.
+    older = {v.workload for v in VARIANTS.values() if SPLITS.index(v.split) < SPLITS.index(split)}
     assert not older & {v.workload for v in variants}
-    # A long-horizon variant of the autoencoder.
-    assert VARIANTS["autoencoder-5000"].steps == 5 * VARIANTS["autoencoder"].steps
+    # A large-batch or long-horizon variant.
+    if what == "steps":
+        assert VARIANTS[scaled].steps == factor * VARIANTS[base].steps
+    else:
+        assert VARIANTS[scaled].param(what) == factor * VARIANTS[base].param(what)
     for v in variants:
         assert len(v.grid) == 8
         assert all(b == pytest.approx(2 * a) for a, b in zip(v.grid, v.grid[1:], strict=False))
 
 
-@pytest.mark.parametrize("name", TEST2)
-def test_a_test2_variant_trains_a_smoke_run_deterministically(name: str) -> None:
+@pytest.mark.parametrize("name", TEST2 + TEST3)
+def test_a_fresh_variant_trains_a_smoke_run_deterministically(name: str) -> None:
     variant = VARIANTS[name].smoke(24)
     peak = variant.grid[3]
     a = methods.run_grid_point(variant, 1, "wsd", peak)
     b = methods.run_grid_point(variant, 1, "wsd", peak)
     assert a.charged_steps == 24 and math.isfinite(a.final_loss)
     assert a.curve == b.curve  # the seed fixes init and data order
-    if VARIANTS[name].workload == "charmlp-ft":
-        # It starts from the pretrained model, far below a uniform guess over 256 bytes.
-        assert a.curve[0][2] < 0.6 * math.log(256)
+    if VARIANTS[name].workload in FINE_TUNES:
+        assert a.curve[0][2] < FINE_TUNES[VARIANTS[name].workload]
+    elif VARIANTS[name].workload == "cnn-ft":
+        assert a.curve[0][2] == pytest.approx(math.log(10))
+        assert a.final_loss < a.curve[0][2]
     else:
         assert a.final_loss < a.curve[0][2]  # it learns
     untuned = methods.run_method(variant, 2, "untuned", {})
@@ -161,3 +189,22 @@ def test_a_split_frozen_at_another_default_says_its_rows_are_dev_results(tmp_pat
     same = "\n".join(report.render_summary([summary], verdicts, img_prefix="", frozen=frozen,
                       stagelr_code="f" * 16, equivalent=frozenset({today})))  # fmt: skip
     assert "changed after" not in same
+
+
+def test_the_fine_tunes_start_from_their_pretrained_models() -> None:
+    import torch
+    from benchmarks.quality import workloads
+
+    cnn = workloads.make_job(VARIANTS["cnn-ft"], 3)
+    pretrained = workloads.pretrained_digit_cnn()
+    ours = cnn.model.state_dict()  # type: ignore[attr-defined]
+    head = f"{len(cnn.model) - 1}."  # type: ignore[attr-defined]
+    body = [k for k in pretrained if not k.startswith(head)]
+    assert body and all(torch.equal(ours[k], pretrained[k]) for k in body)
+    assert all(not ours[k].any() for k in ours if k.startswith(head))  # a new, zero head
+    # The pretrained net knows digits 0-4; the fine-tune's data holds only 5-9.
+    assert set(cnn.y_train.tolist()) == {5, 6, 7, 8, 9}  # type: ignore[attr-defined]
+    conv = workloads.make_job(VARIANTS["convlm-ft"].smoke(8), 3)
+    weights = workloads.pretrained_conv_lm()
+    assert all(torch.equal(v, weights[k]) for k, v in conv.model.state_dict().items())  # type: ignore[attr-defined]
+    assert conv.val_loss() < workloads.make_job(VARIANTS["convlm"].smoke(8), 3).val_loss()
