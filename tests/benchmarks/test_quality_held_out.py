@@ -61,6 +61,15 @@ def test_a_fresh_split_covers_the_protocols_families(split: str) -> None:
         assert all(b == pytest.approx(2 * a) for a, b in zip(v.grid, v.grid[1:], strict=False))
 
 
+def test_every_workload_has_its_seed_counts() -> None:
+    from benchmarks.quality.workloads import WORKLOADS
+
+    assert {v.workload for v in VARIANTS.values()} == set(WORKLOADS)
+    for workload in WORKLOADS:
+        assert harness.GRID_SEEDS[workload] in (2, 3)  # BENCHMARK.md: 3 a point, 2 if slow
+        assert harness.METHOD_SEEDS[workload] >= 3
+
+
 @pytest.mark.parametrize("name", TEST2 + TEST3)
 def test_a_fresh_variant_trains_a_smoke_run_deterministically(name: str) -> None:
     variant = VARIANTS[name].smoke(24)
