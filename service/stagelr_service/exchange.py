@@ -55,11 +55,12 @@ FORMAT = "stagelr-studies"
 #: ``range_test_*``); version 4 the config's ``initial_design``; version 5 a study's
 #: priors (config ``family``, ``prior_studies``, ``warm_start``; the study's stored prior
 #: summary, ``priors``); version 6 the config's ``probe`` (segment shape ``wsd``,
-#: forecast ``window_end``); version 7 a study's ``outages`` and ``archived_at``. An older
+#: forecast ``window_end``); version 7 a study's ``outages`` and ``archived_at``; version
+#: 8 a warm start's ``start_reading`` (config ``warm_start``). An older
 #: file reads with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs
 #: where they lack a field (a version 1 file's segments are constant-LR); its studies have
 #: no outages and are not archived, as that stagelr stored them.
-VERSION = 7
+VERSION = 8
 #: The study fields a file of an older version cannot hold (they came with this one).
 _SINCE_VERSION_7 = frozenset({"outages", "archived_at"})
 

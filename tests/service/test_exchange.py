@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 
 from stagelr.models import StudyCreate
 from stagelr_service.errors import InputError
-from stagelr_service.exchange import export_studies, import_studies
+from stagelr_service.exchange import VERSION, export_studies, import_studies
 from stagelr_service.replay import replay_study
 from stagelr_service.store import Store, migrate
 from stagelr_service.store.models import ObservationRow, SegmentRow, StudyRow
@@ -97,7 +97,7 @@ def test_export_import_export_is_byte_identical(source, target) -> None:
 
 def test_the_file_has_a_versioned_header_and_non_finite_losses_as_strings(source) -> None:
     lines = exported(source).splitlines()
-    assert lines[0] == '{"format":"stagelr-studies","version":7,"generator":"stagelr ' + (
+    assert lines[0] == '{"format":"stagelr-studies","version":8,"generator":"stagelr ' + (
         __import__("stagelr").__version__ + '"}'
     )
     assert len(lines) == 7
@@ -147,7 +147,7 @@ def test_imported_studies_still_verify(source, target, optimizer) -> None:
 def test_a_file_that_is_not_an_export_is_refused_with_the_reason(target) -> None:
     with pytest.raises(InputError, match="not a stagelr-studies header"):
         import_studies(target, ['{"hello": 1}'])
-    newer = '{"format":"stagelr-studies","version":8,"generator":"stagelr 9"}'
+    newer = json.dumps({"format": "stagelr-studies", "version": VERSION + 1, "generator": "x"})
     with pytest.raises(InputError, match="upgrade stagelr"):
         import_studies(target, [newer])
     header = '{"format":"stagelr-studies","version":1,"generator":"x"}'

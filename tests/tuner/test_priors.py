@@ -346,3 +346,53 @@ def test_a_neighbour_winning_its_window_is_a_misfit_only_against_the_priors_lean
     assert __import__("re").search(reason, verdict.reason), verdict.reason
     exploit = next(p for p in stage0(plans) if p.kind is SegmentKind.exploit)
     assert exploit.why["priors"] == ("used" if fits else "fallback")
+
+
+def test_the_start_is_compared_like_with_like_where_the_first_steps_are_fast(optimizer) -> None:
+    # A workload whose first steps are fast: the prior's hottest candidate has already
+    # fallen far by its first report, and the narrow search's half windows report after
+    # fewer steps. The lowest first report of each differs by more than START_LOSS_RATIO
+    # on the same workload; the loss after the same steps at the priors' LR does not.
+    from stagelr_service.tuner._priors import START_LOSS_RATIO
+
+    fast = {"start_loss": 2.5, "speed": 6.0}
+    config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 3}))
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=3, **fast))
+    assert end is not None
+    entry = tuner.summarize_prior(
+        7, "prior", config.to_stored(), with_forecasts(config, plans, trials)
+    )
+    step, loss, lr = entry["first_reading"]
+    chosen = next(t for t in trials if t.kind is SegmentKind.explore and t.lr == lr)
+    assert lr == entry["chosen_lr"] and (step, loss) == chosen.observations[0]
+    summary = tuner.prior_summary([entry], "fam", [])
+    warm_cfg = warm_config(summary, optimizer)
+    assert warm_cfg.warm_start is not None
+    assert warm_cfg.warm_start.start_reading == (step, loss)
+
+    _, same, _ = simulate(warm_cfg, optimizer, SyntheticJob(seed=2, **fast))
+    verdict, _ = tuner.warm_verdict(warm_cfg, same)
+    assert verdict is not None and verdict.fits, verdict.reason
+    # What the earlier check compared: the lowest first reports, off by more than its
+    # tolerance here (so it would have fallen back on the family's own workload).
+    narrow = [t.observations[0][1] for t in same if t.stage == 0 and t.index < 3]
+    assert min(narrow) / entry["start_loss"] > START_LOSS_RATIO
+
+    # Another workload, its loss three times the family's: it does not fit.
+    _, other, _ = simulate(warm_cfg, optimizer, SyntheticJob(seed=2, start_loss=7.5, speed=6.0))
+    verdict, _ = tuner.warm_verdict(warm_cfg, other)
+    assert verdict is not None and not verdict.fits
+    assert f"the loss after {step} steps at the priors' LR" in verdict.reason
+
+
+def test_a_study_warm_started_before_start_readings_keeps_its_check(summary, optimizer) -> None:
+    # Summaries stored before the first reading was kept: the lowest first report judges.
+    (entry,) = summary["studies"]
+    old = tuner.prior_summary([{k: v for k, v in entry.items() if k != "first_reading"}], "fam", [])
+    config = warm_config(old, optimizer)
+    assert config.warm_start is not None and config.warm_start.start_reading is None
+    assert config.warm_start.start_loss == entry["start_loss"]
+    _, trials, _ = simulate(config, optimizer, SyntheticJob(seed=2, start_loss=25.0))
+    verdict, _ = tuner.warm_verdict(config, trials)
+    assert verdict is not None and not verdict.fits
+    assert verdict.reason.startswith("the first loss")

@@ -31,6 +31,8 @@ class SyntheticJob:
     start_loss: float = 2.5
     noise: float = 0.005
     seed: int = 0
+    #: How fast the loss falls at a given LR (a fast first stretch: above 1)
+    speed: float = 1.0
     loss: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,7 +46,7 @@ class SyntheticJob:
         """The noise-free loss after ``step`` steps at ``lr`` from loss ``start``."""
         if lr >= self.cliff_lr and step >= 3:
             return math.nan
-        rate = min(1.0, 20.0 * lr) / 20.0
+        rate = self.speed * min(1.0, 20.0 * lr) / 20.0
         floor = self.floor(lr)
         return floor + (start - floor) * math.exp(-rate * step)
 

@@ -50,8 +50,8 @@ __all__ = [
     "warm_window",
 ]
 
-#: The version of the stored summary's layout.
-SUMMARY_VERSION = 1
+#: The version of the stored summary's layout (2: an entry's ``first_reading``).
+SUMMARY_VERSION = 2
 #: The config fields that must be equal for a prior to fit: what the search and its
 #: forecasts mean (the LR range, the budget, the stage geometry, the reports). The seed
 #: and the names are not among them; with a charged budget, total_steps (fitted to it,
@@ -137,9 +137,37 @@ def summarize_prior(
         "fingerprint": fingerprint(config),
         "chosen_lr": exploit.lr if exploit is not None else None,
         "start_loss": min(firsts) if firsts else None,
+        "first_reading": _first_reading(explores, exploit.lr) if exploit is not None else None,
         "candidates": candidates,
         "final_loss": _finite(final),
     }
+
+
+def _first_reading(explores: Sequence[Trial], lr: float) -> list[float] | None:
+    """``[step, loss, lr]`` of the first report of the candidate nearest ``lr`` (in
+    log-LR; the chosen one itself under ``continue_best``), None: none reported."""
+    reported = [
+        t
+        for t in explores
+        if t.observations and math.isfinite(t.observations[0][1]) and t.observations[0][1] > 0
+    ]
+    if not reported or lr <= 0:
+        return None
+    nearest = min(reported, key=lambda t: (abs(math.log(t.lr / lr)), t.index))
+    step, loss = nearest.observations[0]
+    return [step, loss, nearest.lr]
+
+
+def _start_reading(fitting: Sequence[Mapping[str, Any]]) -> tuple[int, float] | None:
+    """The priors' first readings at the step most of them reported first (the earlier
+    step on a tie), as ``(step, median loss)``; None: no prior holds one (summaries
+    stored before readings were kept)."""
+    readings = [s["first_reading"] for s in fitting if s.get("first_reading")]
+    if not readings:
+        return None
+    steps = [int(r[0]) for r in readings]
+    step = min(set(steps), key=lambda s: (-steps.count(s), s))
+    return step, statistics.median(float(r[1]) for r in readings if int(r[0]) == step)
 
 
 def prior_summary(
@@ -267,6 +295,7 @@ def warm_start(
         candidates=tuple(dict.fromkeys(candidates)),  # an edge of the range: no duplicate
         window=WARM_WINDOW,
         start_loss=statistics.median(starts) if starts else None,
+        start_reading=_start_reading(fitting),
         prediction=statistics.median(predictions) if predictions else None,
         basis=basis,
         window_lr=_median_log(winners) if winners else None,
@@ -287,6 +316,15 @@ def warm_window(warm: WarmStart, geometry: StageGeometry) -> int:
 def is_warm(warm: WarmStart, trial: Trial) -> bool:
     """Whether a stage-0 trial is one of the narrow search's candidates."""
     return trial.kind is SegmentKind.explore and trial.index < len(warm.candidates)
+
+
+def _reading_at(trial: Trial, step: int) -> float | None:
+    """The trial's report at ``step``, or at the nearest step it reported (the earlier on
+    a tie); None: no finite positive report."""
+    usable = [(s, v) for s, v in trial.observations if math.isfinite(v) and v > 0]
+    if not usable:
+        return None
+    return min(usable, key=lambda sv: (abs(sv[0] - step), sv[0]))[1]
 
 
 @dataclass(frozen=True)
@@ -319,7 +357,21 @@ def assess(
             return Verdict(
                 False, f"the priors' LR {warm.lr:.3g} is above the stability edge {edge:.3g}"
             )
-    if warm.start_loss is not None and start_loss is not None:
+    if warm.start_reading is not None:
+        # Like with like: the loss after the same steps from the job's start, at about
+        # the same LR. The lowest first report of any candidate (what start_loss holds)
+        # is the hottest one's where the first steps are fast, and the narrow search's
+        # windows report at other steps: compared with each other, those differ by more
+        # than a workload's scale on the same workload.
+        step, theirs = warm.start_reading
+        ours = _reading_at(centre.trial, step)
+        if ours is not None and not 1 / START_LOSS_RATIO <= ours / theirs <= START_LOSS_RATIO:
+            return Verdict(
+                False,
+                f"the loss after {step} steps at the priors' LR, {ours:.4g}, is far from "
+                f"the priors' {theirs:.4g}",
+            )
+    elif warm.start_loss is not None and start_loss is not None:
         ratio = start_loss / warm.start_loss
         if not 1 / START_LOSS_RATIO <= ratio <= START_LOSS_RATIO:
             return Verdict(

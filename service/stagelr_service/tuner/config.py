@@ -260,8 +260,13 @@ class WarmStart(BaseModel):
     candidates: tuple[float, ...]
     #: each narrow candidate trains this fraction of the stage's tau' steps
     window: float
-    #: the priors' first-stage start loss (median), None: unknown
+    #: the priors' first-stage start loss (median), None: unknown. A study created
+    #: before ``start_reading`` existed is judged by it.
     start_loss: float | None = None
+    #: the step (within its window) and the loss (median) of the first report of the
+    #: priors' chosen candidate: the loss after that many steps from the job's start at
+    #: about the LR the narrow search centres on. None: unknown (``start_loss`` judges).
+    start_reading: tuple[int, float] | None = None
     #: the priors' forecast for their chosen LR (median), None: unknown
     prediction: float | None = None
     #: how the centre was found, and what the stage trains: ``final_loss`` (where a GP
