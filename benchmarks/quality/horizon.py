@@ -12,6 +12,11 @@ peak and the best peak, then how far the best peak moves from one horizon to the
 annealed window assumes the short horizon's best peak is the full run's; where it moves,
 that assumption fails (docs/tuner.md).
 
+``--warmup F`` warms each short run up over the fraction F of its own length instead of
+the variant's 5% (which is a step or two at these lengths): whether a search window that
+warms up, as the planned run does, sees the full run's best peak better (docs/tuner.md:
+it does not).
+
 Runs are kept in ``--runs`` (default under the ignored ``benchmarks/results/tmp/``),
 keyed by the baseline code hash, so a rerun trains only what is missing.
 """
@@ -19,6 +24,7 @@ keyed by the baseline code hash, so a rerun trains only what is missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -86,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", action="append", type=float, default=None)
     parser.add_argument(
+        "--warmup", type=float, default=None, help="the short runs' warmup share (default 5%%)"
+    )
+    parser.add_argument(
         "--runs", type=Path, default=ROOT / "benchmarks" / "results" / "tmp" / "horizon.json"
     )
     args = parser.parse_args(argv)
@@ -95,14 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, float | None] = json.loads(args.runs.read_text()) if args.runs.exists() else {}
     for name in args.variant:
         variant = VARIANTS[name]
+        short = variant if args.warmup is None else dataclasses.replace(variant, warmup=args.warmup)
         tables: dict[float, dict[float, float]] = {}
         for budget in budgets:
             per_peak: dict[float, list[float]] = {}
             for peak in variant.grid:
                 for seed in range(args.seeds):
                     key = json.dumps([name, budget, peak, seed, code])
+                    if args.warmup is not None:
+                        key = json.dumps([name, budget, peak, seed, code, args.warmup])
                     if key not in runs:
-                        run = methods.run_grid_point(variant, seed, "wsd", peak, budget)
+                        run = methods.run_grid_point(short, seed, "wsd", peak, budget)
                         runs[key] = None if not math.isfinite(run.final_loss) else run.final_loss
                         args.runs.write_text(json.dumps(runs))
                     value = runs[key]
@@ -111,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         full = _full_length(name, code)
         if full:
             tables[1.0] = {p: statistics.median(v) for p, v in full.items()}
-        print(f"\n## {name} (T = {variant.steps}, {variant.family})")
+        warm = "" if args.warmup is None else f", short runs warmed up over {args.warmup:.0%}"
+        print(f"\n## {name} (T = {variant.steps}, {variant.family}{warm})")
         peaks = sorted(variant.grid)
         print("| horizon | " + " | ".join(f"{p:g}" for p in peaks) + " | best | vertex |")
         print("| --- |" + " ---: |" * (len(peaks) + 2))

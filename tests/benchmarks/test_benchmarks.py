@@ -253,6 +253,12 @@ def test_the_horizon_diagnostic_reads_the_best_peak_at_each_horizon(tmp_path: Pa
     kept = json.loads(runs.read_text())
     assert len(kept) == 16
     assert run_module(*argv, "--budget", "0.04", "--budget", "0.12", "--runs", str(runs)) == out
+    # Short runs warmed up over half their length: kept apart, and they end elsewhere.
+    warm = run_module(*argv, "--budget", "0.04", "--warmup", "0.5", "--runs", str(runs))
+    assert "short runs warmed up over 50%" in warm
+    assert len(json.loads(runs.read_text())) == 24
+    (row,) = re.findall(r"^\| 0.04T \| (.*) \| \S+ \| \S+ \|$", warm, flags=re.M)
+    assert row != rows[0][1]
 
 
 def test_devsplit_compares_on_a_held_out_split_only_once_default_was_judged_there(

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks.quality import history  # noqa: E402
+from benchmarks.quality import harness, history, workloads  # noqa: E402
 from benchmarks.quality.workloads import VARIANTS  # noqa: E402
 
 from stagelr_service import tuner  # noqa: E402
@@ -40,7 +40,10 @@ def fingerprint_of(variant: object) -> dict[str, object]:
 
 def test_every_control_reads_priors_of_its_own_fingerprint_from_another_workload() -> None:
     assert set(history.VARIANTS) == set(VARIANTS)
-    for split, names in (("dev", history.DEV), ("test", history.TEST), ("test2", history.TEST2)):
+    splits = {"dev": history.DEV, "test": history.TEST, "test2": history.TEST2}
+    splits["test3"] = history.TEST3
+    assert tuple(splits) == history.SPLITS == workloads.SPLITS
+    for split, names in splits.items():
         assert set(names) == {v.name for v in VARIANTS.values() if v.split == split}
     for name in history.VARIANTS:
         label = history.chain_label(name)
@@ -150,3 +153,14 @@ def test_the_moonshot_history_clause_is_read_from_the_recorded_runs(tmp_path: Pa
         assert ok is not None
         measured = int(text.rsplit(" of ", 1)[1].split()[0])
         assert measured == len(names)
+
+
+def test_no_history_run_reads_a_held_out_split_before_its_default_is_frozen(
+    tmp_path: Path,
+) -> None:
+    assert history.held_out_unjudged(["digits", "convlm", "cnn-ft"], tmp_path) == [
+        "convlm",
+        "cnn-ft",
+    ]
+    harness.record_frozen(tmp_path, "abc1234", "test3")
+    assert history.held_out_unjudged(["digits", "convlm", "cnn-ft", "lstm"], tmp_path) == ["lstm"]
