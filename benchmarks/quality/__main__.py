@@ -1,14 +1,14 @@
 """The tuning-quality benchmark: python -m benchmarks.quality [--quick | --full] [options].
 
 Options: --workload W, --method M (repeatable), --seeds N, --jobs 1|2, --report-only,
---default-frozen-at COMMIT [--frozen-split test|test2].
+--default-frozen-at COMMIT [--frozen-split test|test2|test3].
 
 Trains what the results cache lacks (resumable: every run is written when it finishes),
 then prints each split's summary table and tier verdicts and a table per workload
 variant, and writes the plots, the JSON summary and the markdown section of
-docs/benchmarks.md. The stagelr methods run on a held-out split (test, test2) only after
-``--default-frozen-at COMMIT --frozen-split SPLIT`` has recorded the commit ``default`` is
-judged at there.
+docs/benchmarks.md. The stagelr methods run on a held-out split (test, test2, test3) only
+after ``--default-frozen-at COMMIT --frozen-split SPLIT`` has recorded the commit
+``default`` is judged at there.
 
     python -m benchmarks.quality --quick                 # CI smoke: tiny T, 1 seed, 2-point grid
     python -m benchmarks.quality --full --jobs 1         # the protocol (W3 takes days)

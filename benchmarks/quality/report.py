@@ -25,7 +25,7 @@ Definitions (BENCHMARK.md section 1, version 2, made exact):
   realized loss at T.
 
 The tier verdicts (Credible, Strong, Moonshot) are read separately on each split; on a
-held-out split (test, test2) the stagelr rows exist only once the commit at which
+held-out split (test, test2, test3) the stagelr rows exist only once the commit at which
 ``default`` was frozen for that split is recorded (``harness.record_frozen``), and until
 then its verdicts read "not run".
 """
