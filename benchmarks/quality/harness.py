@@ -865,22 +865,30 @@ def run_all(
             initializer=_init_worker,
             initargs=(server.url if server else None,),
         ) as pool:
-            for variant in variants:
-                for phase, tasks in phases(
-                    variant, cache, first[variant.name], method_names, quick, seeds_override,
-                    rival_budgets,
-                ):  # fmt: skip
-                    log(f"{variant.name}: {len(tasks)} runs to train ({phase})")
-                    futures = {pool.submit(execute_item, item): item for item in _work_items(tasks)}
-                    # Written as each finishes: an interrupted benchmark loses no result.
-                    for future in as_completed(futures):
-                        for task, run in zip(futures[future], future.result(), strict=True):
-                            cache.add(task, run)
-                            trained += 1
-                            log(_describe(task, run))
-                cache.compact([variant.name])
-                if server is not None:
-                    export_studies(cache, variant.name)
+            try:
+                for variant in variants:
+                    for phase, tasks in phases(
+                        variant, cache, first[variant.name], method_names, quick, seeds_override,
+                        rival_budgets,
+                    ):  # fmt: skip
+                        log(f"{variant.name}: {len(tasks)} runs to train ({phase})")
+                        futures = {
+                            pool.submit(execute_item, item): item for item in _work_items(tasks)
+                        }
+                        # Written as each finishes: an interrupted benchmark loses no result.
+                        for future in as_completed(futures):
+                            for task, run in zip(futures[future], future.result(), strict=True):
+                                cache.add(task, run)
+                                trained += 1
+                                log(_describe(task, run))
+                    cache.compact([variant.name])
+                    if server is not None:
+                        export_studies(cache, variant.name)
+            except BaseException:
+                # Interrupted (SIGTERM raises SystemExit: stagelr_service.server): drop
+                # the queued runs, so that leaving the pool waits for the running ones only.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         if server is not None:
             server.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -148,6 +150,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        _children.pop(self.process.pid, None)
         self._close_log()
         if self.process.poll() is None:
             self.process.terminate()
@@ -156,6 +159,37 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+#: The `stagelr serve` children this process started and has not stopped, by pid.
+_children: dict[int, ServerProcess] = {}
+
+
+def _stop_children() -> None:
+    """Stop every child still running (at exit: a caller that never stopped its own)."""
+    for child in list(_children.values()):
+        child.stop()
+
+
+atexit.register(_stop_children)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends this process as an exception would, so ``finally`` blocks and the
+    exit handler stop its servers; by default it dies at once and orphans them."""
+    raise SystemExit(128 + signum)
+
+
+def _own_children() -> None:
+    """Make sure this process stops its `stagelr serve` children when it ends: at exit
+    (:func:`_stop_children`), and on SIGTERM (``pkill`` of a benchmark) where the program
+    has not set a handler of its own. Only the main thread may set one; elsewhere the
+    exit handler has to do."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -198,6 +232,8 @@ def start_server(
         env={**os.environ, "OMP_NUM_THREADS": "1", **env},
     )
     server = ServerProcess(f"http://127.0.0.1:{port}", database_url, process, log_path, log)
+    _own_children()
+    _children[process.pid] = server
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
