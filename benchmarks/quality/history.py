@@ -61,12 +61,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-SPLITS = ("dev", "test", "test2", "test3")
+SPLITS = ("dev", "test", "test2", "test3", "test4")
 DEV = ["nqm-b8", "nqm-b64", "digits", "digits-noisy", "charlm", "charlm-3000"]
 TEST = ["cnn", "regression", "regression-b512", "charrnn", "charrnn-ft"]
 TEST2 = ["lstm", "autoencoder", "autoencoder-5000", "charmlp-ft"]
 TEST3 = ["convlm", "convlm-ft", "imagefit", "imagefit-b2048", "cnn-ft"]
-VARIANTS = DEV + TEST + TEST2 + TEST3
+TEST4 = ["lorenz", "swissroll", "swissroll-b1024", "patchae-ft"]
+VARIANTS = DEV + TEST + TEST2 + TEST3 + TEST4
 #: Seeds where the quality benchmark's count is not used: the transformer's runs take
 #: 3-6 minutes each here. charlm gets 5 (four jobs after the first, as the GRU's); the
 #: run twice as long gets 3, whose intervals rest on two pairs.
@@ -107,6 +108,13 @@ PARTNER = {
     "imagefit": "imagefit-b2048",
     "imagefit-b2048": "imagefit",
     "cnn-ft": "imagefit",
+    # Test4: the swiss roll's other batch size for each other; for the Lorenz GRU the
+    # photo fine-tune (another model, loss scale and start), and for the fine-tune the
+    # Lorenz GRU (a model trained from scratch), each at the variant's budget and range.
+    "lorenz": "patchae-ft",
+    "patchae-ft": "lorenz",
+    "swissroll": "swissroll-b1024",
+    "swissroll-b1024": "swissroll",
 }
 CONDITIONS = ("cold", "family", "mismatch")
 #: The most priors a control names (the server's default STAGELR_MAX_PRIORS).

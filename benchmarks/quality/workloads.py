@@ -51,6 +51,19 @@ test2 had been read:
 - ``cnn-ft``: fine-tuning to new classes: a conv net pretrained on digits 0-4, a new zero
   head, trained on digits 5-9 with a fresh AdamW.
 
+The *test4 split* (``Variant.split == "test4"``) is a fourth, written and grid-tuned once
+test3 had been read:
+
+- ``lorenz``: forecasting the Lorenz system 0.8 time units ahead from a window of its
+  past, a GRU, MSE, Adam.
+- ``swissroll``: unrolling scikit-learn's swiss roll (the position along the roll from
+  the 3-D point), an MLP, MSE, SGD with momentum; ``swissroll-b1024`` is its large-batch
+  variant (batch 1024 against 64, T = 300).
+- ``patchae-ft``: fine-tuning to another photo: a conv autoencoder of 16x16 patches
+  pretrained inside the benchmark on ``china.jpg``, then trained on ``flower.jpg``'s
+  patches from its checkpoint with a fresh Adam (scikit-learn's two bundled photos, one
+  for each half).
+
 Nothing here knows about tuners: the methods drive a job through ``train_step`` and
 ``val_loss`` and checkpoint it through ``checkpointer``.
 """
@@ -137,7 +150,7 @@ class Variant:
     grid: tuple[float, ...]  # Tier A peak LRs
     params: tuple[tuple[str, Any], ...] = ()
     evals: int = 50  # harness evaluations per run (every 2% of T)
-    split: str = "dev"  # dev: default was developed on it | test, test2, test3: held out
+    split: str = "dev"  # dev: default was developed on it | test .. test4: held out
 
     def param(self, key: str, default: Any = None) -> Any:
         return dict(self.params).get(key, default)
@@ -178,6 +191,9 @@ CONV_LM_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
 CONV_FT_GRID = tuple(5e-4 * 2**i for i in range(8))  # 5e-4 .. 0.064
 IMAGE_GRID = tuple(0.08 * 2**i for i in range(8))  # 0.08 .. 10.24
 CNN_FT_GRID = tuple(0.002 * 2**i for i in range(8))  # 2e-3 .. 0.256
+LORENZ_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
+ROLL_GRID = tuple(0.01 * 2**i for i in range(8))  # 0.01 .. 1.28
+PATCH_FT_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -261,15 +277,43 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "cnn-ft", "cnn-ft", "adamw", 300, 0.05, CNN_FT_GRID, (("batch", 32),), split="test3"
         ),
+        # The test4 split: held out from default, written once test3 had been read.
+        Variant(
+            "lorenz", "lorenz", "adam", 800, 0.05, LORENZ_GRID, (("batch", 64),), split="test4"
+        ),
+        Variant(
+            "swissroll", "swissroll", "sgd", 1000, 0.05, ROLL_GRID, (("batch", 64),), split="test4"
+        ),
+        Variant(
+            "swissroll-b1024",
+            "swissroll",
+            "sgd",
+            300,
+            0.05,
+            ROLL_GRID,
+            (("batch", 1024),),
+            split="test4",
+        ),
+        Variant(
+            "patchae-ft",
+            "patchae-ft",
+            "adam",
+            300,
+            0.05,
+            PATCH_FT_GRID,
+            (("batch", 32),),
+            split="test4",
+        ),
     )
 }
 WORKLOADS = (
     "nqm", "digits", "charlm", "cnn", "regression", "charrnn", "charrnn-ft", "lstm",
-    "autoencoder", "charmlp-ft", "convlm", "convlm-ft", "imagefit", "cnn-ft",
+    "autoencoder", "charmlp-ft", "convlm", "convlm-ft", "imagefit", "cnn-ft", "lorenz",
+    "swissroll", "patchae-ft",
 )  # fmt: skip
-SPLITS = ("dev", "test", "test2", "test3")
+SPLITS = ("dev", "test", "test2", "test3", "test4")
 #: The held-out splits: default runs there only once its frozen commit is recorded.
-HELD_OUT = ("test", "test2", "test3")
+HELD_OUT = ("test", "test2", "test3", "test4")
 
 
 def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
@@ -314,6 +358,12 @@ def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
         return ImageFitJob(seed, int(variant.param("batch")), optimizer, warmup)
     if variant.workload == "cnn-ft":
         return DigitsFineTuneJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "lorenz":
+        return LorenzJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "swissroll":
+        return SwissRollJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "patchae-ft":
+        return PatchFineTuneJob(seed, int(variant.param("batch")), optimizer, warmup)
     raise ValueError(f"unknown workload {variant.workload!r}")
 
 
@@ -632,7 +682,59 @@ def stdlib_corpus() -> Corpus:
     return Corpus(bytes(train), bytes(val), digest.hexdigest(), len(files), str(root))
 
 
-class CharLMJob(TorchJob):
+class NextByteLMJob(TorchJob):
+    """A byte-level language model trained to predict every next byte of a window of
+    ``context`` bytes drawn at random from the training bytes (the draw seeded by
+    ``(seed, t)``), validated on ``val_batches`` batches of windows of the held-out bytes
+    fixed by ``val_seed`` (the same for every seed and method)."""
+
+    context: int
+    batch: int
+    val_seed = 12345
+    #: validate batch by batch (the mean of the batches' losses), not in one pass
+    batched_val = True
+
+    def _setup(self, seed: int, train: bytes, val: bytes, val_batches: int) -> None:
+        import torch
+
+        self.seed = seed
+        self.val_batches = val_batches
+        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
+        held = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
+        g = torch.Generator().manual_seed(self.val_seed)
+        starts = torch.randint(
+            0, len(held) - self.context - 1, (val_batches * self.batch,), generator=g
+        ).tolist()
+        self.val_x = torch.stack([held[s : s + self.context] for s in starts])
+        self.val_y = torch.stack([held[s + 1 : s + 1 + self.context] for s in starts])
+
+    def _loss(self, t: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        starts = torch.randint(
+            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
+        ).tolist()
+        x = torch.stack([self.train_data[s : s + self.context] for s in starts])
+        y = torch.stack([self.train_data[s + 1 : s + 1 + self.context] for s in starts])
+        return F.cross_entropy(self.model(x).reshape(-1, 256), y.reshape(-1))
+
+    def _val(self) -> float:
+        import torch.nn.functional as F
+
+        if not self.batched_val:
+            logits = self.model(self.val_x)
+            return float(F.cross_entropy(logits.reshape(-1, 256), self.val_y.reshape(-1)))
+        total = 0.0
+        for i in range(self.val_batches):
+            rows = slice(i * self.batch, (i + 1) * self.batch)
+            logits = self.model(self.val_x[rows])
+            total += float(F.cross_entropy(logits.reshape(-1, 256), self.val_y[rows].reshape(-1)))
+        return total / self.val_batches
+
+
+class CharLMJob(NextByteLMJob):
     """Byte-level pre-LN transformer (2 layers, d 128, 4 heads, context 64, batch 32),
     AdamW (0.9, 0.95), weight decay 0.1, gradient clipping at 1.0."""
 
@@ -644,17 +746,7 @@ class CharLMJob(TorchJob):
 
         _torch_setup(seed)
         corpus = stdlib_corpus()
-        self.seed = seed
-        self.val_batches = val_batches
-        self.train_data = torch.frombuffer(bytearray(corpus.train), dtype=torch.uint8).long()
-        val = torch.frombuffer(bytearray(corpus.val), dtype=torch.uint8).long()
-        # A fixed validation set (the same for every seed and method).
-        g = torch.Generator().manual_seed(12345)
-        starts = torch.randint(
-            0, len(val) - self.context - 1, (self.val_batches * self.batch,), generator=g
-        )
-        self.val_x = torch.stack([val[s : s + self.context] for s in starts.tolist()])
-        self.val_y = torch.stack([val[s + 1 : s + 1 + self.context] for s in starts.tolist()])
+        self._setup(seed, corpus.train, corpus.val, val_batches)
         self.model = _char_transformer(self.context)
         self.clip = 1.0
         if optimizer == "schedulefree":
@@ -672,28 +764,6 @@ class CharLMJob(TorchJob):
                 self.model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1
             )
         self.eval_cost_steps = self.val_batches / 3.0
-
-    def _loss(self, t: int) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-        starts = torch.randint(
-            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
-        ).tolist()
-        x = torch.stack([self.train_data[s : s + self.context] for s in starts])
-        y = torch.stack([self.train_data[s + 1 : s + 1 + self.context] for s in starts])
-        return F.cross_entropy(self.model(x).reshape(-1, 256), y.reshape(-1))
-
-    def _val(self) -> float:
-        import torch.nn.functional as F
-
-        total = 0.0
-        for i in range(self.val_batches):
-            rows = slice(i * self.batch, (i + 1) * self.batch)
-            logits = self.model(self.val_x[rows])
-            total += float(F.cross_entropy(logits.reshape(-1, 256), self.val_y[rows].reshape(-1)))
-        return total / self.val_batches
 
 
 def _char_transformer(context: int, d: int = 128, heads: int = 4, layers: int = 2) -> Any:
@@ -954,33 +1024,38 @@ PRETRAIN_LR = 3e-3
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "results" / "tmp" / "pretrained"
 
 
-def pretrained_gru() -> dict[str, Any]:
-    """The pretrained GRU's weights, trained once and cached on disk, keyed by this
-    file's hash and the corpus's (a code or corpus change pretrains afresh)."""
+def _pretrained(
+    name: str, build: Callable[[], Any], steps: int, lr: float, clip: float | None = None
+) -> dict[str, Any]:
+    """The weights of the job ``build()`` makes (a ``model`` and a ``_loss(t)``) after
+    ``steps`` steps of Adam from seed 0, its LR warmed up linearly over 5% of them from
+    ``lr``, then cosine to 0 (gradients clipped at ``clip``): trained once and cached on
+    disk as ``<name>-<this file's hash>.pt`` (a code change pretrains afresh; ``name``
+    carries a corpus's hash where there is one)."""
     import torch
 
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    path = PRETRAINED_DIR / f"charrnn-{code}-{prose_corpus().sha256[:16]}.pt"
+    stem, _, corpus = name.partition("@")
+    path = PRETRAINED_DIR / f"{stem}-{code}{'-' + corpus if corpus else ''}.pt"
     if path.exists():
         state: dict[str, Any] = torch.load(path, weights_only=True)
         return state
     _torch_setup(0)
-    job = CharRNNJob.__new__(CharRNNJob)
-    job._setup(0, prose_corpus().train_a, prose_corpus().val_b, 1)
-    job.model = _char_gru()
-    opt = torch.optim.Adam(job.model.parameters(), lr=PRETRAIN_LR)
-    warm = PRETRAIN_STEPS // 20
-    for t in range(PRETRAIN_STEPS):
-        lr = PRETRAIN_LR * (
+    job = build()
+    opt = torch.optim.Adam(job.model.parameters(), lr=lr)
+    warm = steps // 20
+    for t in range(steps):
+        rate = lr * (
             (t + 1) / warm
             if t < warm
-            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (PRETRAIN_STEPS - warm)))
+            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (steps - warm)))
         )
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = rate
         opt.zero_grad(set_to_none=True)
         job._loss(t).backward()
-        torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(job.model.parameters(), clip)
         opt.step()
     state = job.model.state_dict()
     PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
@@ -990,7 +1065,39 @@ def pretrained_gru() -> dict[str, Any]:
     return state
 
 
-class CharRNNJob(TorchJob):
+def _pretrained_lm(
+    cls: Any,
+    model: Callable[[Any], Any],
+    name: str,
+    corpus: tuple[bytes, bytes, str],
+    steps: int,
+    lr: float,
+    clip: float | None = None,
+) -> dict[str, Any]:
+    """A byte LM job of ``cls`` (its data set up by ``_setup``, its net ``model(job)``)
+    pretrained by :func:`_pretrained` on ``corpus`` (train, validation, SHA-256), whose
+    hash keys the checkpoint too."""
+    train, val, sha = corpus
+
+    def build() -> Any:
+        job = cls.__new__(cls)
+        job._setup(0, train, val, 1)
+        job.model = model(job)
+        return job
+
+    return _pretrained(f"{name}@{sha[:16]}", build, steps, lr, clip)
+
+
+def pretrained_gru() -> dict[str, Any]:
+    """The pretrained GRU's weights: half a of the prose."""
+    prose = prose_corpus()
+    corpus = (prose.train_a, prose.val_b, prose.sha256)
+    return _pretrained_lm(
+        CharRNNJob, lambda job: _char_gru(), "charrnn", corpus, PRETRAIN_STEPS, PRETRAIN_LR, 1.0
+    )
+
+
+class CharRNNJob(NextByteLMJob):
     """Byte-level GRU LM (embedding 64, one GRU layer of 128, context 32, batch 32), Adam
     (framework defaults), gradient clipping at 1.0, on the prose corpus. ``finetune``:
     start from :func:`pretrained_gru` (trained on half a) and train on half b, validated
@@ -998,6 +1105,7 @@ class CharRNNJob(TorchJob):
 
     context = 32
     batch = 32
+    batched_val = False
 
     def __init__(
         self, seed: int, optimizer: str, warmup: int, val_batches: int, finetune: bool = False
@@ -1015,38 +1123,6 @@ class CharRNNJob(TorchJob):
         self.clip = 1.0
         self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
         self.eval_cost_steps = self.val_batches / 3.0
-
-    def _setup(self, seed: int, train: bytes, val: bytes, val_batches: int) -> None:
-        import torch
-
-        self.seed = seed
-        self.val_batches = val_batches
-        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
-        held = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
-        g = torch.Generator().manual_seed(12345)  # the same validation set for everyone
-        starts = torch.randint(
-            0, len(held) - self.context - 1, (val_batches * self.batch,), generator=g
-        ).tolist()
-        self.val_x = torch.stack([held[s : s + self.context] for s in starts])
-        self.val_y = torch.stack([held[s + 1 : s + 1 + self.context] for s in starts])
-
-    def _loss(self, t: int) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-        starts = torch.randint(
-            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
-        ).tolist()
-        x = torch.stack([self.train_data[s : s + self.context] for s in starts])
-        y = torch.stack([self.train_data[s + 1 : s + 1 + self.context] for s in starts])
-        return F.cross_entropy(self.model(x).reshape(-1, 256), y.reshape(-1))
-
-    def _val(self) -> float:
-        import torch.nn.functional as F
-
-        logits = self.model(self.val_x)
-        return float(F.cross_entropy(logits.reshape(-1, 256), self.val_y.reshape(-1)))
 
 
 # --------------------------------------------------------------------------- test2 split
@@ -1146,38 +1222,17 @@ MLP_PRETRAIN_LR = 2e-3
 
 
 def pretrained_char_mlp() -> dict[str, Any]:
-    """The pretrained byte MLP's weights, trained once and cached on disk, keyed by this
-    file's hash and the corpus's (a code or corpus change pretrains afresh)."""
-    import torch
-
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    path = PRETRAINED_DIR / f"charmlp-{code}-{prose_corpus().sha256[:16]}.pt"
-    if path.exists():
-        state: dict[str, Any] = torch.load(path, weights_only=True)
-        return state
-    _torch_setup(0)
-    job = CharMLPJob.__new__(CharMLPJob)
-    job._setup(0, prose_corpus().train_a, prose_corpus().val_b, 1)
-    job.model = _char_mlp(job.context)
-    opt = torch.optim.Adam(job.model.parameters(), lr=MLP_PRETRAIN_LR)
-    warm = MLP_PRETRAIN_STEPS // 20
-    for t in range(MLP_PRETRAIN_STEPS):
-        lr = MLP_PRETRAIN_LR * (
-            (t + 1) / warm
-            if t < warm
-            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (MLP_PRETRAIN_STEPS - warm)))
-        )
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        job._loss(t).backward()
-        opt.step()
-    state = job.model.state_dict()
-    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.part")
-    torch.save(state, partial)
-    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
-    return state
+    """The pretrained byte MLP's weights: half a of the prose."""
+    prose = prose_corpus()
+    corpus = (prose.train_a, prose.val_b, prose.sha256)
+    return _pretrained_lm(
+        CharMLPJob,
+        lambda job: _char_mlp(job.context),
+        "charmlp",
+        corpus,
+        MLP_PRETRAIN_STEPS,
+        MLP_PRETRAIN_LR,
+    )
 
 
 class CharMLPJob(TorchJob):
@@ -1232,7 +1287,7 @@ class CharMLPJob(TorchJob):
 # --------------------------------------------------------------------------- test3 split
 
 
-class ConvLMJob(TorchJob):
+class ConvLMJob(NextByteLMJob):
     """A causal dilated 1-D conv net as a byte-level LM on the standard library's
     ``*.py`` (charlm's corpus), or (``finetune``) that net pretrained there by
     :func:`pretrained_conv_lm` and trained on the prose corpus's half b with a fresh
@@ -1243,6 +1298,7 @@ class ConvLMJob(TorchJob):
 
     context = 64
     batch = 32
+    val_seed = 23456
 
     def __init__(
         self, seed: int, optimizer: str, warmup: int, val_batches: int, finetune: bool = False
@@ -1261,42 +1317,6 @@ class ConvLMJob(TorchJob):
         self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
         self.eval_cost_steps = self.val_batches / 3.0
 
-    def _setup(self, seed: int, train: bytes, val: bytes, val_batches: int) -> None:
-        import torch
-
-        self.seed = seed
-        self.val_batches = val_batches
-        self.train_data = torch.frombuffer(bytearray(train), dtype=torch.uint8).long()
-        held = torch.frombuffer(bytearray(val), dtype=torch.uint8).long()
-        g = torch.Generator().manual_seed(23456)  # the same validation set for everyone
-        starts = torch.randint(
-            0, len(held) - self.context - 1, (val_batches * self.batch,), generator=g
-        ).tolist()
-        self.val_x = torch.stack([held[s : s + self.context] for s in starts])
-        self.val_y = torch.stack([held[s + 1 : s + 1 + self.context] for s in starts])
-
-    def _loss(self, t: int) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-        starts = torch.randint(
-            0, len(self.train_data) - self.context - 1, (self.batch,), generator=g
-        ).tolist()
-        x = torch.stack([self.train_data[s : s + self.context] for s in starts])
-        y = torch.stack([self.train_data[s + 1 : s + 1 + self.context] for s in starts])
-        return F.cross_entropy(self.model(x).reshape(-1, 256), y.reshape(-1))
-
-    def _val(self) -> float:
-        import torch.nn.functional as F
-
-        total = 0.0
-        for i in range(self.val_batches):
-            rows = slice(i * self.batch, (i + 1) * self.batch)
-            logits = self.model(self.val_x[rows])
-            total += float(F.cross_entropy(logits.reshape(-1, 256), self.val_y[rows].reshape(-1)))
-        return total / self.val_batches
-
 
 #: The pretraining run of ``convlm-ft``: the standard library's ``*.py`` (charlm's
 #: training files), Adam cosine from 4e-3 with 5% warmup, this many steps, seed 0.
@@ -1305,38 +1325,17 @@ CONV_PRETRAIN_LR = 4e-3
 
 
 def pretrained_conv_lm() -> dict[str, Any]:
-    """The conv LM's weights after pretraining on code, trained once and cached on disk,
-    keyed by this file's hash and the corpus's."""
-    import torch
-
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    path = PRETRAINED_DIR / f"convlm-{code}-{stdlib_corpus().sha256[:16]}.pt"
-    if path.exists():
-        state: dict[str, Any] = torch.load(path, weights_only=True)
-        return state
-    _torch_setup(0)
-    job = ConvLMJob.__new__(ConvLMJob)
-    job._setup(0, stdlib_corpus().train, stdlib_corpus().val, 1)
-    job.model = _causal_conv_lm()
-    opt = torch.optim.Adam(job.model.parameters(), lr=CONV_PRETRAIN_LR)
-    warm = CONV_PRETRAIN_STEPS // 20
-    for t in range(CONV_PRETRAIN_STEPS):
-        lr = CONV_PRETRAIN_LR * (
-            (t + 1) / warm
-            if t < warm
-            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (CONV_PRETRAIN_STEPS - warm)))
-        )
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        job._loss(t).backward()
-        opt.step()
-    state = job.model.state_dict()
-    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.part")
-    torch.save(state, partial)
-    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
-    return state
+    """The conv LM's weights after pretraining on code: charlm's training files."""
+    code = stdlib_corpus()
+    corpus = (code.train, code.val, code.sha256)
+    return _pretrained_lm(
+        ConvLMJob,
+        lambda job: _causal_conv_lm(),
+        "convlm",
+        corpus,
+        CONV_PRETRAIN_STEPS,
+        CONV_PRETRAIN_LR,
+    )
 
 
 def _causal_conv_lm(channels: int = 64, dilations: tuple[int, ...] = (1, 2, 4, 8)) -> Any:
@@ -1473,43 +1472,20 @@ CNN_FT_DECAY = 0.01
 
 
 def pretrained_digit_cnn() -> dict[str, Any]:
-    """The conv net of :func:`_digit_cnn` trained on digits 0-4, once, cached on disk
-    and keyed by this file's hash (a code change pretrains afresh)."""
-    import torch
+    """The conv net of :func:`_digit_cnn` trained on digits 0-4 (:func:`_pretrained`)."""
     from torch import nn
 
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    path = PRETRAINED_DIR / f"digitcnn-{code}.pt"
-    if path.exists():
-        state: dict[str, Any] = torch.load(path, weights_only=True)
-        return state
-    _torch_setup(0)
-    job = ArrayJob.__new__(ArrayJob)
-    job.batch = 32
-    job.x_train, job.y_train = _digits_of(range(0, 5), "train")
-    job.x_val, job.y_val = _digits_of(range(0, 5), "val")
-    job.model = _digit_cnn()
-    job.loss_fn = nn.CrossEntropyLoss()
-    job._start(0)
-    opt = torch.optim.Adam(job.model.parameters(), lr=CNN_PRETRAIN_LR)
-    warm = CNN_PRETRAIN_STEPS // 20
-    for t in range(CNN_PRETRAIN_STEPS):
-        lr = CNN_PRETRAIN_LR * (
-            (t + 1) / warm
-            if t < warm
-            else 0.5 * (1 + math.cos(math.pi * (t - warm) / (CNN_PRETRAIN_STEPS - warm)))
-        )
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        job._loss(t).backward()
-        opt.step()
-    state = job.model.state_dict()
-    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.part")
-    torch.save(state, partial)
-    partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
-    return state
+    def build() -> ArrayJob:
+        job = ArrayJob.__new__(ArrayJob)
+        job.batch = 32
+        job.x_train, job.y_train = _digits_of(range(0, 5), "train")
+        job.x_val, job.y_val = _digits_of(range(0, 5), "val")
+        job.model = _digit_cnn()
+        job.loss_fn = nn.CrossEntropyLoss()
+        job._start(0)
+        return job
+
+    return _pretrained("digitcnn", build, CNN_PRETRAIN_STEPS, CNN_PRETRAIN_LR)
 
 
 class DigitsFineTuneJob(ArrayJob):
@@ -1549,4 +1525,206 @@ class DigitsFineTuneJob(ArrayJob):
         else:
             raise ValueError(f"unknown optimizer {optimizer!r}")
         self.loss_fn = nn.CrossEntropyLoss()
+        self._start(seed)
+
+
+# --------------------------------------------------------------------------- test4 split
+
+#: The Lorenz system's parameters, its integration step and how far ahead ``lorenz``
+#: predicts (in samples of two integration steps).
+LORENZ = (10.0, 28.0, 8.0 / 3.0)
+LORENZ_DT = 0.01
+LORENZ_WINDOW = 24
+LORENZ_AHEAD = 40
+
+
+@lru_cache(maxsize=1)
+def _lorenz_windows() -> tuple[Any, Any, Any, Any]:
+    """Windows of one trajectory of the Lorenz system (RK4 from (1, 1, 1), 2,000 steps of
+    burn-in, then 30,000 steps sampled every second one; each coordinate standardized):
+    ``LORENZ_WINDOW`` samples in, the sample ``LORENZ_AHEAD`` after the window's last
+    out. The first 80% of the time is training, the rest validation (the same attractor,
+    later in time)."""
+    import torch
+
+    sigma, rho, beta = LORENZ
+
+    def deriv(p: np.ndarray) -> np.ndarray:
+        x, y, z = p
+        return np.array([sigma * (y - x), x * (rho - z) - y, x * y - beta * z])
+
+    p = np.array([1.0, 1.0, 1.0])
+    samples = []
+    for i in range(32_000):
+        k1 = deriv(p)
+        k2 = deriv(p + 0.5 * LORENZ_DT * k1)
+        k3 = deriv(p + 0.5 * LORENZ_DT * k2)
+        k4 = deriv(p + LORENZ_DT * k3)
+        p = p + LORENZ_DT / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+        if i >= 2_000 and i % 2 == 0:
+            samples.append(p)
+    series = np.array(samples)
+    series = (series - series.mean(axis=0)) / series.std(axis=0)
+    span = LORENZ_WINDOW + LORENZ_AHEAD
+    starts = np.arange(len(series) - span)
+    x = np.stack([series[s : s + LORENZ_WINDOW] for s in starts])
+    y = series[starts + span - 1]
+    cut = int(0.8 * len(starts))
+    as_t = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
+    return as_t(x[:cut]), as_t(y[:cut]), as_t(x[cut:]), as_t(y[cut:])
+
+
+def _lorenz_gru(hidden: int = 64) -> Any:
+    """A GRU over the window's samples, a linear head on its last state."""
+    import torch
+    from torch import nn
+
+    class LorenzGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(3, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.head(self.gru(x)[0][:, -1])
+            return out
+
+    return LorenzGRU()
+
+
+class LorenzJob(ArrayJob):
+    """Forecasting the Lorenz system (:func:`_lorenz_windows`) a fixed time ahead from a
+    window of its past with the GRU of :func:`_lorenz_gru`, MSE, Adam at its framework
+    defaults; validated on the trajectory's last fifth (every 4th window)."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        x_train, y_train, x_val, y_val = _lorenz_windows()
+        self.batch = batch
+        self.x_train, self.y_train = x_train, y_train
+        self.x_val, self.y_val = x_val[::4], y_val[::4]
+        self.model = _lorenz_gru()
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.MSELoss()
+        self._start(seed)
+
+
+@lru_cache(maxsize=1)
+def _swiss_roll() -> tuple[Any, Any, Any, Any]:
+    """scikit-learn's swiss-roll generator (12,000 points, noise 0.5, ``random_state``
+    0): the 3-D points in, the position along the roll (``t``) out, both standardized;
+    the first 10,000 points for training, the rest for validation."""
+    import torch
+    from sklearn.datasets import make_swiss_roll
+
+    points, position = make_swiss_roll(n_samples=12_000, noise=0.5, random_state=0)
+    points = (points - points.mean(axis=0)) / points.std(axis=0)
+    position = ((position - position.mean()) / position.std())[:, None]
+    x = torch.from_numpy(points.astype(np.float32))
+    y = torch.from_numpy(position.astype(np.float32))
+    return x[:10_000], y[:10_000], x[10_000:], y[10_000:]
+
+
+class SwissRollJob(ArrayJob):
+    """Unrolling the swiss roll (:func:`_swiss_roll`): an MLP 3-128-128-1 (ReLU)
+    regressing the position along the roll from the 3-D point, MSE, SGD momentum 0.9."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        self.batch = batch
+        self.x_train, self.y_train, self.x_val, self.y_val = _swiss_roll()
+        self.model = nn.Sequential(
+            nn.Linear(3, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1)
+        )
+        self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.MSELoss()
+        self._start(seed)
+
+
+PATCH = 16
+
+
+@lru_cache(maxsize=2)
+def _photo_patches(photo: str) -> tuple[Any, Any]:
+    """6,000 RGB patches of ``PATCH`` x ``PATCH`` pixels (values in [0, 1]) of one of
+    scikit-learn's two bundled photos at half its resolution, at corners drawn once
+    (seed 99): the first 5,000 for training, the rest for validation."""
+    import torch
+    from sklearn.datasets import load_sample_image
+
+    image = torch.from_numpy(load_sample_image(photo)[::2, ::2].copy()).float() / 255.0
+    image = image.permute(2, 0, 1)  # (3, rows, cols)
+    g = torch.Generator().manual_seed(99)
+    rows = torch.randint(0, image.shape[1] - PATCH, (6_000,), generator=g).tolist()
+    cols = torch.randint(0, image.shape[2] - PATCH, (6_000,), generator=g).tolist()
+    patches = torch.stack(
+        [image[:, r : r + PATCH, c : c + PATCH] for r, c in zip(rows, cols, strict=True)]
+    )
+    return patches[:5_000], patches[5_000:]
+
+
+def _patch_autoencoder() -> Any:
+    """Conv 3x3 stride 2 (16) - conv 3x3 stride 2 (8) - transposed conv 4x4 stride 2 (16)
+    - transposed conv 4x4 stride 2 (3): 16x16x3 through an 8x4x4 code."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(8, 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(16, 3, 4, stride=2, padding=1),
+    )  # fmt: skip
+
+
+#: The pretraining run of ``patchae-ft``: patches of ``china.jpg``, Adam cosine from 2e-3
+#: with 5% warmup, batch 32, this many steps, seed 0 (every fine-tuning seed starts there).
+PATCH_PRETRAIN_STEPS = 800
+PATCH_PRETRAIN_LR = 2e-3
+
+
+def _patch_job(photo: str, batch: int) -> ArrayJob:
+    """An autoencoder job on ``photo``'s patches (no optimizer: the caller's)."""
+    from torch import nn
+
+    job = ArrayJob.__new__(ArrayJob)
+    job.batch = batch
+    train, val = _photo_patches(photo)
+    job.x_train, job.y_train, job.x_val, job.y_val = train, train, val, val
+    job.model = _patch_autoencoder()
+    job.loss_fn = nn.MSELoss()
+    return job
+
+
+def pretrained_patch_autoencoder() -> dict[str, Any]:
+    """The patch autoencoder trained on ``china.jpg`` (:func:`_pretrained`)."""
+
+    def build() -> ArrayJob:
+        job = _patch_job("china.jpg", 32)
+        job._start(0)
+        return job
+
+    return _pretrained("patchae", build, PATCH_PRETRAIN_STEPS, PATCH_PRETRAIN_LR)
+
+
+class PatchFineTuneJob(ArrayJob):
+    """Fine-tuning to another photo: the patch autoencoder of
+    :func:`pretrained_patch_autoencoder` (trained on ``china.jpg``), trained on
+    ``flower.jpg``'s patches with a fresh Adam at its framework defaults, MSE; validated
+    on the held-out patches."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        state = pretrained_patch_autoencoder()
+        _torch_setup(seed)
+        job = _patch_job("flower.jpg", batch)
+        self.batch = batch
+        self.x_train, self.y_train = job.x_train, job.y_train
+        self.x_val, self.y_val = job.x_val, job.y_val
+        self.model = job.model
+        self.model.load_state_dict(state)
+        self.loss_fn = job.loss_fn
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
         self._start(seed)
