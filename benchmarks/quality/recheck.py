@@ -38,8 +38,10 @@ gives every other machine's old runs too.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +140,40 @@ def samples(
     return chosen
 
 
+def record_alias(path: Path, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to the aliases file ``path``: read, merged and written under an
+    exclusive lock of the file, so that rechecks run at once (one per kind of run) all
+    keep theirs. (Read once at the start and written at the end, the last to finish
+    dropped the others' aliases.) Another sample of the same change merges with its
+    earlier entry: the variants both vouch for."""
+    with path.open("a+") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        file.seek(0)
+        text = file.read()
+        known = json.loads(text) if text.strip() else {"aliases": []}
+        key = (entry["kind"], entry["old"], entry["new"], entry.get("methods"))
+        for earlier in known["aliases"]:
+            if (earlier["kind"], earlier["old"], earlier["new"], earlier.get("methods")) == key:
+                entry["variants"] = sorted(set(entry["variants"]) | set(earlier["variants"]))
+                entry["reproduced"] = earlier["reproduced"] + entry["reproduced"]
+                if "samples" in earlier and "samples" not in entry:
+                    entry["samples"] = earlier["samples"]
+        known["aliases"] = [
+            a
+            for a in known["aliases"]
+            if not (
+                a["old"] == entry["old"]
+                and a["new"] == entry["new"]
+                and a.get("methods") == entry.get("methods")
+            )
+        ] + [entry]
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(known, indent=1) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", action="append", required=True, help="an old code hash")
@@ -174,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         return train_samples(args)
     cache = Cache(args.results)
     aliases_path = args.results / harness.ALIASES_FILE
-    known = json.loads(aliases_path.read_text()) if aliases_path.exists() else {"aliases": []}
     server = None
     status = 0
     try:
@@ -236,28 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["methods"] = sorted(methods)
             if args.samples is not None:
                 entry["samples"] = _rel(args.samples)
-            for earlier in known["aliases"]:
-                same = (earlier["kind"], earlier["old"], earlier["new"]) == (
-                    kind,
-                    old,
-                    entry["new"],
-                )
-                if same and earlier.get("methods") == entry.get("methods"):
-                    # Another sample of the same change: the variants both vouch for.
-                    entry["variants"] = sorted(set(entry["variants"]) | set(earlier["variants"]))
-                    entry["reproduced"] = earlier["reproduced"] + entry["reproduced"]
-                    if "samples" in earlier and "samples" not in entry:
-                        entry["samples"] = earlier["samples"]
-            known["aliases"] = [
-                a
-                for a in known["aliases"]
-                if not (
-                    a["old"] == old
-                    and a["new"] == entry["new"]
-                    and a.get("methods") == entry.get("methods")
-                )
-            ] + [entry]
-            aliases_path.write_text(json.dumps(known, indent=1) + "\n")
+            record_alias(aliases_path, entry)
             print(f"{old}: {len(chosen)} runs reproduced bit for bit: now read as {entry['new']}")
     finally:
         if server is not None:

@@ -83,3 +83,27 @@ def test_samples_trained_here_carry_another_cpus_runs_over_a_change(
     bad = recheck("--results", str(elsewhere), "--old", old, "--samples", str(samples))
     assert bad.returncode == 1 and "differ; no alias recorded" in bad.stdout
     assert not (elsewhere / harness.ALIASES_FILE).exists()
+
+
+def _entry(kind: str, old: str, variants: list[str]) -> dict[str, object]:
+    return {"kind": kind, "old": old, "new": "n" + old, "variants": variants,
+            "reproduced": [f"{kind}-{v}" for v in variants]}  # fmt: skip
+
+
+def test_rechecks_run_at_once_keep_each_others_aliases(tmp_path: Path) -> None:
+    from benchmarks.quality.recheck import record_alias
+
+    path = tmp_path / harness.ALIASES_FILE
+    record_alias(path, _entry("baseline", "a1", ["cnn"]))
+    # Another recheck (the stagelr runs') records its alias in the meantime.
+    known = json.loads(path.read_text())
+    known["aliases"].append(_entry("stagelr", "s1", ["cnn"]))
+    path.write_text(json.dumps(known))
+    record_alias(path, _entry("rival", "r1", ["cnn"]))
+    kinds = [a["kind"] for a in json.loads(path.read_text())["aliases"]]
+    assert kinds == ["baseline", "stagelr", "rival"]
+    # Another sample of the same change: one entry, vouching for both samples' variants.
+    record_alias(path, _entry("baseline", "a1", ["lstm"]))
+    (entry,) = [a for a in json.loads(path.read_text())["aliases"] if a["old"] == "a1"]
+    assert entry["variants"] == ["cnn", "lstm"]
+    assert entry["reproduced"] == ["baseline-cnn", "baseline-lstm"]
