@@ -113,7 +113,7 @@ def train(tasks: list[Task], cache: Cache, jobs: int) -> int:
         with ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=get_context("spawn"),
-            initializer=harness._init_worker,
+            initializer=harness._init_pool_worker,
             initargs=(server.url,),
         ) as pool:
             futures = {pool.submit(_execute, t): t for t in missing}

@@ -19,12 +19,15 @@ target; the anytime rivals run once to 3T.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gzip
 import hashlib
 import json
 import math
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -582,6 +585,22 @@ def phases(
 _URL: str | None = None
 
 
+def _init_pool_worker(url: str | None) -> None:
+    """A pool worker's start: it dies with the benchmark that started it (Linux's parent
+    death signal), however that ends; an interrupted benchmark left its workers
+    training, orphaned, until they had run every run queued to them."""
+    # Not on Linux: the pool's own shutdown has to do.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the benchmark ended before the call above
+        os._exit(1)
+    _init_worker(url)
+
+
+#: prctl(2)'s option that sends a signal to this process when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
 def _init_worker(url: str | None) -> None:
     global _URL
     _URL = url
@@ -863,7 +882,7 @@ def run_all(
         with ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=context,
-            initializer=_init_worker,
+            initializer=_init_pool_worker,
             initargs=(server.url if server else None,),
         ) as pool:
             try:
