@@ -165,6 +165,18 @@ def make_engine(
         **kwargs,
     )
 
+    @event.listens_for(engine, "handle_error")
+    def _lost_link(context: Any) -> None:
+        # psycopg words a link that failed under it while it waited ("connection socket
+        # closed": a reset, or a socket the deadline shut down) without libpq marking the
+        # connection bad, so SQLAlchemy's own test took it for a live one: it went back
+        # towards the pool, its rollback failed there, and the pool logged that with a
+        # traceback. An OperationalError with no SQLSTATE is one the server never sent:
+        # the link is gone, and the connection is discarded at once.
+        dbapi = context.dialect.loaded_dbapi
+        if is_lost_link(context.original_exception, dbapi):
+            context.is_disconnect = True
+
     @event.listens_for(engine, "checkin")
     def _checked_in(_dbapi_connection: Any, record: Any) -> None:
         if record is not None:  # None: a connection the pool has already let go
@@ -190,6 +202,17 @@ def make_engine(
             raise DisconnectionError(f"the pooled connection did not answer: {exc}") from exc
 
     return engine
+
+
+def is_lost_link(exc: BaseException, dbapi: Any) -> bool:
+    """Whether a psycopg error means the connection's link failed (no SQLSTATE: the
+    client saw it, the server sent nothing), not an error the server reported."""
+    operational = getattr(dbapi, "OperationalError", None)
+    return (
+        operational is not None
+        and isinstance(exc, operational)
+        and getattr(exc, "sqlstate", "") is None
+    )
 
 
 def _sqlite_engine(url: URL, *, foreign_keys: bool, **kwargs: Any) -> Engine:
