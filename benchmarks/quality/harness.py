@@ -585,6 +585,10 @@ def phases(
 _URL: str | None = None
 
 
+#: prctl(2)'s option that sends a signal to this process when its parent ends.
+PR_SET_PDEATHSIG = 1
+
+
 def _init_pool_worker(url: str | None) -> None:
     """A pool worker's start: it dies with the benchmark that started it (Linux's parent
     death signal), however that ends; an interrupted benchmark left its workers
@@ -595,10 +599,6 @@ def _init_pool_worker(url: str | None) -> None:
     if os.getppid() == 1:  # the benchmark ended before the call above
         os._exit(1)
     _init_worker(url)
-
-
-#: prctl(2)'s option that sends a signal to this process when its parent ends.
-PR_SET_PDEATHSIG = 1
 
 
 def _init_worker(url: str | None) -> None:

@@ -8,7 +8,8 @@ its thread and its pooled connection for as long as the stall lasts. The server-
 
 :class:`Deadlines` runs one daemon thread that watches armed connections; when one
 passes its deadline, it shuts the connection's socket down. The driver's wait then
-returns at once with "server closed the connection unexpectedly", SQLAlchemy discards
+returns at once ("server closed the connection unexpectedly", or "connection socket
+closed", which the engine's lost-link rule marks as a disconnect), SQLAlchemy discards
 the connection, and the store answers :class:`~stagelr_service.errors.StoreUnavailableError`
 (503). Arming and disarming cost a lock and a heap push: no thread per request.
 """

@@ -14,7 +14,8 @@ Three timeouts keep a lost or hung database from holding requests: ``connect_tim
 (opening a connection, and the liveness check each pooled connection gets when it is
 checked out), ``statement_timeout`` (PostgreSQL's, and the deadline after which a
 connection that does not answer is cut, see :mod:`.deadline`) and ``pool_timeout`` (the
-wait for a free pooled connection).
+wait for a free pooled connection). A driver error the server never sent (no SQLSTATE:
+the link failed under the driver) discards its connection at once (:func:`is_lost_link`).
 """
 
 from __future__ import annotations
