@@ -78,6 +78,7 @@ from .models import (
     StudyRow,
     UTCDateTime,
 )
+from .pipeline import begin_with
 from .records import (
     ForecastRecord,
     ObservationRecord,
@@ -470,6 +471,20 @@ class LiveQueries:
             self._connection = session.connection()
         return self._connection.execute(statement, params)
 
+    def _write(self, statement: Any, params: dict[str, Any]) -> int:
+        """Run a Core statement that returns no rows; its rowcount. On PostgreSQL, when it
+        is the transaction's first, its BEGIN goes in the same round trip
+        (:func:`.pipeline.begin_with`)."""
+        if self._dialect() == "postgresql" and not (
+            self._s.new or self._s.dirty or self._s.deleted
+        ):
+            if self._connection is None:
+                self._connection = self._s.connection()
+            rowcount = begin_with(self._connection, statement, params)
+            if rowcount is not None:
+                return rowcount
+        return int(cast(Any, self._run(statement, params)).rowcount)
+
     def _run_scalar(self, statement: Any, params: Any = None) -> Any:
         return self._run(statement, params).scalar()
 
@@ -631,7 +646,7 @@ class LiveQueries:
             return
         # Study rows are never held by the session (readers keep records, not rows), so
         # no loaded copy can go stale under this Core statement.
-        self._run(_Hot.touch(), {"study_id": study_id, "now": self._now()})
+        self._write(_Hot.touch(), {"study_id": study_id, "now": self._now()})
         self._touched.add(study_id)
 
     def touch_running_study(self, study_id: int) -> bool:
@@ -641,8 +656,7 @@ class LiveQueries:
         :meth:`lock_study` and a touch do in two, for a writer that needs no more of the
         study than that it runs.
         """
-        result = self._run(_Hot.touch_running(), {"study_id": study_id, "now": self._now()})
-        if cast(Any, result).rowcount != 1:
+        if self._write(_Hot.touch_running(), {"study_id": study_id, "now": self._now()}) != 1:
             return False
         self._touched.add(study_id)
         return True
