@@ -263,6 +263,24 @@ class _Hot:
 
     @staticmethod
     @cache
+    def set_stage(status: bool, keep_lr: bool, of_study: bool) -> Any:
+        """Set a stage's status (``status``) and its chosen LR (unless ``keep_lr``);
+        RETURNING the row (no row: no such stage, or, ``of_study``, not of that study)."""
+        table = cast(Table, StageRow.__table__)
+        values: dict[str, Any] = {}
+        if status:
+            values["status"] = bindparam("status")
+        if not keep_lr:
+            values["chosen_lr"] = bindparam("chosen_lr")
+        where = [table.c.id == bindparam("stage_id")]
+        if of_study:
+            where.append(table.c.study_id == bindparam("locked_study"))
+        if not values:  # nothing to set: the row as it is
+            return select(*table.c).where(*where)
+        return update(table).where(*where).values(**values).returning(*table.c)
+
+    @staticmethod
+    @cache
     def stage_by_id() -> Any:
         table = StageRow.__table__
         return select(*table.c).where(table.c.id == bindparam("stage_id"))
@@ -734,15 +752,39 @@ class LiveQueries:
         (``chosen_lr=None`` clears the LR)."""
         if status is not None and status not in STAGE_STATUSES:
             raise InputError(f"unknown stage status {status!r}: use one of {STAGE_STATUSES}")
-        row = self._s.get(StageRow, stage_id)
+        keep_lr = isinstance(chosen_lr, Keep)
+        # Only the values set: SQLAlchemy would SET a column named by any other.
+        values: dict[str, Any] = {"stage_id": stage_id}
+        if status is not None:
+            values["status"] = status
+        if not keep_lr:
+            values["chosen_lr"] = chosen_lr
+        # The study is locked first (the lock order), so its id is needed before the
+        # UPDATE: known where this transaction read or created the stage; else a study
+        # it has locked is tried (the UPDATE then changes the stage only if it is that
+        # study's), and only then is the stage read.
+        known = self._stages.get(stage_id)
+        if known is None:
+            for study_id in sorted(self._touched):
+                row = self._run(
+                    _Hot.set_stage(status is not None, keep_lr, True),
+                    {**values, "locked_study": study_id},
+                ).first()
+                if row is not None:
+                    return self._stage_set(row)
+            known = self._stage_by_id(stage_id)
+            if known is None:
+                raise NotFoundError(f"stage {stage_id} does not exist")
+        self.touch_study(known.study_id)
+        row = self._run(_Hot.set_stage(status is not None, keep_lr, False), values).first()
         if row is None:
             raise NotFoundError(f"stage {stage_id} does not exist")
-        self.touch_study(row.study_id)
-        if status is not None:
-            row.status = status
-        if not isinstance(chosen_lr, Keep):
-            row.chosen_lr = chosen_lr
-        self._s.flush()
+        return self._stage_set(row)
+
+    def _stage_set(self, row: Any) -> StageRecord:
+        # Stage rows are not kept by the session (readers keep records; the ORM row of a
+        # stage created here is dropped once its record is made), so no loaded copy can
+        # go stale under the Core UPDATE.
         return self._keep_stage(stage_record(row))
 
     # ------------------------------------------------------------------ segments
