@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 
 from stagelr.models import (
@@ -108,9 +108,20 @@ def test_the_first_statement_and_its_begin_are_one_transaction(store: Store) -> 
         before = repo.get_study(study_id)
         segment = repo.get_segment(segment_id)
     assert before is not None and segment is not None
+    executed: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        executed.append(statement)
+
     for _ in range(2):  # the second on the connection the first left behind
         with pytest.raises(RuntimeError, match="abandon"), store.transaction() as repo:
-            assert repo.touch_running_study(study_id)
+            event.listen(store.engine, "before_cursor_execute", count)
+            try:
+                assert repo.touch_running_study(study_id)
+            finally:
+                event.remove(store.engine, "before_cursor_execute", count)
+            assert [s.split()[:2] for s in executed] == [["UPDATE", "studies"]]
+            executed.clear()
             driver = repo._s.connection().connection.driver_connection
             assert driver.autocommit is False
             assert driver.pgconn.transaction_status == 2  # INTRANS: the BEGIN ran

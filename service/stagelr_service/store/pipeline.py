@@ -13,7 +13,8 @@ only who wrote the BEGIN: afterwards psycopg sees a connection in a transaction 
 itself (its ``autocommit`` off), SQLAlchemy's transaction commits or rolls it back as any
 other, and a driver error is handled as SQLAlchemy handles one of its own statements
 (the ``handle_error`` hooks, a lost link discarding the connection, the error wrapped as
-SQLAlchemy's), so the store's 503 and its deadlines see no difference.
+SQLAlchemy's), so the store's 503 and its deadlines see no difference. SQLAlchemy's
+``before_cursor_execute`` listeners see the statement (not the BEGIN, as for its own).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def begin_with(
         values[name] = processor(values[name])
     begin = _begin_command(driver)
     cursor = driver.cursor()
+    # What listens to SQLAlchemy's statements (a statement count) sees this one too.
+    connection.dispatch.before_cursor_execute(connection, cursor, sql, values, None, False)
     # psycopg sends its own BEGIN (and waits for it) before a statement of a connection
     # out of autocommit: in autocommit it sends none, and the pipeline carries ours.
     driver.autocommit = True
