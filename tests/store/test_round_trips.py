@@ -144,6 +144,30 @@ def test_the_begin_sent_is_psycopgs(store: Store) -> None:
     assert psycopgs.startswith("BEGIN")
 
 
+def test_a_psycopg_keeping_its_autocommit_elsewhere_gets_the_usual_begin(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the private flag begin_with resets is missing, nothing is sent ahead: the
+    statement runs as usual, after psycopg's own BEGIN, in one transaction."""
+    postgres_only(store)
+    from stagelr_service.store import pipeline
+
+    study_id = new_study(store, "usual-begin")
+    monkeypatch.setattr(pipeline, "_settable", lambda driver: False)
+    with RoundTrips(store) as trips:
+        trips.take()
+        with store.transaction() as repo:
+            assert repo.touch_running_study(study_id)
+            driver = repo._s.connection().connection.driver_connection
+            assert driver.autocommit is False and driver.pgconn.transaction_status == 2
+        # psycopg's BEGIN alone, then the touch, then COMMIT: three round trips, not two
+        assert trips.take() == 3
+        monkeypatch.undo()
+        with store.transaction() as repo:
+            assert repo.touch_running_study(study_id)
+        assert trips.take() == 2
+
+
 def test_the_touch_waits_for_the_lock_and_then_sees_what_landed(store: Store) -> None:
     """The close after a touch that waited for the study's lock counts the points that the
     lock's holder stored meanwhile: its snapshot is taken after the wait."""

@@ -63,6 +63,13 @@ def _begin_command(driver: Any) -> str:
     return " ".join(parts)
 
 
+def _settable(driver: Any) -> bool:
+    """Whether ``driver`` keeps its autocommit flag where :func:`begin_with` resets it
+    (psycopg 3.1 to 3.3 do: ``_autocommit``); a psycopg that keeps it elsewhere gets the
+    usual separate BEGIN, not a connection left in autocommit."""
+    return "_autocommit" in vars(driver)
+
+
 def begin_with(
     connection: Connection, statement: Any, params: Mapping[str, Any]
 ) -> int | None:
@@ -70,8 +77,8 @@ def begin_with(
     transaction on ``connection``, its BEGIN in the same round trip; its rowcount.
 
     None, and nothing sent, where the transaction has begun on the wire already (or the
-    connection is not psycopg's, or in autocommit): the caller runs the statement as
-    usual then.
+    connection is not psycopg's, or in autocommit, or a psycopg whose autocommit flag
+    this cannot reset): the caller runs the statement as usual then.
     """
     if connection.dialect.driver != "psycopg" or not connection.in_transaction():
         return None
@@ -80,6 +87,7 @@ def begin_with(
     driver = connection.connection.driver_connection
     if (
         driver is None
+        or not _settable(driver)
         or driver.autocommit
         or driver.pgconn.transaction_status != TransactionStatus.IDLE
     ):
