@@ -17,6 +17,14 @@ the variant's 5% (which is a step or two at these lengths): whether a search win
 warms up, as the planned run does, sees the full run's best peak better (docs/tuner.md:
 it does not).
 
+``--trunk`` starts every short run of a seed from one shared trunk instead of the job's
+first state: as many steps as the short run, the LR rising linearly from 0 to the
+coolest stratum of the range (its lowest sixth in log-LR, where the search's first
+candidate would sit), so the model and its optimizer are warmed up before the windows
+branch off: whether a search whose windows start warm sees the full run's best peak
+better than one whose windows each start a cold optimizer at full LR
+(docs/tuner.md: it does not).
+
 Runs are kept in ``--runs`` (default under the ignored ``benchmarks/results/tmp/``),
 keyed by the baseline code hash, so a rerun trains only what is missing.
 """
@@ -32,7 +40,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.quality import harness, methods
-from benchmarks.quality.workloads import VARIANTS
+from benchmarks.quality.workloads import VARIANTS, Variant, make_job
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "docs" / "results" / "quality"
@@ -86,6 +94,38 @@ def _vertex(table: dict[float, float]) -> float:
     return float(2 ** min(xs[2], max(xs[0], -b / (2 * a))))
 
 
+def trunk_lr(variant: Variant) -> float:
+    """The trunk's top LR: the centre of the coolest of three strata of the variant's
+    range in log-LR (the range is its grid's, as the tuned runs are told)."""
+    low, high = min(variant.grid), max(variant.grid)
+    return float(low * (high / low) ** (1 / 6))
+
+
+def trunk_windows(variant: Variant, seed: int, budget: float) -> dict[float, float]:
+    """Every grid peak's WSD window of ``budget`` x T, each branching off one trunk of as
+    many steps (a linear warmup to :func:`trunk_lr`): peak -> final validation loss."""
+    steps = max(1, round(budget * variant.steps))
+    top = trunk_lr(variant)
+    job = make_job(variant, seed)
+    for t in range(steps):
+        if not math.isfinite(job.train_step(t, top * (t + 1) / steps)):
+            return dict.fromkeys(variant.grid, math.inf)
+    trunk = job.snapshot()
+    out: dict[float, float] = {}
+    for peak in variant.grid:
+        job.load(trunk)
+        loss = math.inf
+        for i in range(steps):
+            lr = methods.schedule_lr("wsd", peak, i, steps, 0)
+            if not math.isfinite(job.train_step(steps + i, lr)):
+                break
+        else:
+            value = job.val_loss()
+            loss = value if math.isfinite(value) else math.inf
+        out[peak] = loss
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True)
@@ -93,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", action="append", type=float, default=None)
     parser.add_argument(
         "--warmup", type=float, default=None, help="the short runs' warmup share (default 5%%)"
+    )
+    parser.add_argument(
+        "--trunk", action="store_true", help="short runs branch off a shared warm trunk"
     )
     parser.add_argument(
         "--runs", type=Path, default=ROOT / "benchmarks" / "results" / "tmp" / "horizon.json"
@@ -108,7 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         tables: dict[float, dict[float, float]] = {}
         for budget in budgets:
             per_peak: dict[float, list[float]] = {}
-            for peak in variant.grid:
+            if args.trunk:
+                for seed in range(args.seeds):
+                    key = json.dumps([name, budget, seed, code, "trunk", trunk_lr(variant)])
+                    if key not in runs:
+                        table = trunk_windows(variant, seed, budget)
+                        runs[key] = {
+                            str(p): (v if math.isfinite(v) else None) for p, v in table.items()
+                        }
+                        args.runs.write_text(json.dumps(runs))
+                    for peak, value in runs[key].items():
+                        per_peak.setdefault(float(peak), []).append(
+                            math.inf if value is None else value
+                        )
+            for peak in variant.grid if not args.trunk else ():
                 for seed in range(args.seeds):
                     key = json.dumps([name, budget, peak, seed, code])
                     if args.warmup is not None:
@@ -124,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if full:
             tables[1.0] = {p: statistics.median(v) for p, v in full.items()}
         warm = "" if args.warmup is None else f", short runs warmed up over {args.warmup:.0%}"
+        if args.trunk:
+            warm = f", short runs off a warm trunk to {trunk_lr(variant):.3g}"
         print(f"\n## {name} (T = {variant.steps}, {variant.family}{warm})")
         peaks = sorted(variant.grid)
         print("| horizon | " + " | ".join(f"{p:g}" for p in peaks) + " | best | vertex |")

@@ -261,6 +261,64 @@ def test_the_horizon_diagnostic_reads_the_best_peak_at_each_horizon(tmp_path: Pa
     assert row != rows[0][1]
 
 
+def test_the_horizon_diagnostic_branches_every_window_off_one_warm_trunk(tmp_path: Path) -> None:
+    from benchmarks.quality import horizon
+    from benchmarks.quality.workloads import VARIANTS, make_job
+
+    variant = VARIANTS["nqm-b64"]
+    # the trunk's top LR is the centre of the coolest third of the range, in log-LR
+    low, high = min(variant.grid), max(variant.grid)
+    assert horizon.trunk_lr(variant) == pytest.approx(low * (high / low) ** (1 / 6))
+    table = horizon.trunk_windows(variant, 0, 0.04)
+    assert sorted(table) == sorted(variant.grid)
+    # each window starts from the trunk's state: the window at the grid's coolest peak,
+    # trained by hand from that state, ends where the diagnostic's does
+    steps = round(0.04 * variant.steps)
+    job = make_job(variant, 0)
+    for t in range(steps):
+        job.train_step(t, horizon.trunk_lr(variant) * (t + 1) / steps)
+    for i in range(steps):
+        job.train_step(steps + i, horizon.methods.schedule_lr("wsd", low, i, steps, 0))
+    assert table[low] == pytest.approx(job.val_loss(), rel=1e-12)
+    # and not from the job's first state: the cold window at that peak ends elsewhere
+    cold = make_job(variant, 0)
+    for i in range(steps):
+        cold.train_step(i, horizon.methods.schedule_lr("wsd", low, i, steps, 0))
+    assert cold.val_loss() != pytest.approx(table[low], rel=1e-6)
+    runs = tmp_path / "horizon.json"
+    argv = ["benchmarks.quality.horizon", "--variant", "nqm-b64", "--seeds", "1"]
+    out = run_module(*argv, "--budget", "0.04", "--trunk", "--runs", str(runs))
+    assert "short runs off a warm trunk" in out
+    (row,) = re.findall(r"^\| 0.04T \| (.*) \| \S+ \| \S+ \|$", out, flags=re.M)
+    assert float(row.split(" | ")[0]) == pytest.approx(table[low], rel=1e-3)
+
+
+def test_the_midrun_diagnostic_compares_windows_with_the_rest_of_the_run(tmp_path: Path) -> None:
+    from benchmarks.quality import midrun
+    from benchmarks.quality.workloads import VARIANTS
+
+    variant = VARIANTS["nqm-b64"]
+    result = midrun.measure(variant, 0, 0.5, 0.3, 0.04, [0.5, 1.0, 2.0])
+    assert result is not None and set(result) == {"window", "truth"}
+    # the rest of the run is far longer than a window, so it ends far lower at every LR
+    for f in ("0.5", "1.0", "2.0"):
+        assert result["truth"][f] < result["window"][f]
+    # on the NQM (the best peak is the top of its range) more LR is better for the rest
+    assert result["truth"]["2.0"] < result["truth"]["1.0"] < result["truth"]["0.5"]
+    runs = tmp_path / "midrun.json"
+    argv = ["benchmarks.quality.midrun", "--variant", "nqm-b64", "--seeds", "1",
+            "--miss", "0.25", "--factor", "1", "--factor", "2", "--runs", str(runs)]  # fmt: skip
+    out = run_module(*argv)
+    (row,) = re.findall(
+        r"^\| 0.25 \| (.*) \| x(\S+) \| x(\S+) \| (\S+) \| (\S+) \|$", out, flags=re.M
+    )
+    assert row[2] == "2"  # the truth picks the hotter LR
+    # the window's pick against holding: zero if it holds, the truth's gain if it moves
+    assert float(row[4]) == 0.0 if row[1] == "1" else float(row[4]) < 0
+    assert len(json.loads(runs.read_text())) == 1
+    assert run_module(*argv) == out  # kept: a second call trains nothing
+
+
 def test_devsplit_compares_on_a_held_out_split_only_once_default_was_judged_there(
     tmp_path: Path,
 ) -> None:
