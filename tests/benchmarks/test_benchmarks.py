@@ -319,6 +319,42 @@ def test_the_midrun_diagnostic_compares_windows_with_the_rest_of_the_run(tmp_pat
     assert run_module(*argv) == out  # kept: a second call trains nothing
 
 
+def test_the_ceiling_splits_defaults_gap_into_the_searchs_cost_and_its_choice(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.quality import ceiling
+
+    from stagelr_service.tuner import fit_charged_budget, planned_charge
+    from stagelr_service.tuner.config import resolve
+
+    # the share of T that default's plan trains: its trajectory, not its search
+    share = ceiling.trajectory_share("nqm-b64")
+    config = fit_charged_budget(
+        resolve({"preset": "default", "lr_min": 0.015625, "lr_max": 1.9, "charged_steps": 1000})
+    )
+    assert config.total_steps is not None and share == config.total_steps / 1000
+    assert planned_charge(config) <= 1000 and 0.5 < share < 1.0
+    runs = tmp_path / "ceiling.json"
+    out = run_module("benchmarks.quality.ceiling", "--variant", "nqm-b64", "--runs", str(runs))
+    (row,) = re.findall(r"^\| nqm-b64 \| (.*) \|$", out, flags=re.M)
+    cells = row.split(" | ")
+    target, ceiling_cell, default = float(cells[1]), cells[2], float(cells[3])
+    value = float(ceiling_cell.split()[0])
+    # the two parts add up to default's gap to the target
+    assert float(cells[5]) == pytest.approx(value - target, abs=1e-4)
+    assert float(cells[6]) == pytest.approx(default - value, abs=1e-4)
+    # fewer steps at the same peak end higher on the NQM
+    assert value > target
+    assert len(json.loads(runs.read_text())) == 10  # the report's ten seeds, kept
+    # a held-out split default has not been judged on is refused
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quality.ceiling", "--variant", "lorenz",
+         "--runs", str(runs)],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "held out" in bad.stderr
+
+
 def test_devsplit_compares_on_a_held_out_split_only_once_default_was_judged_there(
     tmp_path: Path,
 ) -> None:
