@@ -18,8 +18,10 @@ runs on the same seeds): the target, the ceiling, `default` and the best Tier-B 
 at T (from the committed report, ``docs/results/quality.json``), the two parts, and
 whether the ceiling beats that rival. The ceiling's runs are kept in ``--runs``
 (default under the ignored ``benchmarks/results/tmp/``), keyed by the baseline code
-hash, so a rerun trains only what is missing. Nothing here runs `default` or reads the
-held-out split it has not been judged on.
+hash, so a rerun trains only what is missing. ``--share F`` plans the ceiling for F x T
+instead: how cheap a search would have to be for the best LR to beat the rival (its
+"choice" column then measures `default` against a plan it does not have). Nothing
+here runs `default` or reads the held-out split it has not been judged on.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def _median(values: list[float | None]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True)
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=None,
+        help="the trajectory's share of T instead of default's plan's (how cheap a search "
+        "would have to be)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument(
         "--runs", type=Path, default=ROOT / "benchmarks" / "results" / "tmp" / "ceiling.json"
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{name}: its split is held out from default; leave it out")
         row: dict[str, Any] = report[name]
         peak = float(row["best_per_schedule"]["wsd"]["peak"])
-        share = trajectory_share(name)
+        share = args.share if args.share is not None else trajectory_share(name)
         finals: list[float | None] = []
         for seed in row["method_seeds"]:
             key = json.dumps([name, seed, peak, round(share, 6), code])

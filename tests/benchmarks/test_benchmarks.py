@@ -346,6 +346,14 @@ def test_the_ceiling_splits_defaults_gap_into_the_searchs_cost_and_its_choice(
     # fewer steps at the same peak end higher on the NQM
     assert value > target
     assert len(json.loads(runs.read_text())) == 10  # the report's ten seeds, kept
+    # a cheaper search: planned for 95% of T, the same peak ends lower
+    argv = ["--variant", "nqm-b64", "--share", "0.95", "--runs", str(runs)]
+    (cheaper,) = re.findall(
+        r"^\| nqm-b64 \| (.*) \|$", run_module("benchmarks.quality.ceiling", *argv), flags=re.M
+    )
+    assert cheaper.split(" | ")[0] == "0.95"
+    assert float(cheaper.split(" | ")[2].split()[0]) < value
+    assert len(json.loads(runs.read_text())) == 20
     # a held-out split default has not been judged on is refused
     bad = subprocess.run(
         [sys.executable, "-m", "benchmarks.quality.ceiling", "--variant", "lorenz",
