@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import URL
 
-from stagelr_service.store import Store, normalize_url
+from stagelr_service.store import Store, migrate, normalize_url
 from stagelr_service.store.models import Base
 
 __all__ = [
@@ -92,6 +92,14 @@ def fresh_database(backend: str, directory: Path) -> Iterator[URL]:
     if admin is None:
         pytest.skip(f"set {POSTGRES_ENV} to run on PostgreSQL")
     with fresh_postgres_database(admin) as url:
+        yield url
+
+
+@contextmanager
+def migrated_database(backend: str, directory: Path) -> Iterator[URL]:
+    """:func:`fresh_database` with the schema migrated to the newest revision."""
+    with fresh_database(backend, directory) as url:
+        migrate(url)
         yield url
 
 

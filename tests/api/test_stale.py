@@ -21,10 +21,10 @@ from stagelr.models import (
     StudyConfig,
     StudyCreate,
 )
-from stagelr_service.store import Store, migrate
+from stagelr_service.store import Store
 from stagelr_service.studies import StudyService
 from tests.live import start_server
-from tests.store_fixtures import BACKENDS, fresh_database
+from tests.store_fixtures import BACKENDS, migrated_database
 
 LEASE = 60.0
 
@@ -47,10 +47,8 @@ def service(
     request: pytest.FixtureRequest, tmp_path: Path, optimizer: object
 ) -> Iterator[tuple[StudyService, Clock]]:
     clock = Clock()
-    with fresh_database(request.param, tmp_path) as url:
-        migrate(url)
-        with Store(url, clock=clock) as store:
-            yield StudyService(store, optimizer, lease_seconds=LEASE), clock  # type: ignore[arg-type]
+    with migrated_database(request.param, tmp_path) as url, Store(url, clock=clock) as store:
+        yield StudyService(store, optimizer, lease_seconds=LEASE), clock  # type: ignore[arg-type]
 
 
 def new_study(service: StudyService) -> int:

@@ -32,7 +32,7 @@ from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob, drive_service
 from stagelr_service.tuner import ResolvedConfig, plan_stages
 from tests.outage_checks import STUDY
-from tests.store_fixtures import BACKENDS, fresh_database
+from tests.store_fixtures import BACKENDS, migrated_database
 
 #: Two searched stages of 20 and 28 steps and a decay of 12 (the fixed planner); the
 #: outages after the first stage's training leave 60 - 20 - 26 = 14 steps, trained
@@ -75,10 +75,8 @@ def source(tmp_path_factory: pytest.TempPathFactory, optimizer) -> Iterator[Stor
 @pytest.fixture(params=BACKENDS)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh SQLite file (and a fresh PostgreSQL database where one is configured)."""
-    with fresh_database(request.param, tmp_path) as url:
-        migrate(url)
-        with Store(url) as store:
-            yield store
+    with migrated_database(request.param, tmp_path) as url, Store(url) as store:
+        yield store
 
 
 def exported(store: Store, names: tuple[str, ...] = ("offline",)) -> str:

@@ -26,7 +26,7 @@ from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob
 from tests.live import run_cli
 from tests.replay.test_replay import CONFIG, record_study
-from tests.store_fixtures import BACKENDS, fresh_database
+from tests.store_fixtures import BACKENDS, migrated_database
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +54,8 @@ def source(tmp_path_factory: pytest.TempPathFactory, optimizer) -> Iterator[Stor
 
 @pytest.fixture(params=BACKENDS)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with fresh_database(request.param, tmp_path) as url:
-        migrate(url)
-        with Store(url) as store:
-            yield store
+    with migrated_database(request.param, tmp_path) as url, Store(url) as store:
+        yield store
 
 
 def exported(store: Store) -> str:

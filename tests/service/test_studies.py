@@ -25,18 +25,17 @@ from stagelr.models import (
 from stagelr_service import tuner
 from stagelr_service.errors import InputError
 from stagelr_service.history import trials_of
-from stagelr_service.store import Store, migrate
+from stagelr_service.store import Store
 from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob
-from tests.store_fixtures import BACKENDS, clear_tables, fresh_database
+from tests.store_fixtures import BACKENDS, clear_tables, migrated_database
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[URL]:
-    with fresh_database(request.param, tmp_path_factory.mktemp("studies")) as url:
-        migrate(url)
+    with migrated_database(request.param, tmp_path_factory.mktemp("studies")) as url:
         yield url
 
 

@@ -24,13 +24,13 @@ from stagelr.models import (
     StudyCreate,
 )
 from stagelr_service.errors import NotFoundError, StoreUnavailableError
-from stagelr_service.store import Store, migrate
+from stagelr_service.store import Store
 from stagelr_service.store.pipeline import _begin_command
 from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob
 from tests.store.round_trips import RoundTrips
 from tests.store.test_store import new_segment, new_stage, new_study
-from tests.store_fixtures import BACKENDS, fresh_database
+from tests.store_fixtures import BACKENDS, migrated_database
 
 #: Four candidates of 100 steps a stage, three stages: the load benchmark's shape, smaller.
 CONFIG = StudyConfig(
@@ -43,8 +43,7 @@ CONFIG = StudyConfig(
 def database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[URL]:
-    with fresh_database(request.param, tmp_path_factory.mktemp("trips")) as url:
-        migrate(url)
+    with migrated_database(request.param, tmp_path_factory.mktemp("trips")) as url:
         yield url
 
 

@@ -42,7 +42,7 @@ from stagelr_service.store import (
     normalize_url,
 )
 from stagelr_service.tuner import resolve
-from tests.store_fixtures import BACKENDS, clear_tables, fresh_database
+from tests.store_fixtures import BACKENDS, clear_tables, migrated_database
 
 CONFIG = resolve(StudyConfig(lr_min=1e-4, lr_max=1.0)).to_stored()
 
@@ -63,8 +63,7 @@ def database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[URL]:
     """A migrated database of each backend, shared by the module's tests."""
-    with fresh_database(request.param, tmp_path_factory.mktemp("store")) as url:
-        migrate(url)
+    with migrated_database(request.param, tmp_path_factory.mktemp("store")) as url:
         yield url
 
 

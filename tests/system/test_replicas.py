@@ -40,6 +40,7 @@ from tests.store_fixtures import (
     BACKENDS,
     fresh_database,
     fresh_postgres_database,
+    migrated_database,
     postgres_admin_url,
 )
 
@@ -91,10 +92,12 @@ def run_alone(optimizer: Any, tmp_path: Path) -> list[Any]:
 def two_services(
     request: pytest.FixtureRequest, tmp_path: Path, optimizer: Any
 ) -> Iterator[tuple[StudyService, StudyService]]:
-    with fresh_database(request.param, tmp_path / "shared") as url:
-        migrate(url)
-        with Store(url) as first, Store(url) as second:
-            yield StudyService(first, optimizer), StudyService(second, optimizer)
+    with (
+        migrated_database(request.param, tmp_path / "shared") as url,
+        Store(url) as first,
+        Store(url) as second,
+    ):
+        yield StudyService(first, optimizer), StudyService(second, optimizer)
 
 
 @pytest.mark.slow
