@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "docs" / "results" / "quality"
 
 
-def _full_length(variant: str, code: str) -> dict[float, list[float]]:
+def full_length(variant: str, code: str) -> dict[float, list[float]]:
     """The committed full-length WSD grid runs of ``variant``: peak -> final losses."""
     path = CACHE / f"{variant}.jsonl.gz"
     out: dict[float, list[float]] = {}
@@ -73,7 +73,7 @@ def _best(table: dict[float, float]) -> float:
     return min(table, key=lambda peak: table[peak])
 
 
-def _vertex(table: dict[float, float]) -> float:
+def vertex(table: dict[float, float]) -> float:
     """The peak at the vertex of a parabola in log2(peak) through the best grid point
     and its neighbours (the best point itself at an edge)."""
     peaks = sorted(table)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     value = runs[key]
                     per_peak.setdefault(peak, []).append(math.inf if value is None else value)
             tables[budget] = {p: statistics.median(v) for p, v in per_peak.items()}
-        full = _full_length(name, code)
+        full = full_length(name, code)
         if full:
             tables[1.0] = {p: statistics.median(v) for p, v in full.items()}
         warm = "" if args.warmup is None else f", short runs warmed up over {args.warmup:.0%}"
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- |" + " ---: |" * (len(peaks) + 2))
         vertices: dict[float, float] = {}
         for budget, table in sorted(tables.items()):
-            vertices[budget] = _vertex(table)
+            vertices[budget] = vertex(table)
             cells = " | ".join(f"{table.get(p, math.nan):.4f}" for p in peaks)
             print(f"| {budget:g}T | {cells} | {_best(table):g} | {vertices[budget]:.3g} |")
         ordered = sorted(vertices)

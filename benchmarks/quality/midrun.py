@@ -33,10 +33,11 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 from benchmarks.quality import harness, methods
-from benchmarks.quality.horizon import _full_length, _vertex
-from benchmarks.quality.workloads import VARIANTS, Variant, make_job
+from benchmarks.quality.horizon import full_length, vertex
+from benchmarks.quality.workloads import VARIANTS, Job, Variant, make_job
 
 ROOT = Path(__file__).resolve().parents[2]
 DECAY = 0.2
@@ -46,7 +47,7 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def branch_point(variant: Variant, seed: int, lr: float, at: int) -> tuple[object, object] | None:
+def branch_point(variant: Variant, seed: int, lr: float, at: int) -> tuple[Job, Any] | None:
     """The job and its state after warming up to ``lr`` and holding it until step ``at``
     (None: it diverged on the way)."""
     job = make_job(variant, seed)
@@ -57,30 +58,30 @@ def branch_point(variant: Variant, seed: int, lr: float, at: int) -> tuple[objec
     return job, job.snapshot()
 
 
-def window_end(job: object, state: object, start: int, lr: float, steps: int) -> float:
+def window_end(job: Job, state: Any, start: int, lr: float, steps: int) -> float:
     """The last validation loss of an annealed window of ``steps`` at ``lr`` from ``state``."""
-    job.load(state)  # type: ignore[attr-defined]
+    job.load(state)
     for i in range(steps):
         if not math.isfinite(
             job.train_step(start + i, methods.schedule_lr("wsd", lr, i, steps, 0))
-        ):  # type: ignore[attr-defined]
+        ):
             return math.inf
-    value = float(job.val_loss())  # type: ignore[attr-defined]
+    value = float(job.val_loss())
     return value if math.isfinite(value) else math.inf
 
 
-def rest_of_run(job: object, state: object, start: int, lr: float, total: int) -> float:
+def rest_of_run(job: Job, state: Any, start: int, lr: float, total: int) -> float:
     """The final loss of the run's remaining steps at ``lr``, decayed (1-sqrt) over the
     last ``DECAY`` of ``total``."""
-    job.load(state)  # type: ignore[attr-defined]
+    job.load(state)
     decay_from = total - round(DECAY * total)
     for t in range(start, total):
         now = lr
         if t >= decay_from:
             now = lr * (1.0 - math.sqrt((t - decay_from) / max(1, total - decay_from)))
-        if not math.isfinite(job.train_step(t, now)):  # type: ignore[attr-defined]
+        if not math.isfinite(job.train_step(t, now)):
             return math.inf
-    value = float(job.val_loss())  # type: ignore[attr-defined]
+    value = float(job.val_loss())
     return value if math.isfinite(value) else math.inf
 
 
@@ -125,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = json.loads(args.runs.read_text()) if args.runs.exists() else {}
     for name in args.variant:
         variant = VARIANTS[name]
-        full = _full_length(name, code)
+        full = full_length(name, code)
         if not full:
             print(f"\n## {name}: no full-length WSD grid in the committed cache")
             continue
-        best = _vertex({p: statistics.median(v) for p, v in full.items()})
+        best = vertex({p: statistics.median(v) for p, v in full.items()})
         print(
             f"\n## {name} (T = {variant.steps}, {variant.family}; full run's best peak "
             f"{best:.3g}; check at {args.at:g}T, windows of {args.window:.3g}T)"
