@@ -16,8 +16,9 @@ file keyed by the stagelr code hash (``--runs``, default under the ignored
 It prints, per variant: each config's median final loss; the first config against every
 other (paired difference, mean and 95% paired bootstrap interval, later minus first:
 negative means the later config is better); each config against the Tier-A target
-config of the committed cache on the same seeds; and the chosen LRs. Nothing is written
-to the docs: ``docs/tuner.md`` quotes its output.
+config of the committed cache on the same seeds; and the chosen LRs. Then a table of
+each config's median against the best Tier-B rival of the committed report, with the
+wins counted. Nothing is written to the docs: ``docs/tuner.md`` quotes its output.
 """
 
 from __future__ import annotations
@@ -57,6 +58,46 @@ def split_check(variants: list[str], folder: Path) -> tuple[list[str], list[str]
         and workloads.VARIANTS[v].split not in read
     ]
     return held, sorted({workloads.VARIANTS[v].split for v in variants} & read)
+
+
+def rival_table(
+    medians: dict[str, dict[str, float]], rows: list[dict[str, Any]], labels: list[str]
+) -> list[str]:
+    """A markdown table of each config's median final loss (``medians[variant][label]``)
+    against the best Tier-B rival's median at T in the committed report's ``rows`` (its
+    JSON summary's variants), and whether each config beats it; the last line counts the
+    wins. Variants the report has no rival for are left out."""
+    by_variant = {row["variant"]: row for row in rows}
+    head = "| variant | " + " | ".join(f"`{label}`" for label in labels) + " | best rival | "
+    head += " | ".join(f"`{label}` beats it" for label in labels) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(labels) + " --- |" + " --- |" * len(labels)]
+    wins = dict.fromkeys(labels, 0)
+    counted = 0
+    for variant, values in medians.items():
+        row = by_variant.get(variant)
+        key = row.get("best_rival") if row else None
+        if row is None or key is None or key not in row.get("methods", {}):
+            continue
+        rival = row["methods"][key]
+        level = float(rival["final_median"])
+        counted += 1
+        beats = []
+        for label in labels:
+            won = values[label] < level
+            wins[label] += won
+            beats.append("yes" if won else "no")
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(f"{values[label]:.4g}" for label in labels)
+            + f" | {rival['label']} {level:.4g} | "
+            + " | ".join(beats)
+            + " |"
+        )
+    lines.append(
+        "wins against the best rival: "
+        + ", ".join(f"{label} {wins[label]} of {counted}" for label in labels)
+    )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +239,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {'target':>14}: median {statistics.median(target):.4f} "
                 f"seeds {[round(v, 4) for v in target]}"
             )
+    if report_json.exists():
+        # The rivals from the committed report (trained on its machines: a run's loss
+        # moves in its last digits across CPUs).
+        medians = {
+            name: {
+                label: statistics.median(final(r) for r in results[(name, label)])
+                for label, _, _ in configs
+            }
+            for name in variants
+        }
+        rows = json.loads(report_json.read_text())["variants"]
+        print("\nagainst the committed report's best Tier-B rival at T:")
+        print("\n".join(rival_table(medians, rows, [label for label, _, _ in configs])))
     return 0
 
 

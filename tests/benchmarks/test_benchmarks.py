@@ -381,3 +381,27 @@ def test_devsplit_compares_on_a_held_out_split_only_once_default_was_judged_ther
         capture_output=True, text=True, cwd=ROOT, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "lstm: held out" in bad.stderr
+
+
+def test_devsplit_counts_each_configs_wins_against_the_reports_best_rival() -> None:
+    from benchmarks.quality import devsplit
+
+    def row(variant: str, level: float | None) -> dict[str, object]:
+        if level is None:
+            return {"variant": variant, "best_rival": None, "methods": {}}
+        rival = {"label": "DoG + averaging", "final_median": level}
+        return {"variant": variant, "best_rival": "dog", "methods": {"dog": rival}}
+
+    medians = {
+        "nqm-b64": {"base": 0.515, "c1": 0.482},
+        "digits": {"base": 0.0626, "c1": 0.0617},
+        "cnn-ft": {"base": 0.0231, "c1": 0.0416},
+        "new": {"base": 1.0, "c1": 1.0},  # the report names no rival: left out
+    }
+    rows = [row("nqm-b64", 0.484), row("digits", 0.0645), row("cnn-ft", 0.0223), row("new", None)]
+    lines = devsplit.rival_table(medians, rows, ["base", "c1"])
+    assert lines[0].startswith("| variant | `base` | `c1` | best rival |")
+    assert lines[2] == "| nqm-b64 | 0.515 | 0.482 | DoG + averaging 0.484 | no | yes |"
+    assert lines[3].endswith("| yes | yes |") and lines[4].endswith("| no | no |")
+    assert len(lines) == 6 and "new" not in "".join(lines)
+    assert lines[-1] == "wins against the best rival: base 1 of 3, c1 2 of 3"
