@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality import harness, methods
+from benchmarks.quality.report import best_rival
 from benchmarks.quality.workloads import HELD_OUT, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = _median(finals)
         target = float(row["methods"]["target"]["final_median"])
         default = float(row["methods"]["stagelr-default"]["final_median"])
-        rival_key = row["best_rival"]
-        rival = float(row["methods"][rival_key]["final_median"])
-        label = row["methods"][rival_key]["label"]
+        best = best_rival(row)
+        assert best is not None, f"{name}: the report names no rival"
+        rival, label = float(best["final_median"]), best["label"]
         print(
             f"| {name} | {share:.2f} | {target:.4g} | {ceiling:.4g} (peak {peak:g}) | "
             f"{default:.4g} | {label} {rival:.4g} | {ceiling - target:+.4g} | "

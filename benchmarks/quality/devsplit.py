@@ -67,6 +67,8 @@ def rival_table(
     against the best Tier-B rival's median at T in the committed report's ``rows`` (its
     JSON summary's variants), and whether each config beats it; the last line counts the
     wins. Variants the report has no rival for are left out."""
+    from .report import best_rival
+
     by_variant = {row["variant"]: row for row in rows}
     head = "| variant | " + " | ".join(f"`{label}`" for label in labels) + " | best rival | "
     head += " | ".join(f"`{label}` beats it" for label in labels) + " |"
@@ -75,10 +77,9 @@ def rival_table(
     counted = 0
     for variant, values in medians.items():
         row = by_variant.get(variant)
-        key = row.get("best_rival") if row else None
-        if row is None or key is None or key not in row.get("methods", {}):
+        rival = best_rival(row) if row is not None else None
+        if rival is None:
             continue
-        rival = row["methods"][key]
         level = float(rival["final_median"])
         counted += 1
         beats = []
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     # The target is the committed report's: its grid runs, read under the code hashes
     # that report recorded (a later edit of the workloads' code leaves them valid data).
     report_json = ROOT / "docs" / "results" / "quality.json"
-    committed = json.loads(report_json.read_text())["code"] if report_json.exists() else None
+    summary = json.loads(report_json.read_text()) if report_json.exists() else None
+    committed = summary["code"] if summary else None
     cache = (Cache(folder, hashes=committed) if committed else Cache(folder)).load()
 
     def key(label: str, variant: str, preset: str, overrides: dict[str, Any], seed: int) -> str:
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {'target':>14}: median {statistics.median(target):.4f} "
                 f"seeds {[round(v, 4) for v in target]}"
             )
-    if report_json.exists():
+    if summary is not None:
         # The rivals from the committed report (trained on its machines: a run's loss
         # moves in its last digits across CPUs).
         medians = {
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name in variants
         }
-        rows = json.loads(report_json.read_text())["variants"]
+        rows = summary["variants"]
         print("\nagainst the committed report's best Tier-B rival at T:")
         print("\n".join(rival_table(medians, rows, [label for label, _, _ in configs])))
     return 0

@@ -438,7 +438,7 @@ def split_verdicts(summaries: list[dict[str, Any]], split: str) -> dict[str, dic
 
     def near_best_rival(s: dict[str, Any]) -> bool:
         d = default(s)
-        best = s["methods"].get(s.get("best_rival", ""))
+        best = best_rival(s)
         if d is None or best is None:
             return d is not None
         return bool(d["final_median"] - best["final_median"] <= s["target_seed_sd"])
@@ -521,6 +521,13 @@ def tier_verdicts(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[s
 # --------------------------------------------------------------------------- text
 
 
+def best_rival(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """A variant summary's best Tier-B rival at T (its method record: ``label``,
+    ``final_median``, ...), None while there is none."""
+    result: dict[str, Any] | None = summary.get("methods", {}).get(summary.get("best_rival") or "")
+    return result
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -596,7 +603,7 @@ def summary_table(summaries: list[dict[str, Any]], split: str, img_prefix: str) 
         if s.get("target") is None:
             lines.append(f"| {s['variant']} | pending | | | | | | |")
             continue
-        best = s["methods"].get(s.get("best_rival", ""))
+        best = best_rival(s)
         rival = f"{LABELS[s['best_rival']]} {_fmt(best['final_median'])}" if best else "pending"
         d = s["methods"].get("stagelr-default")
         if not s["default_run"]:
