@@ -345,6 +345,16 @@ class StudyConfig(_Wire):
         "'window_end' reads it) and not by the noise floor of a constant LR.",
     )
 
+    finalists: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="With continue_best and annealed probes: once the k candidates "
+        "have run, the best 'finalists' of them each train one more window from their "
+        "own end state (successive halving), and the stage continues the finalist whose "
+        "second window ended lowest and stable. 0: the k windows decide.",
+    )
+
     family: str | None = Field(
         default=None,
         min_length=1,

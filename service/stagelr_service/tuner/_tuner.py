@@ -44,7 +44,7 @@ from stagelr.models import (
 
 from ..forecast import Forecast, forecast
 from ._priors import Verdict, assess, fallback_skip, is_warm, warm_window
-from ._stability import stability_cap, unit_cap
+from ._stability import STABILITY_MARGIN, stability_cap, unit_cap
 from ._types import (
     CandidateAnalysis,
     Decision,
@@ -443,12 +443,47 @@ def _reference_loss(
 def _choose(
     config: ResolvedConfig, analysis: StageAnalysis, optimizer: Optimizer
 ) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
-    """The stage's LR, the candidate it comes from (None: no usable one) and why."""
+    """The stage's LR, the candidate it comes from (None: no usable one) and why.
+
+    With ``finalists``: the best-ranked finalist (by its first window) whose second window
+    kept it below the stability edge (every window counts for the edge), continued from
+    its second window's end; when none did, the first round decides under that edge."""
+    second = _second_round(config, analysis.candidates)
+    if second:
+        first = _first_round(config, analysis.candidates)
+        failed = [c.trial.lr for c in second if _check_failed(config, first, c)]
+        edge = stability_cap(config, first)
+        if failed:
+            edge = min(edge, STABILITY_MARGIN * min(failed))
+        passed = [c for c in second if not _check_failed(config, first, c) and c.trial.lr <= edge]
+        if passed:
+            # The second windows check stability only: from a trained state a short
+            # window rewards a cooler LR, so the first round's ranking still decides.
+            rank = {j: i for i, j in enumerate(_kept_so_far(config, first) or [])}
+            best = min(
+                passed,
+                key=lambda c: (rank.get(_parent(config, first, c), len(rank)), c.trial.index),
+            )
+            return best.trial.lr, best, {"source": "finalist", "index": best.trial.index}
+        analysis = dataclasses.replace(analysis, candidates=tuple(first))
+        lr, chosen, why = _choose_first(config, analysis, optimizer, edge)
+        return lr, chosen, {**why, "finalists_failed": True}
+    return _choose_first(config, analysis, optimizer)
+
+
+def _choose_first(
+    config: ResolvedConfig,
+    analysis: StageAnalysis,
+    optimizer: Optimizer,
+    edge_cap: float | None = None,
+) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
     usable = [c for c in analysis.candidates if not c.diverged]
     if not usable:
         # Every candidate diverged: the range is too hot; fall back to its cool end.
         return config.lr_min, None, {"source": "all_diverged"}
     edge = stability_cap(config, analysis.candidates)
+    if edge_cap is not None:
+        edge = min(edge, edge_cap)
     stable = [c for c in usable if c.trial.lr <= edge]
     if not stable:
         # Every usable candidate sits within the margin of an unstable one: the coolest.
@@ -497,19 +532,50 @@ def _keep_key(config: ResolvedConfig, candidate: CandidateAnalysis) -> float:
     return candidate.objective
 
 
-def _best_so_far(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> int | None:
-    """The candidate whose end state ``continue_best`` keeps: None keeps every one
-    (selection by GP posterior mean or within noise ranks candidates only once the search
-    is over), -1
-    keeps none (no candidate is usable). With annealed probes, a candidate above the
+def _uses_finalists(config: ResolvedConfig) -> bool:
+    """Whether the cold first search ends in the finalists' second windows."""
+    return (
+        config.finalists > 0
+        and config.continue_best
+        and config.probe == "anneal"
+        and config.warm_start is None
+    )
+
+
+def _first_round(
+    config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
+) -> list[CandidateAnalysis]:
+    """The candidates of the search proper: with ``finalists``, the k before the
+    finalists' second windows."""
+    if not _uses_finalists(config):
+        return list(candidates)
+    return [c for c in candidates if c.trial.index < config.k]
+
+
+def _second_round(
+    config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
+) -> list[CandidateAnalysis]:
+    """The finalists' second windows (none without ``finalists``)."""
+    if not _uses_finalists(config):
+        return []
+    return [c for c in candidates if c.trial.index >= config.k]
+
+
+def _kept_so_far(
+    config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
+) -> list[int] | None:
+    """The candidates whose end states ``continue_best`` keeps, best first: None keeps
+    every one (selection by GP posterior mean or within noise ranks candidates only once
+    the search is over), [] keeps none (no candidate is usable). The best one, or with
+    ``finalists`` the best that many. With annealed probes, a candidate above the
     stability edge so far is never kept (it cannot be chosen)."""
     if config.selection is Selection.min_posterior_mean or config.selection in HOTTEST_SELECTIONS:
         return None
     edge = stability_cap(config, candidates)
     usable = [c for c in candidates if not c.diverged and c.trial.lr <= edge]
-    if not usable:
-        return -1
-    return min(usable, key=lambda c: (_keep_key(config, c), c.trial.index)).trial.index
+    ranked = sorted(usable, key=lambda c: (_keep_key(config, c), c.trial.index))
+    keep = max(1, config.finalists) if _uses_finalists(config) else 1
+    return [c.trial.index for c in ranked[:keep]]
 
 
 def _held_checkpoints(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> list[int]:
@@ -518,24 +584,37 @@ def _held_checkpoints(config: ResolvedConfig, candidates: Sequence[CandidateAnal
 
     Each candidate saves its end state; each later plan drops every held state but the
     best so far, so the job holds at most the stage start, the best candidate and the
-    newest one (every candidate when selecting by posterior mean).
+    newest one (every candidate when selecting by posterior mean). With ``finalists``,
+    the best that many are held, then every finalist's second window.
     """
     held: list[int] = []
-    for i, candidate in enumerate(candidates):
-        keep = _best_so_far(config, candidates[:i])
-        held = [j for j in held if keep is None or j == keep]
+    first = _first_round(config, candidates)
+    for i, candidate in enumerate(first):
+        keep = _kept_so_far(config, first[:i])
+        held = [j for j in held if keep is None or j in keep]
         held.append(candidate.trial.index)
+    if len(first) == config.k:
+        second = _second_round(config, candidates)
+        if second:
+            keep = _kept_so_far(config, first)
+            held = [j for j in held if keep is None or j in keep]
+        held += [c.trial.index for c in second]
     return held
 
 
 def _candidate_discards(config: ResolvedConfig, analysis: StageAnalysis) -> tuple[str, ...]:
-    """The candidate end states the next explore segment drops after it ends."""
+    """The candidate end states the next explore segment drops after it ends. A
+    finalist's second window drops the first round's states that are not finalists
+    (the first second window only; the later ones drop nothing)."""
     if not config.continue_best:
         return ()
-    keep = _best_so_far(config, analysis.candidates)
-    held = _held_checkpoints(config, analysis.candidates)
+    if _second_round(config, analysis.candidates):
+        return ()
+    first = _first_round(config, analysis.candidates)
+    keep = _kept_so_far(config, first)
+    held = _held_checkpoints(config, first)
     stage = analysis.geometry.index
-    return tuple(candidate_checkpoint(stage, j) for j in held if keep is not None and j != keep)
+    return tuple(candidate_checkpoint(stage, j) for j in held if keep is not None and j not in keep)
 
 
 def initial_design(config: ResolvedConfig, stage: int) -> list[float]:
@@ -644,10 +723,13 @@ def _exploit(
         if (
             chosen is not None
             and chosen.trial.status is SegmentStatus.completed
-            and chosen.trial.trained == geometry.tau_explore
-            and chosen.trial.trained < geometry.tau
+            and chosen.trial.trained == chosen.trial.steps
+            and _path_steps(config, geometry, analysis) < geometry.tau
         ):
-            offset = chosen.trial.trained
+            # After the finalists' second windows, the plan counted two windows of
+            # trajectory: a first-round choice (every finalist failed) trains on one
+            # window short, so the stage still charges what the plan counted.
+            offset = _path_steps(config, geometry, analysis)
             if chosen.trial.index in held:
                 restore = candidate_checkpoint(geometry.index, chosen.trial.index)
                 why = {**why, "continues": chosen.trial.index}
@@ -677,6 +759,101 @@ def _exploit(
         lr_shape=shape,
         why=why,
     )
+
+
+def _path_steps(config: ResolvedConfig, geometry: StageGeometry, analysis: StageAnalysis) -> int:
+    """Steps of the stage the training segment starts after: the chosen candidate's
+    window, or with the finalists' second windows, two."""
+    if _second_round(config, analysis.candidates):
+        return geometry.tau_explore + second_window_steps(config, geometry)
+    return geometry.tau_explore
+
+
+def second_window_steps(config: ResolvedConfig, geometry: StageGeometry) -> int:
+    """The length of a finalist's second window: one window (2 and 4 windows caught no
+    instability that one missed on the dev split, and cost the NQM its steps)."""
+    del config
+    return geometry.tau_explore
+
+
+def _second_window(
+    config: ResolvedConfig,
+    geometry: StageGeometry,
+    analysis: StageAnalysis,
+    parent: CandidateAnalysis,
+    stop_reference: float | None,
+) -> Decision:
+    """A finalist's second window: from its first window's end state, at its LR, one
+    more annealed window; its end state is saved for the stage to continue."""
+    index = len(analysis.candidates)
+    steps = second_window_steps(config, geometry)
+    stop_above = None
+    if config.divergence_stop and stop_reference is not None:
+        stop_above = stop_reference * config.divergence_factor
+    return Decision(
+        geometry=geometry,
+        stage=geometry.index,
+        index=index,
+        kind=SegmentKind.explore,
+        lr=parent.trial.lr,
+        steps=steps,
+        start_step=geometry.start_step + geometry.tau_explore,
+        horizon=geometry.tau,
+        metric=geometry.explore_metric,
+        report_every=max(1, steps // config.reports_per_explore),
+        data_seed=data_seed(config, geometry.index, index),
+        restore=candidate_checkpoint(geometry.index, parent.trial.index),
+        save_end=candidate_checkpoint(geometry.index, index),
+        discard=_candidate_discards(config, analysis),
+        stop_above=stop_above,
+        lr_end=0.0,
+        lr_shape=LRShape.wsd,
+        why={"source": "finalist", "continues": parent.trial.index},
+    )
+
+
+def _parent(
+    config: ResolvedConfig, first: Sequence[CandidateAnalysis], second: CandidateAnalysis
+) -> int:
+    """The first-round candidate a second window continued: the finalists in the order
+    their second windows ran."""
+    held = _held_checkpoints(config, first)
+    finalists = [j for j in _kept_so_far(config, first) or [] if j in held]
+    return finalists[second.trial.index - config.k]
+
+
+def _check_failed(
+    config: ResolvedConfig, first: Sequence[CandidateAnalysis], second: CandidateAnalysis
+) -> bool:
+    """Whether a finalist's second window says its LR is unstable: it diverged, or it
+    ended higher than its first window (both annealed, the second after more training)
+    by more than their combined noise: the LR lost what the first window had made."""
+    if second.diverged:
+        return True
+    parent = next(c for c in first if c.trial.index == _parent(config, first, second))
+
+    def sd(c: CandidateAnalysis) -> float:
+        return c.forecast.std if math.isfinite(c.forecast.std) else 0.0
+
+    noise = math.hypot(sd(parent), sd(second))
+    return second.forecast.prediction > parent.forecast.prediction + noise
+
+
+def _next_finalist(config: ResolvedConfig, analysis: StageAnalysis) -> CandidateAnalysis | None:
+    """The first-round candidate whose second window runs next (None: none left)."""
+    if not _uses_finalists(config):
+        return None
+    first = _first_round(config, analysis.candidates)
+    if len(first) < config.k:
+        return None
+    # A later candidate that moved the stability edge down may make a state dropped
+    # earlier one of the best: only the states still held run a second window.
+    held = _held_checkpoints(config, first)
+    finalists = [j for j in _kept_so_far(config, first) or [] if j in held]
+    done = len(_second_round(config, analysis.candidates))
+    if done >= len(finalists):
+        return None
+    return next(c for c in first if c.trial.index == finalists[done])
 
 
 def _stage_end(geometry: StageGeometry, exploit: Trial) -> int:
@@ -763,6 +940,10 @@ def next_segment(
     if len(analysis.candidates) < config.k:
         reference = _reference_loss(trials, current, geometry.explore_metric)
         return _explore(config, geometry, analysis, previous_lr, reference, optimizer, saved)
+    finalist = _next_finalist(config, analysis)
+    if finalist is not None:
+        reference = _reference_loss(trials, current, geometry.explore_metric)
+        return _second_window(config, geometry, analysis, finalist, reference)
     lr, chosen, why = _choose(config, analysis, optimizer)
     return _exploit(config, geometry, lr, len(analysis.candidates), why, analysis, chosen, saved)
 
@@ -938,7 +1119,19 @@ def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
             break
         candidates = config.k if geometry.search else 0
         continued = geometry.tau_explore if config.continue_best and geometry.search else 0
-        charge = candidates * geometry.tau_explore + geometry.tau - continued
+        if geometry.search and _uses_finalists(config):
+            # The finalists' second windows; the chosen one's steps are trajectory too.
+            second = second_window_steps(config, geometry)
+            charge = (
+                candidates * geometry.tau_explore
+                + config.finalists * second
+                + geometry.tau
+                - continued
+                - second
+            )
+            candidates += config.finalists
+        else:
+            charge = candidates * geometry.tau_explore + geometry.tau - continued
         if not stages and geometry.search and config.warm_start is not None:
             # The priors' narrow search (a fallback's full search comes out of the
             # stage's training: fallback_skip).

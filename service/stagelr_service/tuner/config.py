@@ -367,6 +367,8 @@ class ResolvedConfig(BaseModel):
     range_test_steps: int
     range_test_decades: float
     probe: Literal["constant", "anneal"]
+    # Absent in configs stored before finalists existed: none.
+    finalists: int = 0
     # Where the priors come from, as the request named them, and what the study took
     # from them at creation (None: a full first search). Absent in configs stored
     # before priors existed: no priors.
@@ -411,6 +413,22 @@ class ResolvedConfig(BaseModel):
                     f"total_steps = {self.total_steps} leaves {first} steps before the "
                     "decay, too few for an explore window: raise total_steps or "
                     "explore_ratio, or lower decay_fraction"
+                )
+        if self.finalists > 0:
+            if not self.continue_best:
+                raise ValueError(
+                    "finalists continue their own windows' end states: set continue_best "
+                    "to true, or finalists to 0"
+                )
+            if self.probe != "anneal":
+                raise ValueError(
+                    "finalists check annealed windows: set probe to 'anneal', or "
+                    "finalists to 0"
+                )
+            if self.finalists > self.k:
+                raise ValueError(
+                    f"finalists ({self.finalists}) must be at most k ({self.k}): lower "
+                    "finalists or raise k"
                 )
         if round(self.tau0 * self.explore_ratio) < 1:
             raise ValueError(
