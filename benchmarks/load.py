@@ -624,8 +624,8 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     )
     print(
         f"pace: a step every {setup['step_ms']:g} ms, a report when the segment asks; stages of "
-        f"{setup['sizes']['tau0']} steps, k = {setup['sizes']['k']} candidates of "
-        f"{round(setup['sizes']['tau0'] * 0.1)} steps (the presets' sizes); "
+        f"{setup['sizes']['tau0']} steps, k = {setup['sizes']['k']} candidates and the best "
+        "one's check (the default preset's windows); "
         + (
             f"job step times spread over {setup['step_ms']:g} ms x (1 +- "
             f"{setup['step_spread']:g}); "

@@ -744,6 +744,12 @@ class CandidateView(_Wire):
         default=None, description="The value the GP was fitted to (diverged: replaced)."
     )
     observations: list[tuple[int, float]] = Field(default_factory=list)
+    checks: int | None = Field(
+        default=None,
+        description="A finalist's check window (config finalists): the index of the "
+        "candidate whose end state it trained on from, at that candidate's LR. None: a "
+        "window of the search itself.",
+    )
 
 
 class PosteriorPoint(_Wire):

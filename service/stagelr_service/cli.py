@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="a candidate's steps as a fraction of its stage (the demo's stages are short: "
-        "at the default preset's 0.05 a 150-step stage would rank LRs on 7 steps)",
+        "at the default preset's 0.025 a 150-step stage would rank LRs on 4 steps)",
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import stagelr
-from stagelr.models import LRShape, SegmentView, StageDetail
+from stagelr.models import CandidateView, LRShape, SegmentView, StageDetail
 
 if TYPE_CHECKING:
     import torch
@@ -141,6 +141,17 @@ SELECTION_NOTES = {
 }
 
 
+def _scored(cand: CandidateView) -> str:
+    """A window's outcome as the demo prints it."""
+    fc = cand.forecast
+    if cand.status.value == "diverged":
+        return "diverged"
+    if fc is None or fc.prediction is None:
+        return f"no forecast ({fc.status if fc else cand.status.value})"
+    spread = f" ± {fc.std:.3f}" if fc.std is not None else ""
+    return f"forecast {fc.prediction:.4f}{spread}"
+
+
 def describe_stage(
     detail: StageDetail,
     segment: SegmentView,
@@ -151,7 +162,8 @@ def describe_stage(
     its search (each candidate's LR and forecast, the chosen one marked, and the rule that
     chose it), then how it trained (a held LR, or a decay from its LR to its end)."""
     lines = []
-    tried = detail.candidates
+    tried = [c for c in detail.candidates if c.checks is None]
+    checks = [c for c in detail.candidates if c.checks is not None]
     if tried:
         scored = (
             "scoring each by the loss at its annealed window's end"
@@ -163,18 +175,23 @@ def describe_stage(
             f"each, {scored}:"
         )
         for cand in sorted(tried, key=lambda c: c.lr):
-            fc = cand.forecast
-            if cand.status.value == "diverged":
-                note = "diverged"
-            elif fc is None or fc.prediction is None:
-                note = f"no forecast ({fc.status if fc else cand.status.value})"
-            else:
-                spread = f" ± {fc.std:.3f}" if fc.std is not None else ""
-                note = f"forecast {fc.prediction:.4f}{spread}"
             chosen = detail.chosen_lr is not None and cand.lr == detail.chosen_lr
-            lines.append(f"      lr={cand.lr:<10.4g} {note}{'   <- chosen' if chosen else ''}")
+            lines.append(
+                f"      lr={cand.lr:<10.4g} {_scored(cand)}{'   <- chosen' if chosen else ''}"
+            )
         if selection in SELECTION_NOTES:
             lines.append(f"      (chosen by {selection}: {SELECTION_NOTES[selection]})")
+        for cand in checks:
+            held = detail.chosen_lr is not None and cand.lr == detail.chosen_lr
+            lines.append(
+                f"      then checked lr={cand.lr:.4g} for {detail.tau_explore} more steps "
+                f"from its window's end: {_scored(cand)}"
+            )
+            lines.append(
+                "      (it held its ground: the stage goes on from there)"
+                if held
+                else "      (it lost ground: the search chose again below half its LR)"
+            )
     shape = LRShape(segment.lr_shape)
     steps = segment.steps
     end = segment.start_step + steps

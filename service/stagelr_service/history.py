@@ -362,11 +362,14 @@ def stage_detail(
     segments = {s.seq: s for s in history.segments}
     candidates = []
     analysed = {c.trial.seq: c for c in analysis.candidates}
+    saved_by: dict[str, int] = {}  # a window's saved end state -> its index
     for trial in stage_trials:
         if trial.kind is not SegmentKind.explore:
             continue
         seg = segments[trial.seq]
         cand = analysed.get(trial.seq)
+        if seg.save_end:
+            saved_by[seg.save_end] = trial.index
         candidates.append(
             CandidateView(
                 segment_id=seg.id,
@@ -377,6 +380,7 @@ def stage_detail(
                 forecast=forecast_view(cand.forecast) if cand else None,
                 objective=finite(cand.objective) if cand else None,
                 observations=[(s, v) for s, v in trial.observations if math.isfinite(v)],
+                checks=saved_by.get(seg.restore) if seg.restore else None,
             )
         )
     return StageDetail(

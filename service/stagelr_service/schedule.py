@@ -5,7 +5,8 @@ piece, with the LR shape it was handed out with (``lr``, ``lr_end``, ``lr_shape`
 the piece's steps train at exactly the LRs ``segment.lr_at(step)`` gave the live job.
 A training segment that continued its stage's chosen candidate (``continue_best``) is
 preceded by that candidate's window, as the candidate trained it (a constant window, or
-an annealed probe's ``wsd``): the candidate's steps are on the trajectory too. The other
+an annealed probe's ``wsd``), and by the finalist's check window where one continued
+it: those steps are on the trajectory too. The other
 search trials and the range test are not; the provenance counts their steps.
 """
 
@@ -30,6 +31,20 @@ def _trained(steps: int, steps_done: int | None, status: SegmentStatus) -> int:
     return steps if steps_done is None else steps_done
 
 
+def _kept_path(saved: dict[str, SegmentRecord], seg: SegmentRecord) -> list[SegmentRecord]:
+    """The search windows a training segment's restored state went through, first
+    first: the chosen candidate's, then any window that continued it from its end state
+    (a finalist's check); [] when it restored none of its stage's candidates."""
+    path: list[SegmentRecord] = []
+    restore = seg.restore
+    while restore and (window := saved.get(restore)) is not None and window.stage == seg.stage:
+        if window in path:  # a malformed history that restores in a cycle
+            break
+        path.insert(0, window)
+        restore = window.restore
+    return path
+
+
 def study_schedule(history: StudyHistory, exported_at: datetime) -> Schedule:
     """The schedule of the study's kept trajectory, with its provenance.
 
@@ -43,7 +58,9 @@ def study_schedule(history: StudyHistory, exported_at: datetime) -> Schedule:
     saved: dict[str, SegmentRecord] = {}  # a candidate's saved end state -> the candidate
     for seg in history.segments:
         if seg.kind is SegmentKind.explore:
-            candidates[seg.stage] = candidates.get(seg.stage, 0) + 1
+            parent = saved.get(seg.restore) if seg.restore else None
+            if parent is None or parent.stage != seg.stage:  # a check tries no new LR
+                candidates[seg.stage] = candidates.get(seg.stage, 0) + 1
             if seg.save_end and seg.status is SegmentStatus.completed:
                 saved[seg.save_end] = seg
     pieces: list[SchedulePiece] = []
@@ -88,10 +105,13 @@ def study_schedule(history: StudyHistory, exported_at: datetime) -> Schedule:
             kind = "decay"
         kinds[seg.stage] = kind
         stage_at = stage_start.get(seg.stage, seg.start_step)
-        kept = saved.get(seg.restore) if seg.restore else None
-        if kept is not None and kept.stage == seg.stage:
-            # continue_best: the chosen candidate's window is where the stage began
-            add(kept, stage_at, kind)
+        kept = _kept_path(saved, seg)
+        if kept:
+            # continue_best: the chosen candidate's window is where the stage began (and
+            # a finalist's check window, which continued it, came next)
+            add(kept[0], stage_at, kind)
+            for window in kept[1:]:
+                add(window, window.start_step, kind)
             add(seg, seg.start_step, kind)
         else:
             add(seg, stage_at if constant else seg.start_step, kind)

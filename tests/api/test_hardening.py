@@ -23,7 +23,7 @@ from tests.live import LiveServer, run_cli, start_server
 pytestmark = pytest.mark.slow
 
 _names = itertools.count()
-CONFIG: dict[str, Any] = {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20, "k": 3}
+CONFIG: dict[str, Any] = {"lr_min": 1e-3, "lr_max": 1.0, "tau0": 20, "k": 3, "explore_ratio": 0.05}
 
 
 def body(**config: Any) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def service(
 
 
 def new_study(service: StudyService) -> int:
-    config = StudyConfig(lr_min=1e-3, lr_max=1.0, tau0=20, k=3)
+    config = StudyConfig(lr_min=1e-3, lr_max=1.0, tau0=20, k=3, explore_ratio=0.05)
     study, _ = service.create_study(StudyCreate(name="stale", config=config))
     return study.id
 

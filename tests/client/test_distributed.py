@@ -60,8 +60,9 @@ def test_two_gloo_ranks_share_one_plan_and_only_rank_zero_talks(live_server, tmp
         assert planned["status"] == "completed"
     # DDP averaged the gradients and both restored the same checkpoints: same weights.
     assert rank0["params"] == rank1["params"]
-    # one searched stage, the next trained on at its LR, and the final decay
-    assert "completed: 5 segments" in stdout
+    # one searched stage (two windows, the best one's check, its training segment), the
+    # final decay
+    assert "completed: 6 segments" in stdout
 
     # Only rank 0 asked: one study creation, one `next` for the first segment, one
     # completion per segment that brings the next answer with it, and reports from one

@@ -26,11 +26,11 @@ def test_a_lightning_module_trains_a_whole_study_through_the_callback(
         f"--out={out}",
     )
     record = check_trained_as_planned(live_server.url, out)
-    # Two stages (20 and 28 steps): three candidates and the first one's training
-    # segment, the second trained on at its LR (the default holds it to the decay),
-    # then the default's final decay (the last 12 steps).
-    assert len(record["segments"]) == 6
-    assert "completed: 6 segments" in stdout
+    # Two stages (20 and 28 steps): three candidates, the best one's check window and
+    # the first stage's training segment, the second trained on at its LR (the default
+    # holds it to the decay), then the default's final decay (the last 12 steps).
+    assert len(record["segments"]) == 7
+    assert "completed: 7 segments" in stdout
 
 
 @pytest.mark.parametrize(

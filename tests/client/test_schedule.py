@@ -61,8 +61,9 @@ def _train_live(url: str, name: str, overrides: dict[str, Any]) -> tuple[int, di
     checkpoints = Checkpointer(model, optimizer)
     loss_fn = nn.MSELoss()
     trajectory: dict[int, float] = {}
-    candidate_lrs: dict[str, list[float]] = {}  # a candidate's save_end -> its LRs
-    stage_start: dict[int, int] = {}
+    # a candidate's save_end -> the LR of each step its state trained (a finalist's check
+    # window continues its candidate's state: both windows' steps)
+    candidate_lrs: dict[str, dict[int, float]] = {}
     study_id = -1
     with stagelr.Tuner(
         url, study=name, lr_min=1e-3, lr_max=0.5, total_steps=400, explore_ratio=0.1, **overrides
@@ -84,14 +85,13 @@ def _train_live(url: str, name: str, overrides: dict[str, Any]) -> tuple[int, di
             checkpoints.end(segment)
             segment.complete()
             if segment.kind == "explore":
-                stage_start.setdefault(segment.stage, segment.start_step)
                 if segment.save_end:
-                    candidate_lrs[segment.save_end] = lrs
+                    steps = dict(candidate_lrs.get(segment.restore or "", {}))
+                    steps.update({segment.start_step + i: lr for i, lr in enumerate(lrs)})
+                    candidate_lrs[segment.save_end] = steps
             elif segment.kind == "exploit":
                 if segment.restore in candidate_lrs:  # continue_best: its steps are kept
-                    kept = candidate_lrs[segment.restore]
-                    for i, lr in enumerate(kept):
-                        trajectory[stage_start[segment.stage] + i] = lr
+                    trajectory.update(candidate_lrs[segment.restore])
                 for i, lr in enumerate(lrs):
                     trajectory[segment.start_step + i] = lr
     return study_id, trajectory
@@ -154,11 +154,15 @@ def test_the_exported_schedule_trains_at_the_live_runs_lr_at_every_step(
     if label == "continue-cosine":
         assert last.shape is LRShape.cosine
         # 320 steps before the decay: three searched stages of 100, each the chosen
-        # candidate's annealed window of 10 steps (kept: continue_best) and the 90 steps
-        # that continued it, then 20 steps too short to search, at the last chosen LR.
-        assert [p.kind for p in schedule.pieces] == ["search"] * 6 + ["train_on", "decay"]
-        assert [p.start for p in schedule.pieces] == [0, 10, 100, 110, 200, 210, 300, 320]
-        assert [p.shape for p in schedule.pieces[:6:2]] == [LRShape.wsd] * 3
+        # candidate's annealed window of 10 steps (kept: continue_best), the finalist's
+        # check window of 10 that continued it, and the 80 steps that continued that,
+        # then 20 steps too short to search, at the last chosen LR.
+        assert [p.kind for p in schedule.pieces] == ["search"] * 9 + ["train_on", "decay"]
+        starts = [0, 10, 20, 100, 110, 120, 200, 210, 220, 300, 320]
+        assert [p.start for p in schedule.pieces] == starts
+        windows = [p for i, p in enumerate(schedule.pieces[:9]) if i % 3 != 2]
+        assert [p.shape for p in windows] == [LRShape.wsd] * 6
+        assert all(p.steps == 10 for p in windows)
     else:
         assert {p.kind for p in schedule.pieces} == {"search", "train_on", "decay"}
 

@@ -21,6 +21,7 @@ def test_a_hf_trainer_trains_a_whole_study_through_the_callback(live_server, tmp
         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )
     record = check_trained_as_planned(live_server.url, out)
-    # one searched stage, the next trained on at its LR, and the final decay
-    assert len(record["segments"]) == 6
-    assert "completed: 6 segments" in stdout
+    # one searched stage (three windows, the best one's check, its training segment),
+    # the next trained on at its LR, and the final decay
+    assert len(record["segments"]) == 7
+    assert "completed: 7 segments" in stdout

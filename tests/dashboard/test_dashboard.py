@@ -325,6 +325,12 @@ def test_the_study_page_shows_config_totals_and_one_section_per_stage(
     assert f"<dt>Steps trained</dt><dd>{study['trajectory_steps']:,}</dd>" in html
     assert f"<dt>Steps spent searching</dt><dd>{searched:,}</dd>" in html
     assert "<th>tau0</th><td>40</td>" in html and "<th>k</th><td>3</td>" in html
+    # The first stage's three candidates, then the best one's check (finalists), which
+    # held: the row says which candidate it checked, and it is no fourth candidate.
+    stage0 = web.get(f"/v1/studies/{finished_study}/stages/0").json()
+    (check,) = [c for c in stage0["candidates"] if c["checks"] is not None]
+    assert f"check of #{check['checks']}: held, continued" in html
+    assert "<dt>Candidates tried</dt><dd>3 (0 diverged), 1 checked again</dd>" in html
     # A finished study's page does not poll.
     (live,) = [a for a in page.find("div") if a.get("id") == "live"]
     assert live["data-live"] == "off"

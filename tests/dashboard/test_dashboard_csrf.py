@@ -34,7 +34,7 @@ KNOWN = {
     ("POST", "/dashboard/studies/{study_id}/archive"),
     ("POST", "/dashboard/studies/{study_id}/delete"),
 }
-CONFIG = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=60, tau0=20, k=2)
+CONFIG = StudyConfig(lr_min=1e-3, lr_max=1.0, total_steps=60, tau0=20, k=2, explore_ratio=0.05)
 #: Another site, as a browser names it.
 FOREIGN = ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"})
 

@@ -421,5 +421,6 @@ def test_verify_passes_on_a_real_torch_trained_study(live_server) -> None:
         sid = tuner.study().id
         report = tuner.client.replay(sid)
     assert report.ok, report.mismatches
-    assert report.decisions == 4 * 4 + 1
-    assert [len(s.candidates) for s in report.stages] == [3, 3, 3, 3]
+    # each stage: three windows, the best one's check window, the training segment
+    assert report.decisions == 4 * (3 + 1 + 1) + 1
+    assert [len(s.candidates) for s in report.stages] == [4, 4, 4, 4]

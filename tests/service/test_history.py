@@ -102,8 +102,8 @@ def test_a_second_job_of_a_family_searches_less_and_records_its_priors(
 def test_priors_that_held_different_lrs_centre_on_their_final_losses(
     live_server: LiveServer,
 ) -> None:
-    # Two earlier jobs held LRs far apart (their own searches found LRs near 0.005 and 0.2).
-    cool = run_job(live_server.url, "spread-1", SyntheticJob(seed=3, best_lr=0.005), seed=3)
+    # Two earlier jobs held LRs far apart (their own searches found about 0.009 and 0.09).
+    cool = run_job(live_server.url, "spread-1", SyntheticJob(seed=1, best_lr=0.002), seed=1)
     hot = run_job(live_server.url, "spread-2", SyntheticJob(seed=4, best_lr=0.2), seed=4)
     lrs = [cool.stages[0].chosen_lr, hot.stages[0].chosen_lr]
     assert max(lrs) / min(lrs) > 1.5, lrs  # type: ignore[type-var, operator]

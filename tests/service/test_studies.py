@@ -246,8 +246,11 @@ def test_a_decision_runs_a_bounded_number_of_statements(service) -> None:
 
 # --------------------------------------------------------------------------- complete-and-next
 
-#: A study whose candidates diverge at the range's hot end and that ends on its budget.
-HOT = StudyConfig(lr_min=1e-3, lr_max=30.0, tau0=60, tau_max=120, total_steps=300, k=4)
+#: A study whose candidates diverge at the range's hot end and that ends on its budget
+#: (windows of 6 steps: long enough for a hot one to blow up).
+HOT = StudyConfig(
+    lr_min=1e-3, lr_max=30.0, tau0=60, tau_max=120, total_steps=300, k=4, explore_ratio=0.1
+)  # fmt: skip
 
 
 def stored_study(service: StudyService, study_id: int) -> list[tuple[object, ...]]:

@@ -44,9 +44,10 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
         study = tuner.study()
 
     # The study ran its whole budget: stages of 40, 80 and 72 trajectory steps, each
-    # continuing its chosen candidate's window (2, 4 and 4 steps kept: continue_best), so
-    # 38, 76 and 68 trained after the search, then the default's final decay over the
-    # last 20% (48 steps) from the last LR to 0.
+    # continuing its chosen candidate's window and then the check window that continued
+    # it (1 + 1, 2 + 2 and 2 + 2 steps kept: continue_best, finalists), so 38, 76 and 68
+    # trained after the search, then the default's final decay over the last 20% (48
+    # steps) from the last LR to 0.
     assert study.status.value == "completed"
     assert study.trajectory_steps == 240
     assert [steps for _, steps, _ in result.stages] == [38, 76, 68, 48]
@@ -60,8 +61,11 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
     for stage, _, lr in searched:
         detail = httpx.get(f"{live_server.url}/v1/studies/{study.id}/stages/{stage}").json()
         assert detail["chosen_lr"] == lr
-        assert len(detail["candidates"]) == 3
-        assert lr in [c["lr"] for c in detail["candidates"]]
+        search = [c for c in detail["candidates"] if c["checks"] is None]
+        (check,) = [c for c in detail["candidates"] if c["checks"] is not None]
+        assert len(search) == 3 and check["index"] == 3
+        # the check continued the best window, at its LR, and held: the stage went on
+        assert check["lr"] == lr == search[check["checks"]]["lr"]
         assert all(c["forecast"] is not None for c in detail["candidates"])
         assert detail["posterior"]
 
@@ -80,11 +84,11 @@ def test_a_real_mlp_trains_stage_by_stage_under_the_service(live_server) -> None
             "WHERE study_id = ?",
             (study.id,),
         ).fetchone()[0]
-    assert sorted(k for k, _ in segments).count("explore") == 3 * 3
+    assert sorted(k for k, _ in segments).count("explore") == 3 * (3 + 1)
     assert sorted(k for k, _ in segments).count("exploit") == 4
     assert all(status in ("completed", "diverged") for _, status in segments)
     assert observations > 0
-    assert forecasts == 3 * 3
+    assert forecasts == 3 * (3 + 1)
 
 
 def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
@@ -110,8 +114,12 @@ def test_the_demo_command_runs_against_a_local_server(tmp_path) -> None:
     assert len(re.findall(r"lr=\S+\s+(?:forecast \d|diverged|no forecast)", done.stdout)) == 2
     assert done.stdout.count("<- chosen") == 1
     assert "(chosen by min_forecast:" in done.stdout
-    # the chosen candidate's 4 steps are kept (continue_best): 36 more train the stage
-    assert re.search(r"stage 0: trained\s+36 steps at lr=\S+ \(steps 4-40\)", done.stdout)
+    # the chosen candidate's 4 steps, then its check's 4, are kept: 32 more train the stage
+    assert re.search(
+        r"then checked lr=\S+ for 4 more steps from its window's end: forecast \d", done.stdout
+    )
+    assert "(it held its ground: the stage goes on from there)" in done.stdout
+    assert re.search(r"stage 0: trained\s+32 steps at lr=\S+ \(steps 8-40\)", done.stdout)
     # The decay as a decay, not a constant LR.
     assert re.search(
         r"stage \d: one_minus_sqrt decay of 24 steps from lr=\S+ to lr=0 \(steps 96-120\)",

@@ -19,7 +19,15 @@ from stagelr_service.tuner.config import PRESETS, ResolvedConfig, resolve
 
 
 def annealed(**overrides: Any) -> ResolvedConfig:
-    fields: dict[str, Any] = {"preset": "default", "lr_min": 1e-3, "lr_max": 1.0}
+    """The annealed model with windows of tau/20 and no stability check (test_finalists
+    covers the check)."""
+    fields: dict[str, Any] = {
+        "preset": "default",
+        "lr_min": 1e-3,
+        "lr_max": 1.0,
+        "explore_ratio": 0.05,
+        "finalists": 0,
+    }
     return resolve({**fields, "tau0": 100, "tau_max": 100, **overrides})
 
 
@@ -160,12 +168,21 @@ def test_a_dropped_chosen_state_trains_the_stage_short_within_the_planned_charge
 
 
 def test_default_is_default_v1_with_the_annealed_model_and_no_tie_rule() -> None:
-    """The previous default stays available, and differs in exactly these five fields
-    (docs/tuner.md compares them on the dev split): the annealed model's four and the
-    initial design's third stratum."""
+    """The previous default stays available, and differs in exactly these seven fields
+    (docs/tuner.md compares them on the dev split): the annealed model's four, the
+    initial design's third stratum, and the half-length windows with their check."""
     changed = {
         key for key, value in PRESETS["default"].items() if PRESETS["default-v1"][key] != value
     }
-    assert changed == {"probe", "forecast", "selection", "continue_best", "initial_design"}
+    assert changed == {
+        "probe",
+        "forecast",
+        "selection",
+        "continue_best",
+        "initial_design",
+        "explore_ratio",
+        "finalists",
+    }
+    assert (PRESETS["default"]["explore_ratio"], PRESETS["default"]["finalists"]) == (0.025, 1)
     assert PRESETS["default-v1"]["selection"].value == "hottest_within_best_noise"
     assert PRESETS["default-v1"]["probe"] == "constant"

@@ -58,10 +58,13 @@ def test_the_default_search_leaves_most_of_a_budget_to_the_trajectory() -> None:
         charged(1000, k=10, explore_ratio=0.1, continue_best=False)
     )
     restarted = tuner.fit_charged_budget(charged(1000, continue_best=False))
-    # 6 windows of 33 steps, the chosen one continued: 835 steps of trajectory; without
-    # the continuation 808 (6 x 32 charged on top of the trajectory).
-    assert default.total_steps == 835
-    assert restarted.total_steps == 808
+    unchecked = tuner.fit_charged_budget(charged(1000, finalists=0))
+    # 6 windows of 18 steps, the chosen one continued by its check window, which the
+    # stage continues in turn: 910 steps of trajectory, the check costing none of them;
+    # without the continuation 892 (6 x 18 charged on top of the trajectory).
+    assert default.total_steps == unchecked.total_steps == 910
+    assert tuner.planned_charge(default) == 1000
+    assert restarted.total_steps == 892
     assert reference_search.total_steps == 556
 
 

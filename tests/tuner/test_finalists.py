@@ -3,6 +3,7 @@ choice whose steps the run keeps, with no server and no database."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ def checked(**overrides: Any) -> ResolvedConfig:
         "tau0": 100,
         "tau_max": 100,
         "k": 3,
+        "explore_ratio": 0.05,
         "finalists": 1,
     }
     return resolve({**fields, **overrides})
@@ -151,15 +153,19 @@ def test_a_finalists_study_charges_exactly_its_plan_and_holds_few_states(optimiz
 
 
 def test_finalists_leave_a_study_without_them_unchanged(optimizer) -> None:
-    """0 finalists (every preset's, and a stored config's without the field) is the
-    search as it was: the k-th window's decision is the training segment."""
+    """0 finalists (every preset's but default's, and what LEGACY_CONFIG fills into a
+    stored config without the field) is the search as it was: the k-th window's decision
+    is the training segment. A stored config must say it: it never takes a preset's."""
     config = checked(finalists=0)
     exploit = tuner.next_segment(config, FIRST, optimizer)
     assert isinstance(exploit, Decision) and exploit.kind is SegmentKind.exploit
     assert exploit.restore == tuner.candidate_checkpoint(0, 1) and exploit.start_step == 5
     stored = config.to_stored()
     stored.pop("finalists")
-    assert tuner.ResolvedConfig.stored(stored) == config
+    with pytest.raises(ValueError, match="finalists"):
+        tuner.ResolvedConfig.stored(stored)
+    assert tuner.ResolvedConfig.stored({**tuner.LEGACY_CONFIG, **stored}) == config
+    assert tuner.PRESETS["autolrs"]["finalists"] == tuner.PRESETS["default-v1"]["finalists"] == 0
 
 
 def test_finalists_need_the_annealed_search_that_continues_its_choice() -> None:
@@ -196,3 +202,55 @@ def test_a_finalist_whose_state_was_dropped_runs_no_second_window(optimizer) -> 
     assert isinstance(decision, Decision) and decision.kind is SegmentKind.exploit
     assert decision.lr == 0.1 and decision.restore == "stage-0"
     assert decision.why.get("short") == 5
+
+
+def test_a_request_that_turns_off_what_the_check_needs_has_no_check() -> None:
+    """The default preset's finalist needs continue_best and annealed windows: a request
+    that turns either off resolves without one, one that asks for it is told why not."""
+    assert tuner.PRESETS["default"]["finalists"] == 1
+    plain = resolve({"lr_min": 1e-3, "lr_max": 1.0})
+    assert plain.finalists == 1 and plain.checks_choice
+    assert resolve({"lr_min": 1e-3, "lr_max": 1.0, "continue_best": False}).finalists == 0
+    assert resolve({"lr_min": 1e-3, "lr_max": 1.0, "probe": "constant"}).finalists == 0
+    with pytest.raises(ValueError, match="continue_best"):
+        resolve({"lr_min": 1e-3, "lr_max": 1.0, "continue_best": False, "finalists": 1})
+
+
+def test_a_checked_studys_prior_summary_reads_the_search_windows_only(optimizer) -> None:
+    """A finalist's second window starts from a trained state: its first reading and its
+    score would pass for a better start and a better window. The summary a later study's
+    priors read holds the k windows only."""
+    config = checked(tau0=200, tau_max=200, total_steps=1000, k=4)
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=1))
+    assert end is not None
+    stage0 = [t for t in trials if t.stage == 0 and t.kind is SegmentKind.explore]
+    assert [t.index for t in stage0] == [0, 1, 2, 3, 4]  # 4 windows, then the check
+    horizon = {p.stage: p.horizon for p in plans}
+    stored = [
+        dataclasses.replace(t, forecast=tuner.forecast_trial(config, t, horizon[t.stage]))
+        if t.kind is SegmentKind.explore
+        else t
+        for t in trials
+    ]
+    entry = tuner.summarize_prior(3, "checked", config.to_stored(), stored)
+    search = stage0[:4]
+    assert len(entry["candidates"]) == 4
+    assert entry["start_loss"] == min(t.observations[0][1] for t in search)
+    # the check's first reading is lower still: it would have set the start loss
+    assert stage0[4].observations[0][1] < entry["start_loss"]
+
+
+def test_windows_of_half_a_stage_leave_no_room_for_a_check(optimizer) -> None:
+    """Two windows of half a stage would be the whole stage: such a stage searches as
+    without finalists, and the study charges no more than its plan."""
+    config = checked(tau0=20, tau_max=20, total_steps=60, k=3, explore_ratio=0.5, planner="fixed")
+    stages, _ = tuner.plan_stages(config)
+    assert [s.candidates for s in stages if s.geometry.search] == [3, 3]
+    plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=5))
+    assert end is not None
+    assert not any(p.why.get("source") == "finalist" for p in plans)
+    unspent = sum(t.steps - t.trained for t in trials if t.status is SegmentStatus.diverged)
+    assert sum(t.trained for t in trials) + unspent == sum(s.charge for s in stages)
+    # a quarter-stage window leaves half the stage to train after the check
+    quarter = checked(tau0=20, tau_max=20, total_steps=60, k=3, explore_ratio=0.25)
+    assert tuner.plan_stages(quarter)[0][0].candidates == 4

@@ -356,7 +356,9 @@ def test_the_start_is_compared_like_with_like_where_the_first_steps_are_fast(opt
     from stagelr_service.tuner._priors import START_LOSS_RATIO
 
     fast = {"start_loss": 2.5, "speed": 6.0}
-    config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 3}))
+    # windows of tau/20: the narrow search's half windows report far earlier
+    tau20 = {"explore_ratio": 0.05, "finalists": 0}
+    config = tuner.fit_charged_budget(tuner.resolve({**REQUEST, "seed": 3, **tau20}))
     plans, trials, end = simulate(config, optimizer, SyntheticJob(seed=3, **fast))
     assert end is not None
     entry = tuner.summarize_prior(
@@ -366,7 +368,7 @@ def test_the_start_is_compared_like_with_like_where_the_first_steps_are_fast(opt
     chosen = next(t for t in trials if t.kind is SegmentKind.explore and t.lr == lr)
     assert lr == entry["chosen_lr"] and (step, loss) == chosen.observations[0]
     summary = tuner.prior_summary([entry], "fam", [])
-    warm_cfg = warm_config(summary, optimizer)
+    warm_cfg = warm_config(summary, optimizer, **tau20)
     assert warm_cfg.warm_start is not None
     assert warm_cfg.warm_start.start_reading == (step, loss)
 

@@ -204,6 +204,9 @@ class CandidateRow:
     forecast: str
     objective: float | None
     chosen: bool
+    #: a finalist's check window: the index of the candidate it continued (None: a
+    #: candidate of the search)
+    checks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,7 @@ def _candidate_rows(detail: StageDetail) -> list[CandidateRow]:
                 forecast=forecast,
                 objective=cand.objective,
                 chosen=detail.chosen_lr is not None and cand.lr == detail.chosen_lr,
+                checks=cand.checks,
             )
         )
     return rows
@@ -287,8 +291,12 @@ def load_study(
     # (continue_best) is on the trajectory, not spent searching.
     searched = study.charged_steps - study.trajectory_steps
     observed = sum(len(v) for v in history.observations.values())
-    explores = [s for s in history.segments if s.kind is SegmentKind.explore]
+    checks = {c.segment_id for d in details for c in d.candidates if c.checks is not None}
+    explores = [
+        s for s in history.segments if s.kind is SegmentKind.explore and s.id not in checks
+    ]
     diverged = sum(s.status is SegmentStatus.diverged for s in explores)
+    checked = f", {len(checks)} checked again" if checks else ""
     planned = f"{config.total_steps:,}" if config.total_steps else "open-ended"
     totals = [
         ("Steps trained", f"{study.trajectory_steps:,}"),
@@ -296,7 +304,7 @@ def load_study(
         ("Steps spent searching", f"{searched:,}"),
         ("Steps charged", f"{study.charged_steps:,}"),
         ("Stages", str(len(history.stages))),
-        ("Candidates tried", f"{len(explores)} ({diverged} diverged)"),
+        ("Candidates tried", f"{len(explores)} ({diverged} diverged){checked}"),
         ("Losses reported", f"{observed:,}"),
         ("Best loss", fmt_number(study.best_loss, 4) if study.best_loss is not None else "–"),
     ]

@@ -117,8 +117,15 @@ def summarize_prior(
 ) -> dict[str, Any]:
     """One prior study's entry in a summary: what the tuner needs of it, JSON values."""
     stage0 = [t for t in trials if t.stage == 0]
+    # The search's own windows: a finalist's second window starts from a trained state,
+    # so neither its first reading nor its score compares with a window from the start.
+    checked = ResolvedConfig.stored(config).checks_choice
     explores = [
-        t for t in stage0 if t.kind is SegmentKind.explore and t.status is not SegmentStatus.open
+        t
+        for t in stage0
+        if t.kind is SegmentKind.explore
+        and t.status is not SegmentStatus.open
+        and not (checked and t.index >= config["k"])
     ]
     exploit = next((t for t in stage0 if t.kind is SegmentKind.exploit), None)
     firsts = [

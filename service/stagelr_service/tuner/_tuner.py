@@ -532,22 +532,12 @@ def _keep_key(config: ResolvedConfig, candidate: CandidateAnalysis) -> float:
     return candidate.objective
 
 
-def _uses_finalists(config: ResolvedConfig) -> bool:
-    """Whether the cold first search ends in the finalists' second windows."""
-    return (
-        config.finalists > 0
-        and config.continue_best
-        and config.probe == "anneal"
-        and config.warm_start is None
-    )
-
-
 def _first_round(
     config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
 ) -> list[CandidateAnalysis]:
     """The candidates of the search proper: with ``finalists``, the k before the
     finalists' second windows."""
-    if not _uses_finalists(config):
+    if not config.checks_choice:
         return list(candidates)
     return [c for c in candidates if c.trial.index < config.k]
 
@@ -556,7 +546,7 @@ def _second_round(
     config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]
 ) -> list[CandidateAnalysis]:
     """The finalists' second windows (none without ``finalists``)."""
-    if not _uses_finalists(config):
+    if not config.checks_choice:
         return []
     return [c for c in candidates if c.trial.index >= config.k]
 
@@ -574,7 +564,7 @@ def _kept_so_far(
     edge = stability_cap(config, candidates)
     usable = [c for c in candidates if not c.diverged and c.trial.lr <= edge]
     ranked = sorted(usable, key=lambda c: (_keep_key(config, c), c.trial.index))
-    keep = max(1, config.finalists) if _uses_finalists(config) else 1
+    keep = max(1, config.finalists) if config.checks_choice else 1
     return [c.trial.index for c in ranked[:keep]]
 
 
@@ -769,6 +759,17 @@ def _path_steps(config: ResolvedConfig, geometry: StageGeometry, analysis: Stage
     return geometry.tau_explore
 
 
+def _stage_checks(config: ResolvedConfig, geometry: StageGeometry) -> bool:
+    """Whether a stage's search ends in the finalists' second windows: with
+    ``finalists``, where the chosen path's two windows leave the stage steps to train
+    (with windows of half a stage or more, the check would be the whole stage)."""
+    return (
+        config.checks_choice
+        and geometry.search
+        and geometry.tau_explore + second_window_steps(config, geometry) < geometry.tau
+    )
+
+
 def second_window_steps(config: ResolvedConfig, geometry: StageGeometry) -> int:
     """The length of a finalist's second window: one window (2 and 4 windows caught no
     instability that one missed on the dev split, and cost the NQM its steps)."""
@@ -841,7 +842,7 @@ def _check_failed(
 
 def _next_finalist(config: ResolvedConfig, analysis: StageAnalysis) -> CandidateAnalysis | None:
     """The first-round candidate whose second window runs next (None: none left)."""
-    if not _uses_finalists(config):
+    if not _stage_checks(config, analysis.geometry):
         return None
     first = _first_round(config, analysis.candidates)
     if len(first) < config.k:
@@ -1119,7 +1120,7 @@ def plan_stages(config: ResolvedConfig) -> tuple[list[PlannedStage], bool]:
             break
         candidates = config.k if geometry.search else 0
         continued = geometry.tau_explore if config.continue_best and geometry.search else 0
-        if geometry.search and _uses_finalists(config):
+        if _stage_checks(config, geometry):
             # The finalists' second windows; the chosen one's steps are trajectory too.
             second = second_window_steps(config, geometry)
             charge = (

@@ -77,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "range_test_steps": 100,
         "range_test_decades": 3.0,
         "probe": "constant",
+        "finalists": 0,
     },
     # stagelr's own: a model of training that scores each candidate by the loss it keeps
     # once annealed (docs/tuner.md): annealed probes read at their window's end, a
@@ -86,10 +87,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tau0": 1000,
         "tau_max": 8000,
         "tau_growth": 2.0,
-        # Six candidates of tau/20 steps: a search charging 0.3 tau. Four candidates
-        # (of tau/20 or tau/13) missed the NQM's best LR on several seeds; eight cost the
-        # NQM the trajectory they charge (docs/tuner.md).
-        "explore_ratio": 0.05,
+        # Six candidates of tau/40 steps, then the best one's stability check (finalists):
+        # a search charging 0.175 tau. Four candidates missed the NQM's best LR on
+        # several seeds; eight cost the NQM the trajectory they charge. Windows of tau/20
+        # spent the steps that half-length windows keep (better beyond noise on six
+        # workloads of 20, docs/tuner.md); half-length windows alone blew up the
+        # large-batch regression, which the check catches.
+        "explore_ratio": 0.025,
         "k": 6,
         # The first search's first candidates: one in each third of the log-LR range
         # (in a seeded order), so the GP starts from a valley, not a line. With one in
@@ -128,6 +132,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         # its last reading (forecast window_end), with the noise of one reading as the
         # GP's noise: the noise floor of a constant LR is out of the comparison.
         "probe": "anneal",
+        # The best candidate trains one more window from its own end state; the stage
+        # continues from there unless that window lost ground (then the first round
+        # chooses again below half its LR). A short window cannot see an LR that holds
+        # for a window but not for a stage; the check's steps are trajectory when it
+        # passes.
+        "finalists": 1,
     },
     # The default before the annealed model (kept so that comparisons and studies that
     # name it keep working): constant-LR windows forecast to the stage horizon by the
@@ -181,6 +191,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "range_test_steps": 100,
         "range_test_decades": 3.0,
         "probe": "constant",
+        "finalists": 0,
     },
 }
 
@@ -188,8 +199,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 RANGE_TEST_SWEEP = (1e-6, 10.0)
 
 #: What a stored config written before a field existed means by its absence: the
-#: behaviour stagelr had then. Migrations 0003 and 0005 (and the exchange format's
-#: versions 2 to 4) write these into older configs, so a stored study never changes its
+#: behaviour stagelr had then. Migrations 0003 to 0010 (and the exchange format's
+#: versions 2 to 9) write these into older configs, so a stored study never changes its
 #: decisions.
 LEGACY_CONFIG: dict[str, Any] = {
     "planner": "fixed",
@@ -206,6 +217,7 @@ LEGACY_CONFIG: dict[str, Any] = {
     "prior_studies": [],
     "warm_start": None,
     "probe": "constant",
+    "finalists": 0,
 }
 
 
@@ -367,8 +379,7 @@ class ResolvedConfig(BaseModel):
     range_test_steps: int
     range_test_decades: float
     probe: Literal["constant", "anneal"]
-    # Absent in configs stored before finalists existed: none.
-    finalists: int = 0
+    finalists: int
     # Where the priors come from, as the request named them, and what the study took
     # from them at creation (None: a full first search). Absent in configs stored
     # before priors existed: no priors.
@@ -437,6 +448,17 @@ class ResolvedConfig(BaseModel):
             )
         return self
 
+    @property
+    def checks_choice(self) -> bool:
+        """Whether the cold first search ends in the finalists' second windows (the
+        stability check of its choice): trials of stage 0 with index >= k are those."""
+        return (
+            self.finalists > 0
+            and self.continue_best
+            and self.probe == "anneal"
+            and self.warm_start is None
+        )
+
     @classmethod
     def stored(cls, config: Mapping[str, Any]) -> ResolvedConfig:
         """A config as the store keeps it (:meth:`to_stored`), read back."""
@@ -466,6 +488,10 @@ def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
         given["prior_studies"] = tuple(given["prior_studies"])
     preset = given.get("preset", DEFAULT_PRESET)
     filled: dict[str, Any] = {**PRESETS[preset], "seed": 0, **given, "preset": preset}
+    if "finalists" not in given and not (filled["continue_best"] and filled["probe"] == "anneal"):
+        # The preset's stability check continues annealed windows' end states: a request
+        # that turns either off has no check (one that asks for finalists is told why not).
+        filled["finalists"] = 0
     if filled["lr_bounds"] == "range_test":
         # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
         for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
