@@ -292,9 +292,7 @@ def load_study(
     searched = study.charged_steps - study.trajectory_steps
     observed = sum(len(v) for v in history.observations.values())
     checks = {c.segment_id for d in details for c in d.candidates if c.checks is not None}
-    explores = [
-        s for s in history.segments if s.kind is SegmentKind.explore and s.id not in checks
-    ]
+    explores = [s for s in history.segments if s.kind is SegmentKind.explore and s.id not in checks]
     diverged = sum(s.status is SegmentStatus.diverged for s in explores)
     checked = f", {len(checks)} checked again" if checks else ""
     planned = f"{config.total_steps:,}" if config.total_steps else "open-ended"

@@ -433,8 +433,7 @@ class ResolvedConfig(BaseModel):
                 )
             if self.probe != "anneal":
                 raise ValueError(
-                    "finalists check annealed windows: set probe to 'anneal', or "
-                    "finalists to 0"
+                    "finalists check annealed windows: set probe to 'anneal', or finalists to 0"
                 )
             if self.finalists > self.k:
                 raise ValueError(
