@@ -355,10 +355,14 @@ def test_the_ceiling_splits_defaults_gap_into_the_searchs_cost_and_its_choice(
     assert cheaper.split(" | ")[0] == "0.95"
     assert float(cheaper.split(" | ")[2].split()[0]) < value
     assert len(json.loads(runs.read_text())) == 20
-    # a held-out split default has not been judged on is refused
+    # a held-out split default has not been judged on is refused: the committed report
+    # beside a results folder that records no frozen commit for test4
+    unjudged = tmp_path / "unjudged"
+    (unjudged / "quality").mkdir(parents=True)
+    shutil.copy(ROOT / "docs" / "results" / "quality.json", unjudged / "quality.json")
     bad = subprocess.run(
         [sys.executable, "-m", "benchmarks.quality.ceiling", "--variant", "lorenz",
-         "--runs", str(runs)],
+         "--runs", str(runs), "--report", str(unjudged / "quality.json")],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "held out" in bad.stderr
