@@ -1420,16 +1420,16 @@ class LiveQueries:
             statements.append(
                 (_Hot.guarded_upsert_forecast(tuple(forecast)), {**forecast, **guard})
             )
-        completed_at = trained_at = None
+        stage_completed = stage_trained = None  # where their answers will be
         if closing.completes_stage:
-            completed_at = len(statements)
+            stage_completed = len(statements)
             completion = {"stage_id": segment.stage_id, "status": "completed"}
             statements.append((_Hot.guarded_set_stage(True), {**completion, **guard}))
         values = self._segment_values(study_id, stage.id, issue.seq, issue.decision)
-        issued_at = len(statements)
+        issued = len(statements)
         statements.append((_Hot.guarded_insert_segment(tuple(values)), {**values, **guard}))
         if issue.training_lr is not None:
-            trained_at = len(statements)
+            stage_trained = len(statements)
             training = {"stage_id": stage.id, "status": "training", "chosen_lr": issue.training_lr}
             statements.append((_Hot.guarded_set_stage(False), {**training, **guard}))
         if self._connection is None:
@@ -1437,7 +1437,9 @@ class LiveQueries:
         try:
             answers = begin_pipeline(self._connection, statements)
         except IntegrityError:
-            # Only a locked, running study's statements write (the guard): it ran.
+            # A key refused a write: points stored meanwhile at this completion's steps,
+            # so the segment no longer holds the points read. Only a locked, running
+            # study's statements write anything (the guard): the study ran.
             return ClosedAndIssued(running=True)
         if answers is None:
             return None
@@ -1450,17 +1452,20 @@ class LiveQueries:
         self._segment_of[segment.id] = (study_id, segment.stage)
         closed = segment_record(answers[1].rows[0], segment.stage)
         self.know_stage(stage)
-        if completed_at is not None:
-            self._stage_answer(answers[completed_at].rows, segment.stage_id)
-        inserted = answers[issued_at].rows
+        if stage_completed is not None:
+            self._stage_answer(answers[stage_completed].rows, segment.stage_id)
+        inserted = answers[issued].rows
         if not inserted:
             return ClosedAndIssued(running=True, closed=closed)
         segment_id = inserted[0].id
         self._segment_of[segment_id] = (study_id, stage.index)
-        issued = segment_record(SimpleNamespace(id=segment_id, **values), stage.index)
-        if trained_at is not None:
-            self._stage_answer(answers[trained_at].rows, stage.id)
-        return ClosedAndIssued(running=True, closed=closed, issued=issued)
+        if stage_trained is not None:
+            self._stage_answer(answers[stage_trained].rows, stage.id)
+        return ClosedAndIssued(
+            running=True,
+            closed=closed,
+            issued=segment_record(SimpleNamespace(id=segment_id, **values), stage.index),
+        )
 
     def _stage_answer(self, rows: list[Any], stage_id: int) -> None:
         """A pipelined stage UPDATE's answer, as :meth:`set_stage` takes its own."""
