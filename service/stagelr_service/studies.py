@@ -603,7 +603,7 @@ class StudyService:
         tuner sees is the read one with this completion applied, as the store would
         give it back), then the completion and the decision are written together with
         the study locked. Should anything have changed in between (a batch landed,
-        another request closed the segment or decided first), nothing is written and
+        another request closed the segment or decided first), nothing is kept and
         the request runs as the two it replaces. Anything else (a retry, a closed or
         failed segment, a study that no longer runs) runs as those two as well.
         """
@@ -863,8 +863,9 @@ def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]
 
 
 class _Changed(Exception):
-    """The store moved between a combined request's read and its write: nothing was
-    written, and the request runs as the two it stands for."""
+    """The store moved between a combined request's read and its write: raised inside
+    the write transaction, it rolls back whatever was written, and the request runs as
+    the two it stands for."""
 
 
 def _as_stored(forecast: Forecast) -> Forecast:
