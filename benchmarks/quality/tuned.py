@@ -18,8 +18,11 @@ from .methods import Run, eval_every
 from .workloads import Variant, make_job
 
 #: The LR search range is the span of the variant's Tier A grid, the same prior the grid
-#: gets (unless an ablation turns on the range test, which finds its own). Nothing else
-#: of a preset changes with the workload.
+#: gets (unless an ablation turns on the range test, which finds its own). A fine-tune's
+#: job says that it starts from a trained model (``pretrained``), as its user would: the
+#: workloads below pretrain their model inside the benchmark. Nothing else of a preset
+#: changes with the workload.
+PRETRAINED_WORKLOADS = frozenset({"charrnn-ft", "charmlp-ft", "convlm-ft", "cnn-ft", "patchae-ft"})
 #:
 #: The stagelr rows of the benchmark: method -> (preset, charged budget as a multiple of
 #: T, or None). With a budget the study is told the job's whole compute
@@ -44,6 +47,12 @@ def preset_overrides(preset: str, steps: int) -> dict[str, Any]:
         tau0 = max(10, steps // 16)
         return {"tau0": tau0, "tau_max": max(tau0, steps // 4)}
     return {}
+
+
+def job_facts(variant: Variant) -> dict[str, Any]:
+    """What the variant's job tells the service about itself: ``pretrained`` for a
+    fine-tune (every preset reads it; only ``default`` acts on it)."""
+    return {"pretrained": True} if variant.workload in PRETRAINED_WORKLOADS else {}
 
 
 def _use_data_seed(job: Any, base_seed: int, segment: Any) -> None:
@@ -83,7 +92,7 @@ def run_stagelr(
     tuner_evals = 0
     diverged = False
     lr_path: list[tuple[int, float]] = []
-    config = {**preset_overrides(preset, steps), **(overrides or {})}
+    config = {**preset_overrides(preset, steps), **job_facts(variant), **(overrides or {})}
     if budget is not None:
         config["charged_steps"] = round(budget * steps)
     if config.get("lr_bounds") != "range_test":

@@ -354,6 +354,27 @@ class StudyConfig(_Wire):
         "own end state (successive halving), and the stage continues the finalist whose "
         "second window ended lowest and stable. 0: the k windows decide.",
     )
+    pretrained: bool | None = Field(
+        default=None,
+        description="Whether the job starts from a trained model (fine-tuning), not "
+        "from a fresh initialization; default false. From a trained state a short window "
+        "rewards a cooler LR than the whole run wants and a pretrained model's loss may "
+        "rise before it falls, so the first search counts only divergence as "
+        "instability (its stability check too), and the LR it holds is its choice "
+        "times horizon_scale.",
+    )
+    horizon_scale: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=100.0,
+        description="The LR the first stage holds, as a multiple of what its search "
+        "windows chose (at most the search's stability edge; within lr_min..lr_max): a "
+        "window answers a shorter run's question than the stage's. Preset 'default' "
+        "sets 3 for a pretrained job (its windows chose 0.12-0.64 times the whole "
+        "run's best LR on the fine-tunes measured) and 1 otherwise; the other presets "
+        "1. Not applied to a narrow search around a family's LR, which comes from "
+        "whole runs.",
+    )
 
     family: str | None = Field(
         default=None,

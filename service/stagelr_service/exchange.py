@@ -57,11 +57,11 @@ FORMAT = "stagelr-studies"
 #: summary, ``priors``); version 6 the config's ``probe`` (segment shape ``wsd``,
 #: forecast ``window_end``); version 7 a study's ``outages`` and ``archived_at``; version
 #: 8 a warm start's ``start_reading`` (config ``warm_start``); version 9 the config's
-#: ``finalists``. An older
+#: ``finalists``; version 10 the config's ``pretrained`` and ``horizon_scale``. An older
 #: file reads with :data:`stagelr_service.tuner.LEGACY_CONFIG` filled into its configs
 #: where they lack a field (a version 1 file's segments are constant-LR); its studies have
 #: no outages and are not archived, as that stagelr stored them.
-VERSION = 9
+VERSION = 10
 #: The study fields a file of an older version cannot hold (they came with this one).
 _SINCE_VERSION_7 = frozenset({"outages", "archived_at"})
 

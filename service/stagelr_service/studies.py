@@ -71,8 +71,13 @@ from .replay import replay_study
 from .store import DuplicateSegmentError, Repository, Store
 from .store.codec import stored_params
 from .store.records import (
+    Closing,
+    Issue,
+    NewForecast,
+    NewStage,
     ObservationRecord,
     SegmentRecord,
+    StudyEnding,
     StudyHistory,
     StudyRecord,
     StudySummaryRecord,
@@ -598,7 +603,7 @@ class StudyService:
         tuner sees is the read one with this completion applied, as the store would
         give it back), then the completion and the decision are written together with
         the study locked. Should anything have changed in between (a batch landed,
-        another request closed the segment or decided first), nothing is written and
+        another request closed the segment or decided first), nothing is kept and
         the request runs as the two it replaces. Anything else (a retry, a closed or
         failed segment, a study that no longer runs) runs as those two as well.
         """
@@ -665,45 +670,27 @@ class StudyService:
             # The study locked (PostgreSQL), and still running; then the segment closed
             # if it is still open with the points read before (stored points never
             # change, only grow: a count tells whether any landed), so the new ones are
-            # known to be new.
-            if not repo.touch_running_study(study.id):
+            # known to be new; then its points, its forecast and the decision stored.
+            # The store may send these at once and check after: a check that fails
+            # rolls back whatever was written.
+            written = repo.close_and_issue(
+                _closing_write(segment, status, steps_done, len(stored), new, forecast),
+                _following(plan, history, segment.seq + 1),
+            )
+            if not written.running or written.closed is None:
                 raise _Changed
-            updated = repo.close_open_segment(segment, status, steps_done, len(stored))
-            if updated is None:
-                raise _Changed
-            repo.insert_observations(segment_id, study.id, new)
             if self.metrics is not None and request.observations:
                 self.metrics.ingested(len(new), len(request.observations) - len(new))
-            _store_closed(repo, segment, forecast)
-            completed = self._view(updated)
+            completed = self._view(written.closed)
             if isinstance(plan, tuner.StudyEnd):
-                repo.set_study_status(study.id, plan.status, plan.reason)
                 return CompletedAndNext(
                     completed=completed, next=NextSegment(status=plan.status, segment=None)
                 )
-            geometry = plan.geometry
-            read = [st for st in history.stages if st.index == geometry.index]
-            if read:
-                # Its id, study and index were read above, and never change.
-                stage = read[0]
-                repo.know_stage(stage)
-            else:
-                stage = repo.get_or_create_stage(
-                    study.id,
-                    geometry.index,
-                    geometry.tau,
-                    geometry.tau_explore,
-                    geometry.start_step,
-                )
-            try:
-                issued = repo.insert_segment(study.id, stage.id, segment.seq + 1, plan)
-            except DuplicateSegmentError:
-                raise _Changed from None
-            if plan.kind is SegmentKind.exploit:
-                repo.set_stage(stage.id, status="training", chosen_lr=plan.lr)
+            if written.issued is None:
+                raise _Changed  # another request issued the next segment first
             return CompletedAndNext(
                 completed=completed,
-                next=NextSegment(status=StudyStatus.running, segment=self._view(issued)),
+                next=NextSegment(status=StudyStatus.running, segment=self._view(written.issued)),
             )
 
     @staticmethod
@@ -876,8 +863,9 @@ def _check_batch_order(segment_id: int, rows: Sequence[tuple[int, Metric, float]
 
 
 class _Changed(Exception):
-    """The store moved between a combined request's read and its write: nothing was
-    written, and the request runs as the two it stands for."""
+    """The store moved between a combined request's read and its write: raised inside
+    the write transaction, it rolls back whatever was written, and the request runs as
+    the two it stands for."""
 
 
 def _as_stored(forecast: Forecast) -> Forecast:
@@ -924,6 +912,48 @@ def _store_closing(
     updated = repo.update_segment_status(segment.id, status, steps_done=steps_done)
     _store_closed(repo, segment, forecast)
     return updated
+
+
+def _closing_write(
+    segment: SegmentRecord,
+    status: SegmentStatus,
+    steps_done: int,
+    points: int,
+    new: Sequence[ObservationRecord],
+    forecast: Forecast | None,
+) -> Closing:
+    """A completion as :meth:`Repository.close_and_issue` stores it: the segment closed,
+    the new points, and what :func:`_store_closed` writes besides."""
+    stored = None
+    if forecast is not None:
+        stored = NewForecast(
+            model=forecast.model,
+            prediction=finite(forecast.prediction),
+            std=finite(forecast.std),
+            status=forecast.status,
+            params=dict(forecast.params),
+            n_points=forecast.n_points,
+        )
+    return Closing(segment, status, steps_done, points, new, stored, forecast is None)
+
+
+def _following(
+    plan: tuner.Decision | tuner.StudyEnd, history: StudyHistory, seq: int
+) -> Issue | StudyEnding:
+    """What follows a completion: the study's end, or ``plan`` issued as segment ``seq``
+    in its stage (the one read, whose id, study and index never change; else found or
+    created), a stage's training segment setting its stage training at its LR."""
+    if isinstance(plan, tuner.StudyEnd):
+        return StudyEnding(plan.status, plan.reason)
+    geometry = plan.geometry
+    read = [st for st in history.stages if st.index == geometry.index]
+    stage = (
+        read[0]
+        if read
+        else NewStage(geometry.index, geometry.tau, geometry.tau_explore, geometry.start_step)
+    )
+    training_lr = plan.lr if plan.kind is SegmentKind.exploit else None
+    return Issue(plan, seq, stage, training_lr)
 
 
 def _store_closed(repo: Any, segment: Any, forecast: Any) -> None:

@@ -118,7 +118,7 @@ def test_an_exported_and_imported_study_keeps_its_outages_and_archiving_and_repl
 ) -> None:  # type: ignore[no-untyped-def]
     text = exported(source)
     header, line = text.splitlines()
-    assert json.loads(header)["version"] == VERSION == 9
+    assert json.loads(header)["version"] == VERSION == 10
     study = json.loads(line)
     assert [o["key"] for o in study["outages"]] == ["net-1", "net-2"]
     assert study["archived_at"] is not None

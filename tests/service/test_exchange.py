@@ -95,7 +95,7 @@ def test_export_import_export_is_byte_identical(source, target) -> None:
 
 def test_the_file_has_a_versioned_header_and_non_finite_losses_as_strings(source) -> None:
     lines = exported(source).splitlines()
-    assert lines[0] == '{"format":"stagelr-studies","version":9,"generator":"stagelr ' + (
+    assert lines[0] == '{"format":"stagelr-studies","version":10,"generator":"stagelr ' + (
         __import__("stagelr").__version__ + '"}'
     )
     assert len(lines) == 7

@@ -19,13 +19,15 @@ from stagelr.models import (
     ObservationBatch,
     ObservationIn,
     SegmentKind,
+    SegmentStatus,
     StudyConfig,
     StudyCreate,
 )
 from stagelr_service import tuner
 from stagelr_service.errors import InputError
 from stagelr_service.history import trials_of
-from stagelr_service.store import Store
+from stagelr_service.store import Repository, Store
+from stagelr_service.store.records import ClosedAndIssued
 from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob
 from tests.store_fixtures import BACKENDS, clear_tables, migrated_database
@@ -350,6 +352,91 @@ def test_complete_and_next_of_a_segment_moved_meanwhile_runs_as_two_requests(
     assert expected is not None
     assert (answer.next.segment.lr, answer.next.segment.kind) == (expected.lr, expected.kind)
     assert [s.status.value for s in service.list_segments(study.id)] == ["completed", "open"]
+
+
+@pytest.mark.parametrize("race", ["stopped", "closed", "landed", "landed-same-step", "issued"])
+def test_complete_and_next_after_a_race_answers_as_the_plain_path(
+    service, monkeypatch, race
+) -> None:
+    """Between the combined request's read and its write another request stops the study,
+    completes the segment, stores a point (at a step the request does not bring, or at
+    one it does: the write's INSERT then hits the key), or issues the next segment: a
+    check of the write fails, nothing of it is kept, and the request answers through
+    complete then next, as those two answer after the same race on a twin study."""
+    twin, _ = service.create_study(StudyCreate(name="race-twin", config=CONFIG))
+    study, _ = service.create_study(StudyCreate(name="race", config=CONFIG))
+    segment = service.next_segment(study.id).segment
+    first = service.next_segment(twin.id).segment
+    assert segment is not None and first is not None and first.lr == segment.lr
+    points = [ObservationIn(step=s, value=2.0 / s) for s in range(1, segment.steps + 1)]
+    carried = points[:-1] if race == "landed" else points
+    if race == "stopped":
+        service.stop_study(twin.id)
+    service.complete_segment(first.id, CompleteRequest(observations=points))
+    expected = service.next_segment(twin.id)
+
+    decide, raced = tuner.next_segment, []
+
+    def decide_while_racing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plan = decide(*args, **kwargs)
+        if raced:
+            return plan
+        raced.append(race)
+        if race == "stopped":
+            service.stop_study(study.id)
+        elif race == "closed":
+            complete(segment.id, CompleteRequest(observations=points))
+        elif race in ("landed", "landed-same-step"):
+            late = ObservationBatch(observations=points[-1:])
+            service.add_observations(segment.id, late)
+        else:  # the decision stored first, as a racing request would store it
+            with service.store.transaction() as repo:
+                geometry = plan.geometry
+                stage = repo.get_or_create_stage(
+                    study.id, geometry.index, geometry.tau, geometry.tau_explore,
+                    geometry.start_step,
+                )  # fmt: skip
+                repo.insert_segment(study.id, stage.id, segment.seq + 1, plan)
+        return plan
+
+    plain: list[int] = []
+    complete = service.complete_segment
+
+    def complete_segment(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plain.append(1)
+        return complete(*args, **kwargs)
+
+    written: list[ClosedAndIssued] = []
+    close_and_issue = Repository.close_and_issue
+
+    def spy(self, *args):  # type: ignore[no-untyped-def]
+        written.append(close_and_issue(self, *args))
+        return written[-1]
+
+    monkeypatch.setattr(tuner, "next_segment", decide_while_racing)
+    monkeypatch.setattr(service, "complete_segment", complete_segment)
+    monkeypatch.setattr(Repository, "close_and_issue", spy)
+    answer = service.complete_and_next(segment.id, CompleteRequest(observations=carried))
+    monkeypatch.undo()
+    assert raced == [race] and plain == [1]  # the plain path answered
+    # after the check that failed (a key that refused a write answers "not closed")
+    (found,) = written
+    failed = {"stopped": "running", "issued": "issued"}.get(race, "closed")
+    assert [found.running, found.closed is not None, found.issued is not None] == [
+        failed != "running",
+        failed == "issued",
+        False,
+    ]
+    assert answer.completed.status is SegmentStatus.completed
+    assert answer.next.status == expected.status
+    if expected.segment is None:
+        assert answer.next.segment is None
+    else:
+        assert answer.next.segment is not None
+        got, want = answer.next.segment, expected.segment
+        assert (got.seq, got.kind, got.lr, got.steps) == (want.seq, want.kind, want.lr, want.steps)
+    # repr: NaN equals itself there
+    assert repr(stored_study(service, study.id)) == repr(stored_study(service, twin.id))
 
 
 def test_concurrent_complete_and_next_hand_out_one_segment(service) -> None:

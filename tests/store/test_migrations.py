@@ -257,6 +257,8 @@ def test_0003_to_0006_fill_the_new_fields_of_older_studies_with_their_old_meanin
     assert resolved.initial_design == 1
     assert resolved.probe == "constant"
     assert resolved.finalists == 0  # 0010: no check of the choice, as such a study ran
+    # 0011: a fresh start, the windows' choice held as it is, as such a study ran
+    assert resolved.pretrained is False and resolved.horizon_scale == 1.0
 
     # Down to 0003 takes out what 0004 and 0006 filled in, and keeps the rest.
     assert downgrade(empty_database, "0003") == "0003"
@@ -268,6 +270,7 @@ def test_0003_to_0006_fill_the_new_fields_of_older_studies_with_their_old_meanin
         engine.dispose()
     config = json.loads(stored) if isinstance(stored, str) else stored
     gone = {"initial_design", "lr_bounds", "range_test_steps", "range_test_decades", "finalists"}
+    gone |= {"pretrained", "horizon_scale"}
     assert not gone & set(config)
     assert {k: config[k] for k in old} == old and config["planner"] == "fixed"
 

@@ -14,7 +14,7 @@ first, so that on PostgreSQL the study row is always the first row a transaction
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from functools import cache
@@ -26,6 +26,7 @@ from sqlalchemy import (
     Select,
     Table,
     bindparam,
+    exists,
     func,
     insert,
     select,
@@ -78,15 +79,21 @@ from .models import (
     StudyRow,
     UTCDateTime,
 )
-from .pipeline import begin_with
+from .pipeline import begin_pipeline, begin_with
 from .records import (
+    ClosedAndIssued,
+    Closing,
     ForecastRecord,
+    Issue,
+    NewForecast,
+    NewStage,
     ObservationRecord,
     OutageRecord,
     ProjectRecord,
     SegmentRecord,
     StageRecord,
     StageStatus,
+    StudyEnding,
     StudyHistory,
     StudyRecord,
 )
@@ -299,11 +306,81 @@ class _Hot:
         # runs its INSERT once per row there (a Bind and an Execute each, in one round
         # trip); this runs one statement whatever the batch's size, and its text never
         # changes, so the connection prepares it once.
+        return text(_OBSERVATION_ARRAYS_SQL)
+
+    # A decision's write transaction sent at once (:meth:`LiveQueries.close_and_issue`):
+    # every statement after the touch carries the guard, so that none writes, nor locks,
+    # nor waits for a lock, unless the touch found the study running and locked it.
+
+    @staticmethod
+    @cache
+    def guard() -> Any:
+        """The study runs and carries this transaction's touch: ``updated_at`` is the
+        touch's ``now``. Once the touch has locked the row, only this transaction can
+        change it, and it sees its own touch. A touch that found the study not running
+        (stopped, ended, deleted) locked nothing, and a study never runs again once it
+        stopped: the guard is false then, whatever the statement's snapshot."""
+        table = cast(Table, StudyRow.__table__)
+        return exists().where(
+            table.c.id == bindparam("guard_study"),
+            table.c.status == StudyStatus.running.value,
+            table.c.updated_at == bindparam("guard_now"),
+        )
+
+    @staticmethod
+    @cache
+    def guarded_close() -> Any:
+        return _Hot.close_open_segment().where(_Hot.guard())
+
+    @staticmethod
+    @cache
+    def guarded_set_stage(keep_lr: bool) -> Any:
+        return _Hot.set_stage(True, keep_lr, False).where(_Hot.guard())
+
+    @staticmethod
+    @cache
+    def guarded_observation_arrays() -> Any:
+        # The guard of _Hot.guard in SQL text, as the arrays' INSERT is.
+        table = cast(Table, StudyRow.__table__)
         return text(
-            "INSERT INTO observations (segment_id, step, metric, value, special) "
-            "SELECT * FROM unnest(CAST(:segment_id AS INTEGER[]), CAST(:step AS INTEGER[]), "
-            "CAST(:metric AS VARCHAR[]), CAST(:value AS DOUBLE PRECISION[]), "
-            "CAST(:special AS VARCHAR[]))"
+            f"{_OBSERVATION_ARRAYS_SQL} WHERE EXISTS (SELECT 1 FROM studies WHERE "
+            f"id = :guard_study AND status = '{StudyStatus.running.value}' "
+            "AND updated_at = :guard_now)"
+        ).bindparams(
+            bindparam("guard_study", type_=table.c.id.type),
+            bindparam("guard_now", type_=table.c.updated_at.type),
+        )
+
+    @staticmethod
+    @cache
+    def guarded_insert_segment(columns: tuple[str, ...]) -> Any:
+        """:meth:`insert_segment` (PostgreSQL) as ``INSERT .. SELECT`` of the values,
+        guarded (an INSERT of VALUES has no WHERE); ``columns``: the values given."""
+        table = cast(Table, SegmentRow.__table__)
+        return (
+            dialect_insert("postgresql", table)
+            .from_select(columns, _Hot._guarded_values(table, columns))
+            .on_conflict_do_nothing(index_elements=[table.c.study_id, table.c.seq])
+            .returning(table.c.id)
+        )
+
+    @staticmethod
+    @cache
+    def guarded_upsert_forecast(columns: tuple[str, ...]) -> Any:
+        """:meth:`upsert_forecast` (PostgreSQL) as ``INSERT .. SELECT``, guarded."""
+        table = cast(Table, ForecastRow.__table__)
+        statement = dialect_insert("postgresql", table).from_select(
+            columns, _Hot._guarded_values(table, columns)
+        )
+        replaced = {name: statement.excluded[name] for name in FORECAST_VALUES}
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.segment_id], set_=replaced
+        ).returning(table.c.id)
+
+    @staticmethod
+    def _guarded_values(table: Table, columns: tuple[str, ...]) -> Any:
+        return select(*(bindparam(name, type_=table.c[name].type) for name in columns)).where(
+            _Hot.guard()
         )
 
     @staticmethod
@@ -390,6 +467,15 @@ class _Hot:
         )
 
 
+#: A segment's observations as one array per column, unnested into rows (PostgreSQL).
+_OBSERVATION_ARRAYS_SQL = (
+    "INSERT INTO observations (segment_id, step, metric, value, special) "
+    "SELECT * FROM unnest(CAST(:segment_id AS INTEGER[]), CAST(:step AS INTEGER[]), "
+    "CAST(:metric AS VARCHAR[]), CAST(:value AS DOUBLE PRECISION[]), "
+    "CAST(:special AS VARCHAR[]))"
+)
+
+
 def _json_row(table: Table, obj: dict[str, Any], **extra: str) -> SimpleNamespace:
     """A row of ``table`` that PostgreSQL gave as a JSON object (``row_to_json``), with
     the Python values the row read would give: timestamps aware UTC, a float column
@@ -444,9 +530,7 @@ def _history_in_one_statement(by_segment: bool) -> Any:
     statements). One statement is one snapshot too. Each part keeps the order of its
     own query. The study is ``:study_id``, or (``by_segment``) the study of segment
     ``:segment_id``."""
-    study = (
-        "(SELECT study_id FROM segments WHERE id = :segment_id)" if by_segment else ":study_id"
-    )
+    study = "(SELECT study_id FROM segments WHERE id = :segment_id)" if by_segment else ":study_id"
     return text(_HISTORY_SQL.format(study=study))
 
 
@@ -459,6 +543,59 @@ def _json_int(literal: str) -> int | float:
 def _loads(document: str) -> Any:
     """JSON as PostgreSQL's aggregates write it, every float bit for bit."""
     return json.loads(document, parse_int=_json_int)
+
+
+def _check_stage(
+    stage: StageRecord | None, stage_id: int, study_id: int, decision: SegmentDecision
+) -> None:
+    """Refuse to issue ``decision`` in ``stage`` (read as ``stage_id``) unless it is the
+    study's stage of the decision's index."""
+    if stage is None or stage.study_id != study_id:
+        raise NotFoundError(f"stage {stage_id} of study {study_id} does not exist")
+    if stage.index != decision.stage:
+        raise InputError(
+            f"stage {stage_id} is stage {stage.index} of study {study_id}, not the "
+            f"decision's stage {decision.stage}"
+        )
+
+
+def _observation_rows(
+    observations: Iterable[tuple[int, Metric | str, float]],
+) -> Iterator[tuple[int, str, float | None, str | None]]:
+    """Observations as their rows store them: ``(step, metric, value, special)``."""
+    return (
+        (int(step), metric_value(metric), *encode_float(value))
+        for step, metric, value in observations
+    )
+
+
+def _observation_arrays(
+    segment_id: int, rows: Sequence[tuple[int, str, float | None, str | None]]
+) -> dict[str, list[Any]]:
+    """A segment's rows as the arrays :meth:`_Hot.insert_observation_arrays` unnests."""
+    steps, metrics, values, specials = (list(c) for c in zip(*rows, strict=True))
+    return {
+        "segment_id": [segment_id] * len(steps),
+        "step": steps,
+        "metric": metrics,
+        "value": values,
+        "special": specials,
+    }
+
+
+def _forecast_values(segment_id: int, forecast: NewForecast, now: datetime) -> dict[str, Any]:
+    """A forecast's row: non-finite prediction, std and objective stored as None."""
+    return {
+        "segment_id": segment_id,
+        "model": forecast.model,
+        "prediction": finite_or_none(forecast.prediction),
+        "std": finite_or_none(forecast.std),
+        "status": forecast.status,
+        "params": encode_params(forecast.params),
+        "n_points": forecast.n_points,
+        "objective": finite_or_none(forecast.objective),
+        "created_at": now,
+    }
 
 
 class LiveQueries:
@@ -816,15 +953,24 @@ class LiveQueries:
         and answer from it.
         """
         stage = self._stage_by_id(stage_id)
-        if stage is None or stage.study_id != study_id:
-            raise NotFoundError(f"stage {stage_id} of study {study_id} does not exist")
-        if stage.index != decision.stage:
-            raise InputError(
-                f"stage {stage_id} is stage {stage.index} of study {study_id}, not the "
-                f"decision's stage {decision.stage}"
-            )
-        values = decision_columns(decision)
+        _check_stage(stage, stage_id, study_id, decision)
+        assert stage is not None
         self.touch_study(study_id)
+        values = self._segment_values(study_id, stage_id, seq, decision)
+        segment_id = self._run_scalar(_Hot.insert_segment(self._dialect()), values)
+        if segment_id is None:
+            raise DuplicateSegmentError(
+                f"segment {seq} of study {study_id} was issued concurrently by another "
+                "request: read the study again and use the stored segment"
+            )
+        self._segment_of[segment_id] = (study_id, stage.index)
+        return segment_record(SimpleNamespace(id=segment_id, **values), stage.index)
+
+    def _segment_values(
+        self, study_id: int, stage_id: int, seq: int, decision: SegmentDecision
+    ) -> dict[str, Any]:
+        """The row of a segment issued now: ``decision`` as segment ``seq``, open."""
+        values = decision_columns(decision)
         now = self._now()
         values.update(
             study_id=study_id,
@@ -837,14 +983,7 @@ class LiveQueries:
             completed_at=None,
             heartbeat_at=now,
         )
-        segment_id = self._run_scalar(_Hot.insert_segment(self._dialect()), values)
-        if segment_id is None:
-            raise DuplicateSegmentError(
-                f"segment {seq} of study {study_id} was issued concurrently by another "
-                "request: read the study again and use the stored segment"
-            )
-        self._segment_of[segment_id] = (study_id, stage.index)
-        return segment_record(SimpleNamespace(id=segment_id, **values), stage.index)
+        return values
 
     def heartbeat_segment(self, segment_id: int) -> SegmentRecord | None:
         """Set an open segment's ``heartbeat_at`` to now (its job is alive).
@@ -997,17 +1136,7 @@ class LiveQueries:
         if not rows:
             return
         if self._dialect() == "postgresql":
-            steps, metrics, values, specials = (list(c) for c in zip(*rows, strict=True))
-            self._run(
-                _Hot.insert_observation_arrays(),
-                {
-                    "segment_id": [segment_id] * len(steps),
-                    "step": steps,
-                    "metric": metrics,
-                    "value": values,
-                    "special": specials,
-                },
-            )
+            self._run(_Hot.insert_observation_arrays(), _observation_arrays(segment_id, rows))
             return
         self._run(
             _Hot.insert_observations(),
@@ -1033,13 +1162,7 @@ class LiveQueries:
         if not observations:
             return
         self.touch_study(study_id)
-        self._insert_observation_rows(
-            segment_id,
-            (
-                (int(step), metric_value(metric), *encode_float(value))
-                for step, metric, value in observations
-            ),
-        )
+        self._insert_observation_rows(segment_id, _observation_rows(observations))
 
     def count_existing(
         self, segment_id: int, observations: Iterable[tuple[int, Metric | str, float]]
@@ -1153,17 +1276,8 @@ class LiveQueries:
         segment's study), when the caller knows it, saves a query.
         """
         self.touch_study(self._study_of_segment(segment_id) if study_id is None else study_id)
-        values = {
-            "segment_id": segment_id,
-            "model": model,
-            "prediction": finite_or_none(prediction),
-            "std": finite_or_none(std),
-            "status": status,
-            "params": encode_params(params),
-            "n_points": n_points,
-            "objective": finite_or_none(objective),
-            "created_at": self._now(),
-        }
+        forecast = NewForecast(model, prediction, std, status, dict(params), n_points, objective)
+        values = _forecast_values(segment_id, forecast, self._now())
         # Forecast rows are never held by the session (no reader keeps them), so no
         # loaded copy can go stale under this Core statement.
         forecast_id = self._run_scalar(_Hot.upsert_forecast(self._dialect()), values)
@@ -1177,6 +1291,187 @@ class LiveQueries:
         """segment id -> forecast, for every segment of the study that has one."""
         rows = self._run(_Hot.forecasts(), {"study_id": study_id})
         return {row.segment_id: forecast_record(row) for row in rows}
+
+    # ------------------------------------------------------------------ a decision
+
+    def close_and_issue(self, closing: Closing, following: Issue | StudyEnding) -> ClosedAndIssued:
+        """Store a completion and what follows it (the next segment, or the study's end)
+        as the transaction's first writes; what each of its checks found.
+
+        In order: the study touched if it runs (:meth:`touch_running_study`; on
+        PostgreSQL this locks its row, the first row the transaction locks), the segment
+        closed if it is still open with the points read (:meth:`close_open_segment`),
+        the completion's points stored (:meth:`insert_observations`), its forecast
+        and/or its stage's completion, then ``following``: the segment issued
+        (:meth:`insert_segment`, its stage set training where ``training_lr`` says so)
+        or the study's status set. The first check that fails (the study not running,
+        the segment not open with those points, the segment's ``seq`` issued already)
+        ends it; what was written is then the caller's to roll back.
+
+        On PostgreSQL, a decision in a stage the caller read goes out in one pipeline
+        with the transaction's BEGIN (:meth:`_close_and_issue_at_once`): one round trip
+        for all of it, the checks made on the answers. A decision that opens a stage runs
+        statement by statement, as everywhere else: its segment's INSERT needs the id
+        of a stage that only the stage's own INSERT tells. So does the study's end.
+        """
+        if isinstance(following, Issue):
+            answer = self._close_and_issue_at_once(closing, following)
+            if answer is not None:
+                return answer
+        segment = closing.segment
+        if not self.touch_running_study(segment.study_id):
+            return ClosedAndIssued(running=False)
+        closed = self.close_open_segment(
+            segment, closing.status, closing.steps_done, closing.points
+        )
+        if closed is None:
+            return ClosedAndIssued(running=True)
+        self.insert_observations(segment.id, segment.study_id, closing.observations)
+        forecast = closing.forecast
+        if forecast is not None:
+            self.upsert_forecast(
+                segment.id,
+                model=forecast.model,
+                prediction=forecast.prediction,
+                std=forecast.std,
+                status=forecast.status,
+                params=forecast.params,
+                n_points=forecast.n_points,
+                objective=forecast.objective,
+                study_id=segment.study_id,
+            )
+        if closing.completes_stage:
+            self.set_stage(segment.stage_id, status="completed")
+        if isinstance(following, StudyEnding):
+            self.set_study_status(segment.study_id, following.status, following.reason)
+            return ClosedAndIssued(running=True, closed=closed)
+        if isinstance(following.stage, NewStage):
+            new = following.stage
+            stage = self.get_or_create_stage(
+                segment.study_id, new.index, new.tau, new.tau_explore, new.start_step
+            )
+        else:
+            stage = following.stage
+            self.know_stage(stage)
+        try:
+            issued = self.insert_segment(
+                segment.study_id, stage.id, following.seq, following.decision
+            )
+        except DuplicateSegmentError:
+            return ClosedAndIssued(running=True, closed=closed)
+        if following.training_lr is not None:
+            self.set_stage(stage.id, status="training", chosen_lr=following.training_lr)
+        return ClosedAndIssued(running=True, closed=closed, issued=issued)
+
+    def _close_and_issue_at_once(self, closing: Closing, issue: Issue) -> ClosedAndIssued | None:
+        """:meth:`close_and_issue` in one round trip (PostgreSQL, psycopg): BEGIN and every
+        statement in one pipeline (:func:`.pipeline.begin_pipeline`), then the checks on
+        their answers. None, and nothing sent, where it cannot be: another backend, a
+        stage to create, a transaction that has begun, a driver that cannot.
+
+        The statements are those of the plain path, in its order, and the server runs
+        them in that order, each with its own snapshot: the touch waits for the study's
+        lock, and the close, taken after it, counts any point stored during the wait.
+        What differs is that the statements after a failed check are sent too. Behind a
+        touch that locked the study, they take row locks only under that lock, as the
+        plain path's do, and are rolled back with the transaction. Behind a touch that
+        found the study not running, which locked nothing, a statement that locked a
+        segment or a stage, or waited on the study's row (an INSERT's foreign key
+        check), would take locks out of the one order (the study's row first) while
+        another transaction that holds the study's row waits for that segment: a
+        deadlock. So every statement after the touch carries a guard in SQL
+        (:meth:`_Hot.guard`: the study runs and carries this transaction's touch), which
+        is false then: it matches no row and inserts none, and takes no lock. A key that
+        refuses a write (points stored meanwhile at the steps this one brings) aborts
+        the rest; that too is a store that moved.
+        """
+        stage = issue.stage
+        if (
+            self._dialect() != "postgresql"
+            or not isinstance(stage, StageRecord)
+            or self._touched
+            or self._s.new
+            or self._s.dirty
+            or self._s.deleted
+        ):
+            return None
+        segment = closing.segment
+        study_id = segment.study_id
+        _check_stage(stage, stage.id, study_id, issue.decision)
+        now = self._now()
+        guard = {"guard_study": study_id, "guard_now": now}
+        close = {
+            "segment_id": segment.id,
+            "status": closing.status.value,
+            "steps_done": closing.steps_done,
+            "points": closing.points,
+            "completed_at": self._now(),
+        }
+        statements: list[tuple[Any, dict[str, Any]]] = [
+            (_Hot.touch_running(), {"study_id": study_id, "now": now}),
+            (_Hot.guarded_close(), {**close, **guard}),
+        ]
+        if closing.observations:
+            rows = list(_observation_rows(closing.observations))
+            arrays = _observation_arrays(segment.id, rows)
+            statements.append((_Hot.guarded_observation_arrays(), {**arrays, **guard}))
+        if closing.forecast is not None:
+            forecast = _forecast_values(segment.id, closing.forecast, self._now())
+            statements.append(
+                (_Hot.guarded_upsert_forecast(tuple(forecast)), {**forecast, **guard})
+            )
+        stage_completed = stage_trained = None  # where their answers will be
+        if closing.completes_stage:
+            stage_completed = len(statements)
+            completion = {"stage_id": segment.stage_id, "status": "completed"}
+            statements.append((_Hot.guarded_set_stage(True), {**completion, **guard}))
+        values = self._segment_values(study_id, stage.id, issue.seq, issue.decision)
+        issued = len(statements)
+        statements.append((_Hot.guarded_insert_segment(tuple(values)), {**values, **guard}))
+        if issue.training_lr is not None:
+            stage_trained = len(statements)
+            training = {"stage_id": stage.id, "status": "training", "chosen_lr": issue.training_lr}
+            statements.append((_Hot.guarded_set_stage(False), {**training, **guard}))
+        if self._connection is None:
+            self._connection = self._s.connection()
+        try:
+            answers = begin_pipeline(self._connection, statements)
+        except IntegrityError:
+            # A key refused a write: points stored meanwhile at this completion's steps,
+            # so the segment no longer holds the points read. Only a locked, running
+            # study's statements write anything (the guard): the study ran.
+            return ClosedAndIssued(running=True)
+        if answers is None:
+            return None
+        # The checks, in the plain path's order.
+        if answers[0].rowcount != 1:
+            return ClosedAndIssued(running=False)
+        self._touched.add(study_id)
+        if not answers[1].rows:
+            return ClosedAndIssued(running=True)
+        self._segment_of[segment.id] = (study_id, segment.stage)
+        closed = segment_record(answers[1].rows[0], segment.stage)
+        self.know_stage(stage)
+        if stage_completed is not None:
+            self._stage_answer(answers[stage_completed].rows, segment.stage_id)
+        inserted = answers[issued].rows
+        if not inserted:
+            return ClosedAndIssued(running=True, closed=closed)
+        segment_id = inserted[0].id
+        self._segment_of[segment_id] = (study_id, stage.index)
+        if stage_trained is not None:
+            self._stage_answer(answers[stage_trained].rows, stage.id)
+        return ClosedAndIssued(
+            running=True,
+            closed=closed,
+            issued=segment_record(SimpleNamespace(id=segment_id, **values), stage.index),
+        )
+
+    def _stage_answer(self, rows: list[Any], stage_id: int) -> None:
+        """A pipelined stage UPDATE's answer, as :meth:`set_stage` takes its own."""
+        if not rows:
+            raise NotFoundError(f"stage {stage_id} does not exist")
+        self._stage_set(rows[0])
 
     # ------------------------------------------------------------------ history
 
@@ -1241,7 +1536,9 @@ class LiveQueries:
             },
             outages=[
                 OutageRecord(
-                    key, steps, after_seq,
+                    key,
+                    steps,
+                    after_seq,
                     datetime.fromisoformat(at).astimezone(timezone.utc),
                 )  # fmt: skip
                 for key, steps, after_seq, at in row.outages

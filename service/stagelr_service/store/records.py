@@ -8,6 +8,7 @@ back as the wire enums of :mod:`stagelr.models`; datetimes are timezone-aware UT
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -15,7 +16,12 @@ from typing import Any, Literal, NamedTuple
 from stagelr.models import LRShape, Metric, SegmentDecision, SegmentStatus, StudyStatus
 
 __all__ = [
+    "ClosedAndIssued",
+    "Closing",
     "ForecastRecord",
+    "Issue",
+    "NewForecast",
+    "NewStage",
     "ObservationRecord",
     "OutageRecord",
     "ProjectRecord",
@@ -23,6 +29,7 @@ __all__ = [
     "SegmentRecord",
     "StageRecord",
     "StageStatus",
+    "StudyEnding",
     "StudyHistory",
     "StudyRecord",
     "StudySummaryRecord",
@@ -202,3 +209,81 @@ class StudySummaryRecord:
     schedule: tuple[ScheduleSegment, ...] = ()
     archived_at: datetime | None = None
     family: str | None = None
+
+
+# ---------------------------------------------------------------- a decision's writes
+# What the study service hands :meth:`.live.LiveQueries.close_and_issue`: a completion
+# and what follows it, written in one transaction, and what the store found.
+
+
+@dataclass(frozen=True, slots=True)
+class NewForecast:
+    """A forecast to store, as :meth:`.live.LiveQueries.upsert_forecast` takes it."""
+
+    model: str
+    prediction: float | None
+    std: float | None
+    status: str
+    params: dict[str, float]
+    n_points: int
+    objective: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """A segment's completion: the segment closed with ``status`` and ``steps_done`` if it
+    is still open with the ``points`` observations its caller read, the ``observations``
+    the completion brings (new ones: the read held ``points``), and what the closing
+    writes besides: a ``forecast`` (an explore segment's) and/or the segment's stage
+    completed (``completes_stage``: a training segment's closing)."""
+
+    segment: SegmentRecord
+    status: SegmentStatus
+    steps_done: int | None
+    points: int
+    observations: Sequence[ObservationRecord]
+    forecast: NewForecast | None
+    completes_stage: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewStage:
+    """A stage that a decision opens, found or created by its index."""
+
+    index: int
+    tau: int
+    tau_explore: int
+    start_step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """A decision issued as segment ``seq`` in ``stage`` (the stage as read, whose id,
+    study and index never change; or a :class:`NewStage` to find or create), and, with
+    ``training_lr``, its stage set training at that LR (a stage's training segment)."""
+
+    decision: SegmentDecision
+    seq: int
+    stage: StageRecord | NewStage
+    training_lr: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyEnding:
+    """The study's end: its status and the reason."""
+
+    status: StudyStatus
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAndIssued:
+    """What a completion with its follower found, a check each: the study ran (and, on
+    PostgreSQL, its row is locked); the segment, closed (None: it was no longer open
+    with the points read); the issued segment (None: another request issued that
+    ``seq`` first, or the study ended). A check that fails leaves the later ones None:
+    what was written then is the caller's to roll back."""
+
+    running: bool
+    closed: SegmentRecord | None = None
+    issued: SegmentRecord | None = None

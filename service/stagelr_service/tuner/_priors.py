@@ -357,7 +357,7 @@ def assess(
     if centre is None or centre.diverged:
         return Verdict(False, f"the priors' LR {warm.lr:.3g} diverged")
     if config is not None and config.probe == "anneal":
-        if window_unstable(centre):
+        if window_unstable(config, centre):
             return Verdict(False, f"the priors' LR {warm.lr:.3g} was unstable")
         edge = stability_cap(config, analysis.candidates)
         if centre.trial.lr > edge:

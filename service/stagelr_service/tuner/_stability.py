@@ -17,7 +17,11 @@ cooldown: the annealing did not undo what the LR did (on the digits MLP, the LRs
 windows ended at the initial loss had killed the network, and the run held just below
 them did too). A transient spike that the cooldown undoes is not instability: the
 window's end says so. In a later stage, where a cool LR near the noise floor may end a
-window a little above its start, only divergence counts.
+window a little above its start, only divergence counts; so in the first stage of a job
+that starts from a trained model (``pretrained``), whose loss may rise for a while
+under a fresh optimizer before it falls (on the byte-MLP fine-tune a window at a third
+of the whole run's best LR ended 0.1% above its start and capped every search at a
+fifth of that LR).
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ from .config import ResolvedConfig
 STABILITY_MARGIN = 0.5
 
 
-def window_unstable(candidate: CandidateAnalysis) -> bool:
-    """Whether the candidate's window diverged or (first stage) ended above its start."""
+def window_unstable(config: ResolvedConfig, candidate: CandidateAnalysis) -> bool:
+    """Whether the candidate's window diverged or (first stage, from a fresh model)
+    ended above its start."""
     if candidate.diverged:
         return True
     values = np.asarray([v for _, v in candidate.trial.observations], dtype=np.float64)
     if values.size == 0 or not np.all(np.isfinite(values)):
         return True
-    return candidate.trial.stage == 0 and float(values[-1]) > float(values[0])
+    first = candidate.trial.stage == 0 and not config.pretrained
+    return first and float(values[-1]) > float(values[0])
 
 
 def stability_cap(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> float:
@@ -50,7 +56,7 @@ def stability_cap(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis
     are constant-LR windows, whose noise floor does this job)."""
     if config.probe != "anneal":
         return config.lr_max
-    edges = [c.trial.lr for c in candidates if window_unstable(c)]
+    edges = [c.trial.lr for c in candidates if window_unstable(config, c)]
     if not edges:
         return config.lr_max
     return min(config.lr_max, STABILITY_MARGIN * min(edges))

@@ -441,13 +441,16 @@ def _reference_loss(
 
 
 def _choose(
-    config: ResolvedConfig, analysis: StageAnalysis, optimizer: Optimizer
+    config: ResolvedConfig, analysis: StageAnalysis, optimizer: Optimizer, cold: bool = True
 ) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
     """The stage's LR, the candidate it comes from (None: no usable one) and why.
 
     With ``finalists``: the best-ranked finalist (by its first window) whose second window
     kept it below the stability edge (every window counts for the edge), continued from
-    its second window's end; when none did, the first round decides under that edge."""
+    its second window's end (which trained at the held LR already); when none did, the
+    first round decides under that edge. ``cold``: a search of the windows alone (not
+    around a family's LR), whose first-stage choice is held at ``horizon_scale`` times
+    (:func:`held_lr`)."""
     second = _second_round(config, analysis.candidates)
     if second:
         first = _first_round(config, analysis.candidates)
@@ -464,11 +467,29 @@ def _choose(
                 passed,
                 key=lambda c: (rank.get(_parent(config, first, c), len(rank)), c.trial.index),
             )
-            return best.trial.lr, best, {"source": "finalist", "index": best.trial.index}
+            why: dict[str, object] = {"source": "finalist", "index": best.trial.index}
+            parent = next(c for c in first if c.trial.index == _parent(config, first, best))
+            if parent.trial.lr != best.trial.lr:
+                why["window_lr"] = parent.trial.lr
+            return best.trial.lr, best, why
         analysis = dataclasses.replace(analysis, candidates=tuple(first))
-        lr, chosen, why = _choose_first(config, analysis, optimizer, edge)
+        lr, chosen, why = _choose_first(config, analysis, optimizer, edge, cold)
         return lr, chosen, {**why, "finalists_failed": True}
-    return _choose_first(config, analysis, optimizer)
+    return _choose_first(config, analysis, optimizer, cold=cold)
+
+
+def held_lr(config: ResolvedConfig, stage: int, lr: float, edge: float) -> float:
+    """The LR the stage holds for its search's choice ``lr``: in the first stage,
+    ``horizon_scale`` times it (a window answers a shorter run's question: from a trained
+    state it rewards a cooler LR than the whole run wants), at most the stability edge
+    ``edge`` where that scales up, within lr_min..lr_max; in a later stage ``lr``."""
+    scale = config.horizon_scale
+    if stage != 0 or scale == 1.0:
+        return lr
+    held = lr * scale
+    if scale > 1.0:
+        held = min(held, max(edge, lr))
+    return min(config.lr_max, max(config.lr_min, held))
 
 
 def _choose_first(
@@ -476,7 +497,25 @@ def _choose_first(
     analysis: StageAnalysis,
     optimizer: Optimizer,
     edge_cap: float | None = None,
+    cold: bool = True,
 ) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
+    lr, chosen, why = _choose_window(config, analysis, optimizer, edge_cap)
+    if not cold or chosen is None or why["source"] == "stability_edge":
+        return lr, chosen, why
+    edge = stability_cap(config, analysis.candidates)
+    if edge_cap is not None:
+        edge = min(edge, edge_cap)
+    held = held_lr(config, analysis.geometry.index, lr, edge)
+    return held, chosen, why if held == lr else {**why, "window_lr": lr}
+
+
+def _choose_window(
+    config: ResolvedConfig,
+    analysis: StageAnalysis,
+    optimizer: Optimizer,
+    edge_cap: float | None = None,
+) -> tuple[float, CandidateAnalysis | None, dict[str, object]]:
+    """The first round's choice (the LR of a window), with its candidate and why."""
     usable = [c for c in analysis.candidates if not c.diverged]
     if not usable:
         # Every candidate diverged: the range is too hot; fall back to its cool end.
@@ -784,9 +823,15 @@ def _second_window(
     parent: CandidateAnalysis,
     stop_reference: float | None,
 ) -> Decision:
-    """A finalist's second window: from its first window's end state, at its LR, one
-    more annealed window; its end state is saved for the stage to continue."""
+    """A finalist's second window: from its first window's end state, at the LR the
+    stage would hold for it (:func:`held_lr`), one more annealed window; its end state
+    is saved for the stage to continue."""
     index = len(analysis.candidates)
+    edge = stability_cap(config, _first_round(config, analysis.candidates))
+    lr = held_lr(config, geometry.index, parent.trial.lr, edge)
+    why: dict[str, object] = {"source": "finalist", "continues": parent.trial.index}
+    if lr != parent.trial.lr:
+        why["window_lr"] = parent.trial.lr
     steps = second_window_steps(config, geometry)
     stop_above = None
     if config.divergence_stop and stop_reference is not None:
@@ -796,7 +841,7 @@ def _second_window(
         stage=geometry.index,
         index=index,
         kind=SegmentKind.explore,
-        lr=parent.trial.lr,
+        lr=lr,
         steps=steps,
         start_step=geometry.start_step + geometry.tau_explore,
         horizon=geometry.tau,
@@ -809,7 +854,7 @@ def _second_window(
         stop_above=stop_above,
         lr_end=0.0,
         lr_shape=LRShape.wsd,
-        why={"source": "finalist", "continues": parent.trial.index},
+        why=why,
     )
 
 
@@ -826,11 +871,16 @@ def _parent(
 def _check_failed(
     config: ResolvedConfig, first: Sequence[CandidateAnalysis], second: CandidateAnalysis
 ) -> bool:
-    """Whether a finalist's second window says its LR is unstable: it diverged, or it
-    ended higher than its first window (both annealed, the second after more training)
-    by more than their combined noise: the LR lost what the first window had made."""
+    """Whether a finalist's second window says its LR is unstable: it diverged, or (from
+    a fresh model) it ended higher than its first window (both annealed, the second after
+    more training) by more than their combined noise: the LR lost what the first window
+    had made. From a trained model (``pretrained``) only divergence counts, as for the
+    first round's windows: the second window holds a hotter LR than the first
+    (``horizon_scale``), whose transient a pretrained model's loss shows first."""
     if second.diverged:
         return True
+    if config.pretrained:
+        return False
     parent = next(c for c in first if c.trial.index == _parent(config, first, second))
 
     def sd(c: CandidateAnalysis) -> float:
@@ -1025,7 +1075,7 @@ def _warm_first_stage(
             # The family's runs chose the centre; the narrow search only checked it.
             lr, chosen, why = centre.trial.lr, centre, {"source": "priors_centre", "index": 0}
         else:
-            lr, chosen, why = _choose(config, analysis, optimizer)
+            lr, chosen, why = _choose(config, analysis, optimizer, cold=False)
         why = {**why, "priors": "used", "reason": verdict.reason}
         # The narrow geometry: with continue_best the training continues the chosen
         # candidate's end state, its shorter window counted as kept steps.

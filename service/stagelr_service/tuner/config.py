@@ -35,6 +35,7 @@ __all__ = [
     "WarmStart",
     "LEGACY_CONFIG",
     "PRESETS",
+    "PRETRAINED_HORIZON_SCALE",
     "RANGE_TEST_SWEEP",
     "ResolvedConfig",
     "budget_taus",
@@ -199,8 +200,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 RANGE_TEST_SWEEP = (1e-6, 10.0)
 
 #: What a stored config written before a field existed means by its absence: the
-#: behaviour stagelr had then. Migrations 0003 to 0010 (and the exchange format's
-#: versions 2 to 9) write these into older configs, so a stored study never changes its
+#: behaviour stagelr had then. Migrations 0003 to 0011 (and the exchange format's
+#: versions 2 to 10) write these into older configs, so a stored study never changes its
 #: decisions.
 LEGACY_CONFIG: dict[str, Any] = {
     "planner": "fixed",
@@ -218,7 +219,16 @@ LEGACY_CONFIG: dict[str, Any] = {
     "warm_start": None,
     "probe": "constant",
     "finalists": 0,
+    "pretrained": False,
+    "horizon_scale": 1.0,
 }
+
+#: The ``horizon_scale`` a preset gives a pretrained job that sets none (1 otherwise,
+#: and for presets not named). From a trained state the first search's windows chose
+#: 0.12-0.64 times the whole run's best peak on the five fine-tunes of the benchmark
+#: (median 0.30, ``default`` at T); holding three times their choice: docs/tuner.md,
+#: "Fine-tunes: a declared trained start".
+PRETRAINED_HORIZON_SCALE: dict[str, float] = {"default": 3.0}
 
 
 def decay_steps(total_steps: int | None, decay_fraction: float | None) -> int:
@@ -380,6 +390,8 @@ class ResolvedConfig(BaseModel):
     range_test_decades: float
     probe: Literal["constant", "anneal"]
     finalists: int
+    pretrained: bool
+    horizon_scale: float
     # Where the priors come from, as the request named them, and what the study took
     # from them at creation (None: a full first search). Absent in configs stored
     # before priors existed: no priors.
@@ -491,6 +503,10 @@ def resolve(request: StudyConfig | Mapping[str, Any]) -> ResolvedConfig:
         # The preset's stability check continues annealed windows' end states: a request
         # that turns either off has no check (one that asks for finalists is told why not).
         filled["finalists"] = 0
+    filled.setdefault("pretrained", False)
+    if "horizon_scale" not in given:
+        pretrained = filled["pretrained"]
+        filled["horizon_scale"] = PRETRAINED_HORIZON_SCALE.get(preset, 1.0) if pretrained else 1.0
     if filled["lr_bounds"] == "range_test":
         # No bounds given: the range test sweeps a range wide enough for SGD and Adam.
         for key, value in zip(("lr_min", "lr_max"), RANGE_TEST_SWEEP, strict=True):
