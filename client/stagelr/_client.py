@@ -316,8 +316,16 @@ def _encode(body: BaseModel) -> bytes:
     A diverged loss is NaN or infinite and must reach the server; strict JSON has no
     token for it and pydantic's default dumps it as null. ``"NaN"``, ``"Infinity"`` and
     ``"-Infinity"`` are valid JSON, and pydantic reads them back as floats.
+
+    A study's config carries only the fields the job sets: a field left out (None) is
+    the preset's, which the server fills in, so leaving it out means the same, and a
+    server that predates a field (it refuses fields it does not know) still takes a
+    request that does not set it.
     """
-    return json.dumps(_nonfinite_as_strings(body.model_dump(mode="json")), allow_nan=False).encode()
+    document = body.model_dump(mode="json")
+    if isinstance(body, StudyCreate):
+        document["config"] = {k: v for k, v in document["config"].items() if v is not None}
+    return json.dumps(_nonfinite_as_strings(document), allow_nan=False).encode()
 
 
 def _nonfinite_as_strings(value: Any) -> Any:

@@ -270,6 +270,21 @@ def test_config_overrides_reach_the_study_config(make_tuner: Any) -> None:
     )
 
 
+def test_the_config_sent_holds_only_what_the_job_sets(make_tuner: Any) -> None:
+    """Fields left to the preset are not sent at all: a server that predates a config
+    field refuses it by name, even as null, and still serves a job that does not set it."""
+    service = FakeService([])
+    tuner = make_tuner(service, total_steps=2000, k=4, pretrained=True)
+
+    tuner.connect()
+
+    create = next(r for r in service.requests if r.url.path == "/v1/studies")
+    sent = json.loads(create.content)["config"]
+    assert sent["k"] == 4 and sent["total_steps"] == 2000 and sent["pretrained"] is True
+    assert "horizon_scale" not in sent and "finalists" not in sent
+    assert None not in sent.values()
+
+
 def test_config_mismatch_raises_conflict_error(make_tuner: Any) -> None:
     service = FakeService([])
     make_tuner(service, k=4).connect()
