@@ -5,8 +5,6 @@ database."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from pydantic import ValidationError
 
@@ -15,25 +13,14 @@ from stagelr_service import tuner
 from stagelr_service.testing.simulation import SyntheticJob, simulate
 from stagelr_service.tuner import Decision
 from stagelr_service.tuner.config import PRETRAINED_HORIZON_SCALE, ResolvedConfig, resolve
-from tests.tuner.test_finalists import window
+from tests.tuner.test_finalists import checked, window
 from tests.tuner.test_priors import summary, warm_config
 
 __all__ = ["summary"]  # the priors' module fixture, used here
 
 
-def config(**overrides: Any) -> ResolvedConfig:
-    """The annealed model, k = 3 windows of 5 steps, one finalist (as test_finalists)."""
-    fields: dict[str, Any] = {
-        "preset": "default",
-        "lr_min": 1e-3,
-        "lr_max": 1.0,
-        "tau0": 100,
-        "tau_max": 100,
-        "k": 3,
-        "explore_ratio": 0.05,
-        "finalists": 1,
-    }
-    return resolve({**fields, **overrides})
+#: The annealed model, k = 3 windows of 5 steps, one finalist (test_finalists' config).
+config = checked
 
 
 # --------------------------------------------------------------------------- resolving
