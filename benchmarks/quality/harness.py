@@ -54,13 +54,14 @@ SLOW = ("charlm", "charrnn", "charrnn-ft")
 GRID_SEEDS = {
     "nqm": 3, "digits": 3, "charlm": 2, "cnn": 3, "regression": 3, "charrnn": 2, "charrnn-ft": 2,
     "lstm": 3, "autoencoder": 3, "charmlp-ft": 3, "convlm": 3, "convlm-ft": 3, "imagefit": 3,
-    "cnn-ft": 3, "lorenz": 3, "swissroll": 3, "patchae-ft": 3,
+    "cnn-ft": 3, "lorenz": 3, "swissroll": 3, "patchae-ft": 3, "digitvit": 3, "hastie": 3,
+    "lorenz-ft": 3, "roll-ft": 3,
 }  # fmt: skip
 METHOD_SEEDS = {
     "nqm": 10, "digits": 10, "charlm": 3, "cnn": 10, "regression": 10, "charrnn": 5,
     "charrnn-ft": 5, "lstm": 10, "autoencoder": 10, "charmlp-ft": 10, "convlm": 10,
     "convlm-ft": 10, "imagefit": 10, "cnn-ft": 10, "lorenz": 10, "swissroll": 10,
-    "patchae-ft": 10,
+    "patchae-ft": 10, "digitvit": 10, "hastie": 10, "lorenz-ft": 10, "roll-ft": 10,
 }  # fmt: skip
 BASELINES = ("untuned", "range_test")
 RIVALS = rivals.ALL

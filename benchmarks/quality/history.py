@@ -61,13 +61,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-SPLITS = ("dev", "test", "test2", "test3", "test4")
+SPLITS = ("dev", "test", "test2", "test3", "test4", "test5")
 DEV = ["nqm-b8", "nqm-b64", "digits", "digits-noisy", "charlm", "charlm-3000"]
 TEST = ["cnn", "regression", "regression-b512", "charrnn", "charrnn-ft"]
 TEST2 = ["lstm", "autoencoder", "autoencoder-5000", "charmlp-ft"]
 TEST3 = ["convlm", "convlm-ft", "imagefit", "imagefit-b2048", "cnn-ft"]
 TEST4 = ["lorenz", "swissroll", "swissroll-b1024", "patchae-ft"]
-VARIANTS = DEV + TEST + TEST2 + TEST3 + TEST4
+TEST5 = ["digitvit", "hastie", "hastie-b1024", "lorenz-ft", "roll-ft"]
+VARIANTS = DEV + TEST + TEST2 + TEST3 + TEST4 + TEST5
 #: Seeds where the quality benchmark's count is not used: the transformer's runs take
 #: 3-6 minutes each here. charlm gets 5 (four jobs after the first, as the GRU's); the
 #: run twice as long gets 3, whose intervals rest on two pairs.
@@ -115,6 +116,15 @@ PARTNER = {
     "patchae-ft": "lorenz",
     "swissroll": "swissroll-b1024",
     "swissroll-b1024": "swissroll",
+    # Test5: the classifier's other batch size for each other; for the attention encoder
+    # the Lorenz fine-tune and for that fine-tune the attention encoder (another model,
+    # loss and start), and for the roll's fine-tune the classifier (a model trained
+    # from scratch with the same optimizer), each at the variant's budget and range.
+    "hastie": "hastie-b1024",
+    "hastie-b1024": "hastie",
+    "digitvit": "lorenz-ft",
+    "lorenz-ft": "digitvit",
+    "roll-ft": "hastie",
 }
 CONDITIONS = ("cold", "family", "mismatch")
 #: The most priors a control names (the server's default STAGELR_MAX_PRIORS).

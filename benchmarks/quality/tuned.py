@@ -22,7 +22,9 @@ from .workloads import Variant, make_job
 #: job says that it starts from a trained model (``pretrained``), as its user would: the
 #: workloads below pretrain their model inside the benchmark. Nothing else of a preset
 #: changes with the workload.
-PRETRAINED_WORKLOADS = frozenset({"charrnn-ft", "charmlp-ft", "convlm-ft", "cnn-ft", "patchae-ft"})
+PRETRAINED_WORKLOADS = frozenset(
+    {"charrnn-ft", "charmlp-ft", "convlm-ft", "cnn-ft", "patchae-ft", "lorenz-ft", "roll-ft"}
+)
 #:
 #: The stagelr rows of the benchmark: method -> (preset, charged budget as a multiple of
 #: T, or None). With a budget the study is told the job's whole compute

@@ -64,6 +64,22 @@ test3 had been read:
   patches from its checkpoint with a fresh Adam (scikit-learn's two bundled photos, one
   for each half).
 
+The *test5 split* (``Variant.split == "test5"``) is a fifth, written and grid-tuned once
+test4 had been read, with two fine-tunes among its workloads (a job declares that it
+starts from a trained model, and that declaration is judged here):
+
+- ``digitvit``: a two-layer attention encoder over the 16 patches (2x2) of the 8x8
+  digits images, cross-entropy, Adam.
+- ``hastie``: an MLP classifying scikit-learn's Hastie 10.2 generator (fixed seed),
+  binary cross-entropy, SGD with momentum; ``hastie-b1024`` is its large-batch variant
+  (batch 1024 against 32, T = 300).
+- ``lorenz-ft``: fine-tuning to drifted dynamics: the GRU of ``lorenz`` pretrained inside
+  the benchmark on the Lorenz system at its classic parameters, then trained from that
+  checkpoint on the system at rho 30 (against 28) with a fresh Adam.
+- ``roll-ft``: fine-tuning to a changed manifold: the MLP of ``swissroll`` pretrained
+  inside the benchmark on the swiss roll, then trained from that checkpoint on another
+  draw of it with a hole and twice the noise, with a fresh SGD with momentum.
+
 Nothing here knows about tuners: the methods drive a job through ``train_step`` and
 ``val_loss`` and checkpoint it through ``checkpointer``.
 """
@@ -194,6 +210,9 @@ CNN_FT_GRID = tuple(0.002 * 2**i for i in range(8))  # 2e-3 .. 0.256
 LORENZ_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
 ROLL_GRID = tuple(0.01 * 2**i for i in range(8))  # 0.01 .. 1.28
 PATCH_FT_GRID = tuple(1e-3 * 2**i for i in range(8))  # 1e-3 .. 0.128
+VIT_GRID = tuple(2.5e-4 * 2**i for i in range(8))  # 2.5e-4 .. 3.2e-2
+HASTIE_GRID = tuple(0.01 * 2**i for i in range(8))  # 0.01 .. 1.28
+ROLL_FT_GRID = tuple(0.005 * 2**i for i in range(8))  # 0.005 .. 0.64
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -304,16 +323,53 @@ VARIANTS: dict[str, Variant] = {
             (("batch", 32),),
             split="test4",
         ),
+        # The test5 split: held out from default, written once test4 had been read.
+        Variant(
+            "digitvit", "digitvit", "adam", 600, 0.05, VIT_GRID, (("batch", 32),), split="test5"
+        ),
+        Variant(
+            "hastie", "hastie", "sgd", 1000, 0.05, HASTIE_GRID, (("batch", 32),), split="test5"
+        ),
+        Variant(
+            "hastie-b1024",
+            "hastie",
+            "sgd",
+            300,
+            0.05,
+            HASTIE_GRID,
+            (("batch", 1024),),
+            split="test5",
+        ),
+        Variant(
+            "lorenz-ft",
+            "lorenz-ft",
+            "adam",
+            300,
+            0.05,
+            LORENZ_GRID,
+            (("batch", 64),),
+            split="test5",
+        ),
+        Variant(
+            "roll-ft",
+            "roll-ft",
+            "sgd",
+            300,
+            0.05,
+            ROLL_FT_GRID,
+            (("batch", 64),),
+            split="test5",
+        ),
     )
 }
 WORKLOADS = (
     "nqm", "digits", "charlm", "cnn", "regression", "charrnn", "charrnn-ft", "lstm",
     "autoencoder", "charmlp-ft", "convlm", "convlm-ft", "imagefit", "cnn-ft", "lorenz",
-    "swissroll", "patchae-ft",
+    "swissroll", "patchae-ft", "digitvit", "hastie", "lorenz-ft", "roll-ft",
 )  # fmt: skip
-SPLITS = ("dev", "test", "test2", "test3", "test4")
+SPLITS = ("dev", "test", "test2", "test3", "test4", "test5")
 #: The held-out splits: default runs there only once its frozen commit is recorded.
-HELD_OUT = ("test", "test2", "test3", "test4")
+HELD_OUT = ("test", "test2", "test3", "test4", "test5")
 
 
 def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
@@ -364,6 +420,14 @@ def make_job(variant: Variant, seed: int, optimizer: str = "standard") -> Job:
         return SwissRollJob(seed, int(variant.param("batch")), optimizer, warmup)
     if variant.workload == "patchae-ft":
         return PatchFineTuneJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "digitvit":
+        return DigitViTJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "hastie":
+        return HastieJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "lorenz-ft":
+        return LorenzFineTuneJob(seed, int(variant.param("batch")), optimizer, warmup)
+    if variant.workload == "roll-ft":
+        return RollFineTuneJob(seed, int(variant.param("batch")), optimizer, warmup)
     raise ValueError(f"unknown workload {variant.workload!r}")
 
 
@@ -1538,16 +1602,17 @@ LORENZ_WINDOW = 24
 LORENZ_AHEAD = 40
 
 
-@lru_cache(maxsize=1)
-def _lorenz_windows() -> tuple[Any, Any, Any, Any]:
-    """Windows of one trajectory of the Lorenz system (RK4 from (1, 1, 1), 2,000 steps of
+@lru_cache(maxsize=2)
+def _lorenz_windows(system: tuple[float, float, float] = LORENZ) -> tuple[Any, Any, Any, Any]:
+    """Windows of one trajectory of the Lorenz system at parameters ``system`` (sigma,
+    rho, beta; RK4 from (1, 1, 1), 2,000 steps of
     burn-in, then 30,000 steps sampled every second one; each coordinate standardized):
     ``LORENZ_WINDOW`` samples in, the sample ``LORENZ_AHEAD`` after the window's last
     out. The first 80% of the time is training, the rest validation (the same attractor,
     later in time)."""
     import torch
 
-    sigma, rho, beta = LORENZ
+    sigma, rho, beta = system
 
     def deriv(p: np.ndarray) -> np.ndarray:
         x, y, z = p
@@ -1627,6 +1692,15 @@ def _swiss_roll() -> tuple[Any, Any, Any, Any]:
     return x[:10_000], y[:10_000], x[10_000:], y[10_000:]
 
 
+def _roll_mlp() -> Any:
+    """The swiss roll's MLP: 3-128-128-1, ReLU."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Linear(3, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1)
+    )
+
+
 class SwissRollJob(ArrayJob):
     """Unrolling the swiss roll (:func:`_swiss_roll`): an MLP 3-128-128-1 (ReLU)
     regressing the position along the roll from the 3-D point, MSE, SGD momentum 0.9."""
@@ -1637,9 +1711,7 @@ class SwissRollJob(ArrayJob):
         _torch_setup(seed)
         self.batch = batch
         self.x_train, self.y_train, self.x_val, self.y_val = _swiss_roll()
-        self.model = nn.Sequential(
-            nn.Linear(3, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1)
-        )
+        self.model = _roll_mlp()
         self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
         self.loss_fn = nn.MSELoss()
         self._start(seed)
@@ -1727,4 +1799,213 @@ class PatchFineTuneJob(ArrayJob):
         self.model.load_state_dict(state)
         self.loss_fn = job.loss_fn
         self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self._start(seed)
+
+
+# --------------------------------------------------------------------------- test5 split
+
+
+def _digit_vit(width: int = 32, heads: int = 4, layers: int = 2) -> Any:
+    """A pre-LN attention encoder over an 8x8 image's 16 patches of 2x2 pixels: a linear
+    patch embedding and learned positions, ``layers`` blocks of multi-head self-attention
+    and an MLP (2 x ``width``, GELU), no dropout; the mean token through a final layer
+    norm into a linear head of 10 classes."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1 = nn.LayerNorm(width)
+            self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+            self.norm2 = nn.LayerNorm(width)
+            self.mlp = nn.Sequential(
+                nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.norm1(x)
+            x = x + self.attn(h, h, h, need_weights=False)[0]
+            out: torch.Tensor = x + self.mlp(self.norm2(x))
+            return out
+
+    class DigitViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, width)
+            self.position = nn.Parameter(0.02 * torch.randn(16, width))
+            self.blocks = nn.ModuleList([Block() for _ in range(layers)])
+            self.norm = nn.LayerNorm(width)
+            self.head = nn.Linear(width, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # (N, 8, 8) -> (N, 16 patches, 4 pixels), row-major over 2x2 blocks
+            patches = x.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4)
+            h = self.embed(patches) + self.position
+            for block in self.blocks:
+                h = block(h)
+            out: torch.Tensor = self.head(self.norm(h.mean(dim=1)))
+            return out
+
+    return DigitViT()
+
+
+class DigitViTJob(ArrayJob):
+    """The attention encoder of :func:`_digit_vit` on the 8x8 digits images (the digits
+    workload's 70/30 split), Adam at its framework defaults, cross-entropy."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        data = _digits()
+        self.batch = batch
+        self.x_train = data.x_train.reshape(-1, 8, 8)
+        self.y_train = data.y_train
+        self.x_val = data.x_val.reshape(-1, 8, 8)
+        self.y_val = data.y_val
+        self.model = _digit_vit()
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._start(seed)
+
+
+@lru_cache(maxsize=1)
+def _hastie() -> tuple[Any, Any, Any, Any]:
+    """scikit-learn's Hastie 10.2 generator (12,000 points, ``random_state`` 0): ten
+    standard normal features, the class whether their squares sum above 9.34 (as 0/1);
+    the first 10,000 for training, the rest for validation."""
+    import torch
+    from sklearn.datasets import make_hastie_10_2
+
+    x, y = make_hastie_10_2(n_samples=12_000, random_state=0)
+    xs = torch.from_numpy(x.astype(np.float32))
+    ys = torch.from_numpy(((y + 1) / 2).astype(np.float32))[:, None]
+    return xs[:10_000], ys[:10_000], xs[10_000:], ys[10_000:]
+
+
+class HastieJob(ArrayJob):
+    """Classifying the Hastie 10.2 points (:func:`_hastie`): an MLP 10-128-128-1 (ReLU),
+    binary cross-entropy on its logit, SGD momentum 0.9."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        _torch_setup(seed)
+        self.batch = batch
+        self.x_train, self.y_train, self.x_val, self.y_val = _hastie()
+        self.model = nn.Sequential(
+            nn.Linear(10, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1)
+        )
+        self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self._start(seed)
+
+
+#: The Lorenz system drifted (rho 30 against 28), the fine-tune's data.
+LORENZ_DRIFTED = (10.0, 30.0, 8.0 / 3.0)
+#: The pretraining run of ``lorenz-ft``: the classic system's windows, Adam cosine from
+#: 2e-3 with 5% warmup, batch 64, this many steps, seed 0.
+LORENZ_PRETRAIN_STEPS = 800
+LORENZ_PRETRAIN_LR = 2e-3
+
+
+def _lorenz_job(system: tuple[float, float, float], batch: int) -> ArrayJob:
+    """A forecasting job on ``system``'s windows (no optimizer: the caller's)."""
+    from torch import nn
+
+    job = ArrayJob.__new__(ArrayJob)
+    job.batch = batch
+    x_train, y_train, x_val, y_val = _lorenz_windows(system)
+    job.x_train, job.y_train = x_train, y_train
+    job.x_val, job.y_val = x_val[::4], y_val[::4]
+    job.model = _lorenz_gru()
+    job.loss_fn = nn.MSELoss()
+    return job
+
+
+def pretrained_lorenz_gru() -> dict[str, Any]:
+    """The GRU of :func:`_lorenz_gru` trained on the classic Lorenz system (:func:`_pretrained`)."""
+
+    def build() -> ArrayJob:
+        job = _lorenz_job(LORENZ, 64)
+        job._start(0)
+        return job
+
+    return _pretrained("lorenzgru", build, LORENZ_PRETRAIN_STEPS, LORENZ_PRETRAIN_LR)
+
+
+class LorenzFineTuneJob(ArrayJob):
+    """Fine-tuning to drifted dynamics: the GRU of :func:`pretrained_lorenz_gru` (the
+    classic Lorenz system), trained to forecast the system at rho 30 the same time ahead,
+    MSE, with a fresh Adam at its framework defaults."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        state = pretrained_lorenz_gru()
+        _torch_setup(seed)
+        job = _lorenz_job(LORENZ_DRIFTED, batch)
+        self.batch = batch
+        self.x_train, self.y_train = job.x_train, job.y_train
+        self.x_val, self.y_val = job.x_val, job.y_val
+        self.model = job.model
+        self.model.load_state_dict(state)
+        self.loss_fn = job.loss_fn
+        self.optimizer, self._schedulefree = _adam_family(self.model, optimizer, warmup)
+        self._start(seed)
+
+
+@lru_cache(maxsize=1)
+def _holed_roll() -> tuple[Any, Any, Any, Any]:
+    """A second draw of the swiss roll (:func:`_swiss_roll`), changed: a hole in it
+    (``hole=True``), twice the noise (1.0), ``random_state`` 1; standardized and split
+    the same way."""
+    import torch
+    from sklearn.datasets import make_swiss_roll
+
+    points, position = make_swiss_roll(n_samples=12_000, noise=1.0, random_state=1, hole=True)
+    points = (points - points.mean(axis=0)) / points.std(axis=0)
+    position = ((position - position.mean()) / position.std())[:, None]
+    x = torch.from_numpy(points.astype(np.float32))
+    y = torch.from_numpy(position.astype(np.float32))
+    return x[:10_000], y[:10_000], x[10_000:], y[10_000:]
+
+
+#: The pretraining run of ``roll-ft``: the swiss roll, Adam cosine from 2e-3 with 5%
+#: warmup, batch 64, this many steps, seed 0.
+ROLL_PRETRAIN_STEPS = 1000
+ROLL_PRETRAIN_LR = 2e-3
+
+
+def pretrained_roll_mlp() -> dict[str, Any]:
+    """The swiss roll's MLP trained on the swiss roll (:func:`_pretrained`)."""
+    from torch import nn
+
+    def build() -> ArrayJob:
+        job = ArrayJob.__new__(ArrayJob)
+        job.batch = 64
+        job.x_train, job.y_train, job.x_val, job.y_val = _swiss_roll()
+        job.model = _roll_mlp()
+        job.loss_fn = nn.MSELoss()
+        job._start(0)
+        return job
+
+    return _pretrained("rollmlp", build, ROLL_PRETRAIN_STEPS, ROLL_PRETRAIN_LR)
+
+
+class RollFineTuneJob(ArrayJob):
+    """Fine-tuning to a changed manifold: the MLP of :func:`pretrained_roll_mlp` (the
+    swiss roll), trained on the holed, noisier roll of :func:`_holed_roll`, MSE, with a
+    fresh SGD momentum 0.9."""
+
+    def __init__(self, seed: int, batch: int, optimizer: str, warmup: int) -> None:
+        from torch import nn
+
+        state = pretrained_roll_mlp()
+        _torch_setup(seed)
+        self.batch = batch
+        self.x_train, self.y_train, self.x_val, self.y_val = _holed_roll()
+        self.model = _roll_mlp()
+        self.model.load_state_dict(state)
+        self.optimizer, self._schedulefree = _sgd_family(self.model, optimizer, warmup)
+        self.loss_fn = nn.MSELoss()
         self._start(seed)

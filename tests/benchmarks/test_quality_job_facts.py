@@ -18,7 +18,7 @@ def test_every_fine_tune_and_only_they_declare_a_trained_start() -> None:
     # their names say so (docs/benchmarks.md, Workloads).
     fine_tunes = {w for w in WORKLOADS if w.endswith("-ft")}
     assert fine_tunes == tuned.PRETRAINED_WORKLOADS
-    assert len(fine_tunes) == 5
+    assert len(fine_tunes) == 7
     for variant in VARIANTS.values():
         facts = tuned.job_facts(variant)
         assert facts == ({"pretrained": True} if variant.workload in fine_tunes else {})
