@@ -924,17 +924,21 @@ def _closing_write(
 ) -> Closing:
     """A completion as :meth:`Repository.close_and_issue` stores it: the segment closed,
     the new points, and what :func:`_store_closed` writes besides."""
-    stored = None
-    if forecast is not None:
-        stored = NewForecast(
-            model=forecast.model,
-            prediction=finite(forecast.prediction),
-            std=finite(forecast.std),
-            status=forecast.status,
-            params=dict(forecast.params),
-            n_points=forecast.n_points,
-        )
+    stored = None if forecast is None else NewForecast(**_forecast_values(forecast))
     return Closing(segment, status, steps_done, points, new, stored, forecast is None)
+
+
+def _forecast_values(forecast: Forecast) -> dict[str, Any]:
+    """What is stored of a forecast (a non-finite prediction or std as None: its status
+    says why), as :class:`NewForecast` and :meth:`Repository.upsert_forecast` take it."""
+    return {
+        "model": forecast.model,
+        "prediction": finite(forecast.prediction),
+        "std": finite(forecast.std),
+        "status": forecast.status,
+        "params": dict(forecast.params),
+        "n_points": forecast.n_points,
+    }
 
 
 def _following(
@@ -961,15 +965,7 @@ def _store_closed(repo: Any, segment: Any, forecast: Any) -> None:
     forecast, or (a training segment) its stage completed."""
     if forecast is not None:
         repo.upsert_forecast(
-            segment.id,
-            model=forecast.model,
-            prediction=finite(forecast.prediction),
-            std=finite(forecast.std),
-            status=forecast.status,
-            params=dict(forecast.params),
-            n_points=forecast.n_points,
-            objective=None,
-            study_id=segment.study_id,
+            segment.id, **_forecast_values(forecast), objective=None, study_id=segment.study_id
         )
     else:
         repo.set_stage(segment.stage_id, status="completed")
