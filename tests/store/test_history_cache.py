@@ -139,6 +139,8 @@ def test_a_decision_after_a_decision_reads_only_the_studys_row(database: URL, op
             executed.append(statement)
 
         request = _request(job, segment)
+        assert store.histories is not None
+        used = store.histories.used
         event.listen(store.engine, "before_cursor_execute", count)
         try:
             with store.transaction(read_only=True) as repo:
@@ -147,7 +149,8 @@ def test_a_decision_after_a_decision_reads_only_the_studys_row(database: URL, op
             event.remove(store.engine, "before_cursor_execute", count)
         assert history is not None and history.segments[-1].id == segment.id
         reads = [s for s in executed if not s.startswith("BEGIN")]
-        assert len(reads) == 1, executed  # the study's row: the copy is current
+        assert len(reads) == 1, executed  # the study's row (PostgreSQL: and no part)
+        assert store.histories.used == used + 1  # the copy was current
         assert service.complete_and_next(segment.id, request).next.segment is not None
         assert_current(store, study.id)
 

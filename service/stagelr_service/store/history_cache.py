@@ -110,6 +110,9 @@ class HistoryCache:
         self._kept: OrderedDict[int, KeptHistory] = OrderedDict()
         self._study_of: dict[int, int] = {}
         self._lock = threading.Lock()
+        #: Reads answered by a copy at the database's version (nothing read but the
+        #: study's row), counted for tests.
+        self.used = 0
 
     def study_of(self, segment_id: int) -> int | None:
         """The study of a kept segment (None: no copy holds it). A hint only: a deleted

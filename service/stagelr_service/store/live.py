@@ -1697,9 +1697,10 @@ class LiveQueries:
         if answers is None:
             return None
         # The checks, in the plain path's order.
-        if answers[0].rowcount != 1:
+        if not answers[0].rows:
             return ClosedAndIssued(running=False)
         self._touched.add(study_id)
+        self._versions[study_id] = int(answers[0].rows[0].version)
         if not answers[1].rows:
             return ClosedAndIssued(running=True)
         self._segment_of[segment.id] = (study_id, segment.stage)
@@ -1806,6 +1807,8 @@ class LiveQueries:
         return history
 
     def _from_copy(self, kept: KeptHistory, study: StudyRecord) -> StudyHistory:
+        assert self._histories is not None
+        self._histories.used += 1
         for segment in kept.segments:
             self._segment_of[segment.id] = (segment.study_id, segment.stage)
         return kept.history(study)
