@@ -28,7 +28,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("studies") as batch_op:
         batch_op.add_column(
-            sa.Column("version", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+            sa.Column("version", sa.BigInteger(), server_default="0", nullable=False)
         )
 
 

@@ -23,6 +23,7 @@ from stagelr.models import (
     StudyCreate,
 )
 from stagelr_service.store import Store
+from stagelr_service.store.history_cache import HistoryCache, KeptHistory
 from stagelr_service.store.records import StudyHistory
 from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob
@@ -220,3 +221,23 @@ def test_a_study_deleted_and_made_again_is_read_whole(database: URL, optimizer) 
         with first.transaction(read_only=True) as repo:
             if made.id != study.id:
                 assert repo.history(study.id) is None
+
+
+def test_the_kept_rows_are_bounded(database: URL, optimizer) -> None:  # type: ignore[no-untyped-def]
+    """The least recently used copies go first once the rows kept pass the budget."""
+    with Store(database) as store:
+        service = StudyService(store, optimizer)
+        ids = []
+        for name in ("first", "second"):
+            study, _ = service.create_study(StudyCreate(name=name, config=CONFIG))
+            service.next_segment(study.id)
+            ids.append(study.id)
+        assert store.histories is not None
+        with store.transaction(read_only=True) as repo:
+            rows = [KeptHistory.of(repo.history(i), 0).rows for i in ids]  # type: ignore[arg-type]
+        store.histories = cache = HistoryCache(rows=max(rows))
+        for study_id in ids:
+            with store.transaction(read_only=True) as repo:
+                repo.history(study_id)
+        assert len(cache) == 1 and cache.peek(ids[1]) is not None
+        assert_current(store, ids[0])

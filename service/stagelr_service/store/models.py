@@ -26,7 +26,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -140,7 +139,7 @@ class StudyRow(Base):
     archived_at: Mapped[datetime | None]
     # Raised by one in every transaction that writes to the study's children (its
     # touch): what a process's kept copy of the history is checked against (0012).
-    version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class StageRow(Base):
