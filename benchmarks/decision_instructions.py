@@ -16,11 +16,16 @@ whole path).
     python benchmarks/decision_instructions.py                        # this tree
     python benchmarks/decision_instructions.py --baseline-tree /tmp/before   # old, then new
     python benchmarks/decision_instructions.py --postgres-url postgresql://...
+    python benchmarks/decision_instructions.py --reports-between   # reports land between
 
 ``--baseline-tree DIR`` (``git archive`` of the code before a change) runs the same
 studies with that tree's ``client``, ``service`` and root first on ``PYTHONPATH``, then
 with this one's, and prints both counts, their ratio, and whether the two made the same
-decisions (the chosen LRs, compared exactly). Needs valgrind (Debian's package).
+decisions (the chosen LRs, compared exactly). ``--reports-between`` sends half of each
+segment's points as a report of its own before the completion (not counted), as the load
+benchmark's jobs do: the study then changed since the decision before it, and a server
+that keeps the histories it read reads again what may have changed. Needs valgrind
+(Debian's package).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import hashlib, json, os, subprocess, sys, tempfile
 from sqlalchemy.engine import make_url
-from stagelr.models import CompleteRequest, ObservationIn, SegmentKind, StudyConfig, StudyCreate
+from stagelr.models import (CompleteRequest, ObservationBatch, ObservationIn, SegmentKind,
+                            StudyConfig, StudyCreate)
 from stagelr_service.optimizer import GPOptimizer
 from stagelr_service.store import Store, migrate
 from stagelr_service.studies import StudyService
@@ -54,6 +60,7 @@ url = make_url(sys.argv[1] or f"sqlite:///{tempfile.mkdtemp()}/decisions.db")
 studies = int(sys.argv[2])
 collect = sys.argv[3] == "1"
 tag = sys.argv[4]
+between = sys.argv[5] == "1"
 migrate(url)
 config = StudyConfig(lr_min=1e-4, lr_max=3.0, tau0=1000, tau_max=1000, total_steps=1000,
                      k=10, metric_schedule="train_loss")
@@ -82,8 +89,13 @@ with Store(url) as store:
             active = True
             reports, _ = job[0].train(segment.lr, segment.steps, segment.report_every,
                                       explore=True, stop_above=segment.stop_above)
-            request = CompleteRequest(
-                observations=[ObservationIn(step=s, value=v) for s, v in reports])
+            points = [ObservationIn(step=s, value=v) for s, v in reports]
+            if between and len(points) > 1:
+                # the first half as a report of its own (not counted), as a job's
+                # background thread sends it while the segment trains
+                service.add_observations(
+                    segment.id, ObservationBatch(observations=points[: len(points) // 2]))
+            request = CompleteRequest(observations=points)
             toggle("on")
             answer = service.complete_and_next(segment.id, request)
             toggle("off")
@@ -94,7 +106,9 @@ print(json.dumps({"decisions": decisions, "lrs": digest.hexdigest()[:16]}))
 """
 
 
-def run(tree: Path | None, studies: int, database: str, tag: str) -> dict[str, Any]:
+def run(
+    tree: Path | None, studies: int, database: str, tag: str, between: bool = False
+) -> dict[str, Any]:
     """Count the instructions of one tree's decisions; its figures."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if tree is not None:
@@ -115,6 +129,7 @@ def run(tree: Path | None, studies: int, database: str, tag: str) -> dict[str, A
                 str(studies),
                 "1",
                 tag,
+                "1" if between else "0",
             ],
             env=env,
             capture_output=True,
@@ -163,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a PostgreSQL database to run on (its tables are created; studies get fresh names)",
     )
+    parser.add_argument(
+        "--reports-between",
+        action="store_true",
+        help="send the first half of each segment's points as a report of its own before "
+        "its completion (not counted), as the load benchmark's jobs do",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -173,8 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     tag = hashlib.sha256(os.urandom(8)).hexdigest()[:8]
     rows = []
     if args.baseline_tree is not None:
-        rows.append(run(args.baseline_tree.resolve(), args.studies, database, f"old-{tag}"))
-    rows.append(run(None, args.studies, database, f"new-{tag}"))
+        rows.append(
+            run(
+                args.baseline_tree.resolve(),
+                args.studies,
+                database,
+                f"old-{tag}",
+                args.reports_between,
+            )
+        )
+    rows.append(run(None, args.studies, database, f"new-{tag}", args.reports_between))
     backend = "postgresql" if database else "sqlite"
     print(report(rows, backend))
     if args.json is not None:

@@ -30,6 +30,7 @@ from .engine import (
     mask_url,
     normalize_url,
 )
+from .history_cache import HistoryCache
 from .repository import Repository
 from .schema import check_schema, migrate
 from .write_queue import WriteQueue
@@ -109,9 +110,14 @@ class Store:
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT_S,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
         pool_size: int = DEFAULT_POOL_SIZE,
+        keep_histories: bool = True,
         **engine_options: Any,
     ) -> None:
         self.url: URL = normalize_url(url)
+        #: The study histories this process read, each used again only while the
+        #: database holds the version it was read at (:mod:`.history_cache`); None with
+        #: ``keep_histories=False``: every history read whole.
+        self.histories: HistoryCache | None = HistoryCache() if keep_histories else None
         self.engine: Engine = make_engine(
             self.url,
             connect_timeout=connect_timeout,
@@ -127,9 +133,7 @@ class Store:
         # COMMITTED each statement sees its own snapshot inside a transaction as well, so
         # a BEGIN and a COMMIT (two round trips) would add nothing to a pure read.
         if self.url.get_backend_name() == "sqlite":
-            self._read_engine = self.engine.execution_options(
-                **{SQLITE_BEGIN_OPTION: "DEFERRED"}
-            )
+            self._read_engine = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
         else:
             self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._clock = clock
@@ -183,7 +187,9 @@ class Store:
                 transaction = session.begin()
                 # The deadline covers the commit too: it is entered before the transaction.
                 with self._deadline(session), transaction:
-                    yield Repository(session, self._clock)
+                    repo = Repository(session, self._clock, self.histories)
+                    yield repo
+                repo.committed()
         except Exception as exc:
             unavailable = store_unavailable(exc)
             if unavailable is None:

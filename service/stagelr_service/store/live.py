@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cache
 from types import SimpleNamespace
@@ -66,9 +67,11 @@ from .codec import (
     metric_value,
     segment_record,
     stage_record,
+    stored_params,
     study_query,
     study_record,
 )
+from .history_cache import HistoryCache, KeptHistory, study_identity
 from .models import (
     ForecastRow,
     ObservationRow,
@@ -79,7 +82,7 @@ from .models import (
     StudyRow,
     UTCDateTime,
 )
-from .pipeline import begin_pipeline, begin_with
+from .pipeline import begin_pipeline
 from .records import (
     ClosedAndIssued,
     Closing,
@@ -132,11 +135,13 @@ class _Hot:
         # A Core UPDATE on the table: the ORM-enabled one takes SQLAlchemy's bulk-update
         # path, whose session synchronization cost more than the statement (8% of the
         # server's CPU under load, the statement's execution included).
+        # RETURNING the version it set: the writes of the transaction are that version.
         table = cast(Table, StudyRow.__table__)
         return (
             update(table)
             .where(table.c.id == bindparam("study_id"))
-            .values(updated_at=bindparam("now"))
+            .values(updated_at=bindparam("now"), version=table.c.version + 1)
+            .returning(table.c.version)
         )
 
     @staticmethod
@@ -149,7 +154,8 @@ class _Hot:
                 table.c.id == bindparam("study_id"),
                 table.c.status == StudyStatus.running.value,
             )
-            .values(updated_at=bindparam("now"))
+            .values(updated_at=bindparam("now"), version=table.c.version + 1)
+            .returning(table.c.version)
         )
 
     @staticmethod
@@ -400,6 +406,76 @@ class _Hot:
 
     @staticmethod
     @cache
+    def bump_of_open_segment() -> Any:
+        """Raise the version of the study of an open segment (a heartbeat's: the segment
+        row changes). The study's row first, as every writer locks it."""
+        studies, segments = cast(Table, StudyRow.__table__), cast(Table, SegmentRow.__table__)
+        owner = (
+            select(segments.c.study_id)
+            .where(
+                segments.c.id == bindparam("segment_id"),
+                segments.c.status == SegmentStatus.open.value,
+            )
+            .scalar_subquery()
+        )
+        return (
+            update(studies)
+            .where(studies.c.id == owner)
+            .values(version=studies.c.version + 1)
+            .returning(studies.c.id, studies.c.version)
+        )
+
+    @staticmethod
+    @cache
+    def study_of_segment_row() -> Any:
+        """The study's row (:meth:`study`) of a segment."""
+        studies, segments = cast(Table, StudyRow.__table__), cast(Table, SegmentRow.__table__)
+        owner = select(segments.c.study_id).where(segments.c.id == bindparam("segment_id"))
+        projects = cast(Table, ProjectRow.__table__)
+        return (
+            select(*studies.c, projects.c.name.label("project_name"))
+            .join(projects, studies.c.project_id == projects.c.id)
+            .where(studies.c.id == owner.scalar_subquery())
+        )
+
+    @staticmethod
+    @cache
+    def segments_from() -> Any:
+        table = SegmentRow.__table__
+        return (
+            _Hot.segment_columns()
+            .where(table.c.study_id == bindparam("study_id"), table.c.seq >= bindparam("seq"))
+            .order_by(table.c.seq)
+        )
+
+    @staticmethod
+    @cache
+    def observations_from() -> Any:
+        return (
+            select(
+                ObservationRow.segment_id,
+                ObservationRow.step,
+                ObservationRow.metric,
+                ObservationRow.value,
+                ObservationRow.special,
+            )
+            .join(SegmentRow, ObservationRow.segment_id == SegmentRow.id)
+            .where(SegmentRow.study_id == bindparam("study_id"), SegmentRow.seq >= bindparam("seq"))
+            .order_by(ObservationRow.segment_id, ObservationRow.step, ObservationRow.metric)
+        )
+
+    @staticmethod
+    @cache
+    def forecasts_from() -> Any:
+        forecasts, segments = ForecastRow.__table__, SegmentRow.__table__
+        return (
+            select(*forecasts.c)
+            .join(segments, forecasts.c.segment_id == segments.c.id)
+            .where(segments.c.study_id == bindparam("study_id"), segments.c.seq >= bindparam("seq"))
+        )
+
+    @staticmethod
+    @cache
     def heartbeat() -> Any:
         table = cast(Table, SegmentRow.__table__)
         return (
@@ -496,30 +572,35 @@ def _json_row(table: Table, obj: dict[str, Any], **extra: str) -> SimpleNamespac
 
 
 #: A study's history, each part aggregated to JSON, as text (parsed by :func:`_loads`);
-#: ``{study}`` is the study's id.
+#: ``{study}`` is the study's id. The parts come only where the study's version is not
+#: ``:known`` (the version of a kept copy; -1: none), and the segments, their points and
+#: forecasts only from segment ``:from_seq`` on (0: all).
 _HISTORY_SQL = """
+WITH s AS (
+  SELECT studies.*, projects.name AS project_name
+  FROM studies JOIN projects ON studies.project_id = projects.id
+  WHERE studies.id = {study}),
+f AS (SELECT s.id FROM s WHERE s.version <> :known)
 SELECT
-  CAST((SELECT row_to_json(s) FROM (
-     SELECT studies.*, projects.name AS project_name
-     FROM studies JOIN projects ON studies.project_id = projects.id
-     WHERE studies.id = {study}) AS s) AS TEXT) AS study,
+  CAST((SELECT row_to_json(s) FROM s) AS TEXT) AS study,
   CAST((SELECT coalesce(json_agg(t ORDER BY t.index), '[]')
-     FROM stages AS t WHERE t.study_id = {study}) AS TEXT) AS stages,
-  CAST((SELECT coalesce(json_agg(s ORDER BY s.seq), '[]') FROM (
+     FROM stages AS t WHERE t.study_id = (SELECT id FROM f)) AS TEXT) AS stages,
+  CAST((SELECT coalesce(json_agg(g ORDER BY g.seq), '[]') FROM (
      SELECT segments.*, stages.index AS stage_index
      FROM segments JOIN stages ON segments.stage_id = stages.id
-     WHERE segments.study_id = {study}) AS s) AS TEXT) AS segments,
+     WHERE segments.study_id = (SELECT id FROM f) AND segments.seq >= :from_seq) AS g)
+     AS TEXT) AS segments,
   CAST((SELECT coalesce(json_agg(json_build_array(o.segment_id, o.step, o.metric, o.value,
                                              o.special)
                             ORDER BY o.segment_id, o.step, o.metric), '[]')
      FROM observations AS o JOIN segments AS g ON o.segment_id = g.id
-     WHERE g.study_id = {study}) AS TEXT) AS observations,
-  CAST((SELECT coalesce(json_agg(f ORDER BY f.id), '[]')
-     FROM forecasts AS f JOIN segments AS g ON f.segment_id = g.id
-     WHERE g.study_id = {study}) AS TEXT) AS forecasts,
+     WHERE g.study_id = (SELECT id FROM f) AND g.seq >= :from_seq) AS TEXT) AS observations,
+  CAST((SELECT coalesce(json_agg(c ORDER BY c.id), '[]')
+     FROM forecasts AS c JOIN segments AS g ON c.segment_id = g.id
+     WHERE g.study_id = (SELECT id FROM f) AND g.seq >= :from_seq) AS TEXT) AS forecasts,
   CAST((SELECT coalesce(json_agg(json_build_array(u.key, u.steps, u.after_seq, u.reported_at)
                             ORDER BY u.id), '[]')
-     FROM outages AS u WHERE u.study_id = {study}) AS TEXT) AS outages
+     FROM outages AS u WHERE u.study_id = (SELECT id FROM f)) AS TEXT) AS outages
 """
 
 
@@ -529,9 +610,87 @@ def _history_in_one_statement(by_segment: bool) -> Any:
     trip, and a statement's own cost in the server: a decision's read was 6 of its 15
     statements). One statement is one snapshot too. Each part keeps the order of its
     own query. The study is ``:study_id``, or (``by_segment``) the study of segment
-    ``:segment_id``."""
+    ``:segment_id``; ``:known`` and ``:from_seq`` say which parts (:data:`_HISTORY_SQL`)."""
     study = "(SELECT study_id FROM segments WHERE id = :segment_id)" if by_segment else ":study_id"
     return text(_HISTORY_SQL.format(study=study))
+
+
+def _as_read(forecast: ForecastRecord) -> ForecastRecord:
+    """A forecast just written as a read gives it back: its params through their JSON
+    column."""
+    return replace(forecast, params=stored_params(forecast.params))
+
+
+def _written_on(
+    kept: KeptHistory,
+    version: int,
+    closed: SegmentRecord,
+    points: Sequence[ObservationRecord],
+    forecasts: Mapping[int, ForecastRecord],
+    stages: Mapping[int, StageRecord],
+    issued: SegmentRecord | None,
+) -> KeptHistory | None:
+    """``kept`` with a stored decision's writes (:meth:`LiveQueries.close_and_issue`):
+    the segment closed with its new points and forecast, the stages it set, the segment
+    it issued; as ``version``. None where the copy does not hold the closed segment
+    open."""
+    segments = list(kept.segments)
+    at = next((i for i, s in enumerate(segments) if s.id == closed.id), None)
+    if at is None or segments[at].status is not SegmentStatus.open:
+        return None
+    segments[at] = closed
+    if issued is not None:
+        segments.append(issued)
+    observations = dict(kept.observations)
+    if points:
+        merged = [*observations.get(closed.id, ()), *points]
+        merged.sort(key=lambda o: (o.step, o.metric.value))
+        observations[closed.id] = tuple(merged)
+    by_id = {stage.id: stage for stage in kept.stages}
+    by_id.update(stages)
+    return KeptHistory(
+        identity=kept.identity,
+        version=version,
+        stages=tuple(sorted(by_id.values(), key=lambda stage: stage.index)),
+        segments=tuple(segments),
+        observations=observations,
+        forecasts={**kept.forecasts, **forecasts},
+        outages=kept.outages,
+    )
+
+
+#: What :meth:`LiveQueries._read_at_once` answers when the study read is not the kept one.
+_OTHER_STUDY = object()
+
+
+def _on_top(
+    kept: KeptHistory | None,
+    from_seq: int,
+    study: StudyRecord,
+    *,
+    stages: list[StageRecord],
+    segments: list[SegmentRecord],
+    observations: dict[int, list[ObservationRecord]],
+    forecasts: dict[int, ForecastRecord],
+    outages: list[OutageRecord],
+) -> StudyHistory:
+    """The history of ``study`` from parts read now (the segments from ``from_seq`` on,
+    their points and forecasts; all stages and outages) on top of the kept copy's
+    segments before ``from_seq``, which were closed when it was read and so have not
+    changed since (a closed segment takes no point, forecast, status or heartbeat)."""
+    if kept is None or from_seq == 0:
+        return StudyHistory(study, stages, segments, observations, forecasts, outages)
+    prefix = [segment for segment in kept.segments if segment.seq < from_seq]
+    points: dict[int, list[ObservationRecord]] = {}
+    predicted: dict[int, ForecastRecord] = {}
+    for segment in prefix:
+        if segment.id in kept.observations:
+            points[segment.id] = list(kept.observations[segment.id])
+        if segment.id in kept.forecasts:
+            predicted[segment.id] = kept.forecasts[segment.id]
+    points.update(observations)
+    predicted.update(forecasts)
+    return StudyHistory(study, stages, prefix + segments, points, predicted, outages)
 
 
 def _json_int(literal: str) -> int | float:
@@ -601,11 +760,24 @@ def _forecast_values(segment_id: int, forecast: NewForecast, now: datetime) -> d
 class LiveQueries:
     """The live path's reads and writes of one transaction (see the module)."""
 
-    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        session: Session,
+        clock: Callable[[], datetime],
+        histories: HistoryCache | None = None,
+    ) -> None:
         self._s = session
         self._clock = clock
-        #: Studies whose ``updated_at`` this transaction has set already.
+        #: The process's kept histories (:mod:`.history_cache`); None: none kept.
+        self._histories = histories
+        #: Studies whose ``updated_at`` (and version) this transaction has set already.
         self._touched: set[int] = set()
+        #: Study id -> the version this transaction's touch set.
+        self._versions: dict[int, int] = {}
+        #: What to do to the kept histories once the transaction has committed.
+        self._on_commit: list[Callable[[HistoryCache], None]] = []
+        #: While :meth:`close_and_issue` runs: the stages and forecasts it wrote.
+        self._closing: tuple[dict[int, StageRecord], dict[int, ForecastRecord]] | None = None
         #: Segment id -> (its study, its stage's index), for the segments this
         #: transaction read or wrote.
         self._segment_of: dict[int, tuple[int, int]] = {}
@@ -620,25 +792,43 @@ class LiveQueries:
         statement's cost on the decision path). Pending ORM changes are flushed first,
         as the session's autoflush would."""
         session = self._s
+        if self._on_commit and self._closing is None and not getattr(statement, "is_select", 0):
+            # A write after a stored decision: its kept history is not brought forward.
+            self._on_commit.clear()
         if session.new or session.dirty or session.deleted:
             session.flush()
         if self._connection is None:
             self._connection = session.connection()
         return self._connection.execute(statement, params)
 
-    def _write(self, statement: Any, params: dict[str, Any]) -> int:
-        """Run a Core statement that returns no rows; its rowcount. On PostgreSQL, when it
-        is the transaction's first, its BEGIN goes in the same round trip
-        (:func:`.pipeline.begin_with`)."""
+    def _touch(self, statement: Any, study_id: int) -> bool:
+        """Run a touch of the study (an UPDATE .. RETURNING its version): whether it
+        matched the study; the version it set is remembered. On PostgreSQL, when it is
+        the transaction's first statement, its BEGIN goes in the same round trip
+        (:func:`.pipeline.begin_pipeline`)."""
+        params = {"study_id": study_id, "now": self._now()}
+        rows: list[Any] | None = None
         if self._dialect() == "postgresql" and not (
             self._s.new or self._s.dirty or self._s.deleted
         ):
             if self._connection is None:
                 self._connection = self._s.connection()
-            rowcount = begin_with(self._connection, statement, params)
-            if rowcount is not None:
-                return rowcount
-        return int(cast(Any, self._run(statement, params)).rowcount)
+            answers = begin_pipeline(self._connection, [(statement, params)])
+            if answers is not None:
+                rows = answers[0].rows
+        if rows is None:
+            rows = list(self._run(statement, params))
+        if not rows:
+            return False
+        self._touched.add(study_id)
+        self._versions[study_id] = int(rows[0].version)
+        return True
+
+    def committed(self) -> None:
+        """The transaction committed: bring the kept histories forward by its writes."""
+        if self._histories is not None:
+            for change in self._on_commit:
+                change(self._histories)
 
     def _run_scalar(self, statement: Any, params: Any = None) -> Any:
         return self._run(statement, params).scalar()
@@ -801,7 +991,7 @@ class LiveQueries:
             return
         # Study rows are never held by the session (readers keep records, not rows), so
         # no loaded copy can go stale under this Core statement.
-        self._write(_Hot.touch(), {"study_id": study_id, "now": self._now()})
+        self._touch(_Hot.touch(), study_id)
         self._touched.add(study_id)
 
     def touch_running_study(self, study_id: int) -> bool:
@@ -811,10 +1001,7 @@ class LiveQueries:
         :meth:`lock_study` and a touch do in two, for a writer that needs no more of the
         study than that it runs.
         """
-        if self._write(_Hot.touch_running(), {"study_id": study_id, "now": self._now()}) != 1:
-            return False
-        self._touched.add(study_id)
-        return True
+        return self._touch(_Hot.touch_running(), study_id)
 
     # ------------------------------------------------------------------ stages
 
@@ -847,11 +1034,16 @@ class LiveQueries:
             if found is None:
                 raise error
             return self._keep_stage(stage_record(found))
-        return self._keep_stage(stage_record(row))
+        return self._wrote_stage(stage_record(row))
 
     def _keep_stage(self, stage: StageRecord) -> StageRecord:
         self._stages[stage.id] = stage
         return stage
+
+    def _wrote_stage(self, stage: StageRecord) -> StageRecord:
+        if self._closing is not None:
+            self._closing[0][stage.id] = stage
+        return self._keep_stage(stage)
 
     def know_stage(self, stage: StageRecord) -> None:
         """Tell this transaction of a stage an earlier one read: what it uses of it (its
@@ -922,7 +1114,7 @@ class LiveQueries:
         # Stage rows are not kept by the session (readers keep records; the ORM row of a
         # stage created here is dropped once its record is made), so no loaded copy can
         # go stale under the Core UPDATE.
-        return self._keep_stage(stage_record(row))
+        return self._wrote_stage(stage_record(row))
 
     # ------------------------------------------------------------------ segments
 
@@ -989,10 +1181,29 @@ class LiveQueries:
         """Set an open segment's ``heartbeat_at`` to now (its job is alive).
 
         Returns the segment, or None when it is not open any more (a racing request
-        closed it). Locks only the segment row, so it cannot deadlock with writers that
-        lock the study first.
+        closed it). The segment's row changes, so the study's version is raised too
+        (where this transaction has not touched the study already): the study's row
+        first, then the segment's, the order every writer locks them in. On PostgreSQL
+        the two go out with the transaction's BEGIN in one round trip.
         """
-        self._run(_Hot.heartbeat(), {"segment_id": segment_id, "now": self._now()})
+        params = {"segment_id": segment_id, "now": self._now()}
+        known = self._segment_of.get(segment_id)
+        if known is None or known[0] not in self._touched:
+            statements = [(_Hot.bump_of_open_segment(), params), (_Hot.heartbeat(), params)]
+            answers = None
+            if self._dialect() == "postgresql" and not (
+                self._s.new or self._s.dirty or self._s.deleted
+            ):
+                if self._connection is None:
+                    self._connection = self._s.connection()
+                answers = begin_pipeline(self._connection, statements)
+            bumped = answers[0].rows if answers is not None else list(self._run(*statements[0]))
+            for row in bumped:
+                self._versions[row.id] = int(row.version)
+            if answers is None:
+                self._run(*statements[1])
+        else:
+            self._run(_Hot.heartbeat(), params)
         segment = self.get_segment(segment_id)
         return segment if segment is not None and segment.status is SegmentStatus.open else None
 
@@ -1281,7 +1492,10 @@ class LiveQueries:
         # Forecast rows are never held by the session (no reader keeps them), so no
         # loaded copy can go stale under this Core statement.
         forecast_id = self._run_scalar(_Hot.upsert_forecast(self._dialect()), values)
-        return forecast_record(SimpleNamespace(id=forecast_id, **values))
+        record = forecast_record(SimpleNamespace(id=forecast_id, **values))
+        if self._closing is not None:
+            self._closing[1][segment_id] = _as_read(record)
+        return record
 
     def get_forecast(self, segment_id: int) -> ForecastRecord | None:
         row = self._s.scalar(select(ForecastRow).where(ForecastRow.segment_id == segment_id))
@@ -1295,6 +1509,43 @@ class LiveQueries:
     # ------------------------------------------------------------------ a decision
 
     def close_and_issue(self, closing: Closing, following: Issue | StudyEnding) -> ClosedAndIssued:
+        """Store a completion and what follows it (:meth:`_close_and_issue`). Where it
+        all held, the transaction's only write, once committed, brings the kept history
+        of the study at the version before forward to the version its touch set
+        (:mod:`.history_cache`)."""
+        study_id = closing.segment.study_id
+        written: tuple[dict[int, StageRecord], dict[int, ForecastRecord]] = ({}, {})
+        alone = not self._touched and not self._versions and not self._on_commit
+        self._closing = written
+        try:
+            answer = self._close_and_issue(closing, following)
+        finally:
+            self._closing = None
+        version = self._versions.get(study_id)
+        ended = isinstance(following, StudyEnding)
+        if (
+            self._histories is None
+            or not alone
+            or version is None
+            or self._touched != {study_id}
+            or answer.closed is None
+            or (answer.issued is None and not ended)
+        ):
+            return answer
+        closed, issued = answer.closed, answer.issued
+        stages, forecasts = written
+        points = [
+            ObservationRecord(step, Metric(metric), decode_float(value, special))
+            for step, metric, value, special in _observation_rows(closing.observations)
+        ]
+
+        def change(kept: KeptHistory) -> KeptHistory | None:
+            return _written_on(kept, version, closed, points, forecasts, stages, issued)
+
+        self._on_commit.append(lambda cache: cache.advance(study_id, version - 1, change))
+        return answer
+
+    def _close_and_issue(self, closing: Closing, following: Issue | StudyEnding) -> ClosedAndIssued:
         """Store a completion and what follows it (the next segment, or the study's end)
         as the transaction's first writes; what each of its checks found.
 
@@ -1415,8 +1666,10 @@ class LiveQueries:
             rows = list(_observation_rows(closing.observations))
             arrays = _observation_arrays(segment.id, rows)
             statements.append((_Hot.guarded_observation_arrays(), {**arrays, **guard}))
+        forecast_at = None  # where its answer will be
         if closing.forecast is not None:
             forecast = _forecast_values(segment.id, closing.forecast, self._now())
+            forecast_at = len(statements)
             statements.append(
                 (_Hot.guarded_upsert_forecast(tuple(forecast)), {**forecast, **guard})
             )
@@ -1444,9 +1697,10 @@ class LiveQueries:
         if answers is None:
             return None
         # The checks, in the plain path's order.
-        if answers[0].rowcount != 1:
+        if not answers[0].rows:
             return ClosedAndIssued(running=False)
         self._touched.add(study_id)
+        self._versions[study_id] = int(answers[0].rows[0].version)
         if not answers[1].rows:
             return ClosedAndIssued(running=True)
         self._segment_of[segment.id] = (study_id, segment.stage)
@@ -1454,6 +1708,11 @@ class LiveQueries:
         self.know_stage(stage)
         if stage_completed is not None:
             self._stage_answer(answers[stage_completed].rows, segment.stage_id)
+        if forecast_at is not None and self._closing is not None and closing.forecast is not None:
+            written = forecast_record(
+                SimpleNamespace(id=answers[forecast_at].rows[0].id, **forecast)
+            )
+            self._closing[1][segment.id] = _as_read(written)
         inserted = answers[issued].rows
         if not inserted:
             return ClosedAndIssued(running=True, closed=closed)
@@ -1476,15 +1735,20 @@ class LiveQueries:
     # ------------------------------------------------------------------ history
 
     def history(self, study_id: int) -> StudyHistory | None:
-        """The study with its stages, segments, observations, forecasts and outages (six
-        queries; one on PostgreSQL), or None if there is no such study."""
+        """The study with its stages, segments, observations, forecasts and outages, or
+        None if there is no such study. One statement on PostgreSQL; on SQLite the
+        study's row, then (unless the process keeps a copy of its history at the
+        version the row holds: :mod:`.history_cache`) five reads of the parts that may
+        have changed."""
         if self._dialect() == "postgresql":
             return self._history_at_once(False, {"study_id": study_id})
-        return self.history_in_parts(study_id)
+        row = self._run(_Hot.study(), {"study_id": study_id}).first()
+        return None if row is None else self._history_after(row)
 
     def history_in_parts(self, study_id: int) -> StudyHistory | None:
-        """:meth:`history` as six reads, one a part, on every backend (SQLite's way; on
-        PostgreSQL, what the one statement must agree with)."""
+        """:meth:`history` as six reads, one a part, on every backend, no copy used
+        (SQLite's way without one; on PostgreSQL, what the one statement must agree
+        with)."""
         study = self.get_study(study_id)
         if study is None:
             return None
@@ -1499,19 +1763,99 @@ class LiveQueries:
 
     def history_of_segment(self, segment_id: int) -> StudyHistory | None:
         """The history (:meth:`history`) of the study segment ``segment_id`` belongs to,
-        or None if there is no such segment: one statement on PostgreSQL."""
+        or None if there is no such segment: one statement on PostgreSQL; on SQLite the
+        study's row, found from the segment, and the parts that may have changed."""
         if self._dialect() == "postgresql":
             return self._history_at_once(True, {"segment_id": segment_id})
-        study_id = self._run_scalar(_Hot.study_of_segment(), {"segment_id": segment_id})
-        return None if study_id is None else self.history(int(study_id))
+        row = self._run(_Hot.study_of_segment_row(), {"segment_id": segment_id}).first()
+        return None if row is None else self._history_after(row)
+
+    def _kept_copy(self, study: StudyRecord) -> KeptHistory | None:
+        if self._histories is None:
+            return None
+        return self._histories.get(study.id, study_identity(study))
+
+    def _history_after(self, row: Any) -> StudyHistory:
+        """SQLite: the history of the study of ``row`` (its row, read first in this
+        transaction's snapshot): the kept copy if it is of the row's version, else the
+        parts that may have changed read on top of it."""
+        study = study_record(row, row.project_name)
+        version = int(row.version)
+        kept = self._kept_copy(study)
+        if kept is not None and kept.version == version:
+            return self._from_copy(kept, study)
+        from_seq = 0 if kept is None else kept.tail_seq()
+        params = {"study_id": study.id, "seq": from_seq}
+        observations: dict[int, list[ObservationRecord]] = {}
+        for segment_id, step, metric, value, special in self._run(_Hot.observations_from(), params):
+            observations.setdefault(segment_id, []).append(
+                ObservationRecord(step, Metric(metric), decode_float(value, special))
+            )
+        history = _on_top(
+            kept,
+            from_seq,
+            study,
+            stages=self.stages_of_study(study.id),
+            segments=[self._segment_row(r) for r in self._run(_Hot.segments_from(), params)],
+            observations=observations,
+            forecasts={
+                r.segment_id: forecast_record(r) for r in self._run(_Hot.forecasts_from(), params)
+            },
+            outages=self.outages_of_study(study.id),
+        )
+        self._keep(history, version)
+        return history
+
+    def _from_copy(self, kept: KeptHistory, study: StudyRecord) -> StudyHistory:
+        assert self._histories is not None
+        self._histories.used += 1
+        for segment in kept.segments:
+            self._segment_of[segment.id] = (segment.study_id, segment.stage)
+        return kept.history(study)
+
+    def _keep(self, history: StudyHistory, version: int) -> None:
+        """Keep a history read at ``version``: only what the database committed (this
+        transaction has written nothing, so its reads see no write of its own)."""
+        if self._histories is not None and not self._touched and not self._versions:
+            self._histories.put(history.study.id, KeptHistory.of(history, version))
 
     def _history_at_once(self, by_segment: bool, key: dict[str, int]) -> StudyHistory | None:
-        """:meth:`history` in one statement (PostgreSQL), the same records."""
-        found = self._run(_history_in_one_statement(by_segment), key).one()
+        """:meth:`history` in one statement (PostgreSQL), the same records: the parts
+        that may have changed since the kept copy of the study (if any) only."""
+        kept: KeptHistory | None = None
+        if self._histories is not None:
+            study_id = (
+                self._histories.study_of(key["segment_id"]) if by_segment else key["study_id"]
+            )
+            kept = None if study_id is None else self._histories.peek(study_id)
+        history = self._read_at_once(by_segment, key, kept)
+        if history is _OTHER_STUDY:
+            history = self._read_at_once(by_segment, key, None)
+        assert history is not _OTHER_STUDY
+        return cast(StudyHistory | None, history)
+
+    def _read_at_once(
+        self, by_segment: bool, key: dict[str, int], kept: KeptHistory | None
+    ) -> StudyHistory | None | object:
+        """One read of :meth:`_history_at_once` on top of ``kept``; :data:`_OTHER_STUDY`
+        when the study read is not the one kept."""
+        params = {
+            **key,
+            "known": -1 if kept is None else kept.version,
+            "from_seq": 0 if kept is None else kept.tail_seq(),
+        }
+        found = self._run(_history_in_one_statement(by_segment), params).one()
         if found.study is None:
             return None
         row = SimpleNamespace(**{name: _loads(part) for name, part in found._mapping.items()})
-        study = _json_row(cast(Table, StudyRow.__table__), row.study, project="project_name")
+        study_row = _json_row(cast(Table, StudyRow.__table__), row.study, project="project_name")
+        study = study_record(study_row, study_row.project_name)
+        version = int(study_row.version)
+        if kept is not None:
+            if study_identity(study) != kept.identity:
+                return _OTHER_STUDY
+            if kept.version == version:
+                return self._from_copy(kept, study)
         stages = cast(Table, StageRow.__table__)
         segments = cast(Table, SegmentRow.__table__)
         forecasts = cast(Table, ForecastRow.__table__)
@@ -1522,8 +1866,10 @@ class LiveQueries:
                     step, Metric(metric), decode_float(finite_or_none(value), special)
                 )
             )
-        return StudyHistory(
-            study=study_record(study, study.project_name),
+        history = _on_top(
+            kept,
+            params["from_seq"],
+            study,
             stages=[stage_record(_json_row(stages, obj)) for obj in row.stages],
             segments=[
                 self._segment_row(_json_row(segments, obj, stage="stage_index"))
@@ -1544,6 +1890,8 @@ class LiveQueries:
                 for key, steps, after_seq, at in row.outages
             ],
         )
+        self._keep(history, version)
+        return history
 
     # ------------------------------------------------------------------ outages
 

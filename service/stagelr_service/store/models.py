@@ -137,6 +137,9 @@ class StudyRow(Base):
     updated_at: Mapped[datetime]
     # Archived: out of the default study list, history kept (migration 0006).
     archived_at: Mapped[datetime | None]
+    # Raised by one in every transaction that writes to the study's children (its
+    # touch): what a process's kept copy of the history is checked against (0012).
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class StageRow(Base):
