@@ -19,7 +19,6 @@ from stagelr.models import (
     ObservationBatch,
     ObservationIn,
     SegmentKind,
-    StudyConfig,
     StudyCreate,
 )
 from stagelr_service.store import Store
@@ -27,13 +26,8 @@ from stagelr_service.store.history_cache import HistoryCache, KeptHistory
 from stagelr_service.store.records import StudyHistory
 from stagelr_service.studies import StudyService
 from stagelr_service.testing.simulation import SyntheticJob
+from tests.store.test_round_trips import CONFIG  # four candidates and a check, three stages
 from tests.store_fixtures import BACKENDS, migrated_database
-
-#: Four candidates and the check of the best a stage, three stages.
-CONFIG = StudyConfig(
-    lr_min=1e-4, lr_max=3.0, tau0=100, tau_max=100, total_steps=300, k=4,
-    metric_schedule="train_loss",
-)  # fmt: skip
 
 
 @pytest.fixture(params=BACKENDS)
