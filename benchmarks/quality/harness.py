@@ -896,11 +896,19 @@ def run_all(
                         futures = {
                             pool.submit(execute_item, item): item for item in _work_items(tasks)
                         }
-                        # Written as each finishes: an interrupted benchmark loses no result.
+                        # Written as each finishes, its study exported before it is
+                        # logged: an interrupted benchmark loses no result and no study
+                        # (the server's scratch database is not committed).
                         for future in as_completed(futures):
-                            for task, run in zip(futures[future], future.result(), strict=True):
+                            done = list(zip(futures[future], future.result(), strict=True))
+                            for task, run in done:
                                 cache.add(task, run)
                                 trained += 1
+                            if server is not None and any(
+                                t.method.startswith("stagelr-") for t, _ in done
+                            ):
+                                export_studies(cache, variant.name)
+                            for task, run in done:
                                 log(_describe(task, run))
                     cache.compact([variant.name])
                     if server is not None:

@@ -161,6 +161,46 @@ def test_quality_quick_runs_every_workload_and_method_through_the_service(tmp_pa
     )
 
 
+@pytest.mark.timeout(600)
+def test_an_interrupted_quality_run_has_exported_the_studies_of_the_runs_it_kept(
+    tmp_path,
+) -> None:
+    """Each stagelr run's study is in the variant's export file by the time the run is
+    logged, not only once the variant is done: the server's scratch database is not
+    committed, so a benchmark stopped mid-variant would otherwise lose its studies."""
+    from benchmarks.quality.harness import exported_names, read_records, studies_file
+
+    cache = tmp_path / "cache"
+    bench = subprocess.Popen(
+        [
+            sys.executable, "-m", "benchmarks.quality", "--quick", "--workload", "nqm-b8",
+            "--method", "stagelr-default", "--results", str(cache),
+            "--img", str(tmp_path / "img"), "--json", str(tmp_path / "q.json"),
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert bench.stdout is not None
+    seen = []
+    try:
+        for line in bench.stdout:
+            seen.append(line)
+            if " stagelr-default " in line and " seed 0: " in line:
+                break
+        else:
+            pytest.fail("no stagelr run was logged:\n" + "".join(seen))
+        # The variant is not done (its budgeted runs follow), and the run is already kept.
+        records = read_records(cache / "nqm-b8.jsonl.gz")
+        studies = {
+            str(r["run"]["extra"]["study"]) for r in records if r["method"].startswith("stagelr-")
+        }
+        assert studies
+        assert studies <= exported_names(studies_file(cache, "nqm-b8"))
+    finally:
+        bench.terminate()
+        bench.communicate(timeout=120)
+
+
 def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     pytest.importorskip("psutil")
     out = run("load.py", "--quick", "--json", str(tmp_path / "load.json"))
