@@ -271,16 +271,41 @@ def test_priors_that_held_different_lrs_centre_where_their_runs_ended_lowest(
     warm = warm_config(fam, optimizer).warm_start
     assert warm is not None and warm.basis == "final_loss"
     step = 10**WARM_SPAN_DECADES
+    # the best run is the family's edge: the next job measures a whole step beyond it
     if better == "hotter":
-        assert 0.08 < warm.lr <= 0.08 * step * 1.0001  # beyond the best, one step at most
+        assert warm.lr == pytest.approx(0.08 * step)
     else:
-        assert 0.02 / step / 1.0001 <= warm.lr < 0.02
+        assert warm.lr == pytest.approx(0.02 / step)
     # the narrow search is centred there
     assert warm.candidates[0] == warm.lr
     # a valley between them: the centre stays inside
     valley = family_summary(summary, [(0.02, 0.5), (0.04, 0.3), (0.08, 0.5)])
     inner = warm_config(valley, optimizer).warm_start
     assert inner is not None and 0.02 < inner.lr < 0.08
+
+
+def test_a_family_whose_best_run_is_its_edge_measures_a_step_beyond_it(summary, optimizer) -> None:
+    # Job 1 held 0.0043 (final 0.40), job 2 a step cooler (0.78): the hotter run is
+    # better, and a constant-mean GP puts its minimum next to it. The family must measure
+    # beyond it, or it stays there for good: each further job a step hotter while the
+    # hottest run is the best, until a run ends worse and the minimum is inside.
+    step = 10**WARM_SPAN_DECADES
+    points = [(0.0043, 0.40), (0.0043 / step, 0.78)]
+    expected = [0.0043 * step, 0.0043 * step**2, 0.0043 * step**3]
+    for lr, loss in zip(expected, [0.25, 0.15, 0.13], strict=True):
+        warm = warm_config(family_summary(summary, points), optimizer).warm_start
+        assert warm is not None and warm.basis == "final_loss"
+        assert warm.lr == pytest.approx(lr)
+        points.append((lr, loss))
+    # the step beyond the last best ended worse: the centre is inside what was measured
+    points.append((0.0043 * step**4, 0.16))
+    inner = warm_config(family_summary(summary, points), optimizer).warm_start
+    assert inner is not None
+    assert 0.0043 * step**2 < inner.lr < 0.0043 * step**4
+    # at the top of the range it stays there
+    top = family_summary(summary, [(0.5, 0.5), (1.0, 0.3)])
+    edge = warm_config(top, optimizer).warm_start
+    assert edge is not None and edge.lr == pytest.approx(REQUEST["lr_max"])
 
 
 def test_with_a_final_loss_centre_a_neighbour_winning_its_window_is_no_misfit(

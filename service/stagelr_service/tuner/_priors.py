@@ -216,7 +216,13 @@ def final_loss_centre(
     all of a run on the benchmark's workloads (docs/tuner.md). A prior's final loss is
     the answer for the whole run at the LR it held. The GP learns the seed noise; the
     minimum is taken within one narrow-search step of the LRs the priors held, so a
-    family moves at most that far beyond what it has measured."""
+    family moves at most that far beyond what it has measured.
+
+    Where the LR held nearest that minimum is the hottest (coolest) the priors held, the
+    best the family has measured is its edge, and the centre is a whole step beyond it: a
+    line search that expands while its best point is at the edge of what it measured. A
+    GP with a constant mean reverts to it away from the data, so its minimum alone stays
+    next to the best LR held and a family would never measure past it."""
     points = [
         (float(s["chosen_lr"]), float(s["final_loss"]))
         for s in fitting
@@ -237,7 +243,15 @@ def final_loss_centre(
         [_unit(config, lr) for lr in lrs], [loss for _, loss in points], None, grid
     )
     best = min(range(len(grid)), key=lambda i: (post.mean[i], i))
-    return _from_unit(config, grid[best])
+    centre = _from_unit(config, grid[best])
+    # The measured LR nearest the minimum; LRs within FINAL_LOSS_SPREAD of the hottest
+    # (coolest) held count as that edge (jobs centred there hold LRs a rounding apart).
+    nearest = min(lrs, key=lambda lr: (abs(math.log(lr / centre)), lr))
+    if nearest * FINAL_LOSS_SPREAD > max(lrs):
+        return min(config.lr_max, max(lrs) * step)
+    if nearest / FINAL_LOSS_SPREAD < min(lrs):
+        return max(config.lr_min, min(lrs) / step)
+    return centre
 
 
 #: How far outside its range (relative) an LR a study held may lie and still be in it: a
