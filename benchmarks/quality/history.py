@@ -4,6 +4,7 @@ priors, at charged budget T, through the real client against a live server.
     python -m benchmarks.quality.history                 # train what is missing, print
     python -m benchmarks.quality.history --report-only   # print from the committed runs
     python -m benchmarks.quality.history --quick         # 2 seeds of a tiny NQM (a check)
+    python -m benchmarks.quality.history --report-only --against CODE  # job by job vs CODE
 
 Variants: every variant of the dev split (nqm-b8, nqm-b64, digits, digits-noisy, charlm,
 charlm-3000), of the test split (cnn, regression, regression-b512, charrnn, charrnn-ft)
@@ -236,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="2 seeds of nqm-b8 at T=160, into a scratch folder"
     )
+    parser.add_argument(
+        "--against",
+        metavar="CODE",
+        default=None,
+        help="also print, job by job, today's runs minus those of stagelr code CODE (a hash "
+        "prefix) on every chain both trained",
+    )
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
@@ -270,7 +278,57 @@ def main(argv: list[str] | None = None) -> int:
         code = recorded
     for line in render(variants, store, code, quick, args.seeds):
         print(line)
+    if args.against:
+        for line in compare(store, code, args.against):
+            print(line)
     return 0
+
+
+def compare(store: dict[str, dict[str, Any]], new: str, old: str) -> list[str]:
+    """Today's runs (code ``new``) against code ``old`` (a hash or its prefix), job by
+    job: per chain and condition both trained, the medians, new minus old (mean and 95%
+    paired bootstrap interval over the jobs where neither diverged) and how many jobs
+    ended elsewhere. A chain's later jobs move with its earlier ones (their priors are
+    those runs), so a whole chain is the unit a change is read on."""
+    from . import report
+
+    olds = {r["code"] for r in store.values() if r["code"].startswith(old)}
+    if len(olds) != 1:
+        return [f"--against {old}: {len(olds)} recorded codes match; give a longer prefix"]
+    (full,) = olds
+    by = {(r["label"], r["condition"], r["seed"], r["code"]): r for r in store.values()}
+    labels = list(dict.fromkeys(r["label"] for r in store.values() if r["code"] == new))
+    lines = [
+        f"stagelr {new[:12]} against {full[:12]}, job by job (new - old: mean, 95% paired "
+        "bootstrap interval over the jobs where neither diverged)",
+        f"{'chain':28s} {'condition':9s} {'old':>8s} {'new':>8s}  new - old"
+        f"{'':27s} moved",
+    ]
+    for label in labels:
+        for condition in CONDITIONS:
+            seeds = sorted(
+                s
+                for (lab, cond, s, c) in by
+                if lab == label and cond == condition and c == new and (lab, cond, s, full) in by
+            )
+            if not seeds:
+                continue
+            pairs = [
+                (_final(by[label, condition, s, full]), _final(by[label, condition, s, new]))
+                for s in seeds
+            ]
+            finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+            diffs = [b - a for a, b in finite]
+            m, lo, hi = report.paired_bootstrap(diffs) if diffs else (math.nan,) * 3
+            moved = sum(1 for a, b in pairs if a != b)
+            left = len(pairs) - len(finite)
+            note = f"  ({left} diverged, left out)" if left else ""
+            lines.append(
+                f"{label:28s} {condition:9s} {statistics.median(a for a, _ in pairs):8.4f} "
+                f"{statistics.median(b for _, b in pairs):8.4f}  {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                f"{'':4s} {moved}/{len(pairs)}{note}"
+            )
+    return lines
 
 
 def held_out_unjudged(variants: list[str], folder: Path | None = None) -> list[str]:

@@ -93,6 +93,29 @@ def test_a_variant_measured_under_an_earlier_code_keeps_its_rows() -> None:
     assert history.variant_code(store, "a", "new", [1, 2]) == "new"
 
 
+def test_against_reads_two_codes_job_by_job() -> None:
+    def rec(label: str, condition: str, seed: int, code: str, final: float) -> dict[str, object]:
+        return {"key": history.run_key(label, condition, seed, code), "label": label,
+                "condition": condition, "seed": seed, "code": code, "final": final}  # fmt: skip
+
+    store = {}
+    old = {1: 0.50, 2: 0.40, 3: 0.30, 4: 0.20}
+    new = {1: 0.50, 2: 0.30, 3: 0.20, 4: float("inf")}
+    for seed in old:
+        for r in (rec("a", "family", seed, "old1234", old[seed]),
+                  rec("a", "family", seed, "new5678", new[seed])):  # fmt: skip
+            store[r["key"]] = r
+    store["x"] = rec("b", "family", 1, "new5678", 0.1)  # only today's code: no row
+    lines = history.compare(store, "new5678", "old")
+    (row,) = [line for line in lines if line.startswith("a ")]
+    # jobs 2 and 3 moved by -0.1 each, job 1 not; job 4 diverged under the new code (the
+    # medians count it, the paired difference leaves it out)
+    assert re.search(r"family +0\.3500 +0\.4000 +-0\.0667 \[", row), row
+    assert "3/4" in row and "(1 diverged, left out)" in row
+    assert not [line for line in lines if line.startswith("b ")]
+    assert "give a longer prefix" in history.compare(store, "new5678", "zzz")[0]
+
+
 def test_the_report_is_printed_from_the_committed_runs() -> None:
     assert history.RUNS.exists()
     out = run_history("--report-only")
