@@ -205,6 +205,18 @@ def latest_code(store: dict[str, dict[str, Any]]) -> str | None:
     return str(max(store.values(), key=lambda r: r.get("finished_at", ""))["code"])
 
 
+def shown_code(store: dict[str, dict[str, Any]]) -> str | None:
+    """The code the report reads: today's stagelr code where any run of it is recorded,
+    else the code of the most recently finished run (a run of an older code finished
+    later, say to compare with it, does not displace today's)."""
+    from . import harness
+
+    today = harness.code_hashes()["stagelr"]
+    if any(r["code"] == today for r in store.values()):
+        return today
+    return latest_code(store)
+
+
 def variant_code(store: dict[str, dict[str, Any]], name: str, code: str, seeds: list[int]) -> str:
     """The code whose runs a variant's rows show: ``code`` where it has every run of the
     variant's three conditions on ``seeds``, else the most recent code that has (a
@@ -301,8 +313,7 @@ def compare(store: dict[str, dict[str, Any]], new: str, old: str) -> list[str]:
     lines = [
         f"stagelr {new[:12]} against {full[:12]}, job by job (new - old: mean, 95% paired "
         "bootstrap interval over the jobs where neither diverged)",
-        f"{'chain':28s} {'condition':9s} {'old':>8s} {'new':>8s}  new - old"
-        f"{'':27s} moved",
+        f"{'chain':28s} {'condition':9s} {'old':>8s} {'new':>8s}  new - old{'':27s} moved",
     ]
     for label in labels:
         for condition in CONDITIONS:
@@ -515,7 +526,7 @@ def moonshot_check(split: str, runs_path: Path = RUNS) -> tuple[bool | None, str
     from .workloads import VARIANTS as ALL
 
     store = read_runs(runs_path)
-    code = latest_code(store)
+    code = shown_code(store)
     shown = [v for v in VARIANTS if ALL[v].split == split]
     if code is None or not shown:
         return None, "a job started from its family's stored history beats the target at T"

@@ -193,6 +193,20 @@ def test_the_moonshot_history_clause_is_read_from_the_recorded_runs(tmp_path: Pa
         assert measured == len(names)
 
 
+def test_the_report_reads_todays_code_though_an_older_one_finished_later() -> None:
+    from benchmarks.quality import harness
+
+    today = harness.code_hashes()["stagelr"]
+    store = {
+        "a": {"code": today, "finished_at": "2026-01-01T00:00:00Z"},
+        "b": {"code": "older", "finished_at": "2026-02-01T00:00:00Z"},  # a comparison run
+    }
+    assert history.latest_code(store) == "older"
+    assert history.shown_code(store) == today
+    del store["a"]
+    assert history.shown_code(store) == "older"  # nothing of today's: the latest recorded
+
+
 def test_no_history_run_reads_a_held_out_split_before_its_default_is_frozen(
     tmp_path: Path,
 ) -> None:
