@@ -282,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         store = read_runs(runs_path)
         if runs_path.exists():
             harness.write_records(runs_path, list(store.values()))
-    elif not any(r["code"] == code for r in store.values()):
-        recorded = latest_code(store)
-        if recorded is None:
+    else:
+        shown = shown_code(store)
+        if shown is None:
             raise SystemExit(f"no runs recorded in {runs_path}")
-        print(f"note: no runs of today's stagelr code {code[:12]}; the latest recorded are shown")
-        code = recorded
+        if shown != code:
+            print(f"note: no runs of today's stagelr code {code[:12]}; showing the latest recorded")
+        code = shown
     for line in render(variants, store, code, quick, args.seeds):
         print(line)
     if args.against:
