@@ -308,6 +308,37 @@ def test_a_family_whose_best_run_is_its_edge_measures_a_step_beyond_it(summary, 
     assert edge is not None and edge.lr == pytest.approx(REQUEST["lr_max"])
 
 
+@pytest.mark.parametrize("side", ["cooler", "hotter"])
+def test_a_family_steps_past_its_edge_only_when_the_edge_leads_beyond_noise(
+    summary, optimizer, side
+) -> None:
+    # Five jobs of a family near its optimum (the large-batch Hastie MLP's partner
+    # family): 0.0805 held twice ended 0.1746 and 0.1658, so the seeds' spread is about
+    # 0.009, and the edge's 0.1688 leads the best inside by less than that. A step beyond
+    # it ended at 0.51 there. The centre stays inside what the family measured.
+    step = 10**WARM_SPAN_DECADES
+    noisy = [
+        (0.0805, 0.1746),
+        (0.0904, 0.1747),
+        (0.0702, 0.1743),
+        (0.0404, 0.1688),
+        (0.0805, 0.1658),
+    ]
+    mirror = 0.0805**2  # hotter: the same losses reflected about 0.0805 in log-LR
+    points = noisy if side == "cooler" else [(mirror / lr, loss) for lr, loss in noisy]
+    lrs = [lr for lr, _ in points]
+    warm = warm_config(family_summary(summary, points), optimizer).warm_start
+    assert warm is not None and warm.basis == "final_loss"
+    assert min(lrs) / step < warm.lr < max(lrs) * step
+    assert warm.lr not in (pytest.approx(min(lrs) / step), pytest.approx(max(lrs) * step))
+    # the same LRs, the edge leading by ten times the repeats' spread: a step beyond it
+    edge = min(lrs) if side == "cooler" else max(lrs)
+    clear = [(lr, loss - 0.09 if lr == edge else loss) for lr, loss in points]
+    warm = warm_config(family_summary(summary, clear), optimizer).warm_start
+    assert warm is not None
+    assert warm.lr == pytest.approx(edge / step if side == "cooler" else edge * step)
+
+
 def test_with_a_final_loss_centre_a_neighbour_winning_its_window_is_no_misfit(
     summary, optimizer
 ) -> None:

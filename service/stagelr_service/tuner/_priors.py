@@ -218,11 +218,14 @@ def final_loss_centre(
     minimum is taken within one narrow-search step of the LRs the priors held, so a
     family moves at most that far beyond what it has measured.
 
-    Where the LR held nearest that minimum is the hottest (coolest) the priors held, the
-    best the family has measured is its edge, and the centre is a whole step beyond it: a
-    line search that expands while its best point is at the edge of what it measured. A
-    GP with a constant mean reverts to it away from the data, so its minimum alone stays
-    next to the best LR held and a family would never measure past it."""
+    Where the LR held nearest that minimum is the hottest (coolest) the priors held, and
+    the GP puts that edge below the best LR inside it beyond noise
+    (:func:`_edge_beats_inside`), the best the family has measured is its edge, and the
+    centre is a whole step beyond it: a line search that expands while its best point is
+    at the edge of what it measured. A GP with a constant mean reverts to it away from
+    the data, so its minimum alone stays next to the best LR held and a family would
+    never measure past it. An edge that leads by no more than noise keeps the GP's
+    minimum."""
     points = [
         (float(s["chosen_lr"]), float(s["final_loss"]))
         for s in fitting
@@ -248,10 +251,41 @@ def final_loss_centre(
     # (coolest) held count as that edge (jobs centred there hold LRs a rounding apart).
     nearest = min(lrs, key=lambda lr: (abs(math.log(lr / centre)), lr))
     if nearest * FINAL_LOSS_SPREAD > max(lrs):
-        return min(config.lr_max, max(lrs) * step)
-    if nearest / FINAL_LOSS_SPREAD < min(lrs):
-        return max(config.lr_min, min(lrs) / step)
+        edge = [lr for lr in lrs if lr * FINAL_LOSS_SPREAD > max(lrs)]
+        if _edge_beats_inside(config, points, edge, optimizer):
+            return min(config.lr_max, max(lrs) * step)
+    elif nearest / FINAL_LOSS_SPREAD < min(lrs):
+        edge = [lr for lr in lrs if lr / FINAL_LOSS_SPREAD < min(lrs)]
+        if _edge_beats_inside(config, points, edge, optimizer):
+            return max(config.lr_min, min(lrs) / step)
     return centre
+
+
+def _edge_beats_inside(
+    config: ResolvedConfig,
+    points: Sequence[tuple[float, float]],
+    edge: Sequence[float],
+    optimizer: Optimizer,
+) -> bool:
+    """Whether the GP over the priors' final losses puts the best LR of the family's
+    ``edge`` below the best LR inside it by more than the two values' combined sd.
+
+    Where the family has repeated an LR, the GP's noise is the seeds' spread, and an
+    edge that leads by less is as likely luck as a slope: a further step beyond it then
+    costs a run, and a control that reads a partner's priors steps further still. The
+    first jobs, each at its own LR, are the GP's only data, so a clear slope leads."""
+    inside = sorted({lr for lr, _ in points if lr not in edge})
+    held = sorted(set(edge)) + inside
+    post = optimizer.posterior(
+        [_unit(config, lr) for lr, _ in points],
+        [loss for _, loss in points],
+        None,
+        [_unit(config, lr) for lr in held],
+    )
+    at = dict(zip(held, zip(post.mean, post.std, strict=True), strict=True))
+    best_edge = min((at[lr] for lr in sorted(set(edge))), key=lambda ms: ms[0])
+    best_inside = min((at[lr] for lr in inside), key=lambda ms: ms[0])
+    return bool(best_inside[0] - best_edge[0] > math.hypot(best_edge[1], best_inside[1]))
 
 
 #: How far outside its range (relative) an LR a study held may lie and still be in it: a
