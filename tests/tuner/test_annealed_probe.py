@@ -14,7 +14,7 @@ from stagelr_service import tuner
 from stagelr_service.forecast import forecast
 from stagelr_service.testing.simulation import simulate
 from stagelr_service.tuner import StudyEnd, Trial
-from stagelr_service.tuner._stability import STABILITY_MARGIN, stability_cap
+from stagelr_service.tuner._stability import STABILITY_MARGIN, stability_cap, stability_caps
 from stagelr_service.tuner.config import PRESETS, ResolvedConfig, resolve
 
 
@@ -121,6 +121,12 @@ def test_the_edge_is_the_lowest_lr_whose_window_diverged_or_ended_above_its_star
     # Constant-LR windows have no edge: their noise floor speaks for itself.
     constant = config.model_copy(update={"probe": "constant"})
     assert stability_cap(constant, analysis.candidates) == config.lr_max
+    # Each prefix's edge, as the kept states are replayed candidate by candidate: none,
+    # none, the 0.6 window's, and the diverged 0.9 one's does not lower it.
+    caps = stability_caps(config, analysis.candidates)
+    assert caps == [config.lr_max, config.lr_max] + [STABILITY_MARGIN * 0.6] * 3
+    assert caps == [stability_cap(config, analysis.candidates[:i]) for i in range(5)]
+    assert stability_caps(constant, analysis.candidates) == [config.lr_max] * 5
 
 
 def test_no_candidate_is_proposed_or_chosen_above_the_edge(optimizer) -> None:

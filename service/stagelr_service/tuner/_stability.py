@@ -29,8 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from ._types import CandidateAnalysis
 from .config import ResolvedConfig
 
@@ -43,23 +41,30 @@ def window_unstable(config: ResolvedConfig, candidate: CandidateAnalysis) -> boo
     ended above its start."""
     if candidate.diverged:
         return True
-    values = np.asarray([v for _, v in candidate.trial.observations], dtype=np.float64)
-    if values.size == 0 or not np.all(np.isfinite(values)):
+    observations = candidate.trial.observations
+    if not observations or not all(math.isfinite(v) for _, v in observations):
         return True
     first = candidate.trial.stage == 0 and not config.pretrained
-    return first and float(values[-1]) > float(values[0])
+    return first and float(observations[-1][1]) > float(observations[0][1])
 
 
 def stability_cap(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> float:
     """The highest LR the search may propose or choose: ``STABILITY_MARGIN`` times the
     lowest unstable candidate's LR, or ``lr_max`` when none was unstable (or the probes
     are constant-LR windows, whose noise floor does this job)."""
-    if config.probe != "anneal":
-        return config.lr_max
-    edges = [c.trial.lr for c in candidates if window_unstable(config, c)]
-    if not edges:
-        return config.lr_max
-    return min(config.lr_max, STABILITY_MARGIN * min(edges))
+    return stability_caps(config, candidates)[-1]
+
+
+def stability_caps(config: ResolvedConfig, candidates: Sequence[CandidateAnalysis]) -> list[float]:
+    """:func:`stability_cap` of each prefix of ``candidates``, the empty one first
+    (``len(candidates) + 1`` values), judging each window once."""
+    caps = [config.lr_max]
+    for candidate in candidates:
+        cap = caps[-1]
+        if config.probe == "anneal" and window_unstable(config, candidate):
+            cap = min(cap, STABILITY_MARGIN * candidate.trial.lr)
+        caps.append(cap)
+    return caps
 
 
 def unit_cap(config: ResolvedConfig, cap: float) -> float:

@@ -44,7 +44,7 @@ from stagelr.models import (
 
 from ..forecast import Forecast, forecast
 from ._priors import Verdict, assess, fallback_skip, is_warm, warm_window
-from ._stability import STABILITY_MARGIN, stability_cap, unit_cap
+from ._stability import STABILITY_MARGIN, stability_cap, stability_caps, unit_cap
 from ._types import (
     CandidateAnalysis,
     Decision,
@@ -598,9 +598,15 @@ def _kept_so_far(
     the search is over), [] keeps none (no candidate is usable). The best one, or with
     ``finalists`` the best that many. With annealed probes, a candidate above the
     stability edge so far is never kept (it cannot be chosen)."""
+    return _kept_under(config, candidates, stability_cap(config, candidates))
+
+
+def _kept_under(
+    config: ResolvedConfig, candidates: Sequence[CandidateAnalysis], edge: float
+) -> list[int] | None:
+    """:func:`_kept_so_far` with the candidates' stability edge given."""
     if config.selection is Selection.min_posterior_mean or config.selection in HOTTEST_SELECTIONS:
         return None
-    edge = stability_cap(config, candidates)
     usable = [c for c in candidates if not c.diverged and c.trial.lr <= edge]
     ranked = sorted(usable, key=lambda c: (_keep_key(config, c), c.trial.index))
     keep = max(1, config.finalists) if config.checks_choice else 1
@@ -618,14 +624,15 @@ def _held_checkpoints(config: ResolvedConfig, candidates: Sequence[CandidateAnal
     """
     held: list[int] = []
     first = _first_round(config, candidates)
+    edges = stability_caps(config, first)
     for i, candidate in enumerate(first):
-        keep = _kept_so_far(config, first[:i])
+        keep = _kept_under(config, first[:i], edges[i])
         held = [j for j in held if keep is None or j in keep]
         held.append(candidate.trial.index)
     if len(first) == config.k:
         second = _second_round(config, candidates)
         if second:
-            keep = _kept_so_far(config, first)
+            keep = _kept_under(config, first, edges[-1])
             held = [j for j in held if keep is None or j in keep]
         held += [c.trial.index for c in second]
     return held
