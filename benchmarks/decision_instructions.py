@@ -106,14 +106,25 @@ print(json.dumps({"decisions": decisions, "lrs": digest.hexdigest()[:16]}))
 """
 
 
+def child_env(tree: Path | None) -> dict[str, str]:
+    """The child's environment: ``tree``'s (None: this one's) ``client``, ``service`` and
+    root first on ``PYTHONPATH``, so that "this tree" is the checkout the script is in
+    even where the virtual environment's editable install points at another one (a
+    worktree run with the main checkout's environment)."""
+    source = ROOT if tree is None else tree
+    paths = [source / "client", source / "service", source]
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(str(p) for p in paths),
+    )
+
+
 def run(
     tree: Path | None, studies: int, database: str, tag: str, between: bool = False
 ) -> dict[str, Any]:
     """Count the instructions of one tree's decisions; its figures."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if tree is not None:
-        paths = [tree / "client", tree / "service", tree]
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    env = child_env(tree)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
         process = subprocess.run(

@@ -249,9 +249,11 @@ class Servers:
         env = {"STAGELR_LOG_LEVEL": "warning"}
         if workers > 1:
             env["STAGELR_WORKERS"] = str(workers)
-        if tree is not None:
-            paths = [tree / "client", tree / "service", tree]
-            env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+        # The servers run ``tree``'s code, or this checkout's (not whatever the virtual
+        # environment's editable install points at: a worktree may share another's).
+        source = Path(__file__).resolve().parents[1] if tree is None else tree
+        paths = [source / "client", source / "service", source]
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
         self.processes: list[ServerProcess] = []
         #: each replica's Prometheus folder (several workers): its workers' own counts
         self.metric_folders: list[Path] = []

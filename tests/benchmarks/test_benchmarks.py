@@ -253,6 +253,23 @@ def test_decision_instructions_counts_a_decision_and_compares_two_trees(tmp_path
     assert "(DIFFERENT decisions)" in report([row, other], "sqlite")
 
 
+def test_decision_instructions_runs_this_checkouts_code_not_the_installed_one() -> None:
+    # A worktree sharing another checkout's virtual environment (whose editable install
+    # points there) measured that checkout as "this tree": the children must put their
+    # own tree first.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from decision_instructions import ROOT as SCRIPT_ROOT
+        from decision_instructions import child_env
+    finally:
+        sys.path.pop(0)
+    mine = child_env(None)["PYTHONPATH"].split(os.pathsep)
+    assert mine == [str(SCRIPT_ROOT / "client"), str(SCRIPT_ROOT / "service"), str(SCRIPT_ROOT)]
+    other = Path("/elsewhere")
+    assert child_env(other)["PYTHONPATH"].split(os.pathsep)[0] == str(other / "client")
+    assert child_env(None)["OMP_NUM_THREADS"] == "1"
+
+
 def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
     out = run_module(
         "benchmarks.quality.probe", "--variant", "nqm-b8", "--seeds", "2",
