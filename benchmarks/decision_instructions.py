@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from trees import tree_pythonpath  # benchmarks/ is on sys.path
 
 #: The child's program: run the studies, toggling callgrind's collection around each
 #: decision. It prints one JSON line: decisions made and a digest of the chosen LRs.
@@ -107,17 +107,9 @@ print(json.dumps({"decisions": decisions, "lrs": digest.hexdigest()[:16]}))
 
 
 def child_env(tree: Path | None) -> dict[str, str]:
-    """The child's environment: ``tree``'s (None: this one's) ``client``, ``service`` and
-    root first on ``PYTHONPATH``, so that "this tree" is the checkout the script is in
-    even where the virtual environment's editable install points at another one (a
-    worktree run with the main checkout's environment)."""
-    source = ROOT if tree is None else tree
-    paths = [source / "client", source / "service", source]
-    return dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(str(p) for p in paths),
-    )
+    """The child's environment: ``tree``'s (None: this checkout's) code first on
+    ``PYTHONPATH`` (``trees.py``), one torch thread."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=tree_pythonpath(tree))
 
 
 def run(

@@ -59,6 +59,7 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import psutil  # noqa: E402
+from trees import tree_pythonpath  # noqa: E402
 
 import stagelr  # noqa: E402
 from stagelr_service.server import ServerProcess, start_server  # noqa: E402
@@ -249,11 +250,8 @@ class Servers:
         env = {"STAGELR_LOG_LEVEL": "warning"}
         if workers > 1:
             env["STAGELR_WORKERS"] = str(workers)
-        # The servers run ``tree``'s code, or this checkout's (not whatever the virtual
-        # environment's editable install points at: a worktree may share another's).
-        source = Path(__file__).resolve().parents[1] if tree is None else tree
-        paths = [source / "client", source / "service", source]
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+        # The servers run ``tree``'s code, or this checkout's (trees.py).
+        env["PYTHONPATH"] = tree_pythonpath(tree)
         self.processes: list[ServerProcess] = []
         #: each replica's Prometheus folder (several workers): its workers' own counts
         self.metric_folders: list[Path] = []

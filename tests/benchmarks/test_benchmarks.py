@@ -259,8 +259,8 @@ def test_decision_instructions_runs_this_checkouts_code_not_the_installed_one() 
     # own tree first.
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from decision_instructions import ROOT as SCRIPT_ROOT
         from decision_instructions import child_env
+        from trees import ROOT as SCRIPT_ROOT
     finally:
         sys.path.pop(0)
     mine = child_env(None)["PYTHONPATH"].split(os.pathsep)
