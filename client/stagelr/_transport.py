@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
+import threading
 import time
 from collections.abc import Callable, Collection
 
 import httpx
 
-__all__ = ["RETRY_STATUSES", "RetryTransport"]
+__all__ = ["RETRY_STATUSES", "RetryTransport", "default_ssl_context"]
 
 #: Status codes worth another try: the server or a proxy in front of it failed.
 RETRY_STATUSES: frozenset[int] = frozenset({500, 502, 503, 504})
+
+
+_SSL_LOCK = threading.Lock()
+_SSL_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context (``httpx.create_ssl_context()``: certifi's CA
+    bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set), built once per process and
+    CA source and shared by every client that does not bring its own transport.
+
+    Building one reads and parses the whole CA bundle: about 20 ms of CPU, which httpx
+    spends on every ``HTTPTransport()``, so on every :class:`stagelr.Client` and
+    :class:`stagelr.Tuner` made. One context serves any number of connections (the
+    ``ssl`` module allows sharing it between threads), so a process that runs many jobs
+    pays it once. Connections to ``http://`` URLs never use it.
+    """
+    key = (os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
+    with _SSL_LOCK:
+        context = _SSL_CONTEXTS.get(key)
+        if context is None:
+            context = _SSL_CONTEXTS[key] = httpx.create_ssl_context()
+        return context
 
 
 class RetryTransport(httpx.BaseTransport):
@@ -26,7 +52,8 @@ class RetryTransport(httpx.BaseTransport):
     error is raised, or the last response returned.
 
     Args:
-        transport: The transport to wrap; a plain ``httpx.HTTPTransport`` by default.
+        transport: The transport to wrap; by default an ``httpx.HTTPTransport`` with the
+            process's shared TLS context (:func:`default_ssl_context`).
         max_attempts: Attempts in all, the first included (1 = no retries).
         backoff: Base of the exponential backoff, in seconds.
         max_delay: Longest sleep between two attempts, in seconds.
@@ -48,7 +75,11 @@ class RetryTransport(httpx.BaseTransport):
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        self._transport = transport if transport is not None else httpx.HTTPTransport()
+        self._transport = (
+            transport
+            if transport is not None
+            else httpx.HTTPTransport(verify=default_ssl_context())
+        )
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_delay = max_delay

@@ -270,6 +270,19 @@ def test_decision_instructions_runs_this_checkouts_code_not_the_installed_one() 
     assert child_env(None)["OMP_NUM_THREADS"] == "1"
 
 
+def test_client_cost_measures_two_trees_side_by_side(tmp_path: Path) -> None:
+    # This checkout as its own baseline: both rows run, and the ratio is printed.
+    out = run(
+        "client_cost.py", "--repeats", "1", "--clients", "2", "--requests", "5",
+        "--baseline-tree", str(ROOT), "--json", str(tmp_path / "c.json"),
+    )  # fmt: skip
+    assert "new / old Client():" in out and "new / old health():" in out, out
+    rounds = json.loads((tmp_path / "c.json").read_text())["rounds"]
+    assert set(rounds) == {str(ROOT), "this tree"}
+    for figures in rounds.values():
+        assert figures["client_ms"][0] > 0 and figures["health_ms"][0] > 0
+
+
 def test_the_probe_compares_default_with_overrides_on_the_same_seeds() -> None:
     out = run_module(
         "benchmarks.quality.probe", "--variant", "nqm-b8", "--seeds", "2",
