@@ -634,6 +634,11 @@ def render_variant(
             if condition == "family":
                 # the Moonshot clause: beats = the interval below zero
                 verdicts.insert(0, f"family {'beats' if hi < 0 else 'does not beat'} the target")
+        diverged = sum(1 for v in finals if not math.isfinite(v))
+        if diverged:
+            # a diverged job's final loss is infinite: the median counts it, a mean of
+            # paired differences that holds it is +inf
+            line += f"  ({diverged} diverged)"
         out.append(line)
         if condition == "mismatch":
             unfit = sum(1 for r in rows if r["use"] == "unused" or not all(r["fits"]))

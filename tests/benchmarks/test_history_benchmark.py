@@ -139,6 +139,10 @@ def test_the_report_is_printed_from_the_committed_runs() -> None:
             )
         assert not re.search(rf"^{re.escape(name)} +pending", out, flags=re.M)
     assert "-- dev split" in out and "-- test split" in out and "-- test2 split" in out
+    # a row whose paired difference is infinite says how many of its jobs diverged
+    for line in out.splitlines():
+        if "+inf [" in line:
+            assert re.search(r"\(\d+ diverged\)$", line), line
     # every target from the committed quality cache
     assert len(re.findall(r"^ +target \d", out, flags=re.M)) == len(history.VARIANTS) - len(
         untrained
