@@ -7,8 +7,8 @@ step. The jobs are split over two client processes and start spread over the fir
 explore segment. Backends: SQLite (one server), PostgreSQL (one server), PostgreSQL
 with two replicas (two servers on one database, jobs alternating between them); each
 server runs ``--workers`` processes (`stagelr serve --workers`, default one per CPU).
-``--baseline-tree DIR`` measures every row first with the servers of another checkout
-(the code before a change), then with this one's, in the same run.
+``--baseline-tree DIR`` measures every row first with the servers and the jobs' client of
+another checkout (the code before a change), then with this one's, in the same run.
 
 Figures, per backend and number of jobs:
 
@@ -218,6 +218,7 @@ def client_process(
     keys = ("decisions", "arrivals", "next_only", "other", "errors", "report_samples")
     merged: dict[str, Any] = {key: [] for key in keys}
     merged["client_cpu_s"] = time.process_time() - cpu0
+    merged["client_code"] = str(Path(stagelr.__file__).resolve().parent)
     merged["report_s"] = sum(r["report_s"] for r in results)
     merged["retries"] = sum(r["retries"] for r in results)
     merged["reports"] = sum(r["reports"] for r in results)
@@ -225,6 +226,24 @@ def client_process(
         for key in keys:
             merged[key] += r[key]
     return merged
+
+
+@contextlib.contextmanager
+def client_code(tree: Path | None) -> Any:
+    """While the client processes start, ``tree``'s ``client`` first on ``sys.path`` (None:
+    nothing changes). A spawned process takes its parent's ``sys.path`` as it starts, so
+    its jobs import that tree's ``stagelr``: a baseline row measures the code before a
+    change on both ends, the jobs' client as well as the servers (the simulated jobs and
+    the server helpers stay this checkout's)."""
+    if tree is None:
+        yield
+        return
+    saved = list(sys.path)
+    sys.path.insert(0, str(tree / "client"))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 # --------------------------------------------------------------------------- servers
@@ -381,7 +400,8 @@ def measure(
     tree: Path | None = None,
 ) -> dict[str, Any]:
     """One row: ``jobs`` jobs against fresh servers of ``backend``; ``code`` labels the
-    servers' code (``tree``: another checkout's, else this one's)."""
+    code of the servers and the jobs' client (``tree``: another checkout's, else this
+    one's)."""
     drop = None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -416,7 +436,10 @@ def measure(
                 processes = min(args.client_processes, jobs)
                 split = [list(range(i, jobs, processes)) for i in range(processes)]
                 tag = f"load-{backend}-{jobs}-{uuid.uuid4().hex[:6]}"
-                with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+                with (
+                    client_code(tree),
+                    ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool,
+                ):
                     parts = list(
                         pool.map(
                             client_process,
@@ -466,6 +489,8 @@ def measure(
         "error_samples": sorted(set(errors))[:5],
         # Requests the client sent again (a 503, a dropped connection): hidden in latency.
         "client_retries": sum(p["retries"] for p in parts),
+        # The client package the jobs' processes imported: ``tree``'s for its rows.
+        "client_code": sorted({p["client_code"] for p in parts}),
         "server_cpu_ms_per_decision": cpu / max(1, len(decisions)) * 1e3,
         # PostgreSQL's own processes (NaN on SQLite, which runs inside the server's).
         "database_cpu_ms_per_decision": db / max(1, len(decisions)) * 1e3,
@@ -769,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="another checkout (e.g. `git archive` of the code before a change): every row is "
-        "run first against its servers (one worker), then against this tree's, in this run",
+        "run first with its servers and its client in the jobs' processes, then with this "
+        "tree's, in this run",
     )
     parser.add_argument(
         "--linger", type=float, default=None, help="the client's linger (default: its own)"

@@ -222,6 +222,22 @@ def test_load_quick_drives_a_live_server_with_concurrent_jobs(tmp_path) -> None:
     assert "decisions arriving per s" in out
 
 
+def test_load_baseline_rows_run_the_baseline_trees_client_too(tmp_path: Path) -> None:
+    pytest.importorskip("psutil")
+    before = tmp_path / "before"
+    for part in ("client", "service"):
+        shutil.copytree(ROOT / part, before / part, ignore=shutil.ignore_patterns("__pycache__"))
+    out = run(
+        "load.py", "--quick", "--baseline-tree", str(before), "--json", str(tmp_path / "l.json")
+    )
+    assert " old " in out and " new " in out, out
+    rows = {r["code"]: r for r in json.loads((tmp_path / "l.json").read_text())["rows"]}
+    # each row's jobs imported their own tree's client, as its servers ran their code
+    assert rows["old"]["client_code"] == [str(before / "client" / "stagelr")]
+    assert rows["new"]["client_code"] == [str(ROOT / "client" / "stagelr")]
+    assert rows["old"]["errors"] == 0 and rows["new"]["errors"] == 0
+
+
 def test_request_ab_pairs_two_servers_call_by_call(tmp_path) -> None:
     python = sys.executable  # the same tree on both sides: the pipeline, not a figure
     out = run(
