@@ -23,16 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-from trees import tree_pythonpath  # benchmarks/ is on sys.path
+from request_ab import start  # benchmarks/ is on sys.path
+from trees import tree_pythonpath
 
 #: The child: make clients, then send requests; one JSON line of ms per operation.
 CHILD = r"""
@@ -52,43 +50,6 @@ for _ in range(requests):
 request_ms = (time.process_time() - start) / requests * 1e3
 print(json.dumps({"client_ms": make_ms, "health_ms": request_ms}))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`stagelr serve` of this checkout on a fresh SQLite file; (process, url)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": tree_pythonpath(None),
-        "STAGELR_DATABASE_URL": f"sqlite:///{folder}/cost.db",
-        "STAGELR_AUTH": "off",
-        "STAGELR_LOG_LEVEL": "warning",
-        "OMP_NUM_THREADS": "1",
-    }
-    cli = [sys.executable, "-m", "stagelr_service.cli"]
-    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
-    port = _free_port()
-    process = subprocess.Popen(
-        [*cli, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("stagelr serve did not come up")
 
 
 def measure(tree: Path | None, url: str, clients: int, requests: int) -> dict[str, float]:
@@ -138,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         name: {"client_ms": [], "health_ms": []} for name in trees
     }
     with tempfile.TemporaryDirectory() as folder:
-        server, url = start_server(Path(folder))
+        # this checkout's server, on a fresh SQLite file
+        server, url = start(sys.executable, Path(folder), tree_pythonpath(None))
         try:
             for round_ in range(args.repeats):
                 # alternate which tree goes first, so neither always runs warmer

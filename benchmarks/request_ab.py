@@ -45,10 +45,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(python: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`stagelr serve` of ``python``'s install on a fresh SQLite file; (process, url)."""
+def start(
+    python: str, folder: Path, pythonpath: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`stagelr serve` of ``python``'s install on a fresh SQLite file (``pythonpath``: a
+    tree's code first instead, ``trees.tree_pythonpath``); (process, url)."""
     env = {
         **os.environ,
+        **({"PYTHONPATH": pythonpath} if pythonpath is not None else {}),
         "STAGELR_DATABASE_URL": f"sqlite:///{folder}/ab.db",
         "STAGELR_AUTH": "off",
         "STAGELR_LOG_LEVEL": "warning",

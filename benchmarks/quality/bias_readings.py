@@ -42,6 +42,8 @@ from benchmarks.quality.workloads import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "docs" / "results" / "quality"
+#: The quality report's figures (``python -m benchmarks.quality --report-only`` writes it).
+REPORT = ROOT / "docs" / "results" / "quality.json"
 READINGS = ("progress", "from_start", "noise", "cooler", "hotter", "check", "edge", "in_range")
 
 
@@ -51,19 +53,12 @@ def _lines(path: Path) -> Iterable[dict[str, Any]]:
             yield json.loads(line)
 
 
-def best_peaks(cache: harness.Cache) -> dict[str, float]:
-    """Per variant, the peak LR of the grid config with the lowest median final loss."""
-    finals: dict[str, dict[tuple[str, float], list[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in cache.records.values():
-        run = record.get("run") or {}
-        if record["method"] == "grid" and run.get("final_loss") is not None:
-            config = record["config"]
-            finals[record["variant"]][(config["schedule"], config["peak"])].append(
-                run["final_loss"]
-            )
+def best_peaks(report: Path = REPORT) -> dict[str, float]:
+    """Per variant, the peak of the report's target config (the grid's best, the peak its
+    "chosen LR / best peak" column divides by), from the committed report."""
+    variants = json.loads(report.read_text())["variants"]
     return {
-        variant: min(grid, key=lambda k: statistics.median(grid[k]))[1]
-        for variant, grid in finals.items()
+        v["variant"]: float(v["target_config"]["peak"]) for v in variants if v.get("target_config")
     }
 
 
@@ -123,7 +118,7 @@ def readings(study: dict[str, Any], best: float) -> dict[str, float] | None:
 def collect(folder: Path = CACHE) -> dict[str, list[dict[str, float]]]:
     """Every variant's readings, one entry per stored study of today's `default` at T."""
     cache = harness.Cache(folder).load()
-    best = best_peaks(cache)
+    best = best_peaks()
     names: dict[str, set[str]] = defaultdict(set)
     for record in cache.records.values():
         if record["method"] == "stagelr-default":
